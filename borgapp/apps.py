@@ -1,0 +1,28 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class BorgappConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "borgapp"
+    verbose_name = "BorgBackup"
+
+    def ready(self):
+        from borgapp import checks  # noqa: F401  (registers the system checks)
+
+        post_migrate.connect(_ensure_maintenance_schedule, sender=self)
+
+
+def _ensure_maintenance_schedule(**kwargs):
+    """One django-q2 schedule for the app's own upkeep (heartbeat and crash repair)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name="opscenter-maintenance",
+        defaults={
+            "func": "borgapp.tasks.maintenance",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )

@@ -1,0 +1,720 @@
+"""The one door to borg (design.md): argv as data, a pipe for the passphrase, streamed
+`--log-json`, exit codes mapped to exceptions, and a signal ladder for cancel and deadlines.
+
+This module is the only one that imports `subprocess`. It knows nothing of Django models:
+callers hand it a `BorgConfig`, a location string, and plain values.
+"""
+
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from borgapp import validation
+
+MIN_VERSION = (1, 2, 5)  # CVE-2023-36811
+SAFE_RESTORE_VERSION = (1, 4, 5)  # CVE-2026-62268
+TAIL_LINES = 25
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+class BorgError(Exception):
+    """borg failed. `code` is stable for machines, `str(self)` is fit for a person."""
+
+    code = "borg_failed"
+    summary = "borg failed"
+    transient = False
+
+    def __init__(self, message: str = "", *, rc: int | None = None, msgid: str = "", tail=()):
+        self.message = message or self.summary
+        self.rc = rc
+        self.msgid = msgid
+        self.tail = list(tail)
+        super().__init__(self.message)
+
+
+class WrongPassphrase(BorgError):
+    code = "wrong_passphrase"
+    summary = "The passphrase does not open this repository."
+
+
+class RepositoryMissing(BorgError):
+    code = "repository_missing"
+    summary = "There is no borg repository at this location."
+
+
+class RepositoryExists(BorgError):
+    code = "repository_exists"
+    summary = "A repository (or another non-empty directory) already exists at this location."
+
+
+class ArchiveMissing(BorgError):
+    code = "archive_missing"
+    summary = "The archive does not exist in this repository."
+
+
+class ArchiveExists(BorgError):
+    code = "archive_exists"
+    summary = "An archive with this name already exists."
+
+
+class LockTimeout(BorgError):
+    code = "lock_timeout"
+    summary = "The repository is locked by another borg process."
+    transient = True
+
+
+class ConnectionClosed(BorgError):
+    code = "connection_closed"
+    summary = "The connection to the remote repository was closed."
+    transient = True
+
+
+class DiskFull(BorgError):
+    code = "disk_full"
+    summary = "Not enough free space (disk full or storage quota reached)."
+
+
+class IntegrityError(BorgError):
+    code = "integrity_error"
+    summary = "borg found corrupted or inconsistent data."
+
+
+class AccessAborted(BorgError):
+    code = "access_refused"
+    summary = (
+        "borg refused to open the repository: it was moved (relocated) or it is an "
+        "unencrypted repository this installation has not seen before."
+    )
+
+
+class Interrupted(BorgError):
+    code = "interrupted"
+    summary = "borg was stopped by a signal before it finished."
+
+
+class BorgNotFound(BorgError):
+    code = "borg_not_found"
+    summary = "The borg binary could not be started."
+
+
+MSGID_CLASSES: dict[str, type[BorgError]] = {
+    "PassphraseWrong": WrongPassphrase,
+    "PasswordRetriesExceeded": WrongPassphrase,
+    "NoPassphraseFailure": WrongPassphrase,
+    "PasscommandFailure": WrongPassphrase,
+    "Repository.DoesNotExist": RepositoryMissing,
+    "Repository.InvalidRepository": RepositoryMissing,
+    "Repository.InvalidRepositoryConfig": RepositoryMissing,
+    "Repository.ParentPathDoesNotExist": RepositoryMissing,
+    "Repository.AlreadyExists": RepositoryExists,
+    "Repository.PathAlreadyExists": RepositoryExists,
+    "Archive.DoesNotExist": ArchiveMissing,
+    "Archive.AlreadyExists": ArchiveExists,
+    "LockTimeout": LockTimeout,
+    "LockError": LockTimeout,
+    "LockErrorT": LockTimeout,
+    "LockFailed": LockTimeout,
+    "ConnectionClosed": ConnectionClosed,
+    "ConnectionClosedWithHint": ConnectionClosed,
+    "ConnectionBrokenWithHint": ConnectionClosed,
+    "Repository.InsufficientFreeSpaceError": DiskFull,
+    "Repository.StorageQuotaExceeded": DiskFull,
+    "IntegrityError": IntegrityError,
+    "FileIntegrityError": IntegrityError,
+    "DecompressionError": IntegrityError,
+    "Repository.CheckNeeded": IntegrityError,
+    "Repository.ObjectNotFound": IntegrityError,
+    "ArchiveTAMInvalid": IntegrityError,
+    "ArchiveTAMRequiredError": IntegrityError,
+    "TAMInvalid": IntegrityError,
+    "TAMRequiredError": IntegrityError,
+    "TAMUnsupportedSuiteError": IntegrityError,
+    "UnsupportedManifestError": IntegrityError,
+    "UnsupportedPayloadError": IntegrityError,
+    "Cache.RepositoryAccessAborted": AccessAborted,
+    "Cache.CacheInitAbortedError": AccessAborted,
+    "Cache.EncryptionMethodMismatch": AccessAborted,
+    "Cache.RepositoryIDNotUnique": AccessAborted,
+}
+
+# borg 1.4 with BORG_EXIT_CODES=modern (docs/internals/frontends.rst, "Message IDs").
+RC_CLASSES: dict[int, type[BorgError]] = {
+    10: RepositoryExists,
+    11: RepositoryExists,
+    12: RepositoryMissing,
+    13: RepositoryMissing,
+    14: DiskFull,
+    15: RepositoryMissing,
+    17: IntegrityError,
+    20: DiskFull,
+    30: ArchiveExists,
+    31: ArchiveMissing,
+    50: WrongPassphrase,
+    51: WrongPassphrase,
+    52: WrongPassphrase,
+    53: WrongPassphrase,
+    60: AccessAborted,
+    62: AccessAborted,
+    70: LockTimeout,
+    71: LockTimeout,
+    72: LockTimeout,
+    73: LockTimeout,
+    80: ConnectionClosed,
+    81: ConnectionClosed,
+    87: ConnectionClosed,
+}
+RC_CLASSES.update({rc: IntegrityError for rc in range(90, 100)})
+
+NO_SPACE_RE = re.compile(r"No space left on device|\[Errno 28\]|ENOSPC")
+
+
+def error_for(rc: int, messages: list[dict], tail: list[str], *, check: bool = False):
+    """Map a non-success exit to a BorgError (REL-06). Returns None for success/warning."""
+    if rc < 0 or rc >= 128:
+        signo = -rc if rc < 0 else rc - 128
+        return Interrupted(
+            f"borg was stopped by signal {signo} before it finished.", rc=rc, tail=tail
+        )
+    if rc == 0:
+        return None
+    if rc == 1 or 100 <= rc <= 127:
+        if check:
+            return IntegrityError(
+                "borg check found errors in the repository (see the log).", rc=rc, tail=tail
+            )
+        return None
+    errors = [m for m in messages if m.get("levelname") in ("ERROR", "CRITICAL")]
+    last = errors[-1] if errors else (messages[-1] if messages else {})
+    msgid = last.get("msgid", "") or ""
+    text = last.get("message", "") or (tail[-1] if tail else "")
+    cls = MSGID_CLASSES.get(msgid) or RC_CLASSES.get(rc)
+    if cls is None and any(NO_SPACE_RE.search(line) for line in tail + [text]):
+        cls = DiskFull
+    cls = cls or BorgError
+    return cls(_person_message(cls, text), rc=rc, msgid=msgid, tail=tail)
+
+
+def _person_message(cls: type[BorgError], borg_text: str) -> str:
+    first_line = borg_text.strip().splitlines()[0] if borg_text.strip() else ""
+    if cls is BorgError:
+        return f"borg failed: {first_line}" if first_line else "borg failed."
+    return cls.summary
+
+
+# --- configuration and commands ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BorgConfig:
+    binary: str
+    base_dir: str
+    rsh: str = "ssh -oBatchMode=yes"
+    remote_path: str = ""
+    lock_wait: int = 600
+    grace_sigint: float = 60.0
+    grace_sigterm: float = 15.0
+    host_id: str = ""
+
+
+@dataclass
+class Command:
+    """A borg invocation as data: options before `--`, user-supplied positionals after."""
+
+    subcommand: list[str]
+    options: list[str] = field(default_factory=list)
+    positionals: list[str] = field(default_factory=list)
+    json_output: bool = False
+    progress: bool = False
+    check: bool = False  # borg check: rc 1 means corruption
+    cwd: str | None = None
+    stdin_data: str | None = None
+    uses_lock: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, config: BorgConfig) -> list[str]:
+        common = ["--log-json"]
+        if self.uses_lock:
+            common.append(f"--lock-wait={config.lock_wait}")
+        if self.progress:
+            common.append("--progress")
+        if config.remote_path:
+            common.append(f"--remote-path={config.remote_path}")
+        return [config.binary, *self.subcommand, *common, *self.options, "--", *self.positionals]
+
+
+def repo_arg(location: str, archive: str | None = None) -> str:
+    """`REPO` or `REPO::ARCHIVE`, validated again right before borg sees it (SEC-04, SEC-05)."""
+    validation.validate_location(location)
+    if archive is None:
+        return location
+    validation.validate_existing_archive_name(archive)
+    return f"{location}::{archive}"
+
+
+def _opt(name: str, value) -> str:
+    # The `--name=value` form keeps a value that starts with '-' from being read as an option.
+    return f"--{name}={value}"
+
+
+def init_cmd(location: str, encryption: str, append_only: bool = False) -> Command:
+    options = [_opt("encryption", encryption)]
+    if append_only:
+        options.append("--append-only")
+    return Command(["init"], options, [repo_arg(location)])
+
+
+def create_cmd(
+    location: str,
+    archive: str,
+    sources: list[str],
+    *,
+    compression: str = "lz4",
+    exclude_file: str | None = None,
+    one_file_system: bool = False,
+    checkpoint_interval: int | None = None,
+    comment: str = "",
+) -> Command:
+    if not sources:
+        raise validation.InvalidInput("At least one source path is required.")
+    options = [
+        "--json",
+        _opt("compression", validation.validate_compression(compression)),
+    ]
+    if exclude_file:
+        options.append(_opt("exclude-from", exclude_file))
+    if one_file_system:
+        options.append("--one-file-system")
+    if checkpoint_interval:
+        options.append(_opt("checkpoint-interval", int(checkpoint_interval)))
+    if comment:
+        validation.no_control_chars(comment, "Comment")
+        options.append(_opt("comment", comment))
+    paths = [validation.validate_source_path(s) for s in sources]
+    return Command(
+        ["create"],
+        options,
+        [repo_arg(location, archive), *paths],
+        json_output=True,
+        progress=True,
+    )
+
+
+LIST_FORMAT = "{name}{id}{start}{end}{hostname}{username}{comment}"
+
+
+def list_cmd(location: str) -> Command:
+    options = [
+        "--json",
+        "--consider-checkpoints",
+        _opt("format", LIST_FORMAT),
+    ]
+    return Command(["list"], options, [repo_arg(location)], json_output=True)
+
+
+def info_cmd(location: str, *, all_archives: bool = False) -> Command:
+    options = ["--json"]
+    if all_archives:
+        options += ["--consider-checkpoints", _opt("glob-archives", "*")]
+    return Command(["info"], options, [repo_arg(location)], json_output=True)
+
+
+def prune_cmd(
+    location: str,
+    glob: str,
+    keep_options: list[str],
+    *,
+    dry_run: bool = False,
+) -> Command:
+    if not keep_options:
+        raise validation.InvalidInput("Prune needs at least one keep rule.")
+    options = ["--list", _opt("glob-archives", glob), *keep_options]
+    if dry_run:
+        options.append("--dry-run")
+    return Command(["prune"], options, [repo_arg(location)], progress=True)
+
+
+def compact_cmd(location: str) -> Command:
+    return Command(["compact"], [], [repo_arg(location)], progress=True)
+
+
+def check_cmd(
+    location: str,
+    *,
+    repository_only: bool = False,
+    archives_only: bool = False,
+    verify_data: bool = False,
+    last: int | None = None,
+    glob: str | None = None,
+    max_duration: int | None = None,
+) -> Command:
+    if repository_only and archives_only:
+        raise validation.InvalidInput("Choose either repository-only or archives-only, not both.")
+    if verify_data and repository_only:
+        raise validation.InvalidInput("verify-data checks archives; it cannot be repository-only.")
+    if max_duration and not repository_only:
+        raise validation.InvalidInput("max-duration works only with a repository-only check.")
+    options = []
+    if repository_only:
+        options.append("--repository-only")
+    if archives_only:
+        options.append("--archives-only")
+    if verify_data:
+        options.append("--verify-data")
+    if last:
+        options.append(_opt("last", int(last)))
+    if glob:
+        options.append(_opt("glob-archives", glob))
+    if max_duration:
+        options.append(_opt("max-duration", int(max_duration)))
+    return Command(["check"], options, [repo_arg(location)], progress=True, check=True)
+
+
+def extract_cmd(
+    location: str,
+    archive: str,
+    target: str,
+    paths: list[str] | None = None,
+    *,
+    strip_components: int = 0,
+) -> Command:
+    options = ["--sparse"]
+    if strip_components:
+        options.append(_opt("strip-components", int(strip_components)))
+    subset = [validation.validate_archive_path(p) for p in (paths or [])]
+    return Command(
+        ["extract"], options, [repo_arg(location, archive), *subset], progress=True, cwd=target
+    )
+
+
+def delete_archive_cmd(location: str, archive: str) -> Command:
+    return Command(["delete"], [], [repo_arg(location, archive)], progress=True)
+
+
+def mount_cmd(location: str, archive: str | None, mountpoint: str):
+    return Command(
+        ["mount"],
+        [],
+        [repo_arg(location, archive or None), mountpoint],
+    )
+
+
+def umount_cmd(mountpoint: str) -> Command:
+    return Command(["umount"], [], [mountpoint], uses_lock=False)
+
+
+def key_export_cmd(location: str, paper: bool = False) -> Command:
+    options = ["--paper"] if paper else []
+    return Command(["key", "export"], options, [repo_arg(location)])
+
+
+def change_passphrase_cmd(location: str, old: str, new: str) -> Command:
+    # borg reads BORG_PASSPHRASE_FD only once and would take a new passphrase only from the
+    # environment (BORG_NEW_PASSPHRASE); both passphrases go through a stdin pipe instead.
+    for value in (old, new):
+        validation.validate_passphrase(value)
+    return Command(
+        ["key", "change-passphrase"],
+        [],
+        [repo_arg(location)],
+        stdin_data=f"{old}\n{new}\n{new}\n",
+    )
+
+
+def break_lock_cmd(location: str) -> Command:
+    return Command(["break-lock"], [], [repo_arg(location)])
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    messages: list[dict]
+    tail: list[str]
+    duration: float
+
+    @property
+    def warning(self) -> bool:
+        return self.rc == 1 or 100 <= self.rc <= 127
+
+    @property
+    def warnings(self) -> list[str]:
+        return [m.get("message", "") for m in self.messages if m.get("levelname") == "WARNING"]
+
+    def json(self):
+        try:
+            return json.loads(self.stdout) if self.stdout.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise BorgError(f"borg printed output that is not JSON: {exc}", rc=self.rc) from None
+
+
+def environment(config: BorgConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment: no inherited BORG_* (a passphrase there would leak), no prompts."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+        "HOME": config.base_dir,
+        "BORG_BASE_DIR": config.base_dir,
+        "BORG_EXIT_CODES": "modern",
+        "BORG_RELOCATED_REPO_ACCESS_IS_OK": "no",
+        "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no",
+        "BORG_DISPLAY_PASSPHRASE": "no",
+        "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "NO",
+        "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING": "NO",
+        "BORG_RSH": config.rsh,
+    }
+    if config.host_id:
+        env["BORG_HOST_ID"] = config.host_id
+    env.update(extra or {})
+    return env
+
+
+class _Stopper:
+    """The signal ladder (REL-04): SIGINT to borg (it writes a checkpoint), then SIGTERM,
+    then SIGKILL to the whole process group."""
+
+    def __init__(self, proc: subprocess.Popen, config: BorgConfig):
+        self.proc = proc
+        self.config = config
+        self.stage = 0
+        self.next_at = 0.0
+
+    def step(self, now: float) -> None:
+        if self.stage == 0:
+            self._send(signal.SIGINT, group=False)
+            self.stage, self.next_at = 1, now + self.config.grace_sigint
+        elif self.stage == 1 and now >= self.next_at:
+            self._send(signal.SIGTERM, group=False)
+            self.stage, self.next_at = 2, now + self.config.grace_sigterm
+        elif self.stage == 2 and now >= self.next_at:
+            self._send(signal.SIGKILL, group=True)
+            self.stage = 3
+
+    def _send(self, signo: int, group: bool) -> None:
+        try:
+            if group:
+                os.killpg(self.proc.pid, signo)
+            else:
+                self.proc.send_signal(signo)
+        except ProcessLookupError:
+            pass
+
+
+def run(
+    command: Command,
+    config: BorgConfig,
+    *,
+    passphrase: str | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    deadline: float | None = None,
+    raise_on_error: bool = True,
+) -> Result:
+    """Run one borg command to its end and return its Result.
+
+    - the passphrase travels through an anonymous pipe (`BORG_PASSPHRASE_FD`, SEC-01);
+    - stdin is /dev/null (or a closed pipe with `stdin_data`) and borg runs in a new session,
+      so no prompt can ever block (REL-05);
+    - `--log-json` lines are parsed as they stream: progress goes to `on_event`, the last
+      lines are kept for the error message;
+    - `should_stop()` returning True, or `deadline` seconds passing, starts the signal ladder.
+    Raises a BorgError subclass on failure (unless raise_on_error is False); a warning
+    (rc 1 or 100-127) returns normally with `result.warning` set.
+    """
+    argv = command.argv(config)
+    env = environment(config, command.extra_env)
+    pass_fds: tuple[int, ...] = ()
+    read_fd = None
+    if passphrase is not None:
+        validation.validate_passphrase(passphrase)
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, passphrase.encode())
+        finally:
+            os.close(write_fd)
+        env["BORG_PASSPHRASE_FD"] = str(read_fd)
+        pass_fds = (read_fd,)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if command.stdin_data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=command.cwd,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise BorgNotFound(f"Could not start borg ({config.binary}): {exc.strerror}.") from None
+    finally:
+        if read_fd is not None:
+            os.close(read_fd)
+    if on_start:
+        on_start(proc.pid)
+    if command.stdin_data is not None:
+        try:
+            proc.stdin.write(command.stdin_data.encode())
+        except BrokenPipeError:
+            pass
+        finally:
+            proc.stdin.close()
+
+    stdout_chunks: list[bytes] = []
+    messages: list[dict] = []
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    stopper = _Stopper(proc, config)
+    end_at = started + deadline if deadline else None
+    pending = b""
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, "out")
+            sel.register(proc.stderr, selectors.EVENT_READ, "err")
+            open_streams = 2
+            while open_streams:
+                for key, _ in sel.select(timeout=0.5):
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        open_streams -= 1
+                        continue
+                    if key.data == "out":
+                        stdout_chunks.append(data)
+                    else:
+                        pending += data
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            _handle_line(line, messages, tail, on_event)
+                now = time.monotonic()
+                wants_stop = (end_at is not None and now >= end_at) or (
+                    should_stop is not None and stopper.stage == 0 and should_stop()
+                )
+                if stopper.stage or wants_stop:
+                    stopper.step(now)
+            while proc.poll() is None:
+                # Pipes closed (e.g. a daemonised child holds none) but the process lingers.
+                now = time.monotonic()
+                if stopper.stage or (end_at is not None and now >= end_at):
+                    stopper.step(now)
+                time.sleep(0.05)
+    except BaseException:
+        # Never leave borg behind (a worker being torn down, KeyboardInterrupt in the CLI):
+        # ask it to stop politely first so it releases its locks.
+        _stop_now(proc)
+        raise
+    if pending:
+        _handle_line(pending, messages, tail, on_event)
+    rc = proc.wait()
+    result = Result(
+        rc=rc,
+        stdout=b"".join(stdout_chunks).decode("utf-8", "replace"),
+        messages=messages,
+        tail=list(tail),
+        duration=time.monotonic() - started,
+    )
+    error = error_for(rc, messages, result.tail, check=command.check)
+    if error is not None and raise_on_error:
+        raise error
+    return result
+
+
+def _stop_now(proc: subprocess.Popen) -> None:
+    for signo, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            if signo == signal.SIGKILL:
+                os.killpg(proc.pid, signo)
+            else:
+                proc.send_signal(signo)
+            proc.wait(timeout=wait)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+def _handle_line(raw: bytes, messages: list[dict], tail: deque, on_event) -> None:
+    line = raw.decode("utf-8", "replace").rstrip("\r")
+    if not line.strip():
+        return
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        tail.append(line)
+        return
+    if not isinstance(event, dict):
+        tail.append(line)
+        return
+    kind = event.get("type")
+    if kind == "log_message":
+        messages.append(event)
+        tail.append(f"{event.get('levelname', '')}: {event.get('message', '')}".strip(": "))
+    elif kind in ("question_prompt", "question_prompt_retry", "question_accepted_false"):
+        tail.append(event.get("message", ""))
+    if on_event is not None and kind in (
+        "archive_progress",
+        "progress_percent",
+        "progress_message",
+        "log_message",
+    ):
+        on_event(event)
+
+
+# --- small helpers used by the operations --------------------------------------------------
+
+
+def version(config: BorgConfig) -> tuple[int, int, int]:
+    """The borg version as a tuple, e.g. (1, 4, 5)."""
+    result = run(Command(["--version"], uses_lock=False), config, raise_on_error=False)
+    text = (result.stdout or " ".join(result.tail)).strip()
+    return parse_version(text)
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        raise BorgError(f"Could not read borg's version from {text[:80]!r}.")
+    return tuple(int(part) for part in match.groups())
+
+
+def write_exclude_file(directory: Path, patterns: list[str]) -> Path:
+    """Exclude patterns go to a file borg reads (never into argv strings)."""
+    cleaned = [validation.validate_exclude_pattern(p) for p in patterns]
+    path = directory / "excludes.txt"
+    path.write_text("".join(p + "\n" for p in cleaned))
+    return path
+
+
+PRUNE_LINE_RE = re.compile(
+    r"^(Keeping archive|Would keep|Would prune|Pruning archive)(?: \([^)]*\))?:\s+(\S+)"
+)
+
+
+def prune_lines(result: Result) -> dict[str, list[str]]:
+    """Parse `prune --list` output into the archive names kept and pruned."""
+    kept, pruned = [], []
+    for message in result.messages:
+        text = message.get("message", "")
+        match = PRUNE_LINE_RE.match(text)
+        if not match:
+            continue
+        (kept if match.group(1).startswith(("Keeping", "Would keep")) else pruned).append(
+            match.group(2)
+        )
+    return {"kept": kept, "pruned": pruned}

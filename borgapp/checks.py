@@ -1,0 +1,73 @@
+"""System checks run at start-up: borg present and recent enough (SEC-12), django-q2 settings
+safe for long jobs (REL-09), data directory writable."""
+
+import os
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from borgapp import borg
+
+
+@register(Tags.compatibility)
+def borg_version_check(app_configs=None, **kwargs):
+    from borgapp.operations import borg_config
+
+    try:
+        found = borg.version(borg_config())
+    except borg.BorgError as exc:
+        return [Error(f"borg is not usable: {exc}", hint="Set BORG_BINARY.", id="borgapp.E001")]
+    text = ".".join(map(str, found))
+    if found < borg.MIN_VERSION:
+        return [
+            Error(
+                f"borg {text} is too old: 1.2.5 or newer is required (CVE-2023-36811).",
+                hint="Install borgbackup 1.4.5 (make install does this).",
+                id="borgapp.E002",
+            )
+        ]
+    if found < borg.SAFE_RESTORE_VERSION:
+        return [
+            Warning(
+                f"borg {text} is older than 1.4.5: restores of archives this app did not make "
+                "are refused (CVE-2026-62268).",
+                id="borgapp.W001",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
+def django_q_check(app_configs=None, **kwargs):
+    q = getattr(settings, "Q_CLUSTER", {})
+    problems = []
+    deadline = settings.JOB_DEADLINE
+    if (q.get("retry") or 0) <= deadline:
+        problems.append(
+            f"Q_CLUSTER['retry'] ({q.get('retry')}) must exceed the job deadline ({deadline}s): "
+            "the ORM broker hands a task out again after `retry` seconds, even while it runs."
+        )
+    if q.get("max_attempts") != 1:
+        problems.append("Q_CLUSTER['max_attempts'] must be 1 (the app decides about retries).")
+    if q.get("ack_failures") is not True:
+        problems.append("Q_CLUSTER['ack_failures'] must be True (else failed jobs run again).")
+    if q.get("catch_up") is not False:
+        problems.append("Q_CLUSTER['catch_up'] must be False (else missed slots all replay).")
+    ladder = settings.BORG_GRACE_SIGINT + settings.BORG_GRACE_SIGTERM
+    if q.get("timeout") is not None and q["timeout"] <= deadline + ladder:
+        problems.append(
+            f"Q_CLUSTER['timeout'] ({q['timeout']}) must exceed the job deadline plus the "
+            f"signal ladder ({deadline + ladder:.0f}s): django-q2's timeout kills the worker "
+            "and leaves borg running."
+        )
+    if q.get("timeout") and (q.get("retry") or 0) <= q["timeout"]:
+        problems.append("Q_CLUSTER['retry'] must exceed Q_CLUSTER['timeout'].")
+    return [Error(text, id="borgapp.E010") for text in problems]
+
+
+@register(Tags.compatibility)
+def data_dir_check(app_configs=None, **kwargs):
+    data_dir = settings.DATA_DIR
+    if not os.access(data_dir, os.W_OK):
+        return [Error(f"The data directory {data_dir} is not writable.", id="borgapp.E020")]
+    return []

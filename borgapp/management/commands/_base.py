@@ -1,0 +1,125 @@
+"""Shared shape of the borg_* commands: a thin layer over intake/operations with `--json`,
+exit 0 on success, 1 on a warning, 2 on failure with a one-line reason on stderr."""
+
+import getpass
+import json
+import os
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from borgapp import validation
+from borgapp.intake import Conflict
+from borgapp.models import Job, Repository
+
+EXIT_OK, EXIT_WARNING, EXIT_FAILED = 0, 1, 2
+
+
+def job_summary(job: Job) -> dict:
+    return {
+        "job_id": job.pk,
+        "kind": job.kind,
+        "repository": job.repository_name,
+        "status": job.status,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "duration": job.duration,
+        "result": job.result,
+        "error_code": job.error_code or None,
+        "error": job.error_message or None,
+    }
+
+
+class JobCommand(BaseCommand):
+    """Subclasses implement `start(options, echo)` returning a finished Job."""
+
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="print a JSON object")
+
+    def repository(self, name: str) -> Repository:
+        repo = Repository.objects.filter(name=name).first()
+        if repo is None:
+            raise CommandError(f"No repository named {name!r}.", returncode=EXIT_FAILED)
+        return repo
+
+    def run_kind(self, kind: str, name: str, params: dict, echo) -> Job:
+        from borgapp import intake
+
+        return intake.start(
+            kind, self.repository(name), params, trigger=Job.Trigger.CLI, inline=True, echo=echo
+        )
+
+    def handle(self, *args, **options):
+        echo = self._progress_echo() if not options["json"] else None
+        try:
+            job = self.start(options, echo)
+        except (validation.InvalidInput, Conflict) as exc:
+            raise CommandError(str(exc), returncode=EXIT_FAILED) from None
+        if echo:
+            sys.stderr.write("\n")
+        self.report(job, options)
+
+    def report(self, job: Job, options) -> None:
+        if options["json"]:
+            self.stdout.write(json.dumps(job_summary(job), indent=2, default=str))
+        else:
+            self.stdout.write(self.describe(job))
+        if job.status == Job.Status.SUCCEEDED:
+            return
+        if job.status == Job.Status.WARNING:
+            self.stderr.write(f"warning: {job.error_message or 'borg reported a warning'}")
+            sys.exit(EXIT_WARNING)
+        reason = job.error_message or job.status
+        raise CommandError(
+            f"{job.get_kind_display()} {job.status}: {reason}", returncode=EXIT_FAILED
+        )
+
+    def describe(self, job: Job) -> str:
+        lines = [f"{job.get_kind_display()} job {job.pk}: {job.status}"]
+        for key, value in (job.result or {}).items():
+            lines.append(f"  {key}: {value}")
+        return "\n".join(lines)
+
+    def _progress_echo(self):
+        if not sys.stderr.isatty():
+            return None
+
+        def echo(fields):
+            parts = []
+            if fields.get("progress_percent") is not None:
+                parts.append(f"{fields['progress_percent']:5.1f}%")
+            if fields.get("progress_bytes") is not None:
+                parts.append(f"{fields['progress_bytes'] / 1e6:10.1f} MB")
+            if fields.get("progress_files") is not None:
+                parts.append(f"{fields['progress_files']} files")
+            path = fields.get("progress_path") or fields.get("progress_message") or ""
+            line = " ".join(parts + [path])[:120]
+            sys.stderr.write("\r" + line.ljust(120))
+            sys.stderr.flush()
+
+        return echo
+
+
+def read_passphrase(options, prompt: str = "Passphrase: ", required: bool = True) -> str | None:
+    """From --passphrase-file, else BORG_PASSPHRASE, else a prompt on a terminal."""
+    path = options.get("passphrase_file")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().rstrip("\n")
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot read the passphrase file: {exc.strerror}.", returncode=EXIT_FAILED
+            ) from None
+    if "BORG_PASSPHRASE" in os.environ:
+        return os.environ["BORG_PASSPHRASE"]
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    if required:
+        raise CommandError(
+            "A passphrase is needed: use --passphrase-file, BORG_PASSPHRASE, or a terminal.",
+            returncode=EXIT_FAILED,
+        )
+    return None

@@ -1,0 +1,32 @@
+from borgapp.management.commands._base import JobCommand
+from borgapp.models import Job
+
+
+class Command(JobCommand):
+    help = "Back up source paths into a new archive named PREFIX-<UTC time>."
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("name", help="repository name")
+        parser.add_argument("--source", action="append", required=True, dest="sources")
+        parser.add_argument("--exclude", action="append", default=[], dest="excludes")
+        parser.add_argument("--prefix", default="backup")
+        parser.add_argument("--compression", default="lz4")
+        parser.add_argument("--comment", default="")
+        parser.add_argument("--one-file-system", action="store_true")
+        parser.add_argument("--checkpoint-interval", type=int)
+
+    def start(self, options, echo):
+        params = {
+            key: options[key]
+            for key in (
+                "sources",
+                "excludes",
+                "prefix",
+                "compression",
+                "comment",
+                "one_file_system",
+                "checkpoint_interval",
+            )
+        }
+        return self.run_kind(Job.Kind.BACKUP, options["name"], params, echo)

@@ -1,0 +1,396 @@
+"""The catalog of record: repositories, archives, policies, schedules and job runs.
+
+Every read (admin lists, API lists, dashboards, metrics) comes from these rows, never from
+borg. Model methods carry the domain rules.
+"""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from borgapp import validation, vault
+
+ENCRYPTION_MODES = [
+    ("repokey-blake2", "repokey-blake2 (recommended)"),
+    ("repokey", "repokey"),
+    ("keyfile-blake2", "keyfile-blake2"),
+    ("keyfile", "keyfile"),
+    ("authenticated-blake2", "authenticated-blake2 (no encryption)"),
+    ("authenticated", "authenticated (no encryption)"),
+    ("none", "none"),
+]
+
+
+def _django_validator(func, *args):
+    def validator(value):
+        try:
+            func(value, *args)
+        except validation.InvalidInput as exc:
+            raise ValidationError(str(exc)) from None
+
+    validator.__name__ = func.__name__
+    return validator
+
+
+def validate_location_field(value):
+    try:
+        validation.validate_location(value)
+        if not validation.is_remote(value):
+            validation.require_under_roots(value, settings.REPOSITORY_ROOTS, "Repository location")
+    except validation.InvalidInput as exc:
+        raise ValidationError(str(exc)) from None
+
+
+# Django's migration serializer needs importable names, so these wrap the pure rules once.
+def validate_name_field(value):
+    _django_validator(validation.validate_name)(value)
+
+
+def validate_archive_part_field(value):
+    _django_validator(validation.validate_archive_part)(value)
+
+
+def validate_compression_field(value):
+    _django_validator(validation.validate_compression)(value)
+
+
+def validate_keep_within_field(value):
+    _django_validator(validation.validate_keep_within)(value)
+
+
+class Repository(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending (being initialized or imported)"
+        READY = "ready", "Ready"
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
+    location = models.CharField(
+        max_length=1024,
+        unique=True,
+        validators=[validate_location_field],
+        help_text="Absolute path under an allowed root, or ssh://user@host[:port]/path",
+    )
+    encryption = models.CharField(max_length=32, choices=ENCRYPTION_MODES, default="repokey-blake2")
+    passphrase_encrypted = models.TextField(blank=True, default="", editable=False)
+    # A new passphrase waiting for a change-passphrase job (encrypted; cleared by the job).
+    new_passphrase_encrypted = models.TextField(blank=True, default="", editable=False)
+    append_only = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    borg_id = models.CharField(max_length=64, blank=True, default="")
+
+    # Repository statistics from the last `borg info` (cached; never read from borg on a page).
+    total_size = models.BigIntegerField(null=True, blank=True)
+    total_compressed_size = models.BigIntegerField(null=True, blank=True)
+    unique_size = models.BigIntegerField(null=True, blank=True)
+    unique_compressed_size = models.BigIntegerField(null=True, blank=True)
+    total_chunks = models.BigIntegerField(null=True, blank=True)
+    unique_chunks = models.BigIntegerField(null=True, blank=True)
+    stats_updated_at = models.DateTimeField(null=True, blank=True)
+    catalog_synced_at = models.DateTimeField(null=True, blank=True)
+
+    # The lease (REL-03): which job may run borg on this repository right now.
+    lease_job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lease_since = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "repositories"
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        super().clean()
+        if self.location and not validation.is_remote(self.location):
+            self.location = validation.validate_location(self.location)
+
+    @property
+    def has_passphrase(self) -> bool:
+        return bool(self.passphrase_encrypted)
+
+    def set_passphrase(self, passphrase: str) -> None:
+        validation.validate_passphrase(passphrase)
+        self.passphrase_encrypted = vault.encrypt(passphrase) if passphrase else ""
+
+    def get_passphrase(self) -> str | None:
+        """The stored passphrase, or None for a repository stored without one."""
+        if not self.passphrase_encrypted:
+            return None
+        return vault.decrypt(self.passphrase_encrypted)
+
+    @property
+    def deduplication_ratio(self) -> float | None:
+        """Original size of all archives over the space they take: higher is better."""
+        if self.total_size and self.unique_compressed_size:
+            return self.total_size / self.unique_compressed_size
+        return None
+
+    def last_successful_backup(self):
+        return self.archives.filter(is_checkpoint=False).order_by("-start").only("start").first()
+
+
+class Archive(models.Model):
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="archives")
+    name = models.CharField(max_length=255)
+    borg_id = models.CharField(max_length=64, blank=True, default="")
+    start = models.DateTimeField(null=True, blank=True)
+    end = models.DateTimeField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True, help_text="seconds")
+    hostname = models.CharField(max_length=255, blank=True, default="")
+    username = models.CharField(max_length=255, blank=True, default="")
+    comment = models.TextField(blank=True, default="")
+    original_size = models.BigIntegerField(null=True, blank=True)
+    compressed_size = models.BigIntegerField(null=True, blank=True)
+    deduplicated_size = models.BigIntegerField(null=True, blank=True)
+    nfiles = models.BigIntegerField(null=True, blank=True)
+    is_checkpoint = models.BooleanField(default=False)
+    created_by_app = models.BooleanField(default=False)
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-start", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "name"], name="archive_unique_name")
+        ]
+        indexes = [models.Index(fields=["repository", "-start"], name="archive_repo_start")]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Original over compressed size: higher is better."""
+        if self.original_size and self.compressed_size:
+            return self.original_size / self.compressed_size
+        return None
+
+    @property
+    def deduplication_ratio(self) -> float | None:
+        """Original over the new space this archive added: higher is better."""
+        if self.original_size and self.deduplicated_size:
+            return self.original_size / self.deduplicated_size
+        return None
+
+
+class RetentionPolicy(models.Model):
+    KEEP_FIELDS = [
+        "keep_last",
+        "keep_hourly",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+        "keep_yearly",
+    ]
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
+    keep_within = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        validators=[validate_keep_within_field],
+        help_text="Keep everything within this interval, e.g. 7d, 12H, 2w, 1m, 1y.",
+    )
+    keep_last = models.PositiveIntegerField(null=True, blank=True)
+    keep_hourly = models.PositiveIntegerField(null=True, blank=True)
+    keep_daily = models.PositiveIntegerField(null=True, blank=True)
+    keep_weekly = models.PositiveIntegerField(null=True, blank=True)
+    keep_monthly = models.PositiveIntegerField(null=True, blank=True)
+    keep_yearly = models.PositiveIntegerField(null=True, blank=True)
+    is_recommended = models.BooleanField(default=False, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "retention policies"
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        super().clean()
+        if not self.keep_within and not any(getattr(self, f) for f in self.KEEP_FIELDS):
+            raise ValidationError("Set at least one keep rule (keep_within or a keep_* count).")
+
+    def borg_options(self) -> list[str]:
+        return keep_options(
+            keep_within=self.keep_within, **{f: getattr(self, f) for f in self.KEEP_FIELDS}
+        )
+
+
+def keep_options(keep_within: str = "", **counts) -> list[str]:
+    """borg prune flags for a retention rule set; zero or empty rules are left out."""
+    options = []
+    if keep_within:
+        options.append(f"--keep-within={validation.validate_keep_within(keep_within)}")
+    for field_name in RetentionPolicy.KEEP_FIELDS:
+        value = counts.get(field_name)
+        if value:
+            if int(value) < 0:
+                raise validation.InvalidInput(f"{field_name} must not be negative.")
+            options.append(f"--{field_name.replace('_', '-')}={int(value)}")
+    return options
+
+
+class Schedule(models.Model):
+    """What to run, where and when. Its execution through django-q2 is the scheduling
+    issue's work; the fields are here so every part shares one shape."""
+
+    class Operation(models.TextChoices):
+        BACKUP = "backup", "Backup"
+        PRUNE = "prune", "Prune"
+        COMPACT = "compact", "Compact"
+        CHECK = "check", "Check"
+        VERIFY_RESTORE = "verify_restore", "Verify restore"
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
+    repositories = models.ManyToManyField(Repository, related_name="schedules")
+    operation = models.CharField(max_length=20, choices=Operation.choices)
+    cron = models.CharField(max_length=100, help_text="Cron expression, e.g. 0 2 * * *")
+    timezone = models.CharField(max_length=64, default="UTC")
+    enabled = models.BooleanField(default=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    source_paths = models.JSONField(default=list, blank=True)
+    exclude_patterns = models.JSONField(default=list, blank=True)
+    compression = models.CharField(
+        max_length=32, default="lz4", validators=[validate_compression_field]
+    )
+    one_file_system = models.BooleanField(default=False)
+    checkpoint_interval = models.PositiveIntegerField(null=True, blank=True)
+    archive_prefix = models.CharField(
+        max_length=100, default="backup", validators=[validate_archive_part_field]
+    )
+    comment = models.CharField(max_length=500, blank=True, default="")
+    retention_policy = models.ForeignKey(
+        RetentionPolicy, null=True, blank=True, on_delete=models.PROTECT
+    )
+    compact_after_prune = models.BooleanField(default=True)
+    verify_data = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Job(models.Model):
+    """One row per operation run: what, where, who, how it went."""
+
+    class Kind(models.TextChoices):
+        INIT = "init", "Initialize"
+        IMPORT = "import", "Import"
+        BACKUP = "backup", "Backup"
+        SYNC = "sync", "Sync catalog"
+        INFO = "info", "Info"
+        PRUNE = "prune", "Prune"
+        COMPACT = "compact", "Compact"
+        CHECK = "check", "Check"
+        EXTRACT = "extract", "Extract"
+        DELETE = "delete", "Delete archive"
+        MOUNT = "mount", "Mount"
+        UMOUNT = "umount", "Unmount"
+        KEY_EXPORT = "key_export", "Export key"
+        CHANGE_PASSPHRASE = "change_passphrase", "Change passphrase"
+        BREAK_LOCK = "break_lock", "Break lock"
+
+    class Trigger(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        API = "api", "API"
+        SCHEDULE = "schedule", "Schedule"
+        CLI = "cli", "Command line"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        WARNING = "warning", "Warning"
+        FAILED = "failed", "Failed"
+        INTERRUPTED = "interrupted", "Interrupted"
+        CANCELLED = "cancelled", "Cancelled"
+        SKIPPED = "skipped", "Skipped"
+
+    FINISHED = {"succeeded", "warning", "failed", "interrupted", "cancelled", "skipped"}
+
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    repository = models.ForeignKey(
+        Repository, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    repository_name = models.CharField(max_length=100, blank=True, default="")
+    archive_name = models.CharField(max_length=255, blank=True, default="")
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL)
+    params = models.JSONField(default=dict, blank=True)
+    inline = models.BooleanField(
+        default=False, help_text="Run in the requesting process (CLI), not by a worker."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+
+    progress_percent = models.FloatField(null=True, blank=True)
+    progress_bytes = models.BigIntegerField(null=True, blank=True)
+    progress_files = models.BigIntegerField(null=True, blank=True)
+    progress_path = models.TextField(blank=True, default="")
+    progress_message = models.CharField(max_length=500, blank=True, default="")
+
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    result = models.JSONField(default=dict, blank=True)
+    error_code = models.CharField(max_length=40, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    log_tail = models.TextField(blank=True, default="")
+
+    cancel_requested = models.BooleanField(default=False)
+    worker_host = models.CharField(max_length=255, blank=True, default="")
+    worker_pid = models.IntegerField(null=True, blank=True)
+    borg_pid = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["repository", "status"], name="job_repo_status"),
+            models.Index(fields=["status", "created_at"], name="job_status_created"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class Mount(models.Model):
+    """A FUSE mount the app made, so a restart knows what is mounted."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="mounts")
+    archive_name = models.CharField(max_length=255, blank=True, default="")
+    mountpoint = models.CharField(max_length=1024, unique=True)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.mountpoint
+
+
+class WorkerHeartbeat(models.Model):
+    """Written by the worker's maintenance task every minute; a stale value means no worker."""
+
+    seen_at = models.DateTimeField()

@@ -1,0 +1,591 @@
+"""One function per operation, reached from every entry point (admin, API, CLI, schedules).
+
+Each takes a claimed Job (its repository is leased to it), runs borg through `borg.py`, and
+writes the outcome to the rows. They raise BorgError, InvalidInput or OperationError on
+failure; `jobs.execute` records that on the Job.
+"""
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from borgapp import borg, validation, vault
+from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy, keep_options
+
+ARCHIVE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+ARCHIVE_TIME_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z"
+
+
+class OperationError(Exception):
+    """An operation refused to run: `code` for machines, the text for a person."""
+
+    def __init__(self, message: str, code: str = "invalid_request"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Outcome:
+    result: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+    # Returned to an in-process caller only, never stored (an exported key, for instance).
+    payload: str | None = None
+
+
+def borg_config() -> borg.BorgConfig:
+    base = Path(settings.BORG_BASE_DIR)
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return borg.BorgConfig(
+        binary=settings.BORG_BINARY,
+        base_dir=str(base),
+        rsh=settings.BORG_RSH,
+        remote_path=settings.BORG_REMOTE_PATH,
+        lock_wait=settings.BORG_LOCK_WAIT,
+        grace_sigint=settings.BORG_GRACE_SIGINT,
+        grace_sigterm=settings.BORG_GRACE_SIGTERM,
+    )
+
+
+class Context:
+    """What an operation needs: its job, its repository, and a borg runner wired to the
+    job's progress, cancel flag and deadline."""
+
+    def __init__(self, job: Job, progress):
+        self.job = job
+        self.repo: Repository | None = job.repository
+        self.params = job.params or {}
+        self.progress = progress
+        self.config = borg_config()
+        self.warnings: list[str] = []
+        self.tail: list[str] = []
+
+    def borg(self, command: borg.Command, *, passphrase="stored") -> borg.Result:
+        if passphrase == "stored":
+            passphrase = self.repo.get_passphrase() if self.repo else None
+        try:
+            result = borg.run(
+                command,
+                self.config,
+                passphrase=passphrase,
+                on_event=self.progress.on_event if self.progress else None,
+                on_start=self.progress.on_start if self.progress else None,
+                should_stop=self.progress.should_stop if self.progress else None,
+                deadline=settings.JOB_DEADLINE,
+            )
+        except borg.BorgError as exc:
+            self.tail = exc.tail
+            raise
+        self.tail = result.tail
+        if result.warning:
+            self.warnings.extend(result.warnings or [f"borg ended with warning code {result.rc}"])
+        return result
+
+    def outcome(self, result: dict, payload: str | None = None) -> Outcome:
+        return Outcome(result=result, warnings=self.warnings, tail=self.tail, payload=payload)
+
+
+def run(job: Job, progress=None) -> Outcome:
+    operation = OPERATIONS.get(job.kind)
+    if operation is None:
+        raise OperationError(f"Unknown operation {job.kind!r}.")
+    ctx = Context(job, progress)
+    if ctx.repo is None:
+        raise OperationError("The job's repository no longer exists.", "repository_missing")
+    try:
+        return operation(ctx)
+    except Exception:
+        _forget_if_pending(ctx.repo)
+        raise
+
+
+def _forget_if_pending(repo: Repository) -> None:
+    """A repository whose init or import failed is not registered (nothing is stored)."""
+    Repository.objects.filter(pk=repo.pk, state=Repository.State.PENDING).delete()
+
+
+# --- catalog ------------------------------------------------------------------------------
+
+
+def _dt(value):
+    if not value:
+        return None
+    parsed = parse_datetime(value)
+    if parsed is not None and timezone.is_naive(parsed):
+        # borg prints local time without an offset; the app and borg share the clock.
+        parsed = parsed.astimezone(UTC)
+    return parsed
+
+
+def sync_catalog(ctx: Context) -> dict:
+    """Make the Archive rows equal `borg list` (REL-13): one borg call, one bulk upsert."""
+    listed = ctx.borg(borg.list_cmd(ctx.repo.location)).json().get("archives", [])
+    return apply_listing(ctx.repo, listed)
+
+
+def apply_listing(repo: Repository, listed: list[dict]) -> dict:
+    now = timezone.now()
+    existing = {a.name: a for a in repo.archives.all()}
+    seen, new, changed = set(), [], []
+    for item in listed:
+        name = item.get("name") or item.get("archive")
+        if not name:
+            continue
+        seen.add(name)
+        values = {
+            "borg_id": item.get("id", ""),
+            "start": _dt(item.get("start") or item.get("time")),
+            "end": _dt(item.get("end")),
+            "hostname": item.get("hostname", "") or "",
+            "username": item.get("username", "") or "",
+            "comment": item.get("comment", "") or "",
+            "is_checkpoint": bool(borg_checkpoint(name)),
+        }
+        if values["start"] and values["end"]:
+            values["duration"] = (values["end"] - values["start"]).total_seconds()
+        archive = existing.get(name)
+        if archive is None:
+            new.append(Archive(repository=repo, name=name, synced_at=now, **values))
+            continue
+        if any(getattr(archive, key) != value for key, value in values.items()):
+            for key, value in values.items():
+                setattr(archive, key, value)
+            archive.synced_at = now
+            changed.append(archive)
+    gone = [a.pk for name, a in existing.items() if name not in seen]
+    with transaction.atomic():
+        Archive.objects.bulk_create(new, batch_size=500)
+        if changed:
+            Archive.objects.bulk_update(
+                changed,
+                [
+                    "borg_id",
+                    "start",
+                    "end",
+                    "duration",
+                    "hostname",
+                    "username",
+                    "comment",
+                    "is_checkpoint",
+                    "synced_at",
+                ],
+                batch_size=500,
+            )
+        if gone:
+            Archive.objects.filter(pk__in=gone).delete()
+        Repository.objects.filter(pk=repo.pk).update(catalog_synced_at=now)
+    return {"archives": len(seen), "added": len(new), "updated": len(changed), "removed": len(gone)}
+
+
+def borg_checkpoint(name: str) -> bool:
+    return validation.CHECKPOINT_SUFFIX_RE.search(name) is not None
+
+
+def store_repository_stats(repo: Repository, info: dict) -> None:
+    stats = (info.get("cache") or {}).get("stats") or {}
+    repository = info.get("repository") or {}
+    encryption = (info.get("encryption") or {}).get("mode")
+    fields = {
+        "total_size": stats.get("total_size"),
+        "total_compressed_size": stats.get("total_csize"),
+        "unique_size": stats.get("unique_size"),
+        "unique_compressed_size": stats.get("unique_csize"),
+        "total_chunks": stats.get("total_chunks"),
+        "unique_chunks": stats.get("total_unique_chunks"),
+        "stats_updated_at": timezone.now(),
+    }
+    if repository.get("id"):
+        fields["borg_id"] = repository["id"]
+    if encryption:
+        fields["encryption"] = encryption
+    Repository.objects.filter(pk=repo.pk).update(**fields)
+    for key, value in fields.items():
+        setattr(repo, key, value)
+
+
+def repository_summary(repo: Repository) -> dict:
+    return {
+        "repository_id": repo.borg_id,
+        "location": repo.location,
+        "encryption_mode": repo.encryption,
+        "total_size": repo.total_size,
+        "total_compressed_size": repo.total_compressed_size,
+        "unique_size": repo.unique_compressed_size,
+        "unique_chunks": repo.unique_chunks,
+        "total_chunks": repo.total_chunks,
+        "deduplication_ratio": repo.deduplication_ratio,
+        "archives": repo.archives.filter(is_checkpoint=False).count(),
+    }
+
+
+# --- repository lifecycle ---------------------------------------------------------------------
+
+
+def op_init(ctx: Context) -> Outcome:
+    repo = ctx.repo
+    command = borg.init_cmd(repo.location, repo.encryption, append_only=repo.append_only)
+    command.options.append("--make-parent-dirs")
+    ctx.borg(command)
+    if not validation.is_remote(repo.location):
+        os.chmod(repo.location, 0o700)
+    store_repository_stats(repo, ctx.borg(borg.info_cmd(repo.location)).json())
+    Repository.objects.filter(pk=repo.pk).update(state=Repository.State.READY)
+    apply_listing(repo, [])
+    return ctx.outcome({"message": "Repository initialized.", **repository_summary(repo)})
+
+
+def op_import(ctx: Context) -> Outcome:
+    repo = ctx.repo
+    # Importing is the explicit act of trusting this repository, encrypted or not.
+    info_command = borg.info_cmd(repo.location)
+    info_command.extra_env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
+    store_repository_stats(repo, ctx.borg(info_command).json())
+    Repository.objects.filter(pk=repo.pk).update(state=Repository.State.READY)
+    synced = sync_catalog(ctx)
+    if synced["archives"]:
+        detail = ctx.borg(borg.info_cmd(repo.location, all_archives=True)).json()
+        store_archive_stats(repo, detail.get("archives", []))
+    return ctx.outcome({"message": "Repository imported.", **synced, **repository_summary(repo)})
+
+
+def store_archive_stats(repo: Repository, archives: list[dict]) -> None:
+    by_name = {a.name: a for a in repo.archives.all()}
+    changed = []
+    for item in archives:
+        archive = by_name.get(item.get("name"))
+        stats = item.get("stats") or {}
+        if archive is None or not stats:
+            continue
+        archive.original_size = stats.get("original_size")
+        archive.compressed_size = stats.get("compressed_size")
+        archive.deduplicated_size = stats.get("deduplicated_size")
+        archive.nfiles = stats.get("nfiles")
+        archive.duration = item.get("duration", archive.duration)
+        changed.append(archive)
+    Archive.objects.bulk_update(
+        changed,
+        ["original_size", "compressed_size", "deduplicated_size", "nfiles", "duration"],
+        batch_size=500,
+    )
+
+
+def op_sync(ctx: Context) -> Outcome:
+    synced = sync_catalog(ctx)
+    store_repository_stats(ctx.repo, ctx.borg(borg.info_cmd(ctx.repo.location)).json())
+    return ctx.outcome({**synced, **repository_summary(ctx.repo)})
+
+
+def op_info(ctx: Context) -> Outcome:
+    store_repository_stats(ctx.repo, ctx.borg(borg.info_cmd(ctx.repo.location)).json())
+    return ctx.outcome(repository_summary(ctx.repo))
+
+
+# --- backup and retention -----------------------------------------------------------------------
+
+
+def archive_name_for(prefix: str, when: datetime | None = None) -> str:
+    validation.validate_archive_part(prefix, "Archive prefix")
+    when = (when or datetime.now(UTC)).astimezone(UTC)
+    return f"{prefix}-{when.strftime(ARCHIVE_TIME_FORMAT)}"
+
+
+def prefix_glob(prefix: str) -> str:
+    """Archives of exactly this backup set (and their checkpoints), never another set's."""
+    validation.validate_archive_part(prefix, "Archive prefix")
+    return f"{prefix}-{ARCHIVE_TIME_GLOB}*"
+
+
+def op_backup(ctx: Context) -> Outcome:
+    repo, params = ctx.repo, ctx.params
+    name = params.get("archive") or archive_name_for(params.get("prefix") or "backup")
+    validation.validate_existing_archive_name(name)
+    if borg_checkpoint(name):
+        raise validation.InvalidInput("Archive names must not end in '.checkpoint'.")
+    with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
+        exclude_file = None
+        if params.get("excludes"):
+            exclude_file = str(borg.write_exclude_file(Path(scratch), params["excludes"]))
+        command = borg.create_cmd(
+            repo.location,
+            name,
+            params.get("sources") or [],
+            compression=params.get("compression") or "lz4",
+            exclude_file=exclude_file,
+            one_file_system=bool(params.get("one_file_system")),
+            checkpoint_interval=params.get("checkpoint_interval"),
+            comment=params.get("comment") or "",
+        )
+        try:
+            created = ctx.borg(command).json()
+        except borg.BorgError:
+            _sync_quietly(ctx)  # record the checkpoint an interrupted run left (REL-01)
+            raise
+    archive = created.get("archive") or {}
+    stats = archive.get("stats") or {}
+    store_repository_stats(repo, created)
+    Archive.objects.update_or_create(
+        repository=repo,
+        name=archive.get("name", name),
+        defaults={
+            "borg_id": archive.get("id", ""),
+            "start": _dt(archive.get("start")),
+            "end": _dt(archive.get("end")),
+            "duration": archive.get("duration"),
+            "original_size": stats.get("original_size"),
+            "compressed_size": stats.get("compressed_size"),
+            "deduplicated_size": stats.get("deduplicated_size"),
+            "nfiles": stats.get("nfiles"),
+            "comment": params.get("comment") or "",
+            "created_by_app": True,
+            "is_checkpoint": False,
+        },
+    )
+    sync_catalog(ctx)
+    original, compressed, dedup = (
+        stats.get("original_size"),
+        stats.get("compressed_size"),
+        stats.get("deduplicated_size"),
+    )
+    return ctx.outcome(
+        {
+            "archive_name": archive.get("name", name),
+            "archive_id": archive.get("id", ""),
+            "original_size": original,
+            "compressed_size": compressed,
+            "deduplicated_size": dedup,
+            "nfiles": stats.get("nfiles"),
+            "compression_ratio": _ratio(original, compressed),
+            "deduplication_ratio": _ratio(original, dedup),
+            "duration": archive.get("duration"),
+        }
+    )
+
+
+def _ratio(numerator, denominator):
+    """Every ratio is original over stored: higher is better."""
+    if numerator and denominator:
+        return round(numerator / denominator, 4)
+    return None
+
+
+def _sync_quietly(ctx: Context) -> None:
+    try:
+        sync_catalog(ctx)
+    except borg.BorgError:
+        pass
+
+
+def op_prune(ctx: Context) -> Outcome:
+    repo, params = ctx.repo, ctx.params
+    glob = params.get("glob") or prefix_glob(params.get("prefix") or "")
+    if params.get("policy"):
+        policy = RetentionPolicy.objects.filter(name=params["policy"]).first()
+        if policy is None:
+            raise OperationError(f"No retention policy named {params['policy']!r}.", "not_found")
+        rules = policy.borg_options()
+    else:
+        rules = keep_options(**(params.get("keep") or {}))
+    dry_run = bool(params.get("dry_run"))
+    result = ctx.borg(borg.prune_cmd(repo.location, glob, rules, dry_run=dry_run))
+    listing = borg.prune_lines(result)
+    summary = {"glob": glob, "rules": rules, "dry_run": dry_run, **listing}
+    if dry_run:
+        return ctx.outcome(summary)
+    summary["catalog"] = sync_catalog(ctx)
+    compact = params.get("compact", True)
+    if compact and not repo.append_only:
+        ctx.borg(borg.compact_cmd(repo.location))
+        summary["compacted"] = True
+    else:
+        summary["compacted"] = False
+        if repo.append_only:
+            summary["note"] = "Append-only repository: space is not reclaimed by compact."
+    return ctx.outcome(summary)
+
+
+def op_compact(ctx: Context) -> Outcome:
+    ctx.borg(borg.compact_cmd(ctx.repo.location))
+    result = {"compacted": True}
+    if ctx.repo.append_only:
+        result["note"] = "Append-only repository: borg reclaims no space here."
+    return ctx.outcome(result)
+
+
+def op_check(ctx: Context) -> Outcome:
+    p = ctx.params
+    ctx.borg(
+        borg.check_cmd(
+            ctx.repo.location,
+            repository_only=bool(p.get("repository_only")),
+            archives_only=bool(p.get("archives_only")),
+            verify_data=bool(p.get("verify_data")),
+            last=p.get("last"),
+            max_duration=p.get("max_duration"),
+        )
+    )
+    return ctx.outcome({"ok": True, "verify_data": bool(p.get("verify_data"))})
+
+
+# --- archives ----------------------------------------------------------------------------------
+
+
+def _archive(ctx: Context) -> Archive:
+    name = ctx.params.get("archive") or ctx.job.archive_name
+    validation.validate_existing_archive_name(name or "")
+    archive = ctx.repo.archives.filter(name=name).first()
+    if archive is None:
+        sync_catalog(ctx)
+        archive = ctx.repo.archives.filter(name=name).first()
+    if archive is None:
+        raise borg.ArchiveMissing(f"Archive {name!r} is not in repository {ctx.repo.name}.")
+    return archive
+
+
+def prepare_empty_dir(path: str, roots: list[Path], what: str) -> Path:
+    """A new or empty directory under an allowed root, realpath checked after creation (SEC-06)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise validation.InvalidInput(f"{what} must be an absolute path.")
+    validation.no_control_chars(path, what)
+    validation.require_under_roots(path, roots, what)
+    target = Path(path)
+    if target.is_symlink():
+        raise validation.InvalidInput(f"{what} {path!r} is a symbolic link.")
+    if target.exists():
+        if not target.is_dir():
+            raise validation.InvalidInput(f"{what} {path!r} exists and is not a directory.")
+        if any(target.iterdir()):
+            raise validation.InvalidInput(f"{what} {path!r} is not empty.")
+    else:
+        target.mkdir(parents=True, mode=0o700)
+    return validation.require_under_roots(str(target), roots, what)
+
+
+def op_extract(ctx: Context) -> Outcome:
+    archive = _archive(ctx)
+    if not archive.created_by_app and borg.version(ctx.config) < borg.SAFE_RESTORE_VERSION:
+        raise OperationError(
+            "Restoring an archive this app did not make needs borg 1.4.5 or newer "
+            "(CVE-2026-62268).",
+            "borg_too_old",
+        )
+    target = prepare_empty_dir(
+        ctx.params.get("target", ""), settings.RESTORE_ROOTS, "Restore target"
+    )
+    command = borg.extract_cmd(
+        ctx.repo.location,
+        archive.name,
+        str(target),
+        ctx.params.get("paths") or [],
+        strip_components=int(ctx.params.get("strip_components") or 0),
+    )
+    ctx.borg(command)
+    files = sum(len(names) for _, _, names in os.walk(target))
+    return ctx.outcome({"archive_name": archive.name, "target_path": str(target), "files": files})
+
+
+def op_delete(ctx: Context) -> Outcome:
+    archive = _archive(ctx)
+    ctx.borg(borg.delete_archive_cmd(ctx.repo.location, archive.name))
+    catalog = sync_catalog(ctx)
+    result = {"archive_name": archive.name, "deleted": True, "catalog": catalog}
+    if ctx.repo.append_only:
+        result["note"] = "Append-only repository: the data stays until a non-append-only write."
+    return ctx.outcome(result)
+
+
+MOUNT_WAIT = 15.0
+
+
+def op_mount(ctx: Context) -> Outcome:
+    name = ctx.params.get("archive") or ""
+    if name:
+        name = _archive(ctx).name
+    mountpoint = prepare_empty_dir(
+        ctx.params.get("mountpoint", ""), settings.MOUNT_ROOTS, "Mount point"
+    )
+    ctx.borg(borg.mount_cmd(ctx.repo.location, name or None, str(mountpoint)))
+    deadline = time.monotonic() + MOUNT_WAIT
+    while not os.path.ismount(mountpoint):
+        if time.monotonic() > deadline:
+            raise OperationError(
+                "borg reported success but nothing is mounted at the mount point.",
+                "mount_failed",
+            )
+        time.sleep(0.1)
+    Mount.objects.update_or_create(
+        mountpoint=str(mountpoint),
+        defaults={"repository": ctx.repo, "archive_name": name, "job": ctx.job},
+    )
+    return ctx.outcome({"archive_name": name, "mount_point": str(mountpoint), "mounted": True})
+
+
+def op_umount(ctx: Context) -> Outcome:
+    mountpoint = os.path.realpath(ctx.params.get("mountpoint", ""))
+    validation.require_under_roots(mountpoint, settings.MOUNT_ROOTS, "Mount point")
+    was_mounted = os.path.ismount(mountpoint)
+    if was_mounted:
+        ctx.borg(borg.umount_cmd(mountpoint), passphrase=None)
+        if os.path.ismount(mountpoint):
+            raise OperationError("The mount point is still mounted after umount.", "umount_failed")
+    Mount.objects.filter(mountpoint=mountpoint).delete()
+    message = "Unmounted." if was_mounted else "Nothing was mounted there; the record was cleared."
+    return ctx.outcome({"mount_point": mountpoint, "was_mounted": was_mounted, "message": message})
+
+
+# --- keys and locks ---------------------------------------------------------------------------
+
+
+def op_key_export(ctx: Context) -> Outcome:
+    result = ctx.borg(borg.key_export_cmd(ctx.repo.location, paper=bool(ctx.params.get("paper"))))
+    key = result.stdout
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return ctx.outcome({"bytes": len(key), "sha256": digest}, payload=key)
+
+
+def op_change_passphrase(ctx: Context) -> Outcome:
+    repo = ctx.repo
+    repo.refresh_from_db()
+    if not repo.new_passphrase_encrypted:
+        raise OperationError("No new passphrase was given.", "invalid_request")
+    new = vault.decrypt(repo.new_passphrase_encrypted)
+    old = repo.get_passphrase() or ""
+    try:
+        ctx.borg(borg.change_passphrase_cmd(repo.location, old, new), passphrase=None)
+    finally:
+        Repository.objects.filter(pk=repo.pk).update(new_passphrase_encrypted="")
+    Repository.objects.filter(pk=repo.pk).update(passphrase_encrypted=vault.encrypt(new))
+    return ctx.outcome({"changed": True})
+
+
+def op_break_lock(ctx: Context) -> Outcome:
+    # The job holds the app's lease, so no job of ours is using the repository.
+    ctx.borg(borg.break_lock_cmd(ctx.repo.location))
+    return ctx.outcome({"broken": True})
+
+
+OPERATIONS = {
+    Job.Kind.INIT: op_init,
+    Job.Kind.IMPORT: op_import,
+    Job.Kind.BACKUP: op_backup,
+    Job.Kind.SYNC: op_sync,
+    Job.Kind.INFO: op_info,
+    Job.Kind.PRUNE: op_prune,
+    Job.Kind.COMPACT: op_compact,
+    Job.Kind.CHECK: op_check,
+    Job.Kind.EXTRACT: op_extract,
+    Job.Kind.DELETE: op_delete,
+    Job.Kind.MOUNT: op_mount,
+    Job.Kind.UMOUNT: op_umount,
+    Job.Kind.KEY_EXPORT: op_key_export,
+    Job.Kind.CHANGE_PASSPHRASE: op_change_passphrase,
+    Job.Kind.BREAK_LOCK: op_break_lock,
+}

@@ -1,0 +1,204 @@
+"""Pure input rules shared by the models, the operations and borg.py (defence in depth).
+
+Each function returns the cleaned value or raises InvalidInput with a message that names
+the problem. Nothing here touches Django models.
+"""
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+
+ARCHIVE_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+CHECKPOINT_SUFFIX_RE = re.compile(r"\.checkpoint(\.\d+)?$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SSH_RE = re.compile(
+    r"^ssh://(?P<user>[^@/:\s]+)@(?P<host>\[[^\]]+\]|[^:/\s\[\]]+)(?::(?P<port>\d{1,5}))?(?P<path>/.*)$"
+)
+USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+FORBIDDEN_IN_PATH = ("::", "{", "}")
+KEEP_WITHIN_RE = re.compile(r"^[1-9][0-9]{0,5}[HdwmyS]$")
+
+
+class InvalidInput(ValueError):
+    """A value given by a person or a client that cannot be used."""
+
+
+def no_control_chars(value: str, what: str) -> None:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidInput(f"{what} must not contain control characters or newlines.")
+
+
+def validate_name(value: str, what: str = "Name") -> str:
+    """Names of repositories, policies and schedules: letters, digits, '.', '_', '-'."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise InvalidInput(
+            f"{what} {value!r} is not allowed: use 1 to 100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    return value
+
+
+def validate_archive_part(value: str, what: str = "Archive name") -> str:
+    """The user-chosen part of an archive name (prefix or name) (SEC-05)."""
+    if not isinstance(value, str) or not ARCHIVE_PART_RE.match(value):
+        raise InvalidInput(
+            f"{what} {value!r} is not allowed: use 1 to 100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no spaces, placeholders or slashes)."
+        )
+    if CHECKPOINT_SUFFIX_RE.search(value):
+        raise InvalidInput(f"{what} {value!r} must not end in '.checkpoint' (borg hides those).")
+    return value
+
+
+def validate_existing_archive_name(value: str) -> str:
+    """An archive name read from a repository: anything borg can address safely."""
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise InvalidInput("Archive name must be 1 to 255 characters.")
+    no_control_chars(value, "Archive name")
+    if "/" in value or "::" in value or "{" in value or "}" in value:
+        raise InvalidInput(f"Archive name {value!r} contains '/', '::' or a placeholder brace.")
+    return value
+
+
+def _validate_abs_path(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} is required.")
+    no_control_chars(value, what)
+    if not value.startswith("/"):
+        raise InvalidInput(f"{what} {value!r} must be an absolute path.")
+    if any(part == ".." for part in value.split("/")):
+        raise InvalidInput(f"{what} {value!r} must not contain '..'.")
+    for bad in FORBIDDEN_IN_PATH:
+        if bad in value:
+            raise InvalidInput(f"{what} {value!r} must not contain {bad!r}.")
+    return value
+
+
+def _validate_host(host: str) -> str:
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise InvalidInput(f"Host {host!r} is not a valid IPv6 address.") from None
+        return host
+    try:
+        ipaddress.IPv4Address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if len(host) > 253 or not all(HOST_LABEL_RE.match(label) for label in labels):
+        raise InvalidInput(f"Host {host!r} is not a valid host name.")
+    return host
+
+
+def is_remote(location: str) -> bool:
+    return location.startswith("ssh://")
+
+
+def validate_location(location: str, roots: list[Path] | None = None) -> str:
+    """A repository location by the strict grammar of SEC-04.
+
+    Either `ssh://user@host[:port]/path` (user and host never starting with '-') or an
+    absolute local path that lies under one of `roots` (when roots are given).
+    """
+    if not isinstance(location, str) or not location:
+        raise InvalidInput("Repository location is required.")
+    no_control_chars(location, "Repository location")
+    if location.startswith("ssh://"):
+        match = SSH_RE.match(location)
+        if not match:
+            raise InvalidInput(
+                f"Repository location {location!r} is not of the form ssh://user@host[:port]/path."
+            )
+        if not USER_RE.match(match["user"]):
+            raise InvalidInput(f"SSH user {match['user']!r} is not allowed.")
+        _validate_host(match["host"])
+        if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+            raise InvalidInput(f"SSH port {match['port']} is out of range.")
+        _validate_abs_path(match["path"], "Repository path")
+        return location
+    if "://" in location or location.startswith("-"):
+        raise InvalidInput(
+            f"Repository location {location!r} must be an absolute path or ssh://user@host/path."
+        )
+    _validate_abs_path(location, "Repository location")
+    cleaned = os.path.normpath(location)
+    if roots is not None:
+        require_under_roots(cleaned, roots, "Repository location")
+    return cleaned
+
+
+def require_under_roots(path: str, roots: list[Path], what: str) -> Path:
+    """Resolve `path` (following symlinks of what exists) and require it inside a root."""
+    resolved = Path(os.path.realpath(path))
+    for root in roots:
+        root_real = Path(os.path.realpath(root))
+        if resolved != root_real and resolved.is_relative_to(root_real):
+            return resolved
+    allowed = ", ".join(str(r) for r in roots) or "(none configured)"
+    raise InvalidInput(f"{what} {path!r} is not under an allowed root ({allowed}).")
+
+
+def validate_source_path(value: str) -> str:
+    return _validate_abs_path(value, "Source path")
+
+
+def validate_archive_path(value: str) -> str:
+    """A path inside an archive (extract subsets): relative, no '..'."""
+    if not isinstance(value, str) or not value.strip("/"):
+        raise InvalidInput("Archive path must not be empty.")
+    no_control_chars(value, "Archive path")
+    cleaned = value.strip("/")
+    if any(part == ".." for part in cleaned.split("/")):
+        raise InvalidInput(f"Archive path {value!r} must not contain '..'.")
+    return cleaned
+
+
+def validate_exclude_pattern(value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("Exclude pattern must not be empty.")
+    no_control_chars(value, "Exclude pattern")
+    prefix = value.split(":", 1)[0] if ":" in value[:3] else None
+    if prefix is not None and prefix not in ("sh", "fm", "re", "pp", "pf"):
+        raise InvalidInput(f"Exclude pattern {value!r} has an unknown style prefix {prefix!r}.")
+    return value
+
+
+COMPRESSION_RE = re.compile(
+    r"^(none|lz4|zstd(,(-?[0-9]|1[0-9]|2[0-2]))?|zlib(,[0-9])?|lzma(,[0-9])?"
+    r"|auto,(lz4|zstd(,[0-9]{1,2})?|zlib(,[0-9])?|lzma(,[0-9])?)"
+    r"|obfuscate,[0-9]{1,3},(none|lz4|zstd(,[0-9]{1,2})?|zlib(,[0-9])?|lzma(,[0-9])?))$"
+)
+
+
+def validate_compression(value: str) -> str:
+    if not isinstance(value, str) or not COMPRESSION_RE.match(value):
+        raise InvalidInput(
+            f"Compression {value!r} is not one of borg's choices "
+            "(none, lz4, zstd[,L], zlib[,L], lzma[,L], auto,..., obfuscate,...)."
+        )
+    return value
+
+
+def validate_keep_within(value: str) -> str:
+    if value and not KEEP_WITHIN_RE.match(value):
+        raise InvalidInput(
+            f"keep_within {value!r} must be a number followed by H, d, w, m or y (e.g. 7d)."
+        )
+    return value
+
+
+MAX_PASSPHRASE = 1024
+
+
+def validate_passphrase(value: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("Passphrase must be text.")
+    if len(value) > MAX_PASSPHRASE:
+        raise InvalidInput(f"Passphrase is longer than {MAX_PASSPHRASE} characters.")
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise InvalidInput("Passphrase must not contain newlines or NUL characters.")
+    return value

@@ -1,0 +1,184 @@
+"""Settings for Ops Center. Runs with no environment at all (SQLite under ./var).
+
+Every setting can come from the environment or from an optional `.env` file in the project
+root; the environment wins.
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+from cryptography.fernet import Fernet
+
+from opscenter.keyfiles import read_or_create
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DATA_DIR = Path(env.str("OPSCENTER_DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or read_or_create(
+    DATA_DIR / "secret_key", lambda: secrets.token_urlsafe(50)
+)
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# Fernet keys for passphrases at rest (SEC-02): the first key encrypts, all of them decrypt.
+# Without BORG_ENCRYPTION_KEY a key is generated once into the data directory and kept.
+BORG_ENCRYPTION_KEYS = env.list("BORG_ENCRYPTION_KEY", default=[]) or [
+    read_or_create(DATA_DIR / "fernet.key", lambda: Fernet.generate_key().decode())
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_q",
+    "borgapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "opscenter.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "opscenter.wsgi.application"
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # REL-15: WAL, IMMEDIATE transactions and a busy timeout so that workers, the web
+    # process and the CLI writing progress at once never see "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test.sqlite3")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("OPSCENTER_STATIC_ROOT", default=str(DATA_DIR / "static")))
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- borg -------------------------------------------------------------------------------
+
+# One BORG_BASE_DIR for web, workers and CLI so borg's caches stay warm (PERF-04).
+BORG_BASE_DIR = DATA_DIR / "borg"
+_venv_borg = BASE_DIR / ".venv" / "bin" / "borg"
+BORG_BINARY = env.str("BORG_BINARY", default=str(_venv_borg) if _venv_borg.exists() else "borg")
+BORG_RSH = env.str(
+    "BORG_RSH",
+    default="ssh -oBatchMode=yes -oServerAliveInterval=10 -oServerAliveCountMax=30",
+)
+BORG_REMOTE_PATH = env.str("BORG_REMOTE_PATH", default="")
+BORG_LOCK_WAIT = env.int("BORG_LOCK_WAIT", default=600)
+
+
+def _roots(name, default):
+    value = env.str(name, default="")
+    paths = [p for p in value.split(":") if p] if value else [str(DATA_DIR / default)]
+    return [Path(p).resolve() for p in paths]
+
+
+REPOSITORY_ROOTS = _roots("OPSCENTER_REPOSITORY_ROOTS", "repos")
+RESTORE_ROOTS = _roots("OPSCENTER_RESTORE_ROOTS", "restore")
+MOUNT_ROOTS = _roots("OPSCENTER_MOUNT_ROOTS", "mnt")
+
+# Signal ladder for cancel and deadlines (REL-04): seconds after SIGINT, then after SIGTERM.
+BORG_GRACE_SIGINT = env.float("BORG_GRACE_SIGINT", default=60.0)
+BORG_GRACE_SIGTERM = env.float("BORG_GRACE_SIGTERM", default=15.0)
+# Longest a single job may run before the signal ladder stops it.
+JOB_DEADLINE = env.int("OPSCENTER_JOB_DEADLINE", default=24 * 3600)
+# A running job whose heartbeat is older than this is treated as dead (REL-14).
+JOB_STALE_AFTER = env.int("OPSCENTER_JOB_STALE_AFTER", default=600)
+
+# --- django-q2 (REL-09) ---------------------------------------------------------------------
+
+Q_CLUSTER = {
+    "name": "opscenter",
+    "orm": "default",
+    "workers": env.int("OPSCENTER_WORKERS", default=2),
+    # The job's own deadline stops borg with the signal ladder first; django-q2's timeout
+    # (which kills the worker and would leave borg running) is only a last resort after it.
+    "timeout": JOB_DEADLINE + 3600,
+    # The ORM broker hands a task out again once `retry` passes, even while it runs: make it
+    # longer than any job plus its wait in the queue.
+    "retry": JOB_DEADLINE + 12 * 3600,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 250,
+    "poll": env.float("OPSCENTER_Q_POLL", default=0.5),
+    "label": "Django Q2",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "borgapp.logredact.RedactSecrets"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}
+    },
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+}
