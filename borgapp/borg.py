@@ -324,7 +324,7 @@ def list_cmd(location: str) -> Command:
 def info_cmd(location: str, *, all_archives: bool = False) -> Command:
     options = ["--json"]
     if all_archives:
-        options += ["--consider-checkpoints", _opt("glob-archives", "*")]
+        options.append(_opt("glob-archives", "*"))
     return Command(["info"], options, [repo_arg(location)], json_output=True)
 
 

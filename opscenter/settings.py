@@ -115,7 +115,7 @@ X_FRAME_OPTIONS = "DENY"
 # --- borg -------------------------------------------------------------------------------
 
 # One BORG_BASE_DIR for web, workers and CLI so borg's caches stay warm (PERF-04).
-BORG_BASE_DIR = DATA_DIR / "borg"
+BORG_BASE_DIR = Path(env.str("BORG_BASE_DIR", default=str(DATA_DIR / "borg")))
 _venv_borg = BASE_DIR / ".venv" / "bin" / "borg"
 BORG_BINARY = env.str("BORG_BINARY", default=str(_venv_borg) if _venv_borg.exists() else "borg")
 BORG_RSH = env.str(

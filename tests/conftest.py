@@ -1,0 +1,113 @@
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSPHRASE = "correct horse battery staple"
+
+
+@dataclass
+class Roots:
+    base: Path
+    repos: Path
+    restore: Path
+    mnt: Path
+    borg_base: Path
+    env: dict
+
+
+@pytest.fixture
+def roots(tmp_path, settings):
+    """Allowed roots and a private BORG_BASE_DIR for one test, in-process and for children."""
+    base = tmp_path
+    paths = {name: base / name for name in ("repos", "restore", "mnt", "borgbase")}
+    for path in paths.values():
+        path.mkdir()
+    settings.REPOSITORY_ROOTS = [paths["repos"]]
+    settings.RESTORE_ROOTS = [paths["restore"]]
+    settings.MOUNT_ROOTS = [paths["mnt"]]
+    settings.BORG_BASE_DIR = paths["borgbase"]
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BORG_", "OPSCENTER_"))
+    }
+    env.update(
+        OPSCENTER_DATA_DIR=str(django_settings.DATA_DIR),
+        OPSCENTER_REPOSITORY_ROOTS=str(paths["repos"]),
+        OPSCENTER_RESTORE_ROOTS=str(paths["restore"]),
+        OPSCENTER_MOUNT_ROOTS=str(paths["mnt"]),
+        BORG_BASE_DIR=str(paths["borgbase"]),
+        DATABASE_URL=f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
+        BORG_ENCRYPTION_KEY=",".join(django_settings.BORG_ENCRYPTION_KEYS),
+        BORG_GRACE_SIGINT="10",
+        BORG_GRACE_SIGTERM="5",
+    )
+    return Roots(base, paths["repos"], paths["restore"], paths["mnt"], paths["borgbase"], env)
+
+
+@pytest.fixture
+def passfile(tmp_path):
+    path = tmp_path / "passphrase"
+    path.write_text(PASSPHRASE + "\n")
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def cli(*args) -> CliResult:
+    """Run a management command in-process as a script would, with its exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(*[str(a) for a in args], stdout=out, stderr=err)
+        code = 0
+    except CommandError as exc:
+        code = exc.returncode
+        err.write(str(exc))
+    except SystemExit as exc:
+        code = exc.code
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def manage(args, env, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """Run manage.py as a real child process (exit codes, stderr, kill tests)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *[str(a) for a in args]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def repo(db, roots, passfile):
+    """An initialized repokey-blake2 repository named 'main'."""
+    from borgapp.models import Repository
+
+    result = cli("borg_init", "main", "--location", roots.repos / "main", "--passphrase-file",
+                 passfile)
+    assert result.code == 0, result.err
+    return Repository.objects.get(name="main")
+
+
+def write_files(base: Path, files: dict[str, bytes | str]) -> Path:
+    for rel, content in files.items():
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return base
