@@ -35,9 +35,7 @@ def roots(tmp_path, settings):
     settings.RESTORE_ROOTS = [paths["restore"]]
     settings.MOUNT_ROOTS = [paths["mnt"]]
     settings.BORG_BASE_DIR = paths["borgbase"]
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("BORG_", "OPSCENTER_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BORG_", "OPSCENTER_"))}
     env.update(
         OPSCENTER_DATA_DIR=str(django_settings.DATA_DIR),
         OPSCENTER_REPOSITORY_ROOTS=str(paths["repos"]),
@@ -99,8 +97,9 @@ def repo(db, roots, passfile):
     """An initialized repokey-blake2 repository named 'main'."""
     from borgapp.models import Repository
 
-    result = cli("borg_init", "main", "--location", roots.repos / "main", "--passphrase-file",
-                 passfile)
+    result = cli(
+        "borg_init", "main", "--location", roots.repos / "main", "--passphrase-file", passfile
+    )
     assert result.code == 0, result.err
     return Repository.objects.get(name="main")
 

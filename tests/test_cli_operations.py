@@ -53,8 +53,9 @@ def test_init_registers_and_reports(repo, roots):
 
 
 def test_init_refuses_existing_repository_and_registers_nothing(repo, roots, passfile):
-    result = cli("borg_init", "again", "--location", roots.repos / "main",
-                 "--passphrase-file", passfile)
+    result = cli(
+        "borg_init", "again", "--location", roots.repos / "main", "--passphrase-file", passfile
+    )
     assert result.code == 2
     assert "already registered" in result.err
     other = roots.repos / "other"
@@ -67,8 +68,9 @@ def test_init_refuses_existing_repository_and_registers_nothing(repo, roots, pas
 
 
 def test_init_outside_allowed_roots_is_refused(db, roots, passfile, tmp_path):
-    result = cli("borg_init", "x", "--location", tmp_path / "elsewhere", "--passphrase-file",
-                 passfile)
+    result = cli(
+        "borg_init", "x", "--location", tmp_path / "elsewhere", "--passphrase-file", passfile
+    )
     assert result.code == 2
     assert "not under an allowed root" in result.err
     assert not Repository.objects.exists() and not Job.objects.exists()
@@ -109,8 +111,12 @@ def test_backup_with_excludes_and_bad_input(repo, roots, tmp_path):
     result = cli("borg_backup", "main", "--source", src, "--exclude", "*.log", "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["result"]["nfiles"] == 1
-    for bad in (["--prefix", "{hostname}"], ["--prefix", "x.checkpoint"], ["--prefix=-x"],
-                ["--compression", "lz9"]):
+    for bad in (
+        ["--prefix", "{hostname}"],
+        ["--prefix", "x.checkpoint"],
+        ["--prefix=-x"],
+        ["--compression", "lz9"],
+    ):
         result = cli("borg_backup", "main", "--source", src, *bad)
         assert result.code == 2, bad
         assert result.err.strip()
@@ -209,8 +215,16 @@ def test_extract_into_allowed_root_only(repo, roots, tmp_path):
     subset_target = roots.restore / "r2"
     subset_path = str(src / "two").lstrip("/")
     depth = len(subset_path.split("/"))
-    result = cli("borg_extract", "main", name, subset_path, "--target", subset_target,
-                 "--strip-components", depth)
+    result = cli(
+        "borg_extract",
+        "main",
+        name,
+        subset_path,
+        "--target",
+        subset_target,
+        "--strip-components",
+        depth,
+    )
     assert result.code == 0, result.err
     assert sorted(os.listdir(subset_target)) == ["three.txt"]
 
@@ -297,8 +311,9 @@ def test_import_existing_repository(repo, roots, tmp_path, passfile):
     assert "passphrase" in result.err.lower()
     assert not Repository.objects.exists()  # a wrong passphrase registers nothing
 
-    result = cli("borg_import", "back", "--location", location, "--passphrase-file", passfile,
-                 "--json")
+    result = cli(
+        "borg_import", "back", "--location", location, "--passphrase-file", passfile, "--json"
+    )
     assert result.code == 0, result.err
     imported = Repository.objects.get(name="back")
     assert imported.state == "ready" and imported.get_passphrase() == PASSPHRASE
@@ -307,8 +322,9 @@ def test_import_existing_repository(repo, roots, tmp_path, passfile):
 
 
 def test_import_of_missing_repository(db, roots, passfile):
-    result = cli("borg_import", "ghost", "--location", roots.repos / "ghost",
-                 "--passphrase-file", passfile)
+    result = cli(
+        "borg_import", "ghost", "--location", roots.repos / "ghost", "--passphrase-file", passfile
+    )
     assert result.code == 2
     assert "no borg repository" in result.err.lower()
     assert not Repository.objects.exists()
@@ -348,9 +364,7 @@ def test_break_lock(repo, roots):
     lock = roots.repos / "main" / "lock.exclusive"
     lock.mkdir()
     (lock / "otherhost@1234.999-0").write_text("")
-    (roots.repos / "main" / "lock.roster").write_text(
-        '{"exclusive": [["otherhost@1234", 999, 0]]}'
-    )
+    (roots.repos / "main" / "lock.roster").write_text('{"exclusive": [["otherhost@1234", 999, 0]]}')
     result = cli("borg_break_lock", "main")
     assert result.code == 0, result.err
     assert not lock.exists()

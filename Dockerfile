@@ -1,0 +1,102 @@
+# Ops Center for BorgBackup: web app (gunicorn) and worker (django-q2) in one image.
+#
+# Build:   docker build -t opscenter .          (or `make image`, which builds and smoke-tests
+#          the image with buildah/podman on a machine with no Docker engine: bin/build-image)
+#
+# Run the web app (the data volume keeps the SQLite database, secret key and Fernet key):
+#   docker run --init -d -p 8000:8000 -v opscenter-data:/data \
+#     -e DJANGO_SECRET_KEY=... -e OPSCENTER_MIGRATE=1 opscenter
+# Run the worker (same image, same volume/database, other command):
+#   docker run --init -d -v opscenter-data:/data -e DJANGO_SECRET_KEY=... \
+#     opscenter python manage.py qcluster
+# One-off commands:  docker run --rm -it -v opscenter-data:/data opscenter python manage.py ensure_admin
+#
+# Use `--init` (or tini): Python as PID 1 ignores SIGTERM, so without it `docker stop` waits for
+# its timeout and then kills the worker with SIGKILL. `borg mount` needs FUSE in the container
+# (`--device /dev/fuse --cap-add SYS_ADMIN`); everything else runs unprivileged.
+#
+# Environment worth setting: DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS,
+# DJANGO_CSRF_TRUSTED_ORIGINS, DJANGO_SECURE_COOKIES=1 behind HTTPS, DATABASE_URL (PostgreSQL:
+# psycopg is installed), BORG_ENCRYPTION_KEY, WEB_CONCURRENCY (gunicorn workers),
+# OPSCENTER_MIGRATE=1 (run `migrate` before the command).
+
+# CI substitutes a local base (localhost/bookworm-python:latest, made with debootstrap) that has
+# Debian's python3 in /usr/bin and an EXTERNALLY-MANAGED marker: everything goes into /opt/venv.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# --- builder: compiles borgbackup (and pyfuse3) from source into /opt/venv ------------------
+FROM ${BASE_IMAGE} AS builder
+
+# pip verifies against the system CA bundle, which holds any extra CA that a build machine adds
+# to its base image (HTTPS through an intercepting proxy).
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      pkg-config build-essential libssl-dev liblz4-dev libzstd-dev libxxhash-dev \
+      libacl1-dev libfuse3-dev python3-dev python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# `python3` is the base image's interpreter (/usr/local/bin on python:*, /usr/bin on Debian):
+# the final stage uses the same base, so the venv's python symlink resolves there too.
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --upgrade pip
+
+COPY requirements.txt /tmp/requirements.txt
+RUN /opt/venv/bin/pip install -r /tmp/requirements.txt \
+ && /opt/venv/bin/borg --version
+
+# --- final: runtime libraries, the venv and the source; no compiler ---------------------------
+FROM ${BASE_IMAGE}
+
+ENV DEBIAN_FRONTEND=noninteractive
+# Shared libraries borg and pyfuse3 link against, fusermount3 for `borg mount`, ssh for remote
+# repositories. python3 only if the base lacks one (the venv points at the base's interpreter).
+RUN command -v python3 >/dev/null || extra=python3; \
+    apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libssl3 liblz4-1 libzstd1 libxxhash0 libacl1 libfuse3-3 fuse3 openssh-client \
+      ca-certificates $extra \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+
+RUN groupadd --system --gid 10001 opscenter \
+ && useradd --system --uid 10001 --gid opscenter --home-dir /data --no-create-home \
+      --shell /usr/sbin/nologin opscenter \
+ && mkdir -p /data \
+ && chown opscenter:opscenter /data \
+ && chmod 0700 /data
+
+COPY --from=builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    OPSCENTER_DATA_DIR=/data \
+    OPSCENTER_STATIC_ROOT=/app/static \
+    BORG_BINARY=/opt/venv/bin/borg \
+    DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1,[::1] \
+    WEB_CONCURRENCY=2
+
+WORKDIR /app
+# Only the application (see .dockerignore: an allow-list).
+COPY . /app/
+
+# collectstatic imports the settings, which create the data directory and write a secret key and
+# a Fernet key into it: point it at a throwaway directory and delete that, so that no secret made
+# at build time ends up in the image.
+RUN OPSCENTER_DATA_DIR=/tmp/build-data python manage.py collectstatic --noinput -v0 \
+ && rm -rf /tmp/build-data \
+ && borg --version
+
+# Declared after the chown so that the volume starts out owned by the app user.
+VOLUME ["/data"]
+USER opscenter:opscenter
+EXPOSE 8000
+
+# A tiny inline entrypoint: with OPSCENTER_MIGRATE=1 it runs `migrate` first, then runs the
+# command (gunicorn by default, `python manage.py qcluster` for the worker).
+ENTRYPOINT ["/bin/sh", "-c", "if [ \"${OPSCENTER_MIGRATE:-0}\" = 1 ]; then python manage.py migrate --noinput || exit 1; fi; exec \"$@\"", "opscenter-entrypoint"]
+CMD ["gunicorn", "opscenter.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]

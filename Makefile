@@ -1,0 +1,54 @@
+# Two commands matter: `make run` and `make test`. Each sets up everything first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+export OPSCENTER_DATA_DIR ?= $(CURDIR)/var
+
+# borgbackup 1.4.5 builds from source; mount needs FUSE 3. sshd serves the remote-repository tests.
+BUILD_PACKAGES := pkg-config build-essential libssl-dev liblz4-dev libzstd-dev libxxhash-dev \
+	libacl1-dev libfuse3-dev fuse3 python3-venv python3-dev
+TEST_PACKAGES := openssh-server openssh-client
+
+.PHONY: run test lint format install install-dev setup image clean
+
+$(BIN)/.runtime: requirements.txt
+	bin/ensure-system-packages $(BUILD_PACKAGES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+	bin/ensure-system-packages $(TEST_PACKAGES)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/.runtime
+install-dev: $(BIN)/.dev
+
+setup: install
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py ensure_admin
+	$(BIN)/python manage.py collectstatic --noinput -v0
+
+run: setup
+	PORT=$(PORT) bin/serve
+
+test: install-dev
+	OPSCENTER_DATA_DIR=$$(mktemp -d /tmp/opscenter-test.XXXXXX) $(BIN)/pytest
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+image:
+	bin/build-image
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
