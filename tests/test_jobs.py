@@ -1,0 +1,274 @@
+"""Jobs: the repository lease (REL-03), cancel (REL-04), crash repair (REL-14, REL-01), with
+real borg, a real django-q2 cluster and real kill -9."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from borgapp import intake, jobs
+from borgapp.models import Archive, Job, Repository
+from tests.conftest import PASSPHRASE, ROOT, cli, manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SLOW = "lzma,6"  # a few MB/s: keeps a backup running long enough to be interrupted
+
+
+def make_repo(roots, passfile, name):
+    result = cli("borg_init", name, "--location", roots.repos / name, "--passphrase-file",
+                 passfile, "--encryption", "repokey-blake2")
+    assert result.code == 0, result.err
+    return Repository.objects.get(name=name)
+
+
+def random_tree(path: Path, files: int, size: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for index in range(files):
+        (path / f"f{index:04d}").write_bytes(os.urandom(size))
+    return path
+
+
+def wait_for(predicate, timeout=60.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+# --- the lease, in-process ------------------------------------------------------------------
+
+
+def test_lease_is_exclusive_and_released(roots, passfile):
+    repo = make_repo(roots, passfile, "r1")
+    first = jobs.create("info", repo, trigger="cli")
+    second = jobs.create("info", repo, trigger="cli")
+    assert jobs.claim(first)
+    assert not jobs.claim(second)  # busy: stays queued
+    second.refresh_from_db()
+    assert second.status == "queued"
+    assert not jobs.claim(first)  # not queued any more
+    jobs.execute(first)
+    assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    assert jobs.claim(second)
+
+
+def test_lease_of_a_dead_holder_is_taken_over(roots, passfile):
+    repo = make_repo(roots, passfile, "r1")
+    dead = jobs.create("backup", repo, trigger="api")
+    assert jobs.claim(dead)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    Job.objects.filter(pk=dead.pk).update(worker_pid=child.pid)  # a process that is gone
+    waiting = jobs.create("info", repo, trigger="cli")
+    assert jobs.claim(waiting)
+    dead.refresh_from_db()
+    assert dead.status == "interrupted" and dead.error_code == "interrupted"
+    assert Repository.objects.get(pk=repo.pk).lease_job_id == waiting.pk
+
+
+def test_busy_worker_job_stays_queued_and_is_dispatched_on_release(roots, passfile):
+    from django_q.models import OrmQ
+
+    repo = make_repo(roots, passfile, "r1")
+    holder = jobs.create("info", repo, trigger="cli", inline=True)
+    assert jobs.claim(holder)
+    queued = intake.start("info", repo, {}, trigger="api")
+    OrmQ.objects.all().delete()
+    jobs.run_queued(queued.pk)  # what a worker does: busy, so it returns at once
+    queued.refresh_from_db()
+    assert queued.status == "queued"
+    jobs.execute(holder)
+    tasks = [task.task for task in OrmQ.objects.all()]
+    assert [t["args"] for t in tasks] == [(queued.pk,)]  # only the job id travels
+
+
+def test_cancel_of_a_queued_job(roots, passfile):
+    repo = make_repo(roots, passfile, "r1")
+    job = jobs.create("info", repo, trigger="api")
+    assert jobs.cancel(job).status == "cancelled"
+    assert not jobs.claim(job)
+
+
+def test_cancel_of_a_running_backup_stops_borg(roots, passfile, tmp_path, settings):
+    settings.BORG_GRACE_SIGINT = 20
+    repo = make_repo(roots, passfile, "r1")
+    src = random_tree(tmp_path / "src", 60, 1_000_000)
+    job = jobs.create("backup", repo, trigger="cli", inline=True,
+                      params={"sources": [str(src)], "prefix": "big", "compression": SLOW,
+                              "checkpoint_interval": 1})
+    thread = threading.Thread(target=jobs.run_inline, args=(job,))
+    thread.start()
+    wait_for(lambda: Job.objects.filter(pk=job.pk, progress_bytes__gt=0).exists())
+    time.sleep(1.5)
+    jobs.cancel(job)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert not list((roots.repos / "r1").glob("lock.*"))
+    # the checkpoint borg wrote on SIGINT is in the catalog, flagged as a checkpoint
+    assert Archive.objects.filter(repository=repo, is_checkpoint=True).exists()
+    assert not Archive.objects.filter(repository=repo, is_checkpoint=False).exists()
+
+
+# --- a real django-q2 cluster -----------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(roots):
+    env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "qcluster"],
+        env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def borg_processes_by_repo(paths):
+    counts = {p: 0 for p in paths}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not cmdline or not cmdline[0].endswith(b"borg") and b"borg" not in b"".join(
+            cmdline[:2]
+        ):
+            continue
+        for path in paths:
+            if any(arg.startswith(path.encode()) for arg in cmdline):
+                counts[path] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tmp_path, cluster):
+    repo_a = make_repo(roots, passfile, "a")
+    repo_b = make_repo(roots, passfile, "b")
+    src = random_tree(tmp_path / "src", 20, 200_000)
+    per_repo = 15
+    watch = [str(roots.repos / "a"), str(roots.repos / "b")]
+    peaks = {p: 0 for p in watch}
+    both_at_once = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            counts = borg_processes_by_repo(watch)
+            for path, count in counts.items():
+                peaks[path] = max(peaks[path], count)
+            if all(counts.values()):
+                both_at_once.append(True)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    submitted = []
+    for index in range(per_repo):
+        for repo in (repo_a, repo_b):
+            submitted.append(intake.start(
+                "backup", repo,
+                {"sources": [str(src)], "archive": f"{repo.name}-{index:03d}"},
+                trigger=random.choice(["api", "admin", "schedule"]),
+            ))
+    wait_for(
+        lambda: Job.objects.filter(pk__in=[j.pk for j in submitted],
+                                   status__in=Job.FINISHED).count() == len(submitted),
+        timeout=600, interval=0.5,
+    )
+    stop.set()
+    sampler.join()
+    finished = list(Job.objects.filter(pk__in=[j.pk for j in submitted]))
+    assert {j.status for j in finished} == {"succeeded"}, [
+        (j.pk, j.status, j.error_message) for j in finished if j.status != "succeeded"
+    ]
+    assert not any(j.error_code == "lock_timeout" for j in finished)
+    assert peaks == {watch[0]: 1, watch[1]: 1}  # never two borgs on one repository
+    for repo in (repo_a, repo_b):
+        spans = sorted((j.started_at, j.finished_at) for j in finished if j.repository_id == repo.pk)
+        assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
+    assert both_at_once  # the two repositories did run at the same time
+    assert Archive.objects.filter(repository=repo_a).count() == per_repo
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_is_reconciled(roots, passfile, tmp_path, cluster):
+    repo = make_repo(roots, passfile, "r1")
+    src = random_tree(tmp_path / "src", 60, 1_000_000)
+    job = intake.start("backup", repo, {"sources": [str(src)], "prefix": "big",
+                                        "compression": SLOW}, trigger="api")
+    running = wait_for(
+        lambda: Job.objects.filter(pk=job.pk, status="running", borg_pid__isnull=False).first(),
+        timeout=60,
+    )
+    os.kill(running.worker_pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert os.path.exists(f"/proc/{running.borg_pid}")  # borg outlived its worker
+    report = jobs.reconcile()
+    assert report["interrupted"] == 1
+    job.refresh_from_db()
+    assert job.status == "interrupted"
+    wait_for(lambda: not os.path.exists(f"/proc/{running.borg_pid}/cmdline")
+             or b"borg" not in Path(f"/proc/{running.borg_pid}/cmdline").read_bytes(), 30)
+    assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    assert Job.objects.filter(status="running").count() == 0
+    # the next job on the repository succeeds with no manual step
+    small = random_tree(tmp_path / "small", 2, 1000)
+    after = intake.start("backup", repo, {"sources": [str(small)]}, trigger="api")
+    wait_for(lambda: Job.objects.get(pk=after.pk).status in Job.FINISHED, timeout=120)
+    assert Job.objects.get(pk=after.pk).status == "succeeded"
+
+
+@pytest.mark.slow
+def test_kill_9_mid_backup_then_next_run_succeeds(roots, passfile, tmp_path):
+    """REL-01 at ten random kill points: the CLI and its borg die together (kill -9 of the
+    process group); the next run succeeds with no manual step."""
+    make_repo(roots, passfile, "r1")
+    src = random_tree(tmp_path / "src", 40, 1_000_000)
+    rng = random.Random(1234)
+    for attempt in range(10):
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "borg_backup", "r1", "--source", src,
+             "--prefix", f"k{attempt}", "--checkpoint-interval", "1", "--compression", SLOW],
+            env=roots.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        killed = wait_for(lambda: Job.objects.filter(
+            kind="backup", status="running", borg_pid__isnull=False).first(), timeout=60)
+        time.sleep(rng.uniform(0.2, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        nxt = manage(["borg_backup", "r1", "--source", src, "--prefix", f"n{attempt}",
+                      "--json"], roots.env)
+        assert nxt.returncode == 0, nxt.stderr
+        killed.refresh_from_db()
+        assert killed.status == "interrupted"
+    repo = Repository.objects.get(name="r1")
+    finished = Archive.objects.filter(repository=repo, is_checkpoint=False)
+    assert finished.filter(name__startswith="n").count() == 10
+    from borgapp import borg
+    from borgapp.operations import borg_config
+
+    listed = borg.run(borg.list_cmd(repo.location), borg_config(), passphrase=PASSPHRASE)
+    in_borg = {(a["name"], a["id"]) for a in listed.json()["archives"]}
+    assert set(Archive.objects.filter(repository=repo).values_list("name", "borg_id")) == in_borg
+    assert all(a.is_checkpoint for a in Archive.objects.filter(name__contains=".checkpoint"))
+    assert Job.objects.filter(status="running").count() == 0
