@@ -242,9 +242,10 @@ def test_kill_9_mid_backup_then_next_run_succeeds(roots, passfile, tmp_path):
     """REL-01 at ten random kill points: the CLI and its borg die together (kill -9 of the
     process group); the next run succeeds with no manual step."""
     make_repo(roots, passfile, "r1")
-    src = random_tree(tmp_path / "src", 40, 1_000_000)
     rng = random.Random(1234)
     for attempt in range(10):
+        # fresh data each time, so the killed run has real work to do (no dedup shortcut)
+        src = random_tree(tmp_path / f"src{attempt}", 30, 1_000_000)
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "borg_backup", "r1", "--source", src,
              "--prefix", f"k{attempt}", "--checkpoint-interval", "1", "--compression", SLOW],
