@@ -62,8 +62,8 @@ RUN command -v python3 >/dev/null || extra=python3; \
       ca-certificates $extra \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
-RUN groupadd --system --gid 10001 opscenter \
- && useradd --system --uid 10001 --gid opscenter --home-dir /data --no-create-home \
+RUN groupadd --gid 10001 opscenter \
+ && useradd --uid 10001 --gid opscenter --home-dir /data --no-create-home --no-log-init \
       --shell /usr/sbin/nologin opscenter \
  && mkdir -p /data \
  && chown opscenter:opscenter /data \

@@ -7,6 +7,7 @@ failure; `jobs.execute` records that on the Job.
 
 import hashlib
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -333,24 +334,34 @@ def op_backup(ctx: Context) -> Outcome:
     archive = created.get("archive") or {}
     stats = archive.get("stats") or {}
     store_repository_stats(repo, created)
-    Archive.objects.update_or_create(
-        repository=repo,
-        name=archive.get("name", name),
-        defaults={
-            "borg_id": archive.get("id", ""),
-            "start": _dt(archive.get("start")),
-            "end": _dt(archive.get("end")),
-            "duration": archive.get("duration"),
-            "original_size": stats.get("original_size"),
-            "compressed_size": stats.get("compressed_size"),
-            "deduplicated_size": stats.get("deduplicated_size"),
-            "nfiles": stats.get("nfiles"),
-            "comment": params.get("comment") or "",
-            "created_by_app": True,
-            "is_checkpoint": False,
-        },
-    )
-    sync_catalog(ctx)
+    # The catalog delta of a successful create is exact: one archive added, and borg has
+    # already dropped the checkpoints of this run. Applying it here saves a `borg list`
+    # (~0.7 s per backup on 2 cores, PERF-03); failed runs and every other writing
+    # operation resynchronise from `borg list` instead.
+    final_name = archive.get("name", name)
+    with transaction.atomic():
+        Archive.objects.update_or_create(
+            repository=repo,
+            name=final_name,
+            defaults={
+                "borg_id": archive.get("id", ""),
+                "start": _dt(archive.get("start")),
+                "end": _dt(archive.get("end")),
+                "duration": archive.get("duration"),
+                "original_size": stats.get("original_size"),
+                "compressed_size": stats.get("compressed_size"),
+                "deduplicated_size": stats.get("deduplicated_size"),
+                "nfiles": stats.get("nfiles"),
+                "comment": params.get("comment") or "",
+                "hostname": socket.gethostname(),
+                "username": _username(),
+                "created_by_app": True,
+                "is_checkpoint": False,
+            },
+        )
+        Archive.objects.filter(
+            repository=repo, name__startswith=f"{final_name}.checkpoint"
+        ).delete()
     original, compressed, dedup = (
         stats.get("original_size"),
         stats.get("compressed_size"),
@@ -369,6 +380,15 @@ def op_backup(ctx: Context) -> Outcome:
             "duration": archive.get("duration"),
         }
     )
+
+
+def _username() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _ratio(numerator, denominator):

@@ -21,8 +21,16 @@ SLOW = "lzma,6"  # a few MB/s: keeps a backup running long enough to be interrup
 
 
 def make_repo(roots, passfile, name):
-    result = cli("borg_init", name, "--location", roots.repos / name, "--passphrase-file",
-                 passfile, "--encryption", "repokey-blake2")
+    result = cli(
+        "borg_init",
+        name,
+        "--location",
+        roots.repos / name,
+        "--passphrase-file",
+        passfile,
+        "--encryption",
+        "repokey-blake2",
+    )
     assert result.code == 0, result.err
     return Repository.objects.get(name=name)
 
@@ -102,9 +110,18 @@ def test_cancel_of_a_running_backup_stops_borg(roots, passfile, tmp_path, settin
     settings.BORG_GRACE_SIGINT = 20
     repo = make_repo(roots, passfile, "r1")
     src = random_tree(tmp_path / "src", 60, 1_000_000)
-    job = jobs.create("backup", repo, trigger="cli", inline=True,
-                      params={"sources": [str(src)], "prefix": "big", "compression": SLOW,
-                              "checkpoint_interval": 1})
+    job = jobs.create(
+        "backup",
+        repo,
+        trigger="cli",
+        inline=True,
+        params={
+            "sources": [str(src)],
+            "prefix": "big",
+            "compression": SLOW,
+            "checkpoint_interval": 1,
+        },
+    )
     thread = threading.Thread(target=jobs.run_inline, args=(job,))
     thread.start()
     wait_for(lambda: Job.objects.filter(pk=job.pk, progress_bytes__gt=0).exists())
@@ -128,8 +145,12 @@ def cluster(roots):
     env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "qcluster"],
-        env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)
@@ -149,9 +170,7 @@ def borg_processes_by_repo(paths):
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if not cmdline or not cmdline[0].endswith(b"borg") and b"borg" not in b"".join(
-            cmdline[:2]
-        ):
+        if not cmdline or not cmdline[0].endswith(b"borg") and b"borg" not in b"".join(cmdline[:2]):
             continue
         for path in paths:
             if any(arg.startswith(path.encode()) for arg in cmdline):
@@ -184,15 +203,21 @@ def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tm
     submitted = []
     for index in range(per_repo):
         for repo in (repo_a, repo_b):
-            submitted.append(intake.start(
-                "backup", repo,
-                {"sources": [str(src)], "archive": f"{repo.name}-{index:03d}"},
-                trigger=random.choice(["api", "admin", "schedule"]),
-            ))
+            submitted.append(
+                intake.start(
+                    "backup",
+                    repo,
+                    {"sources": [str(src)], "archive": f"{repo.name}-{index:03d}"},
+                    trigger=random.choice(["api", "admin", "schedule"]),
+                )
+            )
     wait_for(
-        lambda: Job.objects.filter(pk__in=[j.pk for j in submitted],
-                                   status__in=Job.FINISHED).count() == len(submitted),
-        timeout=600, interval=0.5,
+        lambda: (
+            Job.objects.filter(pk__in=[j.pk for j in submitted], status__in=Job.FINISHED).count()
+            == len(submitted)
+        ),
+        timeout=600,
+        interval=0.5,
     )
     stop.set()
     sampler.join()
@@ -203,7 +228,9 @@ def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tm
     assert not any(j.error_code == "lock_timeout" for j in finished)
     assert peaks == {watch[0]: 1, watch[1]: 1}  # never two borgs on one repository
     for repo in (repo_a, repo_b):
-        spans = sorted((j.started_at, j.finished_at) for j in finished if j.repository_id == repo.pk)
+        spans = sorted(
+            (j.started_at, j.finished_at) for j in finished if j.repository_id == repo.pk
+        )
         assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
     assert both_at_once  # the two repositories did run at the same time
     assert Archive.objects.filter(repository=repo_a).count() == per_repo
@@ -213,8 +240,9 @@ def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tm
 def test_worker_killed_mid_job_is_reconciled(roots, passfile, tmp_path, cluster):
     repo = make_repo(roots, passfile, "r1")
     src = random_tree(tmp_path / "src", 60, 1_000_000)
-    job = intake.start("backup", repo, {"sources": [str(src)], "prefix": "big",
-                                        "compression": SLOW}, trigger="api")
+    job = intake.start(
+        "backup", repo, {"sources": [str(src)], "prefix": "big", "compression": SLOW}, trigger="api"
+    )
     running = wait_for(
         lambda: Job.objects.filter(pk=job.pk, status="running", borg_pid__isnull=False).first(),
         timeout=60,
@@ -226,8 +254,13 @@ def test_worker_killed_mid_job_is_reconciled(roots, passfile, tmp_path, cluster)
     assert report["interrupted"] == 1
     job.refresh_from_db()
     assert job.status == "interrupted"
-    wait_for(lambda: not os.path.exists(f"/proc/{running.borg_pid}/cmdline")
-             or b"borg" not in Path(f"/proc/{running.borg_pid}/cmdline").read_bytes(), 30)
+    wait_for(
+        lambda: (
+            not os.path.exists(f"/proc/{running.borg_pid}/cmdline")
+            or b"borg" not in Path(f"/proc/{running.borg_pid}/cmdline").read_bytes()
+        ),
+        30,
+    )
     assert Repository.objects.get(pk=repo.pk).lease_job_id is None
     assert Job.objects.filter(status="running").count() == 0
     # the next job on the repository succeeds with no manual step
@@ -247,18 +280,39 @@ def test_kill_9_mid_backup_then_next_run_succeeds(roots, passfile, tmp_path):
         # fresh data each time, so the killed run has real work to do (no dedup shortcut)
         src = random_tree(tmp_path / f"src{attempt}", 30, 1_000_000)
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "borg_backup", "r1", "--source", src,
-             "--prefix", f"k{attempt}", "--checkpoint-interval", "1", "--compression", SLOW],
-            env=roots.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                str(ROOT / "manage.py"),
+                "borg_backup",
+                "r1",
+                "--source",
+                src,
+                "--prefix",
+                f"k{attempt}",
+                "--checkpoint-interval",
+                "1",
+                "--compression",
+                SLOW,
+            ],
+            env=roots.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-        killed = wait_for(lambda: Job.objects.filter(
-            kind="backup", status="running", borg_pid__isnull=False).first(), timeout=60)
+        killed = wait_for(
+            lambda: Job.objects.filter(
+                kind="backup", status="running", borg_pid__isnull=False
+            ).first(),
+            timeout=60,
+        )
         time.sleep(rng.uniform(0.2, 1.5))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        nxt = manage(["borg_backup", "r1", "--source", src, "--prefix", f"n{attempt}",
-                      "--json"], roots.env)
+        nxt = manage(
+            ["borg_backup", "r1", "--source", src, "--prefix", f"n{attempt}", "--json"], roots.env
+        )
         assert nxt.returncode == 0, nxt.stderr
         killed.refresh_from_db()
         assert killed.status == "interrupted"

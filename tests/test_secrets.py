@@ -23,22 +23,32 @@ def test_canary_never_in_logs_rows_payloads_or_dump(roots, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     secret_file = tmp_path / "pass"
     secret_file.write_text(CANARY)
-    result = cli("borg_init", "canary", "--location", roots.repos / "canary",
-                 "--passphrase-file", secret_file)
+    result = cli(
+        "borg_init",
+        "canary",
+        "--location",
+        roots.repos / "canary",
+        "--passphrase-file",
+        secret_file,
+    )
     assert result.code == 0, result.err
     repo = Repository.objects.get(name="canary")
     src = write_files(tmp_path / "src", {"f": "x"})
     outputs = [result.out, result.err]
-    for args in (["borg_backup", "canary", "--source", src, "--json"],
-                 ["borg_info", "canary", "--json"], ["borg_check", "canary", "--json"]):
+    for args in (
+        ["borg_backup", "canary", "--source", src, "--json"],
+        ["borg_info", "canary", "--json"],
+        ["borg_check", "canary", "--json"],
+    ):
         result = cli(*args)
         assert result.code == 0, result.err
         outputs += [result.out, result.err]
     # a failing run: wrong passphrase stored, so borg refuses; the error text has no secret
     wrong = tmp_path / "wrong"
     wrong.write_text(CANARY + "-wrong")
-    result = cli("borg_import", "again", "--location", roots.repos / "canary",
-                 "--passphrase-file", wrong)
+    result = cli(
+        "borg_import", "again", "--location", roots.repos / "canary", "--passphrase-file", wrong
+    )
     assert result.code == 2
     outputs += [result.out, result.err]
     # queued for a worker: only the job id goes into django-q2's table
@@ -50,9 +60,7 @@ def test_canary_never_in_logs_rows_payloads_or_dump(roots, tmp_path, caplog):
     outputs += [result.out, result.err]
 
     sinks = {"cli output": "\n".join(outputs), "logs": caplog.text}
-    sinks["job rows"] = json.dumps(
-        list(Job.objects.values()), default=str
-    )
+    sinks["job rows"] = json.dumps(list(Job.objects.values()), default=str)
     dump = io.StringIO()
     call_command("dumpdata", stdout=dump)
     sinks["dumpdata"] = dump.getvalue()
@@ -72,8 +80,7 @@ def test_canary_never_in_logs_rows_payloads_or_dump(roots, tmp_path, caplog):
 
 def test_rotation_then_removal_of_the_old_key_loses_nothing(roots, settings, passfile):
     old_key = settings.BORG_ENCRYPTION_KEYS[0]
-    result = cli("borg_init", "r1", "--location", roots.repos / "r1", "--passphrase-file",
-                 passfile)
+    result = cli("borg_init", "r1", "--location", roots.repos / "r1", "--passphrase-file", passfile)
     assert result.code == 0, result.err
     new_key = Fernet.generate_key().decode()
     settings.BORG_ENCRYPTION_KEYS = [new_key, old_key]
@@ -90,8 +97,10 @@ def test_rotation_then_removal_of_the_old_key_loses_nothing(roots, settings, pas
 
 
 def test_rotation_with_a_missing_key_changes_nothing(roots, settings, passfile):
-    assert cli("borg_init", "r1", "--location", roots.repos / "r1", "--passphrase-file",
-               passfile).code == 0
+    assert (
+        cli("borg_init", "r1", "--location", roots.repos / "r1", "--passphrase-file", passfile).code
+        == 0
+    )
     before = Repository.objects.get(name="r1").passphrase_encrypted
     settings.BORG_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
     result = cli("rotate_encryption_key")
