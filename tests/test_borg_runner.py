@@ -164,8 +164,9 @@ def test_unknown_unencrypted_repository_fails_fast(tmp_path, config):
     assert isinstance(error, borg.AccessAborted) and elapsed < 5
 
 
-def test_unknown_ssh_host_key_fails_fast(tmp_path, config):
-    # A real ssh to a port where nothing listens, in batch mode: no password or host-key prompt.
+def test_unreachable_ssh_host_fails_fast(tmp_path, config):
+    # A real ssh to a port where nothing listens, in batch mode (tests/test_remote.py has the
+    # unknown host key case against a loopback sshd).
     remote = borg.BorgConfig(
         binary=BORG,
         base_dir=config.base_dir,
