@@ -351,4 +351,9 @@ def reconcile() -> dict:
     for repository_id in waiting:
         if repository_id is not None:
             dispatch_next(repository_id)
-    return {"interrupted": interrupted, "released": released}
+    # Mounts recorded here that are gone (a reboot, an unmount outside the app).
+    from borgapp.models import Mount
+
+    vanished = [m.pk for m in Mount.objects.all() if not os.path.ismount(m.mountpoint)]
+    Mount.objects.filter(pk__in=vanished).delete()
+    return {"interrupted": interrupted, "released": released, "mounts_cleared": len(vanished)}

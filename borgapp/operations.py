@@ -70,7 +70,7 @@ class Context:
         self.warnings: list[str] = []
         self.tail: list[str] = []
 
-    def borg(self, command: borg.Command, *, passphrase="stored") -> borg.Result:
+    def borg(self, command: borg.Command, *, passphrase="stored", stoppable=True) -> borg.Result:
         if passphrase == "stored":
             passphrase = self.repo.get_passphrase() if self.repo else None
         try:
@@ -80,7 +80,7 @@ class Context:
                 passphrase=passphrase,
                 on_event=self.progress.on_event if self.progress else None,
                 on_start=self.progress.on_start if self.progress else None,
-                should_stop=self.progress.should_stop if self.progress else None,
+                should_stop=self.progress.should_stop if self.progress and stoppable else None,
                 deadline=settings.JOB_DEADLINE,
             )
         except borg.BorgError as exc:
@@ -127,9 +127,10 @@ def _dt(value):
     return parsed
 
 
-def sync_catalog(ctx: Context) -> dict:
+def sync_catalog(ctx: Context, stoppable: bool = True) -> dict:
     """Make the Archive rows equal `borg list` (REL-13): one borg call, one bulk upsert."""
-    listed = ctx.borg(borg.list_cmd(ctx.repo.location)).json().get("archives", [])
+    command = borg.list_cmd(ctx.repo.location)
+    listed = ctx.borg(command, stoppable=stoppable).json().get("archives", [])
     return apply_listing(ctx.repo, listed)
 
 
@@ -399,8 +400,10 @@ def _ratio(numerator, denominator):
 
 
 def _sync_quietly(ctx: Context) -> None:
+    """After a failed or cancelled run: record what it left (checkpoints). Not stoppable,
+    since a cancel that stopped the backup must not also stop this short read."""
     try:
-        sync_catalog(ctx)
+        sync_catalog(ctx, stoppable=False)
     except borg.BorgError:
         pass
 

@@ -187,7 +187,7 @@ def test_canary_passphrase_not_in_environ_or_argv_of_borg(tmp_path, config):
     src.mkdir()
     for index in range(20):
         (src / f"f{index}").write_bytes(os.urandom(2_000_000))
-    seen = {"environ": [], "cmdline": []}
+    seen = {"environ": [], "cmdline": [], "every environ": []}
 
     def sample(pid):
         def look():
@@ -197,6 +197,11 @@ def test_canary_passphrase_not_in_environ_or_argv_of_borg(tmp_path, config):
                         seen[name].append(Path(f"/proc/{pid}/{name}").read_bytes())
                     except OSError:
                         return
+                for entry in Path("/proc").glob("[0-9]*/environ"):
+                    try:
+                        seen["every environ"].append(entry.read_bytes())
+                    except OSError:
+                        pass
                 time.sleep(0.05)
 
         threading.Thread(target=look, daemon=True).start()
