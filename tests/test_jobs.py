@@ -327,3 +327,27 @@ def test_kill_9_mid_backup_then_next_run_succeeds(roots, passfile, tmp_path):
     assert set(Archive.objects.filter(repository=repo).values_list("name", "borg_id")) == in_borg
     assert all(a.is_checkpoint for a in Archive.objects.filter(name__contains=".checkpoint"))
     assert Job.objects.filter(status="running").count() == 0
+
+
+def test_cli_waits_for_the_lease_then_runs(roots, passfile):
+    repo = make_repo(roots, passfile, "r1")
+    holder = jobs.create("backup", repo, trigger="api")
+    assert jobs.claim(holder)  # held by a live process (this one)
+    waiting = jobs.create("info", repo, trigger="cli", inline=True)
+    thread = threading.Thread(target=jobs.run_inline, args=(waiting,), kwargs={"poll": 0.1})
+    thread.start()
+    time.sleep(1.0)
+    assert Job.objects.get(pk=waiting.pk).status == "queued"
+    Job.objects.filter(pk=holder.pk).update(status="succeeded")
+    jobs.release(holder)
+    thread.join(timeout=30)
+    assert Job.objects.get(pk=waiting.pk).status == "succeeded"
+
+
+def test_reconcile_clears_mounts_that_vanished(roots, passfile):
+    from borgapp.models import Mount
+
+    repo = make_repo(roots, passfile, "r1")
+    Mount.objects.create(repository=repo, mountpoint=str(roots.mnt / "gone"))
+    assert jobs.reconcile()["mounts_cleared"] == 1
+    assert not Mount.objects.exists()
