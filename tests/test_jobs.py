@@ -144,7 +144,7 @@ def test_cancel_of_a_running_backup_stops_borg(roots, passfile, tmp_path, settin
 def cluster(roots):
     env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "qcluster"],
+        [sys.executable, str(ROOT / "manage.py"), "worker"],
         env=env,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
@@ -351,3 +351,27 @@ def test_reconcile_clears_mounts_that_vanished(roots, passfile):
     Mount.objects.create(repository=repo, mountpoint=str(roots.mnt / "gone"))
     assert jobs.reconcile()["mounts_cleared"] == 1
     assert not Mount.objects.exists()
+
+
+def test_worker_start_reconciles_dead_jobs(roots, passfile):
+    repo = make_repo(roots, passfile, "r1")
+    stale = jobs.create("backup", repo, trigger="schedule")
+    assert jobs.claim(stale)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    Job.objects.filter(pk=stale.pk).update(worker_pid=child.pid)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "worker"],
+        env=roots.env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: Job.objects.get(pk=stale.pk).status == "interrupted", timeout=60)
+        assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
