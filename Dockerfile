@@ -6,9 +6,10 @@
 # Run the web app (the data volume keeps the SQLite database, secret key and Fernet key):
 #   docker run --init -d -p 8000:8000 -v opscenter-data:/data \
 #     -e DJANGO_SECRET_KEY=... -e OPSCENTER_MIGRATE=1 opscenter
-# Run the worker (same image, same volume/database, other command):
+# Run the worker (same image, same volume/database, other command): `manage.py worker` repairs
+# what a crash left (reconcile) and then runs django-q2's `manage.py qcluster`:
 #   docker run --init -d -v opscenter-data:/data -e DJANGO_SECRET_KEY=... \
-#     opscenter python manage.py qcluster
+#     opscenter python manage.py worker
 # One-off commands:  docker run --rm -it -v opscenter-data:/data opscenter python manage.py ensure_admin
 #
 # Use `--init` (or tini): Python as PID 1 ignores SIGTERM, so without it `docker stop` waits for
@@ -97,6 +98,6 @@ USER opscenter:opscenter
 EXPOSE 8000
 
 # A tiny inline entrypoint: with OPSCENTER_MIGRATE=1 it runs `migrate` first, then runs the
-# command (gunicorn by default, `python manage.py qcluster` for the worker).
+# command (gunicorn by default, `python manage.py worker` for the worker).
 ENTRYPOINT ["/bin/sh", "-c", "if [ \"${OPSCENTER_MIGRATE:-0}\" = 1 ]; then python manage.py migrate --noinput || exit 1; fi; exec \"$@\"", "opscenter-entrypoint"]
 CMD ["gunicorn", "opscenter.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]
