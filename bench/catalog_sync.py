@@ -77,9 +77,11 @@ def main() -> None:
     borg.run(borg.create_cmd(location, "a", [str(ROOT / "manage.py")]), config)
     listed, _ = timed(lambda: borg.run(borg.list_cmd(location), config))
     print(f"borg list --json (1 archive):    {listed * 1000:.0f} ms")
-    print(f"PERF-02 estimate for {args.archives} archives: "
-          f"{(first + listed) * 1000:.0f} ms first sync, {(again + listed) * 1000:.0f} ms resync "
-          "(target < 1500 ms; borg list grows slowly with the archive count)")
+    print(
+        f"PERF-02 estimate for {args.archives} archives: "
+        f"{(first + listed) * 1000:.0f} ms first sync, {(again + listed) * 1000:.0f} ms resync "
+        "(target < 1500 ms; borg list grows slowly with the archive count)"
+    )
 
 
 if __name__ == "__main__":

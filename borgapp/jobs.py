@@ -42,6 +42,9 @@ def create(
 ) -> Job:
     """Record a job. `params` must hold no secret: it is stored and shown."""
     return Job.objects.create(
+        # an inline job belongs to this process from the start (reconcile needs to know)
+        worker_host=HOST if inline else "",
+        worker_pid=os.getpid() if inline else None,
         kind=kind,
         repository=repository,
         repository_name=repository.name if repository else "",
@@ -235,6 +238,14 @@ def execute(job: Job, echo=None) -> Job:
         log.exception("Job %s crashed", job.pk)
         status, error_code = Job.Status.FAILED, "internal_error"
         error_message = f"Internal error ({type(exc).__name__}); see the server log."
+    except KeyboardInterrupt:  # Ctrl-C in the command line: borg was already stopped
+        mark_interrupted(job, "Cancelled with Ctrl-C.", status=Job.Status.CANCELLED)
+        release(job)
+        raise
+    except BaseException:  # this process is shutting down: borg was already stopped
+        mark_interrupted(job, "Stopped because its process was shut down.")
+        release(job)
+        raise
     finally:
         progress.flush(force=True)
     if status == Job.Status.SUCCEEDED and progress.cancel:
@@ -268,11 +279,15 @@ def run_queued(job_id: int) -> None:
 
 def run_inline(job: Job, echo=None, poll: float = 0.5) -> Job:
     """CLI entry: wait for the repository's lease in this process, then run the job here."""
-    while not claim(job):
-        job.refresh_from_db()
-        if job.status != Job.Status.QUEUED:
-            return job
-        time.sleep(poll)
+    try:
+        while not claim(job):
+            job.refresh_from_db()
+            if job.status != Job.Status.QUEUED:
+                return job
+            time.sleep(poll)
+    except BaseException:  # Ctrl-C while waiting: the job never started
+        cancel(job)
+        raise
     return execute(job, echo=echo)
 
 
@@ -290,15 +305,15 @@ def cancel(job: Job) -> Job:
     return job
 
 
-def mark_interrupted(job: Job, reason: str) -> None:
+def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED) -> None:
     """Record that a running job's process died, and stop a borg it left behind."""
     if job.borg_pid and job.worker_host == HOST:
         _stop_orphan(job.borg_pid)
     now = timezone.now()
     Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-        status=Job.Status.INTERRUPTED,
+        status=status,
         finished_at=now,
-        error_code="interrupted",
+        error_code=str(status),
         error_message=reason,
         borg_pid=None,
     )
@@ -334,6 +349,10 @@ def reconcile() -> dict:
         if holder_is_dead(job):
             mark_interrupted(job, "Its process ended before the job finished.")
             interrupted += 1
+    # Command-line jobs whose command died while waiting for the repository.
+    for job in Job.objects.filter(status=Job.Status.QUEUED, inline=True, worker_host=HOST):
+        if not _pid_alive(job.worker_pid):
+            cancel(job)
     released = 0
     for repo in Repository.objects.filter(lease_job__isnull=False).select_related("lease_job"):
         if repo.lease_job.status != Job.Status.RUNNING:

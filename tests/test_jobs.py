@@ -375,3 +375,46 @@ def test_worker_start_reconciles_dead_jobs(roots, passfile):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "signo, status", [(signal.SIGINT, "cancelled"), (signal.SIGTERM, "interrupted")]
+)
+def test_cli_stopped_by_signal_records_the_job_and_stops_borg(
+    roots, passfile, tmp_path, signo, status
+):
+    repo = make_repo(roots, passfile, "r1")
+    src = random_tree(tmp_path / "src", 30, 1_000_000)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "borg_backup",
+            "r1",
+            "--source",
+            src,
+            "--compression",
+            SLOW,
+        ],
+        env=roots.env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    running = wait_for(
+        lambda: Job.objects.filter(kind="backup", status="running", borg_pid__isnull=False).first()
+    )
+    time.sleep(0.5)
+    proc.send_signal(signo)  # to the command only, as a terminal's Ctrl-C or a service stop
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    job = Job.objects.get(pk=running.pk)
+    assert job.status == status
+    assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    assert (
+        not os.path.exists(f"/proc/{running.borg_pid}/cmdline")
+        or b"borg" not in Path(f"/proc/{running.borg_pid}/cmdline").read_bytes()
+    )
+    assert not list((roots.repos / "r1").glob("lock.*"))

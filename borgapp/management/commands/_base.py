@@ -4,6 +4,7 @@ exit 0 on success, 1 on a warning, 2 on failure with a one-line reason on stderr
 import getpass
 import json
 import os
+import signal
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -52,6 +53,8 @@ class JobCommand(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        # SIGTERM becomes an exception, so borg is stopped politely and the job recorded.
+        signal.signal(signal.SIGTERM, _terminate)
         echo = self._progress_echo() if not options["json"] else None
         try:
             job = self.start(options, echo)
@@ -100,6 +103,10 @@ class JobCommand(BaseCommand):
             sys.stderr.flush()
 
         return echo
+
+
+def _terminate(signo, frame):
+    raise SystemExit(128 + signo)
 
 
 def read_passphrase(options, prompt: str = "Passphrase: ", required: bool = True) -> str | None:
