@@ -133,8 +133,11 @@ BORG_LOCK_WAIT = env.int("BORG_LOCK_WAIT", default=600)
 
 def _roots(name, default):
     value = env.str(name, default="")
-    paths = [p for p in value.split(":") if p] if value else [str(DATA_DIR / default)]
-    return [Path(p).resolve() for p in paths]
+    if value:
+        return [Path(p).resolve() for p in value.split(":") if p]
+    path = DATA_DIR / default  # the default root lives in the data directory: create it
+    path.mkdir(exist_ok=True, mode=0o700)
+    return [path]
 
 
 REPOSITORY_ROOTS = _roots("OPSCENTER_REPOSITORY_ROOTS", "repos")
