@@ -95,6 +95,12 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # a queued or running job may hold a repository's lease: it is history only when done
+        if obj is not None and not obj.is_finished:
+            return False
+        return super().has_delete_permission(request, obj)
+
     def has_change_permission(self, request, obj=None):
         return False
 

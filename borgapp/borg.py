@@ -102,6 +102,11 @@ class Interrupted(BorgError):
     summary = "borg was stopped by a signal before it finished."
 
 
+class DeadlineExceeded(BorgError):
+    code = "deadline_exceeded"
+    summary = "The job ran past its deadline and was stopped."
+
+
 class BorgNotFound(BorgError):
     code = "borg_not_found"
     summary = "The borg binary could not be started."
@@ -150,12 +155,14 @@ MSGID_CLASSES: dict[str, type[BorgError]] = {
 # borg 1.4 with BORG_EXIT_CODES=modern (docs/internals/frontends.rst, "Message IDs").
 RC_CLASSES: dict[int, type[BorgError]] = {
     10: RepositoryExists,
-    11: RepositoryExists,
-    12: RepositoryMissing,
+    12: IntegrityError,  # Repository.CheckNeeded
     13: RepositoryMissing,
     14: DiskFull,
-    15: RepositoryMissing,
-    17: IntegrityError,
+    15: RepositoryMissing,  # InvalidRepository
+    16: RepositoryMissing,  # InvalidRepositoryConfig
+    17: IntegrityError,  # ObjectNotFound
+    18: RepositoryMissing,  # ParentPathDoesNotExist
+    19: RepositoryExists,  # PathAlreadyExists
     20: DiskFull,
     30: ArchiveExists,
     31: ArchiveMissing,
@@ -476,6 +483,8 @@ def environment(config: BorgConfig, extra: dict[str, str] | None = None) -> dict
         "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "NO",
         "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING": "NO",
         "BORG_RSH": config.rsh,
+        # borg prints naive local times; in UTC they read the same everywhere.
+        "TZ": "UTC",
     }
     if config.host_id:
         env["BORG_HOST_ID"] = config.host_id
@@ -567,23 +576,23 @@ def run(
     finally:
         if read_fd is not None:
             os.close(read_fd)
-    if on_start:
-        on_start(proc.pid)
-    if command.stdin_data is not None:
-        try:
-            proc.stdin.write(command.stdin_data.encode())
-        except BrokenPipeError:
-            pass
-        finally:
-            proc.stdin.close()
-
     stdout_chunks: list[bytes] = []
     messages: list[dict] = []
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     stopper = _Stopper(proc, config)
     end_at = started + deadline if deadline else None
     pending = b""
+    deadline_hit = False
     try:
+        if on_start:
+            on_start(proc.pid)
+        if command.stdin_data is not None:
+            try:
+                proc.stdin.write(command.stdin_data.encode())
+            except BrokenPipeError:
+                pass
+            finally:
+                proc.stdin.close()
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ, "out")
             sel.register(proc.stderr, selectors.EVENT_READ, "err")
@@ -603,7 +612,9 @@ def run(
                         for line in lines:
                             _handle_line(line, messages, tail, on_event)
                 now = time.monotonic()
-                wants_stop = (end_at is not None and now >= end_at) or (
+                if end_at is not None and now >= end_at:
+                    deadline_hit = True
+                wants_stop = deadline_hit or (
                     should_stop is not None and stopper.stage == 0 and should_stop()
                 )
                 if stopper.stage or wants_stop:
@@ -611,7 +622,9 @@ def run(
             while proc.poll() is None:
                 # Pipes closed (e.g. a daemonised child holds none) but the process lingers.
                 now = time.monotonic()
-                if stopper.stage or (end_at is not None and now >= end_at):
+                if end_at is not None and now >= end_at:
+                    deadline_hit = True
+                if stopper.stage or deadline_hit:
                     stopper.step(now)
                 time.sleep(0.05)
     except BaseException:
@@ -630,6 +643,10 @@ def run(
         duration=time.monotonic() - started,
     )
     error = error_for(rc, messages, result.tail, check=command.check)
+    if error is not None and deadline_hit:
+        error = DeadlineExceeded(
+            f"Stopped after the {deadline:.0f} s deadline.", rc=rc, tail=result.tail
+        )
     if error is not None and raise_on_error:
         raise error
     return result

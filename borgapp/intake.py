@@ -39,7 +39,7 @@ def check_params(kind: str, params: dict) -> dict:
         p["sources"] = [validation.validate_source_path(s) for s in sources]
         p["excludes"] = [validation.validate_exclude_pattern(x) for x in p.get("excludes") or []]
         if p.get("archive"):
-            validation.validate_existing_archive_name(p["archive"])
+            validation.validate_archive_part(p["archive"], "Archive name")
         else:
             validation.validate_archive_part(p.get("prefix") or "backup", "Archive prefix")
         validation.validate_compression(p.get("compression") or "lz4")
@@ -49,10 +49,8 @@ def check_params(kind: str, params: dict) -> dict:
         if p.get("comment"):
             validation.no_control_chars(p["comment"], "Comment")
     elif kind == Job.Kind.PRUNE:
-        if p.get("glob"):
-            validation.no_control_chars(p["glob"], "Archive glob")
-        else:
-            prefix_glob(p.get("prefix") or "")
+        p.pop("glob", None)  # prune is always scoped to one prefix (REL-12)
+        prefix_glob(p.get("prefix") or "")
         if p.get("policy"):
             if not RetentionPolicy.objects.filter(name=p["policy"]).exists():
                 raise validation.InvalidInput(f"No retention policy named {p['policy']!r}.")
@@ -103,6 +101,13 @@ def start(
         Job.Kind.IMPORT,
     ):
         raise validation.InvalidInput(f"Repository {repository.name} is not ready yet.")
+    if kind != Job.Kind.UMOUNT:
+        mount = repository.mounts.first()
+        if mount is not None:
+            raise Conflict(
+                f"Repository {repository.name} is mounted at {mount.mountpoint}: borg holds "
+                "its lock while it is mounted. Unmount it first."
+            )
     cleaned = check_params(kind, params or {})
     archive_name = cleaned.get("archive", "") if kind != Job.Kind.BACKUP else ""
     if kind in (Job.Kind.EXTRACT, Job.Kind.DELETE) or (kind == Job.Kind.MOUNT and archive_name):
@@ -142,7 +147,12 @@ def register(
     validation.validate_name(name, "Repository name")
     location = validation.validate_location(location)
     if not validation.is_remote(location):
-        validation.require_under_roots(location, settings.REPOSITORY_ROOTS, "Repository location")
+        # store the resolved path: a symlinked spelling must not register a second time
+        location = str(
+            validation.require_under_roots(
+                location, settings.REPOSITORY_ROOTS, "Repository location"
+            )
+        )
     if passphrase is not None:
         validation.validate_passphrase(passphrase)
     valid_modes = {mode for mode, _ in Repository._meta.get_field("encryption").choices}
@@ -173,8 +183,21 @@ def change_passphrase(repository: Repository, new: str, **kwargs) -> Job:
         raise validation.InvalidInput("The new passphrase must not be empty.")
     from borgapp import vault
 
-    Repository.objects.filter(pk=repository.pk).update(new_passphrase_encrypted=vault.encrypt(new))
-    return start(Job.Kind.CHANGE_PASSPHRASE, repository, {}, **kwargs)
+    if repository.mounts.exists():
+        raise Conflict(f"Repository {repository.name} is mounted. Unmount it first.")
+    claimed = Repository.objects.filter(pk=repository.pk, new_passphrase_encrypted="").update(
+        new_passphrase_encrypted=vault.encrypt(new)
+    )
+    if not claimed:
+        raise Conflict(
+            f"A passphrase change for {repository.name} is already waiting to run; "
+            "let it finish first."
+        )
+    try:
+        return start(Job.Kind.CHANGE_PASSPHRASE, repository, {}, **kwargs)
+    except BaseException:
+        Repository.objects.filter(pk=repository.pk).update(new_passphrase_encrypted="")
+        raise
 
 
 def umount(mountpoint: str, **kwargs) -> Job:

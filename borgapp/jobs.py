@@ -4,11 +4,13 @@ One repository runs one job at a time across every worker and the CLI (REL-03). 
 is claimed with a conditional UPDATE, which is atomic on SQLite and PostgreSQL alike. A
 worker that finds the repository busy leaves its job queued; whoever releases the lease
 dispatches the next queued job of that repository, so a waiting job never occupies a worker.
+
+A mount keeps its lease until it is unmounted: borg holds the repository's lock for as long
+as an archive is mounted, so nothing else could write there anyway.
 """
 
 import logging
 import os
-import socket
 import time
 from datetime import timedelta
 
@@ -17,16 +19,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from borgapp import borg, validation
-from borgapp.models import Job, Repository
+from borgapp import borg, procs, validation, vault
+from borgapp.models import Job, Mount, Repository
 
 log = logging.getLogger(__name__)
-HOST = socket.gethostname()
+HOST = procs.HOST
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes (REL-07)
-
-
-class JobError(Exception):
-    """A job could not be started (bad input, unknown target)."""
+WRITING_KINDS = {Job.Kind.BACKUP, Job.Kind.PRUNE, Job.Kind.DELETE}
+REGISTERING_KINDS = {Job.Kind.INIT, Job.Kind.IMPORT}
 
 
 def create(
@@ -41,10 +41,14 @@ def create(
     inline: bool = False,
 ) -> Job:
     """Record a job. `params` must hold no secret: it is stored and shown."""
+    owner = {}
+    if inline:  # an inline job belongs to this process from the start (reconcile must know)
+        owner = {
+            "worker_host": HOST,
+            "worker_pid": os.getpid(),
+            "worker_started": procs.start_ticks(os.getpid()),
+        }
     return Job.objects.create(
-        # an inline job belongs to this process from the start (reconcile needs to know)
-        worker_host=HOST if inline else "",
-        worker_pid=os.getpid() if inline else None,
         kind=kind,
         repository=repository,
         repository_name=repository.name if repository else "",
@@ -54,6 +58,7 @@ def create(
         schedule=schedule,
         archive_name=archive_name,
         inline=inline,
+        **owner,
     )
 
 
@@ -75,23 +80,15 @@ def submit(kind, repository, **kwargs) -> Job:
 # --- the lease --------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def holds_mount(job: Job) -> bool:
+    return job.kind == Job.Kind.MOUNT and Mount.objects.filter(job=job).exists()
 
 
 def holder_is_dead(job: Job) -> bool:
-    """A running job whose process is gone (same host) or silent for too long."""
+    """Whether a lease holder can no longer be using the repository."""
     if job.status != Job.Status.RUNNING:
-        return True
-    if job.worker_host == HOST and job.worker_pid and not _pid_alive(job.worker_pid):
+        return not holds_mount(job)
+    if job.worker_host == HOST and not procs.alive(job.worker_pid, job.worker_started):
         return True
     stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER)
     return job.heartbeat_at is not None and job.heartbeat_at < stale
@@ -100,34 +97,18 @@ def holder_is_dead(job: Job) -> bool:
 def claim(job: Job) -> bool:
     """Take the repository's lease for `job` and mark it running. False if busy."""
     now = timezone.now()
-    # Unmounting never opens the repository, so it does not wait behind a running backup.
+    # Unmounting never opens the repository, so it does not wait behind anything.
     repo_id = None if job.kind == Job.Kind.UMOUNT else job.repository_id
     with transaction.atomic():
-        if repo_id is not None:
-            won = Repository.objects.filter(pk=repo_id, lease_job__isnull=True).update(
-                lease_job=job, lease_since=now
-            )
-            if not won:
-                holder_id = (
-                    Repository.objects.filter(pk=repo_id)
-                    .values_list("lease_job_id", flat=True)
-                    .first()
-                )
-                holder = Job.objects.filter(pk=holder_id).first() if holder_id else None
-                if holder is None or holder.pk == job.pk or not holder_is_dead(holder):
-                    return False
-                mark_interrupted(holder, "Its process ended before the job finished.")
-                won = Repository.objects.filter(pk=repo_id, lease_job_id=holder_id).update(
-                    lease_job=job, lease_since=now
-                )
-                if not won:
-                    return False
+        if repo_id is not None and not _take_lease(job, repo_id, now):
+            return False
         started = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
             status=Job.Status.RUNNING,
             started_at=now,
             heartbeat_at=now,
             worker_host=HOST,
             worker_pid=os.getpid(),
+            worker_started=procs.start_ticks(os.getpid()),
         )
         if not started:
             transaction.set_rollback(True)
@@ -136,12 +117,40 @@ def claim(job: Job) -> bool:
     return True
 
 
+def _take_lease(job: Job, repo_id: int, now) -> bool:
+    if Repository.objects.filter(pk=repo_id, lease_job__isnull=True).update(
+        lease_job=job, lease_since=now
+    ):
+        return True
+    holder_id = Repository.objects.filter(pk=repo_id).values_list("lease_job_id", flat=True).first()
+    holder = Job.objects.filter(pk=holder_id).first() if holder_id else None
+    if holder is None or holder.pk == job.pk or not holder_is_dead(holder):
+        return False
+    mark_interrupted(holder, "Its process ended before the job finished.")  # frees the lease
+    free = Q(lease_job__isnull=True) | Q(lease_job_id=holder.pk)
+    return bool(
+        Repository.objects.filter(free, pk=repo_id).update(lease_job=job, lease_since=now)
+    )
+
+
 def release(job: Job) -> None:
-    if job.repository_id is not None:
-        Repository.objects.filter(pk=job.repository_id, lease_job=job).update(
+    if job.repository_id is None:
+        return
+    if job.status == Job.Status.SUCCEEDED and holds_mount(job):
+        return  # kept until the unmount
+    released = Repository.objects.filter(pk=job.repository_id, lease_job=job).update(
+        lease_job=None, lease_since=None
+    )
+    if released or job.kind == Job.Kind.UMOUNT:
+        dispatch_next(job.repository_id)
+
+
+def release_mount_lease(mount: Mount) -> None:
+    """After an unmount: free the lease the mount job kept."""
+    if mount.job_id:
+        Repository.objects.filter(pk=mount.repository_id, lease_job_id=mount.job_id).update(
             lease_job=None, lease_since=None
         )
-        dispatch_next(job.repository_id)
 
 
 def dispatch_next(repository_id: int) -> None:
@@ -170,7 +179,7 @@ class Progress:
         self.cancel = False
 
     def on_start(self, pid: int) -> None:
-        Job.objects.filter(pk=self.job.pk).update(borg_pid=pid)
+        Job.objects.filter(pk=self.job.pk).update(borg_pid=pid, borg_started=procs.start_ticks(pid))
 
     def on_event(self, event: dict) -> None:
         kind = event.get("type")
@@ -206,6 +215,30 @@ class Progress:
         return self.cancel
 
 
+def _outcome_of(exc: Exception, cancelled: bool) -> tuple[str, str, str]:
+    """(status, error code, message) for an exception raised by an operation."""
+    from borgapp import operations
+
+    if isinstance(exc, borg.BorgError):
+        if cancelled:
+            return Job.Status.CANCELLED, "cancelled", "Cancelled on request."
+        if isinstance(exc, borg.Interrupted):
+            return Job.Status.INTERRUPTED, exc.code, exc.message
+        return Job.Status.FAILED, exc.code, exc.message
+    if isinstance(exc, validation.InvalidInput):
+        return Job.Status.FAILED, "invalid_input", str(exc)
+    if isinstance(exc, operations.OperationError):
+        return Job.Status.FAILED, exc.code, str(exc)
+    if isinstance(exc, vault.VaultError):
+        return Job.Status.FAILED, "encryption_key", str(exc)
+    log.error("Job %s crashed", exc_info=exc)
+    return (
+        Job.Status.FAILED,
+        "internal_error",
+        f"Internal error ({type(exc).__name__}); see the server log.",
+    )
+
+
 def execute(job: Job, echo=None) -> Job:
     """Run a claimed job's operation and record its outcome. Never raises for borg errors."""
     from borgapp import operations
@@ -215,36 +248,18 @@ def execute(job: Job, echo=None) -> Job:
     payload = None
     try:
         outcome = operations.run(job, progress)
-        result, payload = outcome.result, outcome.payload
-        tail = outcome.tail
+        result, payload, tail = outcome.result, outcome.payload, outcome.tail
         if outcome.warnings:
             status = Job.Status.WARNING
             error_message = "; ".join(outcome.warnings)[:2000]
-    except borg.BorgError as exc:
-        tail = exc.tail
-        error_code, error_message = exc.code, exc.message
-        if progress.cancel:
-            status, error_code = Job.Status.CANCELLED, "cancelled"
-            error_message = "Cancelled on request."
-        elif isinstance(exc, borg.Interrupted):
-            status = Job.Status.INTERRUPTED
-        else:
-            status = Job.Status.FAILED
-    except validation.InvalidInput as exc:
-        status, error_code, error_message = Job.Status.FAILED, "invalid_input", str(exc)
-    except operations.OperationError as exc:
-        status, error_code, error_message = Job.Status.FAILED, exc.code, str(exc)
-    except Exception as exc:  # a bug of ours: record it, never leave the job running
-        log.exception("Job %s crashed", job.pk)
-        status, error_code = Job.Status.FAILED, "internal_error"
-        error_message = f"Internal error ({type(exc).__name__}); see the server log."
+    except Exception as exc:
+        status, error_code, error_message = _outcome_of(exc, progress.cancel)
+        tail = getattr(exc, "tail", [])
     except KeyboardInterrupt:  # Ctrl-C in the command line: borg was already stopped
         mark_interrupted(job, "Cancelled with Ctrl-C.", status=Job.Status.CANCELLED)
-        release(job)
         raise
     except BaseException:  # this process is shutting down: borg was already stopped
         mark_interrupted(job, "Stopped because its process was shut down.")
-        release(job)
         raise
     finally:
         progress.flush(force=True)
@@ -263,9 +278,22 @@ def execute(job: Job, echo=None) -> Job:
         borg_pid=None,
     )
     job.refresh_from_db()
+    if status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
+        _after_failure(job)
     release(job)
     job.payload = payload  # for an in-process caller only; never stored
     return job
+
+
+def _after_failure(job: Job) -> None:
+    """A job that ended early: its repository's catalog may lag borg, and a registration
+    that did not complete is forgotten (nothing stays registered)."""
+    if job.repository_id is None:
+        return
+    if job.kind in REGISTERING_KINDS:
+        Repository.objects.filter(pk=job.repository_id, state=Repository.State.PENDING).delete()
+    elif job.kind in WRITING_KINDS:
+        Repository.objects.filter(pk=job.repository_id).update(catalog_stale=True)
 
 
 def run_queued(job_id: int) -> None:
@@ -299,46 +327,31 @@ def cancel(job: Job) -> Job:
         error_code="cancelled",
         error_message="Cancelled before it started.",
     )
-    if not updated:
+    if updated:
+        job.refresh_from_db()
+        _after_failure(job)
+    else:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()
     return job
 
 
 def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED) -> None:
-    """Record that a running job's process died, and stop a borg it left behind."""
-    if job.borg_pid and job.worker_host == HOST:
-        _stop_orphan(job.borg_pid)
-    now = timezone.now()
-    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+    """Record that a running job's process died or was stopped, stop a borg it left behind,
+    and free its lease."""
+    if job.worker_host == HOST:
+        procs.stop_orphan(job.borg_pid, job.borg_started)
+    updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
         status=status,
-        finished_at=now,
+        finished_at=timezone.now(),
         error_code=str(status),
         error_message=reason,
         borg_pid=None,
     )
-
-
-def _stop_orphan(pid: int) -> None:
-    """A borg whose worker died still holds the repository lock: stop it (SIGTERM leaves no
-    lock behind; SIGKILL only if it will not go)."""
-    import signal
-
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            if b"borg" not in handle.read():
-                return
-    except OSError:
-        return
-    for signo in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, signo)
-        except (ProcessLookupError, PermissionError):
-            return
-        for _ in range(50):
-            if not _pid_alive(pid):
-                return
-            time.sleep(0.1)
+    if updated:
+        job.refresh_from_db()
+        _after_failure(job)
+        release(job)
 
 
 def reconcile() -> dict:
@@ -351,11 +364,15 @@ def reconcile() -> dict:
             interrupted += 1
     # Command-line jobs whose command died while waiting for the repository.
     for job in Job.objects.filter(status=Job.Status.QUEUED, inline=True, worker_host=HOST):
-        if not _pid_alive(job.worker_pid):
+        if not procs.alive(job.worker_pid, job.worker_started):
             cancel(job)
+    # Mounts recorded here that are gone (a reboot, an unmount outside the app).
+    vanished = [m for m in Mount.objects.all() if not os.path.ismount(m.mountpoint)]
+    for mount in vanished:
+        mount.delete()
     released = 0
     for repo in Repository.objects.filter(lease_job__isnull=False).select_related("lease_job"):
-        if repo.lease_job.status != Job.Status.RUNNING:
+        if repo.lease_job.status != Job.Status.RUNNING and not holds_mount(repo.lease_job):
             released += Repository.objects.filter(pk=repo.pk, lease_job=repo.lease_job).update(
                 lease_job=None, lease_since=None
             )
@@ -363,16 +380,11 @@ def reconcile() -> dict:
     stale_queue = timezone.now() - timedelta(seconds=30)
     waiting = (
         Job.objects.filter(status=Job.Status.QUEUED, inline=False, created_at__lt=stale_queue)
-        .filter(Q(repository__lease_job__isnull=True) | Q(repository__isnull=True))
+        .filter(Q(repository__lease_job__isnull=True))
         .values_list("repository_id", flat=True)
         .distinct()
     )
     for repository_id in waiting:
         if repository_id is not None:
             dispatch_next(repository_id)
-    # Mounts recorded here that are gone (a reboot, an unmount outside the app).
-    from borgapp.models import Mount
-
-    vanished = [m.pk for m in Mount.objects.all() if not os.path.ismount(m.mountpoint)]
-    Mount.objects.filter(pk__in=vanished).delete()
     return {"interrupted": interrupted, "released": released, "mounts_cleared": len(vanished)}

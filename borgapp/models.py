@@ -88,6 +88,8 @@ class Repository(models.Model):
     unique_chunks = models.BigIntegerField(null=True, blank=True)
     stats_updated_at = models.DateTimeField(null=True, blank=True)
     catalog_synced_at = models.DateTimeField(null=True, blank=True)
+    # Set when a writing job ended early: the next backup resynchronises from `borg list`.
+    catalog_stale = models.BooleanField(default=False, editable=False)
 
     # The lease (REL-03): which job may run borg on this repository right now.
     lease_job = models.ForeignKey(
@@ -107,8 +109,17 @@ class Repository(models.Model):
 
     def clean(self):
         super().clean()
-        if self.location and not validation.is_remote(self.location):
-            self.location = validation.validate_location(self.location)
+        try:
+            if self.location:
+                self.location = validation.validate_location(self.location)
+                if not validation.is_remote(self.location):
+                    self.location = str(
+                        validation.require_under_roots(
+                            self.location, settings.REPOSITORY_ROOTS, "Repository location"
+                        )
+                    )
+        except validation.InvalidInput as exc:
+            raise ValidationError({"location": str(exc)}) from None
 
     @property
     def has_passphrase(self) -> bool:
@@ -354,7 +365,9 @@ class Job(models.Model):
     cancel_requested = models.BooleanField(default=False)
     worker_host = models.CharField(max_length=255, blank=True, default="")
     worker_pid = models.IntegerField(null=True, blank=True)
+    worker_started = models.BigIntegerField(null=True, blank=True)
     borg_pid = models.IntegerField(null=True, blank=True)
+    borg_started = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

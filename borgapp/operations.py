@@ -69,8 +69,14 @@ class Context:
         self.config = borg_config()
         self.warnings: list[str] = []
         self.tail: list[str] = []
+        self.ends_at = time.monotonic() + settings.JOB_DEADLINE  # for the whole job
 
     def borg(self, command: borg.Command, *, passphrase="stored", stoppable=True) -> borg.Result:
+        if self.repo and not validation.is_remote(self.repo.location):
+            # the allowed roots are checked again right before borg runs (SEC-04)
+            validation.require_under_roots(
+                self.repo.location, settings.REPOSITORY_ROOTS, "Repository location"
+            )
         if passphrase == "stored":
             passphrase = self.repo.get_passphrase() if self.repo else None
         try:
@@ -81,7 +87,7 @@ class Context:
                 on_event=self.progress.on_event if self.progress else None,
                 on_start=self.progress.on_start if self.progress else None,
                 should_stop=self.progress.should_stop if self.progress and stoppable else None,
-                deadline=settings.JOB_DEADLINE,
+                deadline=max(1.0, self.ends_at - time.monotonic()),
             )
         except borg.BorgError as exc:
             self.tail = exc.tail
@@ -102,16 +108,7 @@ def run(job: Job, progress=None) -> Outcome:
     ctx = Context(job, progress)
     if ctx.repo is None:
         raise OperationError("The job's repository no longer exists.", "repository_missing")
-    try:
-        return operation(ctx)
-    except Exception:
-        _forget_if_pending(ctx.repo)
-        raise
-
-
-def _forget_if_pending(repo: Repository) -> None:
-    """A repository whose init or import failed is not registered (nothing is stored)."""
-    Repository.objects.filter(pk=repo.pk, state=Repository.State.PENDING).delete()
+    return operation(ctx)
 
 
 # --- catalog ------------------------------------------------------------------------------
@@ -122,8 +119,8 @@ def _dt(value):
         return None
     parsed = parse_datetime(value)
     if parsed is not None and timezone.is_naive(parsed):
-        # borg prints local time without an offset; the app and borg share the clock.
-        parsed = parsed.astimezone(UTC)
+        # borg prints local time without an offset; it runs with TZ=UTC (borg.environment).
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 
@@ -184,7 +181,7 @@ def apply_listing(repo: Repository, listed: list[dict]) -> dict:
             )
         if gone:
             Archive.objects.filter(pk__in=gone).delete()
-        Repository.objects.filter(pk=repo.pk).update(catalog_synced_at=now)
+        Repository.objects.filter(pk=repo.pk).update(catalog_synced_at=now, catalog_stale=False)
     return {"archives": len(seen), "added": len(new), "updated": len(changed), "removed": len(gone)}
 
 
@@ -252,11 +249,11 @@ def op_import(ctx: Context) -> Outcome:
     info_command = borg.info_cmd(repo.location)
     info_command.extra_env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
     store_repository_stats(repo, ctx.borg(info_command).json())
-    Repository.objects.filter(pk=repo.pk).update(state=Repository.State.READY)
     synced = sync_catalog(ctx)
     if synced["archives"]:
         detail = ctx.borg(borg.info_cmd(repo.location, all_archives=True)).json()
         store_archive_stats(repo, detail.get("archives", []))
+    Repository.objects.filter(pk=repo.pk).update(state=Repository.State.READY)
     return ctx.outcome({"message": "Repository imported.", **synced, **repository_summary(repo)})
 
 
@@ -363,6 +360,10 @@ def op_backup(ctx: Context) -> Outcome:
         Archive.objects.filter(
             repository=repo, name__startswith=f"{final_name}.checkpoint"
         ).delete()
+    repo.refresh_from_db(fields=["catalog_stale"])
+    if repo.catalog_stale:
+        # an earlier run ended early: record what it left (checkpoints) from borg itself
+        sync_catalog(ctx, stoppable=False)
     original, compressed, dedup = (
         stats.get("original_size"),
         stats.get("compressed_size"),
@@ -410,7 +411,7 @@ def _sync_quietly(ctx: Context) -> None:
 
 def op_prune(ctx: Context) -> Outcome:
     repo, params = ctx.repo, ctx.params
-    glob = params.get("glob") or prefix_glob(params.get("prefix") or "")
+    glob = prefix_glob(params.get("prefix") or "")
     if params.get("policy"):
         policy = RetentionPolicy.objects.filter(name=params["policy"]).first()
         if policy is None:
@@ -424,7 +425,7 @@ def op_prune(ctx: Context) -> Outcome:
     summary = {"glob": glob, "rules": rules, "dry_run": dry_run, **listing}
     if dry_run:
         return ctx.outcome(summary)
-    summary["catalog"] = sync_catalog(ctx)
+    summary["catalog"] = sync_catalog(ctx, stoppable=False)  # the prune has happened
     compact = params.get("compact", True)
     if compact and not repo.append_only:
         ctx.borg(borg.compact_cmd(repo.location))
@@ -519,7 +520,7 @@ def op_extract(ctx: Context) -> Outcome:
 def op_delete(ctx: Context) -> Outcome:
     archive = _archive(ctx)
     ctx.borg(borg.delete_archive_cmd(ctx.repo.location, archive.name))
-    catalog = sync_catalog(ctx)
+    catalog = sync_catalog(ctx, stoppable=False)  # the delete has happened
     result = {"archive_name": archive.name, "deleted": True, "catalog": catalog}
     if ctx.repo.append_only:
         result["note"] = "Append-only repository: the data stays until a non-append-only write."
@@ -560,7 +561,11 @@ def op_umount(ctx: Context) -> Outcome:
         ctx.borg(borg.umount_cmd(mountpoint), passphrase=None)
         if os.path.ismount(mountpoint):
             raise OperationError("The mount point is still mounted after umount.", "umount_failed")
-    Mount.objects.filter(mountpoint=mountpoint).delete()
+    from borgapp.jobs import release_mount_lease
+
+    for mount in Mount.objects.filter(mountpoint=mountpoint):
+        release_mount_lease(mount)
+        mount.delete()
     message = "Unmounted." if was_mounted else "Nothing was mounted there; the record was cleared."
     return ctx.outcome({"mount_point": mountpoint, "was_mounted": was_mounted, "message": message})
 
@@ -584,9 +589,13 @@ def op_change_passphrase(ctx: Context) -> Outcome:
     old = repo.get_passphrase() or ""
     try:
         ctx.borg(borg.change_passphrase_cmd(repo.location, old, new), passphrase=None)
-    finally:
+    except BaseException:
         Repository.objects.filter(pk=repo.pk).update(new_passphrase_encrypted="")
-    Repository.objects.filter(pk=repo.pk).update(passphrase_encrypted=vault.encrypt(new))
+        raise
+    # one UPDATE: the repository never has the new passphrase without the app knowing it
+    Repository.objects.filter(pk=repo.pk).update(
+        passphrase_encrypted=repo.new_passphrase_encrypted, new_passphrase_encrypted=""
+    )
     return ctx.outcome({"changed": True})
 
 

@@ -119,7 +119,10 @@ def validate_location(location: str, roots: list[Path] | None = None) -> str:
         if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
             raise InvalidInput(f"SSH port {match['port']} is out of range.")
         _validate_abs_path(match["path"], "Repository path")
-        return location
+        path = re.sub(r"/+", "/", match["path"])
+        port = f":{int(match['port'])}" if match["port"] and int(match["port"]) != 22 else ""
+        # one spelling per repository, so one repository can never be registered twice
+        return f"ssh://{match['user']}@{match['host'].lower()}{port}{path.rstrip('/') or '/'}"
     if "://" in location or location.startswith("-"):
         raise InvalidInput(
             f"Repository location {location!r} must be an absolute path or ssh://user@host/path."

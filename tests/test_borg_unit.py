@@ -217,6 +217,7 @@ def test_clean_environment_drops_inherited_borg_variables(monkeypatch):
     assert env["BORG_EXIT_CODES"] == "modern"
     assert env["BORG_BASE_DIR"] == "/b"
     assert env["LANG"] == "C.UTF-8"
+    assert env["TZ"] == "UTC"  # borg's naive times are read as UTC
 
 
 # --- recorded output ------------------------------------------------------------------------

@@ -92,6 +92,9 @@ def test_backup_list_info_and_catalog_match_borg(repo, roots, tmp_path):
     )
     archive = Archive.objects.get(repository=repo, name=res["archive_name"])
     assert archive.created_by_app and archive.nfiles == 2 and archive.hostname
+    from django.utils import timezone
+
+    assert abs((timezone.now() - archive.start).total_seconds()) < 120  # times are UTC
     assert catalog(repo) == borg_names(repo, roots)
 
     listed = cli("borg_list", "main", "--json")
@@ -269,11 +272,17 @@ def test_mount_and_umount(repo, roots, tmp_path):
     assert json.loads(result.out)["result"]["was_mounted"] is True
     assert not os.path.ismount(point)
     assert not Mount.objects.exists()
-    # whole repository
+    # whole repository; while it is mounted borg holds the lock: other jobs are refused
     whole = roots.mnt / "m2"
     assert cli("borg_mount", "main", "--mountpoint", whole).code == 0
     assert os.listdir(whole) == [name]
+    mount_job = Job.objects.filter(kind="mount").latest("id")
+    assert Repository.objects.get(pk=repo.pk).lease_job_id == mount_job.pk
+    refused = cli("borg_backup", "main", "--source", src)
+    assert refused.code == 2 and "mounted" in refused.err
     assert cli("borg_umount", "--mountpoint", whole).code == 0
+    assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    assert cli("borg_backup", "main", "--source", src).code == 0
     # refused: outside the mount root; nothing recorded there
     assert cli("borg_mount", "main", "--mountpoint", tmp_path / "m").code == 2
     assert cli("borg_umount", "--mountpoint", roots.mnt / "never").code == 2
@@ -321,6 +330,23 @@ def test_import_existing_repository(repo, roots, tmp_path, passfile):
     assert archive.original_size == 7 and archive.nfiles == 1
 
 
+def test_one_repository_cannot_be_registered_twice(repo, roots, passfile):
+    link = roots.repos / "alias"
+    link.symlink_to(roots.repos / "main")
+    result = cli("borg_import", "alias", "--location", link, "--passphrase-file", passfile)
+    assert result.code == 2 and "already registered" in result.err
+    assert Repository.objects.count() == 1
+
+
+def test_ssh_locations_have_one_spelling():
+    from borgapp.validation import validate_location
+
+    assert (
+        validate_location("ssh://u@Host.Example:22//srv//repo/") == "ssh://u@host.example/srv/repo"
+    )
+    assert validate_location("ssh://u@h:2222/./r") == "ssh://u@h:2222/./r"
+
+
 def test_import_of_missing_repository(db, roots, passfile):
     result = cli(
         "borg_import", "ghost", "--location", roots.repos / "ghost", "--passphrase-file", passfile
@@ -358,6 +384,17 @@ def test_change_passphrase(repo, roots, tmp_path):
 
     with pytest.raises(borg.WrongPassphrase):
         borg.run(borg.info_cmd(repo.location), borg_config(), passphrase=PASSPHRASE)
+
+
+def test_change_passphrase_refused_while_another_waits(repo, roots, tmp_path):
+    from borgapp import vault
+
+    Repository.objects.filter(pk=repo.pk).update(new_passphrase_encrypted=vault.encrypt("x"))
+    new = tmp_path / "new"
+    new.write_text("another one")
+    result = cli("borg_change_passphrase", "main", "--passphrase-file", new)
+    assert result.code == 2 and "already waiting" in result.err
+    assert Repository.objects.get(pk=repo.pk).get_passphrase() != "another one"
 
 
 def test_break_lock(repo, roots):

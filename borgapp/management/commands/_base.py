@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from borgapp import validation
 from borgapp.intake import Conflict
 from borgapp.models import Job, Repository
+from borgapp.vault import VaultError
 
 EXIT_OK, EXIT_WARNING, EXIT_FAILED = 0, 1, 2
 
@@ -58,8 +59,13 @@ class JobCommand(BaseCommand):
         echo = self._progress_echo() if not options["json"] else None
         try:
             job = self.start(options, echo)
-        except (validation.InvalidInput, Conflict) as exc:
+        except (validation.InvalidInput, Conflict, VaultError) as exc:
             raise CommandError(str(exc), returncode=EXIT_FAILED) from None
+        except KeyboardInterrupt:
+            raise CommandError(
+                "Interrupted with Ctrl-C; the job was recorded as cancelled.",
+                returncode=EXIT_FAILED,
+            ) from None
         if echo:
             sys.stderr.write("\n")
         self.report(job, options)

@@ -17,6 +17,9 @@ class Command(JobCommand):
         parser.add_argument("--paper", action="store_true", help="the paper format")
 
     def start(self, options, echo):
+        output_dir = os.path.dirname(os.path.abspath(options["output"] or "."))
+        if options["output"] and not os.path.isdir(output_dir):
+            raise CommandError(f"{output_dir} is not a directory.", returncode=EXIT_FAILED)
         if options["output"] and os.path.exists(options["output"]):
             raise CommandError(
                 f"{options['output']} exists; not overwriting.", returncode=EXIT_FAILED
