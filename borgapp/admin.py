@@ -59,16 +59,7 @@ class ArchiveAdmin(admin.ModelAdmin):
 
 @admin.register(RetentionPolicy)
 class RetentionPolicyAdmin(admin.ModelAdmin):
-    list_display = [
-        "name",
-        "keep_within",
-        "keep_last",
-        "keep_hourly",
-        "keep_daily",
-        "keep_weekly",
-        "keep_monthly",
-        "keep_yearly",
-    ]
+    list_display = ["name", "keep_within", *RetentionPolicy.KEEP_FIELDS]
 
 
 @admin.register(Schedule)

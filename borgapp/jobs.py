@@ -128,9 +128,7 @@ def _take_lease(job: Job, repo_id: int, now) -> bool:
         return False
     mark_interrupted(holder, "Its process ended before the job finished.")  # frees the lease
     free = Q(lease_job__isnull=True) | Q(lease_job_id=holder.pk)
-    return bool(
-        Repository.objects.filter(free, pk=repo_id).update(lease_job=job, lease_since=now)
-    )
+    return bool(Repository.objects.filter(free, pk=repo_id).update(lease_job=job, lease_since=now))
 
 
 def release(job: Job) -> None:

@@ -42,6 +42,26 @@ def random_tree(path: Path, files: int, size: int) -> Path:
     return path
 
 
+def spawn_manage(args, env, **kwargs) -> subprocess.Popen:
+    """manage.py as a child process in its own session (so a test can kill its group)."""
+    options = {
+        "stdin": subprocess.DEVNULL,
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "start_new_session": True,
+        **kwargs,
+    }
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), *map(str, args)], env=env, cwd=ROOT, **options
+    )
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def wait_for(predicate, timeout=60.0, interval=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,9 +93,7 @@ def test_lease_of_a_dead_holder_is_taken_over(roots, passfile):
     repo = make_repo(roots, passfile, "r1")
     dead = jobs.create("backup", repo, trigger="api")
     assert jobs.claim(dead)
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    Job.objects.filter(pk=dead.pk).update(worker_pid=child.pid)  # a process that is gone
+    Job.objects.filter(pk=dead.pk).update(worker_pid=dead_pid())  # a process that is gone
     waiting = jobs.create("info", repo, trigger="cli")
     assert jobs.claim(waiting)
     dead.refresh_from_db()
@@ -143,15 +161,7 @@ def test_cancel_of_a_running_backup_stops_borg(roots, passfile, tmp_path, settin
 @pytest.fixture
 def cluster(roots):
     env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "worker"],
-        env=env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn_manage(["worker"], env)
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -162,20 +172,22 @@ def cluster(roots):
 
 
 def borg_processes_by_repo(paths):
-    counts = {p: 0 for p in paths}
+    """For each repository path, the live borg processes naming it: (pid, state, argv)."""
+    found = {p: [] for p in paths}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if not cmdline or not cmdline[0].endswith(b"borg") and b"borg" not in b"".join(cmdline[:2]):
+        if state == "Z" or not any(arg.endswith(b"/borg") for arg in cmdline[:2]):
             continue
         for path in paths:
             if any(arg.startswith(path.encode()) for arg in cmdline):
-                counts[path] += 1
-    return counts
+                found[path].append((entry.name, state, b" ".join(cmdline[1:4]).decode()))
+    return found
 
 
 @pytest.mark.slow
@@ -186,15 +198,18 @@ def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tm
     per_repo = 15
     watch = [str(roots.repos / "a"), str(roots.repos / "b")]
     peaks = {p: 0 for p in watch}
+    overlaps = []
     both_at_once = []
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            counts = borg_processes_by_repo(watch)
-            for path, count in counts.items():
-                peaks[path] = max(peaks[path], count)
-            if all(counts.values()):
+            found = borg_processes_by_repo(watch)
+            for path, processes in found.items():
+                peaks[path] = max(peaks[path], len(processes))
+                if len(processes) > 1:
+                    overlaps.append(processes)
+            if all(found.values()):
                 both_at_once.append(True)
             time.sleep(0.02)
 
@@ -226,7 +241,7 @@ def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tm
         (j.pk, j.status, j.error_message) for j in finished if j.status != "succeeded"
     ]
     assert not any(j.error_code == "lock_timeout" for j in finished)
-    assert peaks == {watch[0]: 1, watch[1]: 1}  # never two borgs on one repository
+    assert peaks == {watch[0]: 1, watch[1]: 1}, overlaps[:3]  # never two borgs on one repo
     for repo in (repo_a, repo_b):
         spans = sorted(
             (j.started_at, j.finished_at) for j in finished if j.repository_id == repo.pk
@@ -279,28 +294,19 @@ def test_kill_9_mid_backup_then_next_run_succeeds(roots, passfile, tmp_path):
     for attempt in range(10):
         # fresh data each time, so the killed run has real work to do (no dedup shortcut)
         src = random_tree(tmp_path / f"src{attempt}", 30, 1_000_000)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "manage.py"),
-                "borg_backup",
-                "r1",
-                "--source",
-                src,
-                "--prefix",
-                f"k{attempt}",
-                "--checkpoint-interval",
-                "1",
-                "--compression",
-                SLOW,
-            ],
-            env=roots.env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        args = [
+            "borg_backup",
+            "r1",
+            "--source",
+            src,
+            "--prefix",
+            f"k{attempt}",
+            "--checkpoint-interval",
+            "1",
+            "--compression",
+            SLOW,
+        ]
+        proc = spawn_manage(args, roots.env)
         killed = wait_for(
             lambda: Job.objects.filter(
                 kind="backup", status="running", borg_pid__isnull=False
@@ -359,18 +365,8 @@ def test_worker_start_reconciles_dead_jobs(roots, passfile):
     repo = make_repo(roots, passfile, "r1")
     stale = jobs.create("backup", repo, trigger="schedule")
     assert jobs.claim(stale)
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    Job.objects.filter(pk=stale.pk).update(worker_pid=child.pid)
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "worker"],
-        env=roots.env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    Job.objects.filter(pk=stale.pk).update(worker_pid=dead_pid())
+    proc = spawn_manage(["worker"], roots.env)
     try:
         wait_for(lambda: Job.objects.get(pk=stale.pk).status == "interrupted", timeout=60)
         assert Repository.objects.get(pk=repo.pk).lease_job_id is None
@@ -387,23 +383,12 @@ def test_cli_stopped_by_signal_records_the_job_and_stops_borg(
 ):
     repo = make_repo(roots, passfile, "r1")
     src = random_tree(tmp_path / "src", 30, 1_000_000)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "manage.py"),
-            "borg_backup",
-            "r1",
-            "--source",
-            src,
-            "--compression",
-            SLOW,
-        ],
-        env=roots.env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+    proc = spawn_manage(
+        ["borg_backup", "r1", "--source", src, "--compression", SLOW],
+        roots.env,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=False,
     )
     running = wait_for(
         lambda: Job.objects.filter(kind="backup", status="running", borg_pid__isnull=False).first()

@@ -111,6 +111,22 @@ class JobCommand(BaseCommand):
         return echo
 
 
+def repository_command(kind: str, help_text: str):
+    """A command that runs one operation on a named repository, with no other options."""
+
+    class Command(JobCommand):
+        help = help_text
+
+        def add_arguments(self, parser):
+            super().add_arguments(parser)
+            parser.add_argument("name", help="repository name")
+
+        def start(self, options, echo):
+            return self.run_kind(kind, options["name"], {}, echo)
+
+    return Command
+
+
 def _terminate(signo, frame):
     raise SystemExit(128 + signo)
 
