@@ -389,6 +389,8 @@ def test_cli_stopped_by_signal_records_the_job_and_stops_borg(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=False,
+        # as in a terminal: SIGINT is not ignored (a background shell job inherits SIG_IGN)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     running = wait_for(
         lambda: Job.objects.filter(kind="backup", status="running", borg_pid__isnull=False).first()
