@@ -11,6 +11,7 @@ class BorgappConfig(AppConfig):
         from borgapp import checks  # noqa: F401  (registers the system checks)
 
         post_migrate.connect(_ensure_maintenance_schedule, sender=self)
+        post_migrate.connect(_ensure_roles, sender=self)
 
 
 def _ensure_maintenance_schedule(**kwargs):
@@ -26,3 +27,13 @@ def _ensure_maintenance_schedule(**kwargs):
             "repeats": -1,
         },
     )
+
+
+def _ensure_roles(**kwargs):
+    """The three role groups (made by migration 0004; kept after a database flush too)."""
+    from django.contrib.auth.models import Group
+
+    from borgapp.api.permissions import ROLES
+
+    for name in ROLES:
+        Group.objects.get_or_create(name=name)

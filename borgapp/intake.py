@@ -49,8 +49,9 @@ def check_params(kind: str, params: dict) -> dict:
         if p.get("comment"):
             validation.no_control_chars(p["comment"], "Comment")
     elif kind == Job.Kind.PRUNE:
-        p.pop("glob", None)  # prune is always scoped to one prefix (REL-12)
-        prefix_glob(p.get("prefix") or "")
+        p.pop("glob", None)  # prune is always scoped to one backup set (REL-12)
+        if p.get("scope") != "seed":
+            prefix_glob(p.get("prefix") or "")
         if p.get("policy"):
             if not RetentionPolicy.objects.filter(name=p["policy"]).exists():
                 raise validation.InvalidInput(f"No retention policy named {p['policy']!r}.")

@@ -7,6 +7,7 @@ failure; `jobs.execute` records that on the Job.
 
 import hashlib
 import os
+import re
 import socket
 import tempfile
 import time
@@ -409,9 +410,27 @@ def _sync_quietly(ctx: Context) -> None:
         pass
 
 
+SEED_NAME_RE = re.compile(r"^(?P<set>.+)_[0-9]{8}_[0-9]{6}$")
+
+
+def seed_set_globs(repo: Repository) -> list[str]:
+    """The integration guide names archives `<set>_<YYYYmmdd_HHMMSS>`: one glob per set, so
+    that each set keeps its own retention and no set prunes another's archives (REL-12)."""
+    sets = set()
+    for name in repo.archives.filter(is_checkpoint=False).values_list("name", flat=True):
+        match = SEED_NAME_RE.match(name)
+        if match and validation.ARCHIVE_PART_RE.match(match["set"]):
+            sets.add(match["set"])
+    return [f"{name}_{'[0-9]' * 8}_{'[0-9]' * 6}*" for name in sorted(sets)]
+
+
 def op_prune(ctx: Context) -> Outcome:
     repo, params = ctx.repo, ctx.params
-    glob = prefix_glob(params.get("prefix") or "")
+    if params.get("scope") == "seed":
+        sync_catalog(ctx)
+        globs = seed_set_globs(repo)
+    else:
+        globs = [prefix_glob(params.get("prefix") or "")]
     if params.get("policy"):
         policy = RetentionPolicy.objects.filter(name=params["policy"]).first()
         if policy is None:
@@ -420,9 +439,13 @@ def op_prune(ctx: Context) -> Outcome:
     else:
         rules = keep_options(**(params.get("keep") or {}))
     dry_run = bool(params.get("dry_run"))
-    result = ctx.borg(borg.prune_cmd(repo.location, glob, rules, dry_run=dry_run))
-    listing = borg.prune_lines(result)
-    summary = {"glob": glob, "rules": rules, "dry_run": dry_run, **listing}
+    kept, pruned = [], []
+    for glob in globs:
+        result = ctx.borg(borg.prune_cmd(repo.location, glob, rules, dry_run=dry_run))
+        listing = borg.prune_lines(result)
+        kept += listing["kept"]
+        pruned += listing["pruned"]
+    summary = {"globs": globs, "rules": rules, "dry_run": dry_run, "kept": kept, "pruned": pruned}
     if dry_run:
         return ctx.outcome(summary)
     summary["catalog"] = sync_catalog(ctx, stoppable=False)  # the prune has happened

@@ -41,6 +41,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
     "django_q",
     "borgapp",
 ]
@@ -106,6 +109,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("OPSCENTER_STATIC_ROOT", default=str(DATA_DIR / "static")))
+WHITENOISE_AUTOREFRESH = DEBUG
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:  # a read-only image: collectstatic made it at build time
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -149,6 +157,8 @@ BORG_GRACE_SIGINT = env.float("BORG_GRACE_SIGINT", default=60.0)
 BORG_GRACE_SIGTERM = env.float("BORG_GRACE_SIGTERM", default=15.0)
 # Longest a single job may run before the signal ladder stops it.
 JOB_DEADLINE = env.int("OPSCENTER_JOB_DEADLINE", default=24 * 3600)
+# How long the integration guide's routes wait for their job before answering 202.
+SEED_WAIT = env.float("OPSCENTER_SEED_WAIT", default=300.0)
 # A running job whose heartbeat is older than this is treated as dead (REL-14).
 JOB_STALE_AFTER = env.int("OPSCENTER_JOB_STALE_AFTER", default=600)
 
@@ -186,7 +196,28 @@ LOGGING = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # first, so that a missing or wrong credential answers 401 with WWW-Authenticate
+        "borgapp.api.auth.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PERMISSION_CLASSES": ["borgapp.api.permissions.RolePermission"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "borgapp.api.errors.handler",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Ops Center for BorgBackup API",
+    "DESCRIPTION": (
+        "Repositories, archives, jobs, retention policies and schedules. Long operations "
+        "answer 202 with a Job; watch it at its URL. Every ratio is original size over "
+        "stored size: higher is better."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
 }

@@ -1,9 +1,14 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from django.views.generic import RedirectView
 
 admin.site.site_header = "Ops Center for BorgBackup"
 admin.site.site_title = "Ops Center"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("borgapp.api.urls")),
+    # the integration guide's readers look for the API documentation at /docs
+    path("docs", RedirectView.as_view(pattern_name="api-docs", permanent=False)),
+    path("docs/", RedirectView.as_view(pattern_name="api-docs", permanent=False)),
 ]

@@ -1,5 +1,6 @@
 import io
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -110,3 +111,30 @@ def write_files(base: Path, files: dict[str, bytes | str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
     return base
+
+
+def spawn_manage(args, env, **kwargs) -> subprocess.Popen:
+    """manage.py as a child process in its own session (so a test can kill its group)."""
+    options = {
+        "stdin": subprocess.DEVNULL,
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "start_new_session": True,
+        **kwargs,
+    }
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), *map(str, args)], env=env, cwd=ROOT, **options
+    )
+
+
+@pytest.fixture
+def cluster(roots):
+    env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
+    proc = spawn_manage(["worker"], env)
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -14,7 +14,7 @@ import pytest
 
 from borgapp import intake, jobs
 from borgapp.models import Archive, Job, Repository
-from tests.conftest import PASSPHRASE, ROOT, cli, manage
+from tests.conftest import PASSPHRASE, cli, manage, spawn_manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SLOW = "lzma,6"  # a few MB/s: keeps a backup running long enough to be interrupted
@@ -40,20 +40,6 @@ def random_tree(path: Path, files: int, size: int) -> Path:
     for index in range(files):
         (path / f"f{index:04d}").write_bytes(os.urandom(size))
     return path
-
-
-def spawn_manage(args, env, **kwargs) -> subprocess.Popen:
-    """manage.py as a child process in its own session (so a test can kill its group)."""
-    options = {
-        "stdin": subprocess.DEVNULL,
-        "stdout": subprocess.DEVNULL,
-        "stderr": subprocess.DEVNULL,
-        "start_new_session": True,
-        **kwargs,
-    }
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), *map(str, args)], env=env, cwd=ROOT, **options
-    )
 
 
 def dead_pid() -> int:
@@ -156,19 +142,6 @@ def test_cancel_of_a_running_backup_stops_borg(roots, passfile, tmp_path, settin
 
 
 # --- a real django-q2 cluster -----------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster(roots):
-    env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
-    proc = spawn_manage(["worker"], env)
-    yield proc
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def borg_processes_by_repo(paths):

@@ -1,0 +1,273 @@
+"""API shapes. Secrets are write-only and never serialised back (SEC-03)."""
+
+from croniter import croniter
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
+
+
+class FullCleanMixin:
+    """Run the model's own validation (clean, field validators) so the API and the admin
+    refuse the same things."""
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        instance = self.Meta.model(**{k: v for k, v in attrs.items() if not _is_m2m(self, k)})
+        if self.instance is not None:
+            for field in self.Meta.model._meta.concrete_fields:
+                if field.name not in attrs:
+                    setattr(instance, field.attname, getattr(self.instance, field.attname))
+        try:
+            instance.full_clean(exclude=self._clean_exclude())
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return attrs
+
+    def _clean_exclude(self):
+        return []
+
+
+def _is_m2m(serializer, name):
+    field = serializer.Meta.model._meta.get_field(name)
+    return field.many_to_many
+
+
+class JobSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="job-detail")
+    duration = serializers.FloatField(read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "url",
+            "kind",
+            "repository",
+            "repository_name",
+            "archive_name",
+            "trigger",
+            "requested_by",
+            "schedule",
+            "params",
+            "status",
+            "progress_percent",
+            "progress_bytes",
+            "progress_files",
+            "progress_path",
+            "progress_message",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration",
+            "result",
+            "error_code",
+            "error_message",
+            "log_tail",
+            "cancel_requested",
+        ]
+        read_only_fields = fields
+
+
+class RepositorySerializer(serializers.ModelSerializer):
+    passphrase = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+    )
+    has_passphrase = serializers.BooleanField(read_only=True)
+    deduplication_ratio = serializers.FloatField(read_only=True)
+    archive_count = serializers.IntegerField(read_only=True)
+    last_backup_at = serializers.DateTimeField(read_only=True)
+
+    class Meta:
+        model = Repository
+        fields = [
+            "id",
+            "name",
+            "location",
+            "encryption",
+            "append_only",
+            "state",
+            "borg_id",
+            "passphrase",
+            "has_passphrase",
+            "total_size",
+            "total_compressed_size",
+            "unique_size",
+            "unique_compressed_size",
+            "total_chunks",
+            "unique_chunks",
+            "deduplication_ratio",
+            "archive_count",
+            "last_backup_at",
+            "stats_updated_at",
+            "catalog_synced_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = [
+            "state",
+            "borg_id",
+            "total_size",
+            "total_compressed_size",
+            "unique_size",
+            "unique_compressed_size",
+            "total_chunks",
+            "unique_chunks",
+            "stats_updated_at",
+            "catalog_synced_at",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class RepositoryCreateSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    location = serializers.CharField()
+    passphrase = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, trim_whitespace=False
+    )
+    encryption = serializers.CharField(required=False, default="repokey-blake2")
+    append_only = serializers.BooleanField(required=False, default=False)
+    init = serializers.BooleanField(
+        required=False, default=False, help_text="true: create it in borg; false: import it"
+    )
+
+
+class RepositoryUpdateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Repository
+        fields = ["name", "append_only"]
+
+
+class ArchiveSerializer(serializers.ModelSerializer):
+    repository_name = serializers.CharField(source="repository.name", read_only=True)
+    compression_ratio = serializers.FloatField(read_only=True)
+    deduplication_ratio = serializers.FloatField(read_only=True)
+
+    class Meta:
+        model = Archive
+        fields = [
+            "id",
+            "repository",
+            "repository_name",
+            "name",
+            "borg_id",
+            "start",
+            "end",
+            "duration",
+            "hostname",
+            "username",
+            "comment",
+            "original_size",
+            "compressed_size",
+            "deduplicated_size",
+            "nfiles",
+            "compression_ratio",
+            "deduplication_ratio",
+            "is_checkpoint",
+            "created_by_app",
+            "synced_at",
+        ]
+        read_only_fields = fields
+
+
+class RetentionPolicySerializer(FullCleanMixin, serializers.ModelSerializer):
+    class Meta:
+        model = RetentionPolicy
+        fields = ["id", "name", "keep_within", *RetentionPolicy.KEEP_FIELDS, "is_recommended"]
+        read_only_fields = ["is_recommended"]
+
+
+class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
+    repositories = serializers.SlugRelatedField(
+        slug_field="name", many=True, queryset=Repository.objects.all()
+    )
+    retention_policy = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=RetentionPolicy.objects.all(),
+        required=False,
+        allow_null=True,
+    )
+
+    class Meta:
+        model = Schedule
+        fields = [
+            "id",
+            "name",
+            "repositories",
+            "operation",
+            "cron",
+            "timezone",
+            "enabled",
+            "paused_until",
+            "source_paths",
+            "exclude_patterns",
+            "compression",
+            "one_file_system",
+            "checkpoint_interval",
+            "archive_prefix",
+            "comment",
+            "retention_policy",
+            "compact_after_prune",
+            "verify_data",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate_cron(self, value):
+        if not croniter.is_valid(value):
+            raise serializers.ValidationError(f"{value!r} is not a valid cron expression.")
+        return value
+
+    def validate_repositories(self, value):
+        if not value:
+            raise serializers.ValidationError("Choose at least one repository.")
+        return value
+
+
+class BackupRequestSerializer(serializers.Serializer):
+    sources = serializers.ListField(child=serializers.CharField(), allow_empty=False)
+    excludes = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    prefix = serializers.CharField(required=False, default="backup")
+    compression = serializers.CharField(required=False, default="lz4")
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+    one_file_system = serializers.BooleanField(required=False, default=False)
+    checkpoint_interval = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+class PruneRequestSerializer(serializers.Serializer):
+    prefix = serializers.CharField()
+    policy = serializers.CharField(required=False, allow_blank=True)
+    keep_within = serializers.CharField(required=False, allow_blank=True)
+    keep_last = serializers.IntegerField(required=False, min_value=0)
+    keep_hourly = serializers.IntegerField(required=False, min_value=0)
+    keep_daily = serializers.IntegerField(required=False, min_value=0)
+    keep_weekly = serializers.IntegerField(required=False, min_value=0)
+    keep_monthly = serializers.IntegerField(required=False, min_value=0)
+    keep_yearly = serializers.IntegerField(required=False, min_value=0)
+    dry_run = serializers.BooleanField(required=False, default=False)
+    compact = serializers.BooleanField(required=False, default=True)
+
+
+class CheckRequestSerializer(serializers.Serializer):
+    verify_data = serializers.BooleanField(required=False, default=False)
+    repository_only = serializers.BooleanField(required=False, default=False)
+    archives_only = serializers.BooleanField(required=False, default=False)
+    last = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_duration = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+class ExtractRequestSerializer(serializers.Serializer):
+    target = serializers.CharField()
+    paths = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    strip_components = serializers.IntegerField(required=False, default=0, min_value=0)
+
+
+class MountRequestSerializer(serializers.Serializer):
+    mountpoint = serializers.CharField()

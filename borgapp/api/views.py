@@ -1,0 +1,200 @@
+"""The resource API (`/api/v1/`). Reads come from the database only (PERF-01); every
+operation goes through `intake` and runs as a Job on a worker: the answer is 202 with the Job
+and a Location header. No request ever runs borg."""
+
+from django.db.models import Count, Max, Q
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from borgapp import intake, jobs
+from borgapp.api import serializers as s
+from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
+
+
+def accepted(request, job: Job) -> Response:
+    """202 with the Job and where to watch it."""
+    data = s.JobSerializer(job, context={"request": request}).data
+    return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+
+
+def _start(request, kind, repository, params):
+    job = intake.start(kind, repository, params, trigger=Job.Trigger.API, user=request.user)
+    return accepted(request, job)
+
+
+class JobFilter(filters.FilterSet):
+    repository = filters.CharFilter(field_name="repository_name")
+    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Job
+        fields = ["repository", "kind", "status", "trigger"]
+
+
+class JobViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Job.objects.select_related("requested_by").order_by("-created_at", "-id")
+    serializer_class = s.JobSerializer
+    filterset_class = JobFilter
+    ordering_fields = ["created_at", "started_at", "finished_at", "id"]
+    action_roles = {"cancel": "operator"}
+
+    @extend_schema(request=None, responses=s.JobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = jobs.cancel(self.get_object())
+        return Response(s.JobSerializer(job, context={"request": request}).data)
+
+
+class RepositoryViewSet(viewsets.ModelViewSet):
+    serializer_class = s.RepositorySerializer
+    lookup_field = "name"
+    lookup_value_regex = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+    action_roles = {
+        "backup": "operator",
+        "prune": "operator",
+        "compact": "operator",
+        "check": "operator",
+        "sync": "operator",
+        "info": "operator",
+    }
+
+    def get_queryset(self):
+        return Repository.objects.annotate(
+            archive_count=Count("archives", filter=Q(archives__is_checkpoint=False)),
+            last_backup_at=Max("archives__start", filter=Q(archives__is_checkpoint=False)),
+        ).order_by("name")
+
+    def get_serializer_class(self):
+        if self.action == "create":
+            return s.RepositoryCreateSerializer
+        if self.action in ("update", "partial_update"):
+            return s.RepositoryUpdateSerializer
+        return super().get_serializer_class()
+
+    @extend_schema(responses={202: s.JobSerializer})
+    def create(self, request, *args, **kwargs):
+        """Register a repository: `init: true` creates it in borg, otherwise it is imported.
+        The passphrase is checked by borg and stored encrypted only if it opens it."""
+        data = self.get_serializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        job = intake.register(
+            v["name"],
+            v["location"],
+            v.get("passphrase") or None,
+            create=v["init"],
+            encryption=v["encryption"],
+            append_only=v["append_only"],
+            trigger=Job.Trigger.API,
+            user=request.user,
+        )
+        return accepted(request, job)
+
+    def perform_destroy(self, instance):
+        # Forgets the registration only; the borg repository and its data stay.
+        if instance.lease_job_id:
+            raise intake.Conflict(f"Repository {instance.name} is busy; try again later.")
+        instance.delete()
+
+    def _run(self, request, kind, serializer_class=None):
+        params = {}
+        if serializer_class is not None:
+            data = serializer_class(data=request.data)
+            data.is_valid(raise_exception=True)
+            params = dict(data.validated_data)
+        if kind == Job.Kind.PRUNE:
+            keep = {k: params.pop(k) for k in list(params) if k.startswith("keep_")}
+            params["keep"] = {k: v for k, v in keep.items() if v not in (None, "")}
+        return _start(request, kind, self.get_object(), params)
+
+    @extend_schema(request=s.BackupRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def backup(self, request, name=None):
+        return self._run(request, Job.Kind.BACKUP, s.BackupRequestSerializer)
+
+    @extend_schema(request=s.PruneRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def prune(self, request, name=None):
+        return self._run(request, Job.Kind.PRUNE, s.PruneRequestSerializer)
+
+    @extend_schema(request=None, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def compact(self, request, name=None):
+        return self._run(request, Job.Kind.COMPACT)
+
+    @extend_schema(request=s.CheckRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def check(self, request, name=None):
+        return self._run(request, Job.Kind.CHECK, s.CheckRequestSerializer)
+
+    @extend_schema(request=None, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def sync(self, request, name=None):
+        return self._run(request, Job.Kind.SYNC)
+
+    @extend_schema(request=None, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def info(self, request, name=None):
+        return self._run(request, Job.Kind.INFO)
+
+    @extend_schema(request=None, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"], url_path="break-lock")
+    def break_lock(self, request, name=None):
+        return self._run(request, Job.Kind.BREAK_LOCK)
+
+
+class ArchiveFilter(filters.FilterSet):
+    repository = filters.CharFilter(field_name="repository__name")
+    prefix = filters.CharFilter(field_name="name", lookup_expr="startswith")
+    after = filters.IsoDateTimeFilter(field_name="start", lookup_expr="gte")
+    before = filters.IsoDateTimeFilter(field_name="start", lookup_expr="lt")
+    checkpoint = filters.BooleanFilter(field_name="is_checkpoint")
+
+    class Meta:
+        model = Archive
+        fields = ["repository", "prefix", "after", "before", "checkpoint"]
+
+
+class ArchiveViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
+    queryset = Archive.objects.select_related("repository").order_by("-start", "-id")
+    serializer_class = s.ArchiveSerializer
+    filterset_class = ArchiveFilter
+    ordering_fields = ["start", "name", "original_size", "deduplicated_size", "nfiles"]
+    action_roles = {"extract": "operator", "mount": "operator"}
+
+    @extend_schema(responses={202: s.JobSerializer})
+    def destroy(self, request, *args, **kwargs):
+        archive = self.get_object()
+        return _start(request, Job.Kind.DELETE, archive.repository, {"archive": archive.name})
+
+    @extend_schema(request=s.ExtractRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def extract(self, request, pk=None):
+        archive = self.get_object()
+        data = s.ExtractRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = {"archive": archive.name, **data.validated_data}
+        return _start(request, Job.Kind.EXTRACT, archive.repository, params)
+
+    @extend_schema(request=s.MountRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def mount(self, request, pk=None):
+        archive = self.get_object()
+        data = s.MountRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = {"archive": archive.name, "mountpoint": data.validated_data["mountpoint"]}
+        return _start(request, Job.Kind.MOUNT, archive.repository, params)
+
+
+class RetentionPolicyViewSet(viewsets.ModelViewSet):
+    queryset = RetentionPolicy.objects.order_by("name")
+    serializer_class = s.RetentionPolicySerializer
+
+
+class ScheduleViewSet(viewsets.ModelViewSet):
+    queryset = Schedule.objects.prefetch_related("repositories").order_by("name")
+    serializer_class = s.ScheduleSerializer

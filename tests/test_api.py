@@ -1,0 +1,287 @@
+"""The resource API: authentication, roles (SEC-07), one error shape, 202 + Location for
+operations, reads from the database only (PERF-01), no secret in any response."""
+
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.cache import cache
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from borgapp import jobs
+from borgapp.models import Archive, Job, Repository
+from tests.conftest import PASSPHRASE, write_files
+
+pytestmark = pytest.mark.django_db
+
+
+def client_for(role: str | None, superuser=False) -> APIClient:
+    user = User.objects.create_user(
+        f"user-{role}-{superuser}", password="x" * 20, is_superuser=superuser
+    )
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _clear_throttle():
+    cache.clear()
+
+
+@pytest.fixture
+def admin_client():
+    return client_for("admin")
+
+
+def worker_runs(job_id):
+    """What a django-q2 worker does with the task (run here, in-process)."""
+    jobs.run_queued(job_id)
+    return Job.objects.get(pk=job_id)
+
+
+def test_missing_and_wrong_credentials_get_401_json():
+    response = APIClient().get("/api/v1/jobs/")
+    assert response.status_code == 401
+    assert response.json()["success"] is False
+    assert response.json()["error"] == "not_authenticated"
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token nope")
+    response = bad.get("/api/v1/jobs/")
+    assert response.status_code == 401 and response.json()["error"] == "authentication_failed"
+
+
+def test_failed_authentication_is_throttled():
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token nope")
+    codes = [bad.get("/api/v1/jobs/").status_code for _ in range(12)]
+    assert codes[:10] == [401] * 10
+    assert codes[10:] == [429, 429]
+
+
+def test_user_without_a_role_is_denied():
+    response = client_for(None).get("/api/v1/jobs/")
+    assert response.status_code == 403
+    assert response.json()["error"] == "permission_denied"
+
+
+# route, method, body, lowest role that may do it
+ROUTES = [
+    ("/api/v1/repositories/", "get", None, "viewer"),
+    ("/api/v1/repositories/main/", "get", None, "viewer"),
+    ("/api/v1/archives/", "get", None, "viewer"),
+    ("/api/v1/jobs/", "get", None, "viewer"),
+    ("/api/v1/retention-policies/", "get", None, "viewer"),
+    ("/api/v1/schedules/", "get", None, "viewer"),
+    ("/api/v1/repositories/main/backup/", "post", {"sources": ["/etc/hostname"]}, "operator"),
+    ("/api/v1/repositories/main/check/", "post", {}, "operator"),
+    ("/api/v1/repositories/main/compact/", "post", {}, "operator"),
+    ("/api/v1/repositories/main/sync/", "post", {}, "operator"),
+    ("/api/v1/repositories/main/prune/", "post", {"prefix": "x", "keep_daily": 1}, "operator"),
+    ("/api/v1/repositories/main/break-lock/", "post", {}, "admin"),
+    ("/api/v1/repositories/main/", "patch", {"append_only": False}, "admin"),
+    ("/api/v1/retention-policies/", "post", {"name": "p", "keep_daily": 3}, "admin"),
+]
+
+
+@pytest.mark.parametrize("route, method, payload, needed", ROUTES)
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_route_by_role(route, method, payload, needed, role, settings, tmp_path):
+    settings.REPOSITORY_ROOTS = [tmp_path]
+    Repository.objects.create(name="main", location=str(tmp_path / "main"), state="ready")
+    response = getattr(client_for(role), method)(route, payload, format="json")
+    allowed = ["viewer", "operator", "admin"].index(role) >= ["viewer", "operator", "admin"].index(
+        needed
+    )
+    if allowed:
+        assert response.status_code in (200, 201, 202), response.content
+    else:
+        assert response.status_code == 403, response.content
+        assert response.json()["error"] == "permission_denied"
+        assert not Job.objects.exists()  # refused: nothing queued
+
+
+def test_superuser_can_do_everything(settings, tmp_path):
+    settings.REPOSITORY_ROOTS = [tmp_path]
+    Repository.objects.create(name="main", location=str(tmp_path / "main"), state="ready")
+    client = client_for(None, superuser=True)
+    assert client.post("/api/v1/repositories/main/break-lock/").status_code == 202
+
+
+def test_repository_lifecycle_through_the_api(roots, tmp_path, admin_client):
+    created = admin_client.post(
+        "/api/v1/repositories/",
+        {
+            "name": "main",
+            "location": str(roots.repos / "main"),
+            "passphrase": PASSPHRASE,
+            "init": True,
+        },
+        format="json",
+    )
+    assert created.status_code == 202, created.content
+    assert created["Location"].endswith(f"/api/v1/jobs/{created.json()['id']}/")
+    assert PASSPHRASE not in created.content.decode()
+    assert worker_runs(created.json()["id"]).status == "succeeded"
+
+    detail = admin_client.get("/api/v1/repositories/main/").json()
+    assert detail["state"] == "ready" and detail["has_passphrase"] is True
+    assert "passphrase" not in detail
+
+    src = write_files(tmp_path / "src", {"a": "alpha", "b/c": "gamma"})
+    started = admin_client.post(
+        "/api/v1/repositories/main/backup/",
+        {"sources": [str(src)], "prefix": "daily"},
+        format="json",
+    )
+    assert started.status_code == 202
+    job = worker_runs(started.json()["id"])
+    assert job.status == "succeeded"
+    watched = admin_client.get(started["Location"]).json()
+    assert watched["status"] == "succeeded" and watched["result"]["nfiles"] == 2
+
+    listed = admin_client.get("/api/v1/archives/", {"repository": "main"}).json()
+    assert listed["count"] == 1
+    assert listed["results"][0]["name"].startswith("daily-")
+    assert listed["results"][0]["nfiles"] == 2
+
+
+def test_bad_input_gets_400_with_one_shape(admin_client, roots):
+    Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
+    cases = [
+        ("/api/v1/repositories/main/backup/", {"sources": []}),
+        ("/api/v1/repositories/main/backup/", {"sources": ["relative"]}),
+        ("/api/v1/repositories/main/backup/", {"sources": ["/x"], "prefix": "{now}"}),
+        ("/api/v1/repositories/main/prune/", {"prefix": "x"}),
+        ("/api/v1/repositories/", {"name": "x", "location": "ssh://-oProxyCommand=id@h/p"}),
+        ("/api/v1/repositories/", {"name": "x", "location": "/etc/passwd-repo"}),
+        ("/api/v1/retention-policies/", {"name": "empty"}),
+        (
+            "/api/v1/schedules/",
+            {"name": "s", "repositories": ["main"], "operation": "backup", "cron": "61 * * * *"},
+        ),
+    ]
+    for route, payload in cases:
+        response = admin_client.post(route, payload, format="json")
+        assert response.status_code == 400, (route, payload, response.content)
+        data = response.json()
+        assert data["success"] is False and data["error"] == "invalid_input" and data["message"]
+    assert not Job.objects.exists()
+
+
+def test_unknown_objects_get_404(admin_client):
+    for route in ("/api/v1/repositories/nope/", "/api/v1/archives/999/", "/api/v1/jobs/999/"):
+        response = admin_client.get(route)
+        assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_duplicate_registration_gets_409(admin_client, roots):
+    Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
+    response = admin_client.post(
+        "/api/v1/repositories/",
+        {"name": "main", "location": str(roots.repos / "other"), "passphrase": "x"},
+        format="json",
+    )
+    assert response.status_code == 409 and response.json()["error"] == "conflict"
+
+
+def test_jobs_filter_and_cancel(admin_client, roots):
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
+    queued = jobs.create("info", repo, trigger="api")
+    jobs.create("check", repo, trigger="schedule")
+    rows = admin_client.get("/api/v1/jobs/", {"kind": "info"}).json()["results"]
+    assert [r["id"] for r in rows] == [queued.pk]
+    rows = admin_client.get("/api/v1/jobs/", {"trigger": "schedule"}).json()["results"]
+    assert [r["kind"] for r in rows] == ["check"]
+    response = admin_client.post(f"/api/v1/jobs/{queued.pk}/cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert client_for("viewer").post(f"/api/v1/jobs/{queued.pk}/cancel/").status_code == 403
+
+
+def test_archive_list_filters_order_and_pages_from_the_database(admin_client, roots, monkeypatch):
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    Archive.objects.bulk_create(
+        Archive(
+            repository=repo,
+            name=f"{'db' if i % 2 else 'web'}-{i:04d}",
+            start=start + timedelta(hours=i),
+            is_checkpoint=(i == 7),
+            original_size=i,
+        )
+        for i in range(250)
+    )
+
+    def no_borg(*args, **kwargs):
+        raise AssertionError("a request ran a process")
+
+    monkeypatch.setattr(subprocess, "Popen", no_borg)
+    page = admin_client.get("/api/v1/archives/").json()
+    assert page["count"] == 250 and len(page["results"]) == 100
+    assert page["results"][0]["name"] == "db-0249"  # newest first
+    assert admin_client.get("/api/v1/archives/", {"prefix": "db-"}).json()["count"] == 125
+    assert admin_client.get("/api/v1/archives/", {"checkpoint": "true"}).json()["count"] == 1
+    window = admin_client.get(
+        "/api/v1/archives/",
+        {
+            "after": (start + timedelta(hours=10)).isoformat(),
+            "before": (start + timedelta(hours=20)).isoformat(),
+        },
+    ).json()
+    assert window["count"] == 10
+    ordered = admin_client.get("/api/v1/archives/", {"ordering": "original_size"}).json()
+    assert ordered["results"][0]["original_size"] == 0
+    assert (
+        admin_client.get("/api/v1/archives/", {"page": 3}).json()["results"][-1]["name"]
+        == "web-0000"
+    )
+
+
+def test_no_secret_in_any_response(admin_client, roots, tmp_path):
+    created = admin_client.post(
+        "/api/v1/repositories/",
+        {
+            "name": "main",
+            "location": str(roots.repos / "main"),
+            "passphrase": PASSPHRASE,
+            "init": True,
+        },
+        format="json",
+    )
+    worker_runs(created.json()["id"])
+    bodies = [created.content.decode()]
+    for route in (
+        "/api/v1/repositories/",
+        "/api/v1/repositories/main/",
+        "/api/v1/jobs/",
+        "/api/v1/archives/",
+        "/api/schema/",
+    ):
+        bodies.append(admin_client.get(route).content.decode())
+    repo = Repository.objects.get(name="main")
+    for text in bodies:
+        assert PASSPHRASE not in text
+        assert repo.passphrase_encrypted not in text
+
+
+def test_schema_and_docs_are_served(admin_client):
+    schema = admin_client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    paths = json.loads(schema.content)["paths"]
+    assert "/api/v1/repositories/{name}/backup/" in paths
+    assert admin_client.get("/api/docs/").status_code == 200
+    response = admin_client.get("/docs")
+    assert response.status_code == 302 and response["Location"] == "/api/docs/"
+
+
+def test_delete_repository_forgets_only_the_registration(admin_client, roots):
+    (roots.repos / "main").mkdir()
+    Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
+    assert admin_client.delete("/api/v1/repositories/main/").status_code == 204
+    assert not Repository.objects.exists()
+    assert (roots.repos / "main").exists()
