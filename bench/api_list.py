@@ -52,6 +52,7 @@ def fill_catalog(env, count: int) -> str:
 import django, os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opscenter.settings")
 django.setup()
+from datetime import UTC, datetime, timedelta
 from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 from borgapp.models import Archive, Repository
@@ -149,7 +150,11 @@ def main() -> None:
     finally:
         for proc in (web, worker):
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     borg_env = {
         "PATH": os.environ["PATH"],
         "BORG_BASE_DIR": str(work / "data" / "borg"),

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from borgapp import intake, jobs
 from borgapp.api import serializers as s
+from borgapp.api.errors import ApiError
 from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
 
 
@@ -164,7 +165,7 @@ class ArchiveViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = s.ArchiveSerializer
     filterset_class = ArchiveFilter
     ordering_fields = ["start", "name", "original_size", "deduplicated_size", "nfiles"]
-    action_roles = {"extract": "operator", "mount": "operator"}
+    action_roles = {"extract": "operator", "mount": "operator", "umount": "operator"}
 
     @extend_schema(responses={202: s.JobSerializer})
     def destroy(self, request, *args, **kwargs):
@@ -188,6 +189,16 @@ class ArchiveViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
         data.is_valid(raise_exception=True)
         params = {"archive": archive.name, "mountpoint": data.validated_data["mountpoint"]}
         return _start(request, Job.Kind.MOUNT, archive.repository, params)
+
+    @extend_schema(request=None, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def umount(self, request, pk=None):
+        archive = self.get_object()
+        mount = archive.repository.mounts.filter(archive_name=archive.name).first()
+        if mount is None:
+            raise ApiError("not_mounted", f"Archive {archive.name} is not mounted.", 404)
+        job = intake.umount(mount.mountpoint, trigger=Job.Trigger.API, user=request.user)
+        return accepted(request, job)
 
 
 class RetentionPolicyViewSet(viewsets.ModelViewSet):
