@@ -12,3 +12,6 @@ urlpatterns = [
     path("docs", RedirectView.as_view(pattern_name="api-docs", permanent=False)),
     path("docs/", RedirectView.as_view(pattern_name="api-docs", permanent=False)),
 ]
+
+handler404 = "borgapp.api.errors.not_found"
+handler500 = "borgapp.api.errors.server_error"

@@ -69,3 +69,24 @@ def handler(exc, context):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         response.data = body(code, detail)
     return response
+
+
+def not_found(request, exception=None):
+    """Django's 404 for URLs no route matches: JSON under /api/, the usual page elsewhere."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(body("not_found", "No such route or object."), status=404)
+    return page_not_found(request, exception)
+
+
+def server_error(request):
+    from django.http import JsonResponse
+    from django.views.defaults import server_error as default
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            body("internal_error", "Internal error; see the server log."), status=500
+        )
+    return default(request)
