@@ -265,7 +265,11 @@ def execute(job: Job, echo=None) -> Job:
         # borg finished before it saw the cancel: the work is done, say so.
         error_message = "A cancel was requested but the operation had already finished."
     now = timezone.now()
+    # A worker's caller is elsewhere: keep the payload (an exported key) encrypted until
+    # its one download. An in-process caller gets it directly and nothing is stored.
+    secret = vault.encrypt(payload) if (payload and not job.inline) else ""
     Job.objects.filter(pk=job.pk).update(
+        secret_payload=secret,
         status=status,
         finished_at=now,
         heartbeat_at=now,

@@ -362,6 +362,8 @@ class Job(models.Model):
     error_message = models.TextField(blank=True, default="")
     log_tail = models.TextField(blank=True, default="")
 
+    # An exported key waiting for its one download (encrypted; cleared when fetched).
+    secret_payload = models.TextField(blank=True, default="", editable=False)
     cancel_requested = models.BooleanField(default=False)
     worker_host = models.CharField(max_length=255, blank=True, default="")
     worker_pid = models.IntegerField(null=True, blank=True)

@@ -285,3 +285,38 @@ def test_delete_repository_forgets_only_the_registration(admin_client, roots):
     assert admin_client.delete("/api/v1/repositories/main/").status_code == 204
     assert not Repository.objects.exists()
     assert (roots.repos / "main").exists()
+
+
+def test_key_export_and_change_passphrase_through_the_api(admin_client, roots):
+    created = admin_client.post(
+        "/api/v1/repositories/",
+        {
+            "name": "main",
+            "location": str(roots.repos / "main"),
+            "passphrase": PASSPHRASE,
+            "init": True,
+        },
+        format="json",
+    )
+    worker_runs(created.json()["id"])
+    operator = client_for("operator")
+    assert operator.post("/api/v1/repositories/main/key-export/").status_code == 403
+    started = admin_client.post("/api/v1/repositories/main/key-export/")
+    assert started.status_code == 202
+    job = worker_runs(started.json()["id"])
+    assert job.status == "succeeded" and job.secret_payload
+    assert "BORG_KEY" not in job.secret_payload  # stored encrypted
+    assert "secret_payload" not in admin_client.get(started["Location"]).json()
+    assert operator.get(f"{started['Location']}key/").status_code == 403
+    key = admin_client.get(f"{started['Location']}key/")
+    assert key.status_code == 200 and key.json()["key"].startswith("BORG_KEY ")
+    again = admin_client.get(f"{started['Location']}key/")
+    assert again.status_code == 404  # one download only
+
+    changed = admin_client.post(
+        "/api/v1/repositories/main/change-passphrase/", {"passphrase": "a new one"}, format="json"
+    )
+    assert changed.status_code == 202
+    assert "a new one" not in changed.content.decode()
+    assert worker_runs(changed.json()["id"]).status == "succeeded"
+    assert Repository.objects.get(name="main").get_passphrase() == "a new one"

@@ -271,3 +271,7 @@ class ExtractRequestSerializer(serializers.Serializer):
 
 class MountRequestSerializer(serializers.Serializer):
     mountpoint = serializers.CharField()
+
+
+class PassphraseSerializer(serializers.Serializer):
+    passphrase = serializers.CharField(write_only=True, trim_whitespace=False)

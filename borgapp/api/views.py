@@ -4,12 +4,13 @@ and a Location header. No request ever runs borg."""
 
 from django.db.models import Count, Max, Q
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, status, viewsets
+from rest_framework import serializers as drf_serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from borgapp import intake, jobs
+from borgapp import intake, jobs, vault
 from borgapp.api import serializers as s
 from borgapp.api.errors import ApiError
 from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
@@ -41,13 +42,24 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = s.JobSerializer
     filterset_class = JobFilter
     ordering_fields = ["created_at", "started_at", "finished_at", "id"]
-    action_roles = {"cancel": "operator"}
+    action_roles = {"cancel": "operator", "key": "admin"}
 
     @extend_schema(request=None, responses=s.JobSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = jobs.cancel(self.get_object())
         return Response(s.JobSerializer(job, context={"request": request}).data)
+
+    @extend_schema(responses=inline_serializer("ExportedKey", {"key": drf_serializers.CharField()}))
+    @action(detail=True, methods=["get"])
+    def key(self, request, pk=None):
+        """The key a key-export job exported, once: it is deleted when fetched."""
+        job = self.get_object()
+        taken = Job.objects.filter(pk=job.pk, kind=Job.Kind.KEY_EXPORT).exclude(secret_payload="")
+        token = taken.values_list("secret_payload", flat=True).first()
+        if not token or not taken.update(secret_payload=""):
+            raise ApiError("not_found", "No exported key waits here (fetched already?).", 404)
+        return Response({"key": vault.decrypt(token)})
 
 
 class RepositoryViewSet(viewsets.ModelViewSet):
@@ -61,6 +73,8 @@ class RepositoryViewSet(viewsets.ModelViewSet):
         "check": "operator",
         "sync": "operator",
         "info": "operator",
+        "key_export": "admin",
+        "change_passphrase": "admin",
     }
 
     def get_queryset(self):
@@ -141,6 +155,25 @@ class RepositoryViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def info(self, request, name=None):
         return self._run(request, Job.Kind.INFO)
+
+    @extend_schema(request=None, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"], url_path="key-export")
+    def key_export(self, request, name=None):
+        """Export the repository key; fetch it once from the job's `key/` URL."""
+        return self._run(request, Job.Kind.KEY_EXPORT)
+
+    @extend_schema(request=s.PassphraseSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"], url_path="change-passphrase")
+    def change_passphrase(self, request, name=None):
+        data = s.PassphraseSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = intake.change_passphrase(
+            self.get_object(),
+            data.validated_data["passphrase"],
+            trigger=Job.Trigger.API,
+            user=request.user,
+        )
+        return accepted(request, job)
 
     @extend_schema(request=None, responses={202: s.JobSerializer})
     @action(detail=True, methods=["post"], url_path="break-lock")
