@@ -149,7 +149,7 @@ def main() -> None:
             time.sleep(0.5)
     finally:
         for proc in (web, worker):
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -132,9 +132,15 @@ def cluster(roots):
     env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
     proc = spawn_manage(["worker"], env)
     yield proc
-    os.killpg(proc.pid, signal.SIGTERM)
+    stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a spawned command as a service manager would: SIGTERM to the command itself
+    (django-q2's cluster then stops its own children), SIGKILL to its group if it hangs."""
+    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -45,6 +45,18 @@ def worker_runs(job_id):
     return Job.objects.get(pk=job_id)
 
 
+def init_via_api(client, roots, name="main"):
+    """Register and initialize a repository through the API, run by a worker."""
+    created = client.post(
+        "/api/v1/repositories/",
+        {"name": name, "location": str(roots.repos / name), "passphrase": PASSPHRASE, "init": True},
+        format="json",
+    )
+    assert created.status_code == 202, created.content
+    assert worker_runs(created.json()["id"]).status == "succeeded"
+    return created
+
+
 def test_missing_and_wrong_credentials_get_401_json():
     response = APIClient().get("/api/v1/jobs/")
     assert response.status_code == 401
@@ -243,17 +255,7 @@ def test_archive_list_filters_order_and_pages_from_the_database(admin_client, ro
 
 
 def test_no_secret_in_any_response(admin_client, roots, tmp_path):
-    created = admin_client.post(
-        "/api/v1/repositories/",
-        {
-            "name": "main",
-            "location": str(roots.repos / "main"),
-            "passphrase": PASSPHRASE,
-            "init": True,
-        },
-        format="json",
-    )
-    worker_runs(created.json()["id"])
+    created = init_via_api(admin_client, roots)
     bodies = [created.content.decode()]
     for route in (
         "/api/v1/repositories/",
@@ -288,17 +290,7 @@ def test_delete_repository_forgets_only_the_registration(admin_client, roots):
 
 
 def test_key_export_and_change_passphrase_through_the_api(admin_client, roots):
-    created = admin_client.post(
-        "/api/v1/repositories/",
-        {
-            "name": "main",
-            "location": str(roots.repos / "main"),
-            "passphrase": PASSPHRASE,
-            "init": True,
-        },
-        format="json",
-    )
-    worker_runs(created.json()["id"])
+    init_via_api(admin_client, roots)
     operator = client_for("operator")
     assert operator.post("/api/v1/repositories/main/key-export/").status_code == 403
     started = admin_client.post("/api/v1/repositories/main/key-export/")

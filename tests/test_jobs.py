@@ -14,7 +14,7 @@ import pytest
 
 from borgapp import intake, jobs
 from borgapp.models import Archive, Job, Repository
-from tests.conftest import PASSPHRASE, cli, manage, spawn_manage
+from tests.conftest import PASSPHRASE, cli, manage, spawn_manage, stop_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SLOW = "lzma,6"  # a few MB/s: keeps a backup running long enough to be interrupted
@@ -344,8 +344,7 @@ def test_worker_start_reconciles_dead_jobs(roots, passfile):
         wait_for(lambda: Job.objects.get(pk=stale.pk).status == "interrupted", timeout=60)
         assert Repository.objects.get(pk=repo.pk).lease_job_id is None
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_process(proc)
 
 
 @pytest.mark.parametrize(
