@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export OPSCENTER_DATA_DIR ?= $(CURDIR)/var
 
-# borgbackup 1.4.5 builds from source; mount needs FUSE 3. sshd serves the remote-repository tests.
+# borgbackup 1.4.5 builds from source; mount needs FUSE 3. Tests use sshd (remote repositories)
+# and curl (the integration guide's walk-through).
 BUILD_PACKAGES := pkg-config build-essential libssl-dev liblz4-dev libzstd-dev libxxhash-dev \
 	libacl1-dev libfuse3-dev fuse3 python3-venv python3-dev
-TEST_PACKAGES := openssh-server openssh-client
+TEST_PACKAGES := openssh-server openssh-client curl
 
 .PHONY: run test lint format install install-dev setup image clean
 
