@@ -100,7 +100,6 @@ EXPOSE 8000
 # A tiny inline entrypoint: with OPSCENTER_MIGRATE=1 it runs `migrate` first, then runs the
 # command (gunicorn by default, `python manage.py worker` for the worker).
 ENTRYPOINT ["/bin/sh", "-c", "if [ \"${OPSCENTER_MIGRATE:-0}\" = 1 ]; then python manage.py migrate --noinput || exit 1; fi; exec \"$@\"", "opscenter-entrypoint"]
-# The access log shows the path without its query string: the seed API's callers may still
-# put passphrases there (SEC-03).
-CMD ["gunicorn", "opscenter.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-", \
-     "--access-logformat", "%(h)s \"%(m)s %(U)s\" %(s)s %(b)s %(M)sms"]
+# Settings in opscenter/gunicorn.conf.py (the access log leaves out query strings, SEC-03).
+ENV GUNICORN_BIND=0.0.0.0:8000
+CMD ["gunicorn", "opscenter.wsgi", "--config", "opscenter/gunicorn.conf.py"]

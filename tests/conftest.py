@@ -144,3 +144,45 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture
+def web_server(roots, tmp_path):
+    """The web app as `make run` serves it (gunicorn, its config), on a free loopback port,
+    on the test database. Yields (base URL, path of its log)."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "web.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "gunicorn"),
+                "opscenter.wsgi",
+                "--config",
+                "opscenter/gunicorn.conf.py",
+            ],
+            env={**roots.env, "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": "2"},
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/v1/", timeout=2)
+            break
+        except urllib.error.HTTPError:
+            break  # it answers (401 without a token)
+        except OSError:
+            time.sleep(0.2)
+    yield url, log
+    stop_process(proc)
