@@ -312,3 +312,73 @@ def test_key_export_and_change_passphrase_through_the_api(admin_client, roots):
     assert "a new one" not in changed.content.decode()
     assert worker_runs(changed.json()["id"]).status == "succeeded"
     assert Repository.objects.get(name="main").get_passphrase() == "a new one"
+
+
+SEED = "/api/v1/backups/borg"
+# The guide's routes by role; `async=true` answers 202 as soon as the job is recorded.
+SEED_ROUTES = [
+    ("get", f"{SEED}/archives?repository_path={{repo}}", None, "viewer"),
+    ("get", f"{SEED}/info?async=true&repository_path={{repo}}", None, "viewer"),
+    (
+        "post",
+        f"{SEED}/create?async=true",
+        {"archive_name": "a", "source_paths": ["/etc/hostname"], "repository_path": "{repo}"},
+        "operator",
+    ),
+    ("post", f"{SEED}/prune?async=true", {"repository_path": "{repo}"}, "operator"),
+    ("post", f"{SEED}/compact?async=true&repository_path={{repo}}", None, "operator"),
+    ("post", f"{SEED}/check?async=true&repository_path={{repo}}", None, "operator"),
+    (
+        "post",
+        f"{SEED}/extract/a1?async=true",
+        {"target_path": "{restore}/t", "repository_path": "{repo}"},
+        "operator",
+    ),
+    (
+        "post",
+        f"{SEED}/mount?async=true",
+        {"archive_name": "a1", "mount_point": "{mnt}/m", "repository_path": "{repo}"},
+        "operator",
+    ),
+    ("delete", f"{SEED}/archives/a1?async=true&repository_path={{repo}}", None, "admin"),
+    (
+        "post",
+        f"{SEED}/init?async=true",
+        {"repository_path": "{repos}/new", "passphrase": "x"},
+        "admin",
+    ),
+]
+
+
+@pytest.mark.parametrize("method, route, payload, needed", SEED_ROUTES)
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_seed_route_by_role(method, route, payload, needed, role, roots, settings):
+    settings.SEED_WAIT = 2  # no worker runs here: never wait long
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
+    Archive.objects.create(repository=repo, name="a1", created_by_app=True)
+    places = {
+        "repo": repo.location,
+        "repos": roots.repos,
+        "restore": roots.restore,
+        "mnt": roots.mnt,
+    }
+    url = route.format(**places)
+    data = (
+        json.loads(
+            json.dumps(payload)
+            .replace("{repo}", repo.location)
+            .replace("{repos}", str(roots.repos))
+            .replace("{restore}", str(roots.restore))
+            .replace("{mnt}", str(roots.mnt))
+        )
+        if payload
+        else None
+    )
+    response = getattr(client_for(role), method)(url, data, format="json")
+    order = ["viewer", "operator", "admin"]
+    if order.index(role) >= order.index(needed):
+        assert response.status_code in (200, 202), response.content
+    else:
+        assert response.status_code == 403, response.content
+        assert response.json()["error"] == "permission_denied"
+        assert not Job.objects.exists()  # refused: nothing recorded
