@@ -1,5 +1,6 @@
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+from django.db import connections
 
 from borgapp import jobs
 
@@ -13,4 +14,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         report = jobs.reconcile()
         self.stdout.write(f"Reconciled before start: {report}")
+        # The cluster forks its processes from this one: an SQLite connection inherited
+        # across fork() and used on both sides corrupts the database file.
+        connections.close_all()
         call_command("qcluster")
