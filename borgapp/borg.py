@@ -437,6 +437,17 @@ def change_passphrase_cmd(location: str, old: str, new: str) -> Command:
     )
 
 
+def list_items_cmd(location: str, archive: str) -> Command:
+    """Every item of one archive, one JSON object per line (streamed, see `run(on_line=)`)."""
+    return Command(["list"], ["--json-lines"], [repo_arg(location, archive)])
+
+
+def diff_cmd(location: str, archive: str, other: str) -> Command:
+    """What changed from `archive` to `other`, one JSON object per path."""
+    validation.validate_existing_archive_name(other)
+    return Command(["diff"], ["--json-lines"], [repo_arg(location, archive), other])
+
+
 def break_lock_cmd(location: str) -> Command:
     return Command(["break-lock"], [], [repo_arg(location)])
 
@@ -533,6 +544,7 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     deadline: float | None = None,
     raise_on_error: bool = True,
+    on_line: Callable[[bytes], None] | None = None,
 ) -> Result:
     """Run one borg command to its end and return its Result.
 
@@ -541,7 +553,9 @@ def run(
       so no prompt can ever block (REL-05);
     - `--log-json` lines are parsed as they stream: progress goes to `on_event`, the last
       lines are kept for the error message;
-    - `should_stop()` returning True, or `deadline` seconds passing, starts the signal ladder.
+    - `should_stop()` returning True, or `deadline` seconds passing, starts the signal ladder;
+    - with `on_line`, stdout is handed over line by line as it arrives instead of being kept
+      (an archive's listing can have millions of lines).
     Raises a BorgError subclass on failure (unless raise_on_error is False); a warning
     (rc 1 or 100-127) returns normally with `result.warning` set.
     """
@@ -582,6 +596,7 @@ def run(
     stopper = _Stopper(proc, config)
     end_at = started + deadline if deadline else None
     pending = b""
+    pending_out = b""
     deadline_hit = False
     try:
         if on_start:
@@ -604,7 +619,12 @@ def run(
                         sel.unregister(key.fileobj)
                         open_streams -= 1
                         continue
-                    if key.data == "out":
+                    if key.data == "out" and on_line is not None:
+                        pending_out += data
+                        *lines, pending_out = pending_out.split(b"\n")
+                        for line in lines:
+                            on_line(line)
+                    elif key.data == "out":
                         stdout_chunks.append(data)
                     else:
                         pending += data
@@ -634,6 +654,8 @@ def run(
         raise
     if pending:
         _handle_line(pending, messages, tail, on_event)
+    if pending_out and on_line is not None:
+        on_line(pending_out)
     rc = proc.wait()
     result = Result(
         rc=rc,

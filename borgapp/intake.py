@@ -70,6 +70,11 @@ def check_params(kind: str, params: dict) -> dict:
         validation.require_under_roots(p.get("target") or "/", settings.RESTORE_ROOTS, "Target")
         p["paths"] = [validation.validate_archive_path(x) for x in p.get("paths") or []]
         p["strip_components"] = _int_or_none(p.get("strip_components"), "strip_components") or 0
+    elif kind == Job.Kind.DIFF:
+        other = p.get("other") or ""
+        validation.validate_existing_archive_name(other)
+        if other == p.get("archive"):
+            raise validation.InvalidInput("Compare an archive with a different archive.")
     elif kind == Job.Kind.MOUNT:
         validation.require_under_roots(
             p.get("mountpoint") or "/", settings.MOUNT_ROOTS, "Mount point"
@@ -83,6 +88,9 @@ def _check_archive(repository: Repository, name: str) -> None:
         raise validation.InvalidInput(
             f"Archive {name!r} is not in repository {repository.name} (run a sync if it is new)."
         )
+
+
+ARCHIVE_KINDS = (Job.Kind.EXTRACT, Job.Kind.DELETE, Job.Kind.CONTENTS, Job.Kind.DIFF)
 
 
 def start(
@@ -111,8 +119,10 @@ def start(
             )
     cleaned = check_params(kind, params or {})
     archive_name = cleaned.get("archive", "") if kind != Job.Kind.BACKUP else ""
-    if kind in (Job.Kind.EXTRACT, Job.Kind.DELETE) or (kind == Job.Kind.MOUNT and archive_name):
+    if kind in ARCHIVE_KINDS or (kind == Job.Kind.MOUNT and archive_name):
         _check_archive(repository, archive_name)
+    if kind == Job.Kind.DIFF:
+        _check_archive(repository, cleaned["other"])
     options = {
         "trigger": trigger,
         "params": cleaned,
@@ -211,3 +221,24 @@ def umount(mountpoint: str, **kwargs) -> Job:
     if mount is None:
         raise validation.InvalidInput(f"Nothing mounted by this app at {real!r}.")
     return start(Job.Kind.UMOUNT, mount.repository, {"mountpoint": real}, **kwargs)
+
+
+def load_listing(archive: Archive, other: Archive | None = None, **kwargs) -> Job:
+    """Queue the job that reads an archive's file listing (or its diff against `other`) into
+    the database, or return the one already queued or running for it."""
+    kind = Job.Kind.DIFF if other is not None else Job.Kind.CONTENTS
+    params = {"archive": archive.name}
+    if other is not None:
+        if other.repository_id != archive.repository_id:
+            raise validation.InvalidInput("Both archives must be in the same repository.")
+        params["other"] = other.name
+    active = Job.objects.filter(
+        kind=kind,
+        repository=archive.repository,
+        archive_name=archive.name,
+        status__in=[Job.Status.QUEUED, Job.Status.RUNNING],
+    )
+    for job in active:
+        if job.params.get("other") == params.get("other"):
+            return job
+    return start(kind, archive.repository, params, **kwargs)

@@ -163,6 +163,10 @@ class Archive(models.Model):
     is_checkpoint = models.BooleanField(default=False)
     created_by_app = models.BooleanField(default=False)
     synced_at = models.DateTimeField(default=timezone.now)
+    # The file listing (ArchiveItem rows) is loaded once by a `contents` job; it belongs to
+    # the borg archive id it was read from, so a re-used name never shows stale files.
+    contents_borg_id = models.CharField(max_length=64, blank=True, default="", editable=False)
+    contents_count = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-start", "-id"]
@@ -187,6 +191,75 @@ class Archive(models.Model):
         if self.original_size and self.deduplicated_size:
             return self.original_size / self.deduplicated_size
         return None
+
+    @property
+    def contents_ready(self) -> bool:
+        return bool(self.contents_borg_id) and self.contents_borg_id == self.borg_id
+
+
+class ArchiveItem(models.Model):
+    """One file, directory or link of an archive, as `borg list --json-lines` printed it.
+    Archives never change, so this is read from borg once and served from here."""
+
+    archive = models.ForeignKey(Archive, on_delete=models.CASCADE, related_name="items")
+    path = models.TextField()
+    parent = models.TextField(help_text="the directory holding this item ('' at the top)")
+    type = models.CharField(max_length=1)
+    mode = models.CharField(max_length=10, blank=True, default="")
+    user = models.CharField(max_length=255, blank=True, default="")
+    group = models.CharField(max_length=255, blank=True, default="")
+    size = models.BigIntegerField(null=True, blank=True)
+    mtime = models.DateTimeField(null=True, blank=True)
+    linktarget = models.TextField(blank=True, default="")
+    healthy = models.BooleanField(default=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["archive", "path"], name="item_archive_path"),
+            models.Index(fields=["archive", "parent", "path"], name="item_archive_parent"),
+        ]
+
+    def __str__(self):
+        return self.path
+
+
+class ArchiveDiff(models.Model):
+    """`borg diff` of two archives of one repository, read once by a `diff` job."""
+
+    archive = models.ForeignKey(Archive, on_delete=models.CASCADE, related_name="diffs")
+    other = models.ForeignKey(Archive, on_delete=models.CASCADE, related_name="+")
+    archive_borg_id = models.CharField(max_length=64)
+    other_borg_id = models.CharField(max_length=64)
+    count = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["archive", "other"], name="diff_unique_pair")
+        ]
+
+    @property
+    def is_current(self) -> bool:
+        return (
+            self.archive_borg_id == self.archive.borg_id
+            and self.other_borg_id == self.other.borg_id
+        )
+
+
+class ArchiveDiffItem(models.Model):
+    class Change(models.TextChoices):
+        ADDED = "added", "Added"
+        REMOVED = "removed", "Removed"
+        MODIFIED = "modified", "Content changed"
+        METADATA = "metadata", "Metadata changed"
+
+    diff = models.ForeignKey(ArchiveDiff, on_delete=models.CASCADE, related_name="items")
+    path = models.TextField()
+    change = models.CharField(max_length=10, choices=Change.choices)
+    changes = models.JSONField(default=list)
+
+    class Meta:
+        indexes = [models.Index(fields=["diff", "path"], name="diffitem_diff_path")]
 
 
 class RetentionPolicy(models.Model):
@@ -310,6 +383,8 @@ class Job(models.Model):
         KEY_EXPORT = "key_export", "Export key"
         CHANGE_PASSPHRASE = "change_passphrase", "Change passphrase"
         BREAK_LOCK = "break_lock", "Break lock"
+        CONTENTS = "contents", "Load archive contents"
+        DIFF = "diff", "Compare archives"
 
     class Trigger(models.TextChoices):
         ADMIN = "admin", "Admin"

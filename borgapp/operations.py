@@ -6,7 +6,9 @@ failure; `jobs.execute` records that on the Job.
 """
 
 import hashlib
+import json
 import os
+import posixpath
 import re
 import socket
 import tempfile
@@ -21,7 +23,17 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from borgapp import borg, validation, vault
-from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy, keep_options
+from borgapp.models import (
+    Archive,
+    ArchiveDiff,
+    ArchiveDiffItem,
+    ArchiveItem,
+    Job,
+    Mount,
+    Repository,
+    RetentionPolicy,
+    keep_options,
+)
 
 ARCHIVE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 ARCHIVE_TIME_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z"
@@ -72,7 +84,9 @@ class Context:
         self.tail: list[str] = []
         self.ends_at = time.monotonic() + settings.JOB_DEADLINE  # for the whole job
 
-    def borg(self, command: borg.Command, *, passphrase="stored", stoppable=True) -> borg.Result:
+    def borg(
+        self, command: borg.Command, *, passphrase="stored", stoppable=True, on_line=None
+    ) -> borg.Result:
         if self.repo and not validation.is_remote(self.repo.location):
             # the allowed roots are checked again right before borg runs (SEC-04)
             validation.require_under_roots(
@@ -89,6 +103,7 @@ class Context:
                 on_start=self.progress.on_start if self.progress else None,
                 should_stop=self.progress.should_stop if self.progress and stoppable else None,
                 deadline=max(1.0, self.ends_at - time.monotonic()),
+                on_line=on_line,
             )
         except borg.BorgError as exc:
             self.tail = exc.tail
@@ -550,6 +565,123 @@ def op_delete(ctx: Context) -> Outcome:
     return ctx.outcome(result)
 
 
+ITEM_BATCH = 2000
+
+
+class _Batcher:
+    """Collects parsed rows from a streamed borg listing and writes them in bulk, so an
+    archive of millions of files never sits in memory."""
+
+    def __init__(self, ctx: Context, model, parse):
+        self.ctx, self.model, self.parse = ctx, model, parse
+        self.rows: list = []
+        self.count = 0
+
+    def __call__(self, raw: bytes) -> None:
+        line = raw.strip()
+        if not line:
+            return
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            raise OperationError("borg printed a line that is not JSON.") from None
+        self.rows.append(self.parse(data))
+        if len(self.rows) >= ITEM_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.model.objects.bulk_create(self.rows, batch_size=ITEM_BATCH)
+            self.count += len(self.rows)
+            self.rows = []
+            if self.ctx.progress:
+                self.ctx.progress.fields["progress_files"] = self.count
+                self.ctx.progress.flush()
+
+
+def _item_row(archive: Archive):
+    def parse(data: dict) -> ArchiveItem:
+        path = str(data.get("path", ""))
+        return ArchiveItem(
+            archive=archive,
+            path=path,
+            parent=posixpath.dirname(path),
+            type=str(data.get("type", ""))[:1],
+            mode=str(data.get("mode", ""))[:10],
+            user=str(data.get("user") or data.get("uid") or "")[:255],
+            group=str(data.get("group") or data.get("gid") or "")[:255],
+            size=data.get("size"),
+            mtime=_dt(data.get("mtime")),
+            linktarget=str(data.get("linktarget") or data.get("source") or ""),
+            healthy=bool(data.get("healthy", True)),
+        )
+
+    return parse
+
+
+def op_contents(ctx: Context) -> Outcome:
+    """Load an archive's file listing into ArchiveItem rows (once: archives never change)."""
+    archive = _archive(ctx)
+    if archive.contents_ready:
+        return ctx.outcome({"archive_name": archive.name, "items": archive.contents_count})
+    archive.items.all().delete()
+    Archive.objects.filter(pk=archive.pk).update(contents_borg_id="", contents_count=None)
+    batcher = _Batcher(ctx, ArchiveItem, _item_row(archive))
+    ctx.borg(borg.list_items_cmd(ctx.repo.location, archive.name), on_line=batcher)
+    batcher.flush()
+    Archive.objects.filter(pk=archive.pk).update(
+        contents_borg_id=archive.borg_id, contents_count=batcher.count
+    )
+    return ctx.outcome({"archive_name": archive.name, "items": batcher.count})
+
+
+def change_kind(changes: list[dict]) -> str:
+    """added / removed / modified (content or link target) / metadata (mode, owner, times)."""
+    kinds = [str(change.get("type", "")) for change in changes]
+    if any(kind.startswith("added") for kind in kinds):
+        return ArchiveDiffItem.Change.ADDED
+    if any(kind.startswith("removed") for kind in kinds):
+        return ArchiveDiffItem.Change.REMOVED
+    if any(kind in ("modified", "changed link") for kind in kinds):
+        return ArchiveDiffItem.Change.MODIFIED
+    return ArchiveDiffItem.Change.METADATA
+
+
+def op_diff(ctx: Context) -> Outcome:
+    """Load `borg diff` of two archives into ArchiveDiffItem rows (once per pair)."""
+    archive = _archive(ctx)
+    other_name = ctx.params.get("other") or ""
+    other = ctx.repo.archives.filter(name=other_name).first()
+    if other is None:
+        raise borg.ArchiveMissing(f"Archive {other_name!r} is not in repository {ctx.repo.name}.")
+    diff = ArchiveDiff.objects.filter(archive=archive, other=other).first()
+    if diff is not None and diff.is_current:
+        return ctx.outcome(
+            {"archive_name": archive.name, "other": other.name, "changes": diff.count}
+        )
+    if diff is not None:
+        diff.delete()
+    diff = ArchiveDiff.objects.create(
+        archive=archive, other=other, archive_borg_id="", other_borg_id=""
+    )
+
+    def parse(data: dict) -> ArchiveDiffItem:
+        changes = data.get("changes") or []
+        return ArchiveDiffItem(
+            diff=diff, path=str(data.get("path", "")), change=change_kind(changes), changes=changes
+        )
+
+    batcher = _Batcher(ctx, ArchiveDiffItem, parse)
+    ctx.borg(borg.diff_cmd(ctx.repo.location, archive.name, other.name), on_line=batcher)
+    batcher.flush()
+    ArchiveDiff.objects.filter(pk=diff.pk).update(
+        archive_borg_id=archive.borg_id, other_borg_id=other.borg_id, count=batcher.count
+    )
+    return ctx.outcome(
+        {"archive_name": archive.name, "other": other.name, "changes": batcher.count}
+    )
+
+
 MOUNT_WAIT = 15.0
 
 
@@ -644,4 +776,6 @@ OPERATIONS = {
     Job.Kind.KEY_EXPORT: op_key_export,
     Job.Kind.CHANGE_PASSPHRASE: op_change_passphrase,
     Job.Kind.BREAK_LOCK: op_break_lock,
+    Job.Kind.CONTENTS: op_contents,
+    Job.Kind.DIFF: op_diff,
 }

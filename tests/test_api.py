@@ -12,7 +12,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from borgapp import jobs
-from borgapp.models import Archive, Job, Repository
+from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
 from tests.conftest import PASSPHRASE, write_files
 
 pytestmark = pytest.mark.django_db
@@ -82,6 +82,12 @@ def test_user_without_a_role_is_denied():
     assert response.json()["error"] == "permission_denied"
 
 
+def make_schedule(repo):
+    schedule = Schedule.objects.create(name="nightly", operation="check", cron="0 3 * * *")
+    schedule.repositories.add(repo)
+    return schedule
+
+
 # route, method, body, lowest role that may do it
 ROUTES = [
     ("/api/v1/repositories/", "get", None, "viewer"),
@@ -98,20 +104,46 @@ ROUTES = [
     ("/api/v1/repositories/main/break-lock/", "post", {}, "admin"),
     ("/api/v1/repositories/main/", "patch", {"append_only": False}, "admin"),
     ("/api/v1/retention-policies/", "post", {"name": "p", "keep_daily": 3}, "admin"),
+    ("/api/v1/retention-policies/{policy}/", "patch", {"keep_daily": 5}, "admin"),
+    ("/api/v1/retention-policies/{policy}/", "delete", None, "admin"),
+    (
+        "/api/v1/schedules/",
+        "post",
+        {"name": "s", "repositories": ["main"], "operation": "check", "cron": "0 3 * * *"},
+        "admin",
+    ),
+    ("/api/v1/schedules/{schedule}/", "patch", {"cron": "0 4 * * *"}, "admin"),
+    ("/api/v1/schedules/{schedule}/", "delete", None, "admin"),
+    ("/api/v1/archives/{archive}/", "get", None, "viewer"),
+    ("/api/v1/archives/{archive}/contents/", "get", None, "viewer"),
+    ("/api/v1/archives/{archive}/diff/?other={other}", "get", None, "viewer"),
+    ("/api/v1/archives/{archive}/extract/", "post", {"target": "{tmp}/restore"}, "operator"),
+    ("/api/v1/archives/{archive}/mount/", "post", {"mountpoint": "{tmp}/mnt"}, "operator"),
+    ("/api/v1/archives/{archive}/", "delete", None, "admin"),
 ]
 
 
 @pytest.mark.parametrize("route, method, payload, needed", ROUTES)
 @pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
 def test_route_by_role(route, method, payload, needed, role, settings, tmp_path):
-    settings.REPOSITORY_ROOTS = [tmp_path]
-    Repository.objects.create(name="main", location=str(tmp_path / "main"), state="ready")
+    settings.REPOSITORY_ROOTS = settings.RESTORE_ROOTS = settings.MOUNT_ROOTS = [tmp_path]
+    repo = Repository.objects.create(name="main", location=str(tmp_path / "main"), state="ready")
+    names = {
+        "archive": Archive.objects.create(repository=repo, name="a1", borg_id="1" * 64).pk,
+        "other": Archive.objects.create(repository=repo, name="a2", borg_id="2" * 64).pk,
+        "policy": RetentionPolicy.objects.create(name="mine", keep_daily=1).pk,
+        "schedule": make_schedule(repo).pk,
+        "tmp": tmp_path,
+    }
+    route = route.format(**names)
+    if payload:
+        payload = {k: v.format(**names) if isinstance(v, str) else v for k, v in payload.items()}
     response = getattr(client_for(role), method)(route, payload, format="json")
     allowed = ["viewer", "operator", "admin"].index(role) >= ["viewer", "operator", "admin"].index(
         needed
     )
     if allowed:
-        assert response.status_code in (200, 201, 202), response.content
+        assert response.status_code in (200, 201, 202, 204), response.content
     else:
         assert response.status_code == 403, response.content
         assert response.json()["error"] == "permission_denied"

@@ -4,7 +4,15 @@ from croniter import croniter
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
+from borgapp.models import (
+    Archive,
+    ArchiveDiffItem,
+    ArchiveItem,
+    Job,
+    Repository,
+    RetentionPolicy,
+    Schedule,
+)
 
 
 class FullCleanMixin:
@@ -18,6 +26,7 @@ class FullCleanMixin:
             for field in self.Meta.model._meta.concrete_fields:
                 if field.name not in attrs:
                     setattr(instance, field.attname, getattr(self.instance, field.attname))
+            instance._state.adding = False  # an update: its own row is not a duplicate
         try:
             instance.full_clean(exclude=self._clean_exclude())
         except DjangoValidationError as exc:
@@ -174,6 +183,47 @@ class ArchiveSerializer(serializers.ModelSerializer):
             "synced_at",
         ]
         read_only_fields = fields
+
+
+class ArchiveItemSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ArchiveItem
+        fields = [
+            "path",
+            "parent",
+            "type",
+            "mode",
+            "user",
+            "group",
+            "size",
+            "mtime",
+            "linktarget",
+            "healthy",
+        ]
+        read_only_fields = fields
+
+
+class ArchiveDiffItemSerializer(serializers.ModelSerializer):
+    changes = serializers.ListField(child=serializers.DictField(), read_only=True)
+
+    class Meta:
+        model = ArchiveDiffItem
+        fields = ["path", "change", "changes"]
+        read_only_fields = fields
+
+
+class _Page(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+
+
+class ArchiveItemPageSerializer(_Page):
+    results = ArchiveItemSerializer(many=True)
+
+
+class ArchiveDiffPageSerializer(_Page):
+    results = ArchiveDiffItemSerializer(many=True)
 
 
 class RetentionPolicySerializer(FullCleanMixin, serializers.ModelSerializer):

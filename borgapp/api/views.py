@@ -4,16 +4,23 @@ and a Location header. No request ever runs borg."""
 
 from django.db.models import Count, Max, Q
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, status, viewsets
 from rest_framework import serializers as drf_serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from borgapp import intake, jobs, vault
+from borgapp import intake, jobs, listing, validation, vault
 from borgapp.api import serializers as s
 from borgapp.api.errors import ApiError
-from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
+from borgapp.models import (
+    Archive,
+    ArchiveDiffItem,
+    Job,
+    Repository,
+    RetentionPolicy,
+    Schedule,
+)
 
 
 def accepted(request, job: Job) -> Response:
@@ -181,6 +188,75 @@ class RepositoryViewSet(viewsets.ModelViewSet):
         return self._run(request, Job.Kind.BREAK_LOCK)
 
 
+CONTENTS_PARAMS = [
+    OpenApiParameter("path", str, description="only this path and what is below it"),
+    OpenApiParameter("parent", str, description="only the direct children of this directory"),
+    OpenApiParameter("type", str, description="borg item type: d, -, l, ..."),
+    OpenApiParameter("page", int),
+]
+LOADING = "202: the listing is being read from borg; the Job is returned, ask again when done."
+
+
+class ArchiveContentsMixin:
+    """`contents` and `diff`: read from borg once by a job into the database (archives never
+    change), then served page by page from there like every other list (PERF-01)."""
+
+    @extend_schema(
+        parameters=CONTENTS_PARAMS,
+        responses={200: s.ArchiveItemPageSerializer, 202: s.JobSerializer},
+        description="A paged listing of the archive's files. " + LOADING,
+    )
+    @action(detail=True, methods=["get"])
+    def contents(self, request, pk=None):
+        archive = self.get_object()
+        if not archive.contents_ready:
+            job = intake.load_listing(archive, trigger=Job.Trigger.API, user=request.user)
+            return accepted(request, job)
+        query = request.query_params
+        items = listing.contents(
+            archive,
+            path=query.get("path", ""),
+            parent=query.get("parent"),
+            type=query.get("type", ""),
+        )
+        page = self.paginate_queryset(items)
+        return self.get_paginated_response(s.ArchiveItemSerializer(page, many=True).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("other", int, required=True, description="id of the newer archive"),
+            OpenApiParameter("path", str, description="only this path and what is below it"),
+            OpenApiParameter("change", str, enum=list(ArchiveDiffItem.Change.values)),
+            OpenApiParameter("page", int),
+        ],
+        responses={200: s.ArchiveDiffPageSerializer, 202: s.JobSerializer},
+        description="What changed from this archive to `other` (same repository). " + LOADING,
+    )
+    @action(detail=True, methods=["get"])
+    def diff(self, request, pk=None):
+        archive = self.get_object()
+        raw = request.query_params.get("other", "")
+        if not raw.isdigit():
+            raise validation.InvalidInput("Give the other archive's id as `other`.")
+        other = Archive.objects.filter(pk=int(raw)).select_related("repository").first()
+        if other is None:
+            raise ApiError("not_found", f"No archive with id {raw}.", 404)
+        if other.repository_id != archive.repository_id:
+            raise validation.InvalidInput("Both archives must be in the same repository.")
+        if other.pk == archive.pk:
+            raise validation.InvalidInput("Compare an archive with a different archive.")
+        found = listing.current_diff(archive, other)
+        if found is None:
+            job = intake.load_listing(archive, other, trigger=Job.Trigger.API, user=request.user)
+            return accepted(request, job)
+        query = request.query_params
+        items = listing.diff_items(
+            found, path=query.get("path", ""), change=query.get("change", "")
+        )
+        page = self.paginate_queryset(items)
+        return self.get_paginated_response(s.ArchiveDiffItemSerializer(page, many=True).data)
+
+
 class ArchiveFilter(filters.FilterSet):
     repository = filters.CharFilter(field_name="repository__name")
     prefix = filters.CharFilter(field_name="name", lookup_expr="startswith")
@@ -193,7 +269,7 @@ class ArchiveFilter(filters.FilterSet):
         fields = ["repository", "prefix", "after", "before", "checkpoint"]
 
 
-class ArchiveViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
+class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Archive.objects.select_related("repository").order_by("-start", "-id")
     serializer_class = s.ArchiveSerializer
     filterset_class = ArchiveFilter

@@ -1,0 +1,48 @@
+"""borg_contents and borg_diff: load the listing with a job if it is not in the database yet,
+then print it from there."""
+
+import json
+
+from django.core.management.base import CommandError
+
+from borgapp import validation
+from borgapp.management.commands._base import EXIT_FAILED, JobCommand
+from borgapp.models import Job
+
+
+class ListingCommand(JobCommand):
+    kind = ""
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("name", help="repository name")
+        parser.add_argument("archive")
+        parser.add_argument("--path", default="", help="only this path and what is below it")
+
+    def archive(self, options, name_key="archive"):
+        repo = self.repository(options["name"])
+        archive = repo.archives.filter(name=options[name_key]).first()
+        if archive is None:
+            raise CommandError(
+                f"Archive {options[name_key]!r} is not in repository {repo.name} "
+                "(run borg_sync if it is new).",
+                returncode=EXIT_FAILED,
+            )
+        return archive
+
+    def load(self, options, params, echo):
+        job = self.run_kind(self.kind, options["name"], params, echo)
+        if job.status != Job.Status.SUCCEEDED:
+            super().report(job, options)  # exits non-zero with the reason
+        return job
+
+    def report(self, job, options) -> None:
+        try:
+            rows = self.rows(options)
+        except validation.InvalidInput as exc:
+            raise CommandError(str(exc), returncode=EXIT_FAILED) from None
+        if options["json"]:
+            self.stdout.write(json.dumps(rows, indent=2, default=str))
+            return
+        for row in rows:
+            self.stdout.write(self.line(row))

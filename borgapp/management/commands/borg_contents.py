@@ -1,0 +1,32 @@
+from borgapp import listing
+from borgapp.management.commands._listing import ListingCommand
+from borgapp.models import Job
+
+
+class Command(ListingCommand):
+    help = "List the files in an archive (read from borg once, then from the database)."
+    kind = Job.Kind.CONTENTS
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--children", action="store_true", help="only the direct children")
+
+    def start(self, options, echo):
+        archive = self.archive(options)
+        if not archive.contents_ready:
+            self.load(options, {"archive": archive.name}, echo)
+        return None
+
+    def rows(self, options):
+        archive = self.archive(options)
+        parent = options["path"].strip("/") if options["children"] else None
+        path = "" if options["children"] else options["path"]
+        items = listing.contents(archive, path=path, parent=parent)
+        return list(
+            items.values("path", "type", "mode", "user", "group", "size", "mtime", "linktarget")
+        )
+
+    def line(self, row) -> str:
+        size = "" if row["size"] is None else str(row["size"])
+        link = f" -> {row['linktarget']}" if row["linktarget"] else ""
+        return f"{row['mode']:<10} {row['user']:<8} {size:>12}  {row['path']}{link}"

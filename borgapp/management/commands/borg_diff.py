@@ -1,0 +1,27 @@
+from borgapp import listing
+from borgapp.management.commands._listing import ListingCommand
+from borgapp.models import Job
+
+
+class Command(ListingCommand):
+    help = "Show what changed between two archives of one repository."
+    kind = Job.Kind.DIFF
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("other", help="the archive to compare with (usually the newer)")
+        parser.add_argument("--change", default="", help="added, removed, modified or metadata")
+
+    def start(self, options, echo):
+        archive, other = self.archive(options), self.archive(options, "other")
+        if listing.current_diff(archive, other) is None:
+            self.load(options, {"archive": archive.name, "other": other.name}, echo)
+        return None
+
+    def rows(self, options):
+        diff = listing.current_diff(self.archive(options), self.archive(options, "other"))
+        items = listing.diff_items(diff, path=options["path"], change=options["change"])
+        return list(items.values("path", "change", "changes"))
+
+    def line(self, row) -> str:
+        return f"{row['change']:<9} {row['path']}"
