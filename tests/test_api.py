@@ -414,3 +414,35 @@ def test_seed_route_by_role(method, route, payload, needed, role, roots, setting
         assert response.status_code == 403, response.content
         assert response.json()["error"] == "permission_denied"
         assert not Job.objects.exists()  # refused: nothing recorded
+
+
+def test_archive_list_rows_equal_the_detail_serializer(admin_client, settings, tmp_path):
+    """The list is built from `.values()` for speed (PERF-01); it must say exactly what the
+    serializer says for the same archive, None fields and microseconds included."""
+    settings.REPOSITORY_ROOTS = [tmp_path]
+    repo = Repository.objects.create(name="main", location=str(tmp_path / "main"), state="ready")
+    when = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=UTC)
+    Archive.objects.create(
+        repository=repo,
+        name="full",
+        borg_id="a" * 64,
+        start=when,
+        end=when + timedelta(seconds=3),
+        duration=3.0,
+        hostname="h",
+        username="u",
+        comment="c",
+        original_size=1000,
+        compressed_size=400,
+        deduplicated_size=10,
+        nfiles=7,
+    )
+    Archive.objects.create(repository=repo, name="bare", start=None)
+    listed = admin_client.get("/api/v1/archives/").json()["results"]
+    assert len(listed) == 2
+    for row in listed:
+        detail = admin_client.get(f"/api/v1/archives/{row['id']}/").json()
+        assert row == detail
+    full = next(row for row in listed if row["name"] == "full")
+    assert full["start"] == "2024-02-29T23:59:58.123456Z"
+    assert full["compression_ratio"] == 2.5 and full["deduplication_ratio"] == 100.0

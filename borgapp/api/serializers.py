@@ -185,6 +185,39 @@ class ArchiveSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+ARCHIVE_ROW_FIELDS = [
+    f
+    for f in ArchiveSerializer.Meta.fields
+    if f not in ("compression_ratio", "deduplication_ratio")
+]
+
+
+def _iso(value, tz) -> str:
+    # What DRF's DateTimeField prints, without its per-value time-zone lookups.
+    text = value.astimezone(tz).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def archive_row(values: dict, tz) -> dict:
+    """An ArchiveSerializer row built from `.values(*ARCHIVE_ROW_FIELDS)`: the same output
+    (a test compares them) at a fraction of the cost, for 100-row pages (PERF-01)."""
+    row = dict(values)
+    row["repository_name"] = row.pop("repository__name")
+    for key in ("start", "end", "synced_at"):
+        if row[key] is not None:
+            row[key] = _iso(row[key], tz)
+    original = row["original_size"]
+    compressed, deduplicated = row["compressed_size"], row["deduplicated_size"]
+    row["compression_ratio"] = original / compressed if original and compressed else None
+    row["deduplication_ratio"] = original / deduplicated if original and deduplicated else None
+    return row
+
+
+def archive_values(queryset):
+    fields = ["repository__name" if f == "repository_name" else f for f in ARCHIVE_ROW_FIELDS]
+    return queryset.values(*fields)
+
+
 class ArchiveItemSerializer(serializers.ModelSerializer):
     class Meta:
         model = ArchiveItem
