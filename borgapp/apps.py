@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 
 class BorgappConfig(AppConfig):
@@ -12,6 +12,11 @@ class BorgappConfig(AppConfig):
 
         post_migrate.connect(_ensure_maintenance_schedule, sender=self)
         post_migrate.connect(_ensure_roles, sender=self)
+        from borgapp import scheduling
+        from borgapp.models import Schedule
+
+        post_save.connect(scheduling.on_save, sender=Schedule, dispatch_uid="schedule-mirror")
+        post_delete.connect(scheduling.on_delete, sender=Schedule, dispatch_uid="schedule-forget")
 
 
 def _ensure_maintenance_schedule(**kwargs):

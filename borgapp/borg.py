@@ -397,10 +397,19 @@ def extract_cmd(
     options = ["--sparse"]
     if strip_components:
         options.append(_opt("strip-components", int(strip_components)))
-    subset = [validation.validate_archive_path(p) for p in (paths or [])]
     return Command(
-        ["extract"], options, [repo_arg(location, archive), *subset], progress=True, cwd=target
+        ["extract"],
+        options,
+        [repo_arg(location, archive), *_path_patterns(paths)],
+        progress=True,
+        cwd=target,
     )
+
+
+def _path_patterns(paths: list[str] | None) -> list[str]:
+    # borg reads a PATH argument as a pattern ("sh:*" would select everything); the explicit
+    # path-prefix style makes each one mean exactly that path (and what is below it).
+    return ["pp:" + validation.validate_archive_path(p) for p in (paths or [])]
 
 
 def delete_archive_cmd(location: str, archive: str) -> Command:
@@ -437,9 +446,15 @@ def change_passphrase_cmd(location: str, old: str, new: str) -> Command:
     )
 
 
-def list_items_cmd(location: str, archive: str) -> Command:
-    """Every item of one archive, one JSON object per line (streamed, see `run(on_line=)`)."""
-    return Command(["list"], ["--json-lines"], [repo_arg(location, archive)])
+def list_items_cmd(
+    location: str, archive: str, paths: list[str] | None = None, *, checksums: bool = False
+) -> Command:
+    """The items of one archive (or of some paths in it), one JSON object per line (streamed,
+    see `run(on_line=)`). `checksums` adds each file's sha256, which reads its data."""
+    options = ["--json-lines"]
+    if checksums:
+        options.append(_opt("format", "{path}{type}{size}{sha256}"))
+    return Command(["list"], options, [repo_arg(location, archive), *_path_patterns(paths)])
 
 
 def diff_cmd(location: str, archive: str, other: str) -> Command:

@@ -71,3 +71,22 @@ def data_dir_check(app_configs=None, **kwargs):
     if not os.access(data_dir, os.W_OK):
         return [Error(f"The data directory {data_dir} is not writable.", id="borgapp.E020")]
     return []
+
+
+@register(Tags.database)
+def schedules_mirrored_check(app_configs=None, databases=None, **kwargs):
+    """Run by `check --database default` and `migrate`: each Schedule has its one mirror."""
+    if not databases:
+        return []
+    from django.db.utils import DatabaseError
+
+    from borgapp import scheduling
+
+    try:
+        problems = scheduling.out_of_sync()
+    except DatabaseError:  # tables not there yet (before the first migrate)
+        return []
+    return [
+        Warning(problem, hint="Run manage.py sync_schedules.", id="borgapp.W030")
+        for problem in problems
+    ]

@@ -70,6 +70,15 @@ def check_params(kind: str, params: dict) -> dict:
         validation.require_under_roots(p.get("target") or "/", settings.RESTORE_ROOTS, "Target")
         p["paths"] = [validation.validate_archive_path(x) for x in p.get("paths") or []]
         p["strip_components"] = _int_or_none(p.get("strip_components"), "strip_components") or 0
+    elif kind == Job.Kind.VERIFY_RESTORE:
+        validation.validate_archive_part(p.get("prefix") or "", "Archive prefix")
+        p["sample_files"] = _int_or_none(p.get("sample_files"), "sample_files", 1) or 20
+        p["sample_percent"] = _int_or_none(p.get("sample_percent"), "sample_percent", 1)
+        if p["sample_percent"] and p["sample_percent"] > 100:
+            raise validation.InvalidInput("sample_percent must be between 1 and 100.")
+        p["sample_max_bytes"] = (
+            _int_or_none(p.get("sample_max_bytes"), "sample_max_bytes", 1) or 100 * 2**20
+        )
     elif kind == Job.Kind.DIFF:
         other = p.get("other") or ""
         validation.validate_existing_archive_name(other)

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from borgapp import borg, procs, validation, vault
+from borgapp import borg, procs, scheduling, validation, vault
 from borgapp.models import Job, Mount, Repository
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ def claim(job: Job) -> bool:
     now = timezone.now()
     # Unmounting never opens the repository, so it does not wait behind anything.
     repo_id = None if job.kind == Job.Kind.UMOUNT else job.repository_id
+    if job.not_before is not None and job.not_before > now:
+        return False  # a retry waiting for its time
     with transaction.atomic():
         if repo_id is not None and not _take_lease(job, repo_id, now):
             return False
@@ -153,8 +155,9 @@ def release_mount_lease(mount: Mount) -> None:
 
 def dispatch_next(repository_id: int) -> None:
     """Queue the oldest waiting worker job of a repository whose lease is free."""
+    due = Q(not_before__isnull=True) | Q(not_before__lte=timezone.now())
     waiting = (
-        Job.objects.filter(repository_id=repository_id, status=Job.Status.QUEUED, inline=False)
+        Job.objects.filter(due, repository_id=repository_id, status=Job.Status.QUEUED, inline=False)
         .order_by("created_at", "id")
         .first()
     )
@@ -253,6 +256,7 @@ def execute(job: Job, echo=None) -> Job:
     except Exception as exc:
         status, error_code, error_message = _outcome_of(exc, progress.cancel)
         tail = getattr(exc, "tail", [])
+        result = getattr(exc, "result", {})
     except KeyboardInterrupt:  # Ctrl-C in the command line: borg was already stopped
         mark_interrupted(job, "Cancelled with Ctrl-C.", status=Job.Status.CANCELLED)
         raise
@@ -282,6 +286,8 @@ def execute(job: Job, echo=None) -> Job:
     job.refresh_from_db()
     if status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
         _after_failure(job)
+    scheduling.record_outcome(job)
+    scheduling.retry_if_transient(job)
     release(job)
     job.payload = payload  # for an in-process caller only; never stored
     return job
@@ -296,6 +302,19 @@ def _after_failure(job: Job) -> None:
         Repository.objects.filter(pk=job.repository_id, state=Repository.State.PENDING).delete()
     elif job.kind in WRITING_KINDS:
         Repository.objects.filter(pk=job.repository_id).update(catalog_stale=True)
+
+
+def dispatch_due() -> int:
+    """Hand retries whose wait is over to the workers (run by the maintenance task)."""
+    due = list(
+        Job.objects.filter(
+            status=Job.Status.QUEUED, inline=False, not_before__lte=timezone.now()
+        ).order_by("created_at", "id")
+    )
+    for job in due:
+        Job.objects.filter(pk=job.pk).update(not_before=None)
+        enqueue(job)
+    return len(due)
 
 
 def run_queued(job_id: int) -> None:
@@ -353,6 +372,7 @@ def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED
     if updated:
         job.refresh_from_db()
         _after_failure(job)
+        scheduling.record_outcome(job)
         release(job)
 
 

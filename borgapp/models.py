@@ -55,6 +55,14 @@ def validate_compression_field(value):
     _django_validator(validation.validate_compression)(value)
 
 
+def validate_cron_field(value):
+    _django_validator(validation.validate_cron)(value)
+
+
+def validate_timezone_field(value):
+    _django_validator(validation.validate_timezone)(value)
+
+
 def validate_keep_within_field(value):
     _django_validator(validation.validate_keep_within)(value)
 
@@ -321,8 +329,8 @@ def keep_options(keep_within: str = "", **counts) -> list[str]:
 
 
 class Schedule(models.Model):
-    """What to run, where and when. Its execution through django-q2 is the scheduling
-    issue's work; the fields are here so every part shares one shape."""
+    """What to run, on which repositories, and when. Each row is mirrored into exactly one
+    django-q2 schedule (`scheduling.mirror`); every run makes one Job per repository."""
 
     class Operation(models.TextChoices):
         BACKUP = "backup", "Backup"
@@ -331,29 +339,70 @@ class Schedule(models.Model):
         CHECK = "check", "Check"
         VERIFY_RESTORE = "verify_restore", "Verify restore"
 
+    class CheckScope(models.TextChoices):
+        BOTH = "both", "Repository and archives"
+        REPOSITORY = "repository", "Repository only"
+        ARCHIVES = "archives", "Archives only"
+
     name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
     repositories = models.ManyToManyField(Repository, related_name="schedules")
     operation = models.CharField(max_length=20, choices=Operation.choices)
-    cron = models.CharField(max_length=100, help_text="Cron expression, e.g. 0 2 * * *")
-    timezone = models.CharField(max_length=64, default="UTC")
+    cron = models.CharField(
+        max_length=100,
+        validators=[validate_cron_field],
+        help_text="Five-field cron expression (minute hour day month weekday), e.g. 0 2 * * *",
+    )
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone_field])
     enabled = models.BooleanField(default=True)
-    paused_until = models.DateTimeField(null=True, blank=True)
+    paused_until = models.DateTimeField(
+        null=True, blank=True, help_text="No runs before this time (a pause that ends by itself)."
+    )
+    # backup
     source_paths = models.JSONField(default=list, blank=True)
     exclude_patterns = models.JSONField(default=list, blank=True)
     compression = models.CharField(
         max_length=32, default="lz4", validators=[validate_compression_field]
     )
     one_file_system = models.BooleanField(default=False)
-    checkpoint_interval = models.PositiveIntegerField(null=True, blank=True)
+    checkpoint_interval = models.PositiveIntegerField(null=True, blank=True, help_text="seconds")
     archive_prefix = models.CharField(
-        max_length=100, default="backup", validators=[validate_archive_part_field]
+        max_length=100,
+        default="backup",
+        validators=[validate_archive_part_field],
+        help_text="Archives are named <prefix>-<UTC time>; prune and verify-restore only ever "
+        "look at archives with this prefix.",
     )
     comment = models.CharField(max_length=500, blank=True, default="")
+    # prune
     retention_policy = models.ForeignKey(
         RetentionPolicy, null=True, blank=True, on_delete=models.PROTECT
     )
     compact_after_prune = models.BooleanField(default=True)
+    # check
+    check_scope = models.CharField(
+        max_length=12, choices=CheckScope.choices, default=CheckScope.BOTH
+    )
     verify_data = models.BooleanField(default=False)
+    max_duration = models.PositiveIntegerField(
+        null=True, blank=True, help_text="seconds; a partial repository check for big repositories"
+    )
+    check_last = models.PositiveIntegerField(
+        null=True, blank=True, help_text="check only the last N archives"
+    )
+    # verify-restore
+    sample_files = models.PositiveIntegerField(
+        default=20, help_text="how many files of the newest archive to restore and compare"
+    )
+    sample_percent = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="or this share of its files (1-100), if set"
+    )
+    sample_max_bytes = models.BigIntegerField(
+        default=100 * 1024 * 1024, help_text="upper bound of the bytes restored per run"
+    )
+    # derived, kept current by the jobs (read by lists without scanning jobs)
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_outcome = models.CharField(max_length=16, blank=True, default="", editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -362,6 +411,54 @@ class Schedule(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        super().clean()
+        errors = {}
+        if self.operation == self.Operation.BACKUP:
+            if not self.source_paths:
+                errors["source_paths"] = "A backup schedule needs at least one source path."
+            for key, check in (
+                ("source_paths", validation.validate_source_path),
+                ("exclude_patterns", validation.validate_exclude_pattern),
+            ):
+                values = getattr(self, key)
+                if not isinstance(values, list):
+                    errors[key] = "Give a list."
+                    continue
+                for value in values:
+                    try:
+                        check(value)
+                    except validation.InvalidInput as exc:
+                        errors[key] = str(exc)
+        if self.operation == self.Operation.PRUNE and self.retention_policy_id is None:
+            errors["retention_policy"] = "A prune schedule needs a retention policy."
+        if self.operation == self.Operation.CHECK:
+            if self.verify_data and self.check_scope == self.CheckScope.REPOSITORY:
+                errors["verify_data"] = "verify-data checks archives; not with repository only."
+            if self.max_duration and self.check_scope != self.CheckScope.REPOSITORY:
+                errors["max_duration"] = "max-duration works only with a repository-only check."
+        if self.sample_percent is not None and not 1 <= self.sample_percent <= 100:
+            errors["sample_percent"] = "A share between 1 and 100."
+        if self.sample_max_bytes is not None and self.sample_max_bytes < 1:
+            errors["sample_max_bytes"] = "Must be at least 1 byte."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def cron_description(self) -> str:
+        return validation.describe_cron(self.cron)
+
+    def timing_key(self) -> tuple:
+        """What decides when it runs: a change here recomputes the next run."""
+        return (" ".join(self.cron.split()), self.timezone, self.enabled, self.paused_until)
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        if "cron" in instance.__dict__ and "paused_until" in instance.__dict__:
+            instance._loaded_timing = instance.timing_key()
+        return instance
 
 
 class Job(models.Model):
@@ -385,6 +482,7 @@ class Job(models.Model):
         BREAK_LOCK = "break_lock", "Break lock"
         CONTENTS = "contents", "Load archive contents"
         DIFF = "diff", "Compare archives"
+        VERIFY_RESTORE = "verify_restore", "Verify restore"
 
     class Trigger(models.TextChoices):
         ADMIN = "admin", "Admin"
@@ -440,6 +538,12 @@ class Job(models.Model):
     # An exported key waiting for its one download (encrypted; cleared when fetched).
     secret_payload = models.TextField(blank=True, default="", editable=False)
     cancel_requested = models.BooleanField(default=False)
+    # retries of transient failures (scheduled jobs): a retry waits until `not_before`
+    attempt = models.PositiveSmallIntegerField(default=1)
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
+    )
+    not_before = models.DateTimeField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True, default="")
     worker_pid = models.IntegerField(null=True, blank=True)
     worker_started = models.BigIntegerField(null=True, blank=True)

@@ -7,9 +7,12 @@ failure; `jobs.execute` records that on the Job.
 
 import hashlib
 import json
+import math
 import os
 import posixpath
+import random
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -42,9 +45,10 @@ ARCHIVE_TIME_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9]
 class OperationError(Exception):
     """An operation refused to run: `code` for machines, the text for a person."""
 
-    def __init__(self, message: str, code: str = "invalid_request"):
+    def __init__(self, message: str, code: str = "invalid_request", result: dict | None = None):
         super().__init__(message)
         self.code = code
+        self.result = result or {}  # what was found before it failed, kept on the Job
 
 
 @dataclass
@@ -619,11 +623,10 @@ def _item_row(archive: Archive):
     return parse
 
 
-def op_contents(ctx: Context) -> Outcome:
+def load_contents(ctx: Context, archive: Archive) -> int:
     """Load an archive's file listing into ArchiveItem rows (once: archives never change)."""
-    archive = _archive(ctx)
     if archive.contents_ready:
-        return ctx.outcome({"archive_name": archive.name, "items": archive.contents_count})
+        return archive.contents_count
     archive.items.all().delete()
     Archive.objects.filter(pk=archive.pk).update(contents_borg_id="", contents_count=None)
     batcher = _Batcher(ctx, ArchiveItem, _item_row(archive))
@@ -632,7 +635,13 @@ def op_contents(ctx: Context) -> Outcome:
     Archive.objects.filter(pk=archive.pk).update(
         contents_borg_id=archive.borg_id, contents_count=batcher.count
     )
-    return ctx.outcome({"archive_name": archive.name, "items": batcher.count})
+    archive.contents_borg_id, archive.contents_count = archive.borg_id, batcher.count
+    return batcher.count
+
+
+def op_contents(ctx: Context) -> Outcome:
+    archive = _archive(ctx)
+    return ctx.outcome({"archive_name": archive.name, "items": load_contents(ctx, archive)})
 
 
 def change_kind(changes: list[dict]) -> str:
@@ -680,6 +689,135 @@ def op_diff(ctx: Context) -> Outcome:
     return ctx.outcome(
         {"archive_name": archive.name, "other": other.name, "changes": batcher.count}
     )
+
+
+# --- verify-restore (REL-17) ------------------------------------------------------------------
+
+
+def newest_of_set(repo: Repository, prefix: str) -> Archive | None:
+    """The newest complete archive named `<prefix>-<UTC time>`."""
+    pattern = re.compile(re.escape(prefix) + r"-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+    candidates = repo.archives.filter(name__startswith=prefix + "-", is_checkpoint=False)
+    for archive in candidates.order_by("-start", "-id"):
+        if pattern.match(archive.name):
+            return archive
+    return None
+
+
+def choose_sample(files: list[tuple[str, int]], count: int, max_bytes: int) -> list[str]:
+    """Up to `count` random regular files whose sizes add up to at most `max_bytes`."""
+    rng = random.SystemRandom()
+    order = list(files)
+    rng.shuffle(order)
+    chosen, total = [], 0
+    for path, size in order:
+        if len(chosen) >= count:
+            break
+        if total + (size or 0) <= max_bytes:
+            chosen.append(path)
+            total += size or 0
+    return sorted(chosen)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _damaged(ctx: Context, archive: Archive, paths: list[str], sandbox: Path) -> list[dict]:
+    """After borg stopped on damaged data: restore the files one by one to name them."""
+    problems = []
+    for index, path in enumerate(paths):
+        target = sandbox / f"one-{index}"
+        target.mkdir()
+        try:
+            ctx.borg(borg.extract_cmd(ctx.repo.location, archive.name, str(target), [path]))
+        except borg.IntegrityError as exc:
+            problems.append({"path": path, "problem": f"damaged in the repository: {exc.message}"})
+    return problems
+
+
+def op_verify_restore(ctx: Context) -> Outcome:
+    """Restore a sample of the newest archive of a backup set into a sandbox and compare it,
+    file by file, with the archive's own checksums and with the source as it is now."""
+    p = ctx.params
+    prefix = p.get("prefix") or ""
+    validation.validate_archive_part(prefix, "Archive prefix")
+    sync_catalog(ctx)
+    archive = newest_of_set(ctx.repo, prefix)
+    if archive is None:
+        raise OperationError(
+            f"No archive named {prefix}-<time> in {ctx.repo.name} to verify yet.", "not_found"
+        )
+    load_contents(ctx, archive)
+    files = list(archive.items.filter(type="-").values_list("path", "size"))
+    count = int(p.get("sample_files") or 20)
+    if p.get("sample_percent"):
+        count = math.ceil(len(files) * int(p["sample_percent"]) / 100)
+    sample = choose_sample(files, count, int(p.get("sample_max_bytes") or 100 * 2**20))
+    result = {"archive_name": archive.name, "files_in_archive": len(files), "sampled": len(sample)}
+    if not sample:
+        return ctx.outcome({**result, "problems": [], "note": "No regular file fits the sample."})
+    root = Path(settings.RESTORE_ROOTS[0]) / ".verify"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sandbox = prepare_empty_dir(str(root / f"job-{ctx.job.pk}"), settings.RESTORE_ROOTS, "Sandbox")
+    try:
+        problems = _compare_sample(ctx, archive, sample, sandbox)
+    finally:
+        shutil.rmtree(sandbox, ignore_errors=True)
+    chosen = set(sample)
+    result.update(
+        bytes=sum(size or 0 for path, size in files if path in chosen),
+        files=sample,
+        problems=problems,
+    )
+    if problems:
+        named = "; ".join(f"{x['path']}: {x['problem']}" for x in problems[:10])
+        raise OperationError(
+            f"Verify-restore of {archive.name} found {len(problems)} problem(s): {named}",
+            "verify_failed",
+            result=result,
+        )
+    return ctx.outcome(result)
+
+
+def _compare_sample(ctx: Context, archive: Archive, sample: list[str], sandbox: Path) -> list:
+    restored = sandbox / "restore"
+    restored.mkdir()
+    try:
+        ctx.borg(borg.extract_cmd(ctx.repo.location, archive.name, str(restored), sample))
+    except borg.IntegrityError:
+        return _damaged(ctx, archive, sample, sandbox)
+    sums = {}
+
+    def collect(raw: bytes) -> None:
+        if raw.strip():
+            item = json.loads(raw)
+            sums[item.get("path")] = item.get("sha256")
+
+    command = borg.list_items_cmd(ctx.repo.location, archive.name, sample, checksums=True)
+    ctx.borg(command, on_line=collect)
+    problems = []
+    for path in sample:
+        copy = restored / path
+        if not copy.is_file():
+            problems.append({"path": path, "problem": "not restored"})
+            continue
+        digest = _sha256(copy)
+        if digest != sums.get(path):
+            problems.append({"path": path, "problem": "restored bytes differ from the archive"})
+            continue
+        source = Path("/" + path)
+        try:
+            same = source.is_file() and _sha256(source) == digest
+        except OSError as exc:
+            problems.append({"path": path, "problem": f"source unreadable: {exc.strerror}"})
+            continue
+        if not source.exists():
+            problems.append({"path": path, "problem": "missing at the source now"})
+        elif not same:
+            problems.append({"path": path, "problem": "differs from the source as it is now"})
+    return problems
 
 
 MOUNT_WAIT = 15.0
@@ -778,4 +916,5 @@ OPERATIONS = {
     Job.Kind.BREAK_LOCK: op_break_lock,
     Job.Kind.CONTENTS: op_contents,
     Job.Kind.DIFF: op_diff,
+    Job.Kind.VERIFY_RESTORE: op_verify_restore,
 }

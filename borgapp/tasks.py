@@ -14,4 +14,13 @@ def maintenance() -> dict:
     from borgapp.models import WorkerHeartbeat
 
     WorkerHeartbeat.objects.update_or_create(pk=1, defaults={"seen_at": timezone.now()})
-    return jobs.reconcile()
+    result = jobs.reconcile()
+    result["retries_dispatched"] = jobs.dispatch_due()
+    return result
+
+
+def run_schedule(schedule_id: int) -> dict:
+    """A Schedule's django-q2 mirror fired (see scheduling.py)."""
+    from borgapp import scheduling
+
+    return scheduling.run_due(schedule_id)

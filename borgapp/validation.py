@@ -205,3 +205,57 @@ def validate_passphrase(value: str) -> str:
     if "\n" in value or "\r" in value or "\0" in value:
         raise InvalidInput("Passphrase must not contain newlines or NUL characters.")
     return value
+
+
+CRON_KEYWORDS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+
+
+def validate_cron(value: str) -> str:
+    """A standard five-field cron expression (or @daily and friends)."""
+    from croniter import croniter
+
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("Cron expression must not be empty.")
+    text = " ".join(value.split())
+    expanded = CRON_KEYWORDS.get(text.lower(), text)
+    if len(expanded.split()) != 5:
+        raise InvalidInput(
+            f"Cron expression {value!r} needs five fields: minute hour day-of-month month "
+            "day-of-week (for example '0 2 * * *' is every day at 02:00)."
+        )
+    if not croniter.is_valid(expanded):
+        raise InvalidInput(
+            f"Cron expression {value!r} is not valid: each field takes numbers in its range "
+            "(minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-6), '*', lists, ranges "
+            "and steps such as '*/15'."
+        )
+    return text
+
+
+def describe_cron(value: str) -> str:
+    """`0 2 * * *` -> `At 02:00 AM`."""
+    from cron_descriptor import Options, get_description
+
+    options = Options()
+    options.use_24hour_time_format = True
+    try:
+        return get_description(CRON_KEYWORDS.get(value.strip().lower(), value), options)
+    except Exception:  # the library raises its own types; a bad expression is caught earlier
+        return value
+
+
+def validate_timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, available_timezones
+
+    if not isinstance(value, str) or value not in available_timezones() and value != "UTC":
+        raise InvalidInput(f"Time zone {value!r} is unknown; use a name like UTC or Europe/Berlin.")
+    ZoneInfo(value)
+    return value

@@ -161,6 +161,10 @@ JOB_DEADLINE = env.int("OPSCENTER_JOB_DEADLINE", default=24 * 3600)
 SEED_WAIT = env.float("OPSCENTER_SEED_WAIT", default=300.0)
 # A running job whose heartbeat is older than this is treated as dead (REL-14).
 JOB_STALE_AFTER = env.int("OPSCENTER_JOB_STALE_AFTER", default=600)
+# Scheduled jobs that fail for a passing reason (connection closed, a foreign lock) are
+# retried up to this many times, waiting RETRY_WAIT, then twice that, and so on (seconds).
+SCHEDULE_RETRIES = env.int("OPSCENTER_SCHEDULE_RETRIES", default=3)
+SCHEDULE_RETRY_WAIT = env.int("OPSCENTER_SCHEDULE_RETRY_WAIT", default=60)
 
 # --- django-q2 (REL-09) ---------------------------------------------------------------------
 

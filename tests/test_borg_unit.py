@@ -133,8 +133,8 @@ LW = "--lock-wait=600"
                 "--strip-components=2",
                 "--",
                 f"{R}::a-1",
-                "home/u",
-                "etc",
+                "pp:home/u",
+                "pp:etc",
             ],
         ),
         (

@@ -2,18 +2,21 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import connections
 
-from borgapp import jobs
+from borgapp import jobs, scheduling
 
 
 class Command(BaseCommand):
     help = (
         "Start the django-q2 cluster that runs jobs, after repairing the state a crash may "
-        "have left (running jobs whose process died become interrupted, REL-14)."
+        "have left (running jobs whose process died become interrupted, REL-14) and repairing the "
+        "django-q2 mirror of the schedules."
     )
 
     def handle(self, *args, **options):
         report = jobs.reconcile()
         self.stdout.write(f"Reconciled before start: {report}")
+        mirrors = scheduling.sync()
+        self.stdout.write(f"Schedules checked before start: {mirrors}")
         # The cluster forks its processes from this one: an SQLite connection inherited
         # across fork() and used on both sides corrupts the database file.
         connections.close_all()

@@ -1,0 +1,230 @@
+import json
+import sys
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from borgapp import scheduling
+from borgapp.management.commands._base import EXIT_FAILED, EXIT_WARNING, job_summary
+from borgapp.models import Job, Repository, RetentionPolicy, Schedule
+
+OPERATIONS = [value.replace("_", "-") for value in Schedule.Operation.values]
+
+
+def schedule_row(schedule: Schedule) -> dict:
+    next_run = scheduling.next_run(schedule)
+    return {
+        "name": schedule.name,
+        "operation": schedule.operation,
+        "repositories": [r.name for r in schedule.repositories.order_by("name")],
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "description": schedule.cron_description,
+        "enabled": schedule.enabled,
+        "paused_until": schedule.paused_until.isoformat() if schedule.paused_until else None,
+        "next_run": next_run.isoformat() if next_run else None,
+        "last_run": schedule.last_run_at.isoformat() if schedule.last_run_at else None,
+        "last_outcome": schedule.last_outcome or None,
+        "last_success": schedule.last_success_at.isoformat() if schedule.last_success_at else None,
+    }
+
+
+def fail(message: str):
+    raise CommandError(message, returncode=EXIT_FAILED)
+
+
+class Command(BaseCommand):
+    help = "Manage schedules: add, list, run, enable, disable, remove, example."
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        add = sub.add_parser("add", help="add a schedule")
+        add.add_argument("schedule", metavar="NAME")
+        add.add_argument("--repository", action="append", required=True, dest="repositories")
+        add.add_argument("--operation", required=True, choices=OPERATIONS)
+        add.add_argument("--cron", required=True)
+        add.add_argument("--timezone", default="UTC")
+        add.add_argument("--source", action="append", default=[], dest="sources")
+        add.add_argument("--exclude", action="append", default=[], dest="excludes")
+        add.add_argument("--prefix", default="backup")
+        add.add_argument("--compression", default="lz4")
+        add.add_argument("--one-file-system", action="store_true")
+        add.add_argument("--checkpoint-interval", type=int)
+        add.add_argument("--comment", default="")
+        add.add_argument("--policy")
+        add.add_argument("--no-compact", action="store_true", help="prune without compact")
+        add.add_argument("--check-scope", choices=Schedule.CheckScope.values, default="both")
+        add.add_argument("--verify-data", action="store_true")
+        add.add_argument("--max-duration", type=int)
+        add.add_argument("--last", type=int, help="check only the last N archives")
+        add.add_argument("--sample-files", type=int, default=20)
+        add.add_argument("--sample-percent", type=int)
+        add.add_argument("--sample-max-bytes", type=int, default=100 * 2**20)
+        add.add_argument("--disabled", action="store_true")
+        listing = sub.add_parser("list", help="schedules with next run, last run, last outcome")
+        listing.add_argument("--json", action="store_true")
+        run = sub.add_parser("run", help="run now and wait")
+        run.add_argument("schedule", metavar="NAME")
+        run.add_argument("--json", action="store_true")
+        for action in ("enable", "disable", "remove"):
+            sub.add_parser(action).add_argument("schedule", metavar="NAME")
+        example = sub.add_parser(
+            "example", help="the guide's daily backup, weekly prune, compact and check (disabled)"
+        )
+        example.add_argument("repository")
+
+    def handle(self, *args, **options):
+        getattr(self, "do_" + options["action"])(options)
+
+    def schedule(self, name: str) -> Schedule:
+        schedule = Schedule.objects.filter(name=name).first()
+        if schedule is None:
+            fail(f"No schedule named {name!r}.")
+        return schedule
+
+    def do_add(self, o):
+        repositories = []
+        for name in o["repositories"]:
+            repo = Repository.objects.filter(name=name).first()
+            if repo is None:
+                fail(f"No repository named {name!r}.")
+            repositories.append(repo)
+        policy = None
+        if o["policy"]:
+            policy = RetentionPolicy.objects.filter(name=o["policy"]).first()
+            if policy is None:
+                fail(f"No retention policy named {o['policy']!r} (see borg_policy add).")
+        schedule = Schedule(
+            name=o["schedule"],
+            operation=o["operation"].replace("-", "_"),
+            cron=o["cron"],
+            timezone=o["timezone"],
+            enabled=not o["disabled"],
+            source_paths=o["sources"],
+            exclude_patterns=o["excludes"],
+            archive_prefix=o["prefix"],
+            compression=o["compression"],
+            one_file_system=o["one_file_system"],
+            checkpoint_interval=o["checkpoint_interval"],
+            comment=o["comment"],
+            retention_policy=policy,
+            compact_after_prune=not o["no_compact"],
+            check_scope=o["check_scope"],
+            verify_data=o["verify_data"],
+            max_duration=o["max_duration"],
+            check_last=o["last"],
+            sample_files=o["sample_files"],
+            sample_percent=o["sample_percent"],
+            sample_max_bytes=o["sample_max_bytes"],
+        )
+        save(schedule, repositories)
+        row = schedule_row(schedule)
+        self.stdout.write(
+            f"Added {schedule.name}: {schedule.operation} {row['description']} "
+            f"({schedule.timezone}); next run {row['next_run'] or '-'}"
+        )
+
+    def do_list(self, o):
+        rows = [schedule_row(s) for s in Schedule.objects.prefetch_related("repositories")]
+        if o["json"]:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            state = "enabled" if r["enabled"] else "disabled"
+            self.stdout.write(
+                f"{r['name']:<24} {r['operation']:<14} {','.join(r['repositories']):<20} "
+                f"{r['cron']:<14} {state:<8} next {r['next_run'] or '-':<26} "
+                f"last {r['last_run'] or '-'} ({r['last_outcome'] or '-'})"
+            )
+
+    def do_run(self, o):
+        schedule = self.schedule(o["schedule"])
+        made = scheduling.start_runs(schedule, trigger=Job.Trigger.CLI, inline=True)
+        for job in made:
+            job.refresh_from_db()
+        if o["json"]:
+            self.stdout.write(json.dumps([job_summary(j) for j in made], indent=2, default=str))
+        else:
+            for job in made:
+                reason = f": {job.error_message}" if job.error_message else ""
+                self.stdout.write(f"{job.repository_name}: job {job.pk} {job.status}{reason}")
+        statuses = {job.status for job in made}
+        if not made:
+            fail(f"Schedule {schedule.name} has no repositories.")
+        if statuses - {Job.Status.SUCCEEDED, Job.Status.WARNING}:
+            fail(f"Schedule {schedule.name}: not every run succeeded ({', '.join(statuses)}).")
+        if Job.Status.WARNING in statuses:
+            sys.exit(EXIT_WARNING)
+
+    def do_enable(self, o):
+        schedule = self.schedule(o["schedule"])
+        schedule.enabled = True
+        schedule.save()
+        self.stdout.write(f"Enabled {schedule.name}; next run {scheduling.next_run(schedule)}")
+
+    def do_disable(self, o):
+        schedule = self.schedule(o["schedule"])
+        schedule.enabled = False
+        schedule.save()
+        self.stdout.write(f"Disabled {schedule.name}.")
+
+    def do_remove(self, o):
+        schedule = self.schedule(o["schedule"])
+        schedule.delete()
+        self.stdout.write(f"Removed {schedule.name}.")
+
+    def do_example(self, o):
+        repo = Repository.objects.filter(name=o["repository"]).first()
+        if repo is None:
+            fail(f"No repository named {o['repository']!r}.")
+        policy, _ = RetentionPolicy.objects.get_or_create(
+            name="guide-weekly", defaults={"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
+        )
+        common = {"enabled": False, "archive_prefix": "daily_backup"}
+        examples = [
+            Schedule(
+                name=f"{repo.name}-daily-backup",
+                operation="backup",
+                cron="0 2 * * *",
+                source_paths=["/var/lib/docker/volumes"],
+                compression="zstd,3",
+                **common,
+            ),
+            Schedule(
+                name=f"{repo.name}-weekly-prune",
+                operation="prune",
+                cron="0 3 * * 0",
+                retention_policy=policy,
+                **common,
+            ),
+            Schedule(
+                name=f"{repo.name}-weekly-compact", operation="compact", cron="0 4 * * 0", **common
+            ),
+            Schedule(
+                name=f"{repo.name}-weekly-check", operation="check", cron="0 5 * * 0", **common
+            ),
+        ]
+        with transaction.atomic():
+            for schedule in examples:
+                save(schedule, [repo])
+        for schedule in examples:
+            self.stdout.write(
+                f"Added {schedule.name} (disabled): {schedule.cron_description}; review it, "
+                f"then: manage.py borg_schedule enable {schedule.name}"
+            )
+
+
+def save(schedule: Schedule, repositories) -> None:
+    """Validate like the admin and the API do, then save with its repositories."""
+    try:
+        schedule.full_clean()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items()
+        )
+        fail(f"Invalid schedule: {problems}")
+    with transaction.atomic():
+        schedule.save()
+        schedule.repositories.set(repositories)
