@@ -225,6 +225,27 @@ def start_runs(
     return made
 
 
+def start_dry_run(schedule: Schedule, *, trigger: str, user=None, inline=False) -> list[Job]:
+    """A prune schedule's dry run: per repository, what its policy would remove and keep."""
+    from borgapp import intake
+
+    if schedule.operation != Schedule.Operation.PRUNE:
+        raise validation.InvalidInput("Only a prune schedule has a dry run.")
+    _, params = params_for(schedule)
+    return [
+        intake.start(
+            Job.Kind.PRUNE,
+            repository,
+            {**params, "dry_run": True},
+            trigger=trigger,
+            user=user,
+            schedule=schedule,
+            inline=inline,
+        )
+        for repository in schedule.repositories.order_by("name")
+    ]
+
+
 def run_due(schedule_id: int) -> dict:
     """The django-q2 task: the mirror fired. Writes the next slot (in the schedule's zone)
     to the mirror, then starts the runs unless the schedule is off or paused."""

@@ -1,6 +1,7 @@
 """API shapes. Secrets are write-only and never serialised back (SEC-03)."""
 
-from croniter import croniter
+from datetime import datetime
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
@@ -297,21 +298,47 @@ class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
             "comment",
             "retention_policy",
             "compact_after_prune",
+            "check_scope",
             "verify_data",
+            "max_duration",
+            "check_last",
+            "sample_files",
+            "sample_percent",
+            "sample_max_bytes",
+            "cron_description",
+            "next_run",
+            "last_run_at",
+            "last_outcome",
+            "last_success_at",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["created_at", "updated_at"]
+        read_only_fields = [
+            "cron_description",
+            "next_run",
+            "last_run_at",
+            "last_outcome",
+            "last_success_at",
+            "created_at",
+            "updated_at",
+        ]
 
-    def validate_cron(self, value):
-        if not croniter.is_valid(value):
-            raise serializers.ValidationError(f"{value!r} is not a valid cron expression.")
-        return value
+    cron_description = serializers.CharField(read_only=True)
+    next_run = serializers.SerializerMethodField()
+
+    def get_next_run(self, schedule) -> datetime | None:
+        from borgapp import scheduling
+
+        return scheduling.next_run(schedule)
 
     def validate_repositories(self, value):
         if not value:
             raise serializers.ValidationError("Choose at least one repository.")
         return value
+
+
+class JobListSerializer(serializers.Serializer):
+    jobs = JobSerializer(many=True)
 
 
 class BackupRequestSerializer(serializers.Serializer):

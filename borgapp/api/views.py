@@ -11,7 +11,7 @@ from rest_framework import serializers as drf_serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from borgapp import intake, jobs, listing, validation, vault
+from borgapp import intake, jobs, listing, scheduling, validation, vault
 from borgapp.api import serializers as s
 from borgapp.api.errors import ApiError
 from borgapp.models import (
@@ -327,3 +327,25 @@ class RetentionPolicyViewSet(viewsets.ModelViewSet):
 class ScheduleViewSet(viewsets.ModelViewSet):
     queryset = Schedule.objects.prefetch_related("repositories").order_by("name")
     serializer_class = s.ScheduleSerializer
+    action_roles = {"run": "operator", "dry_run": "operator"}
+
+    def _jobs(self, request, made):
+        data = s.JobSerializer(made, many=True, context={"request": request}).data
+        return Response({"jobs": data}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: s.JobListSerializer})
+    @action(detail=True, methods=["post"])
+    def run(self, request, pk=None):
+        """Run now: one Job per repository (a skip is recorded where the previous run of this
+        schedule is still queued or running)."""
+        made = scheduling.start_runs(self.get_object(), trigger=Job.Trigger.API, user=request.user)
+        return self._jobs(request, made)
+
+    @extend_schema(request=None, responses={202: s.JobListSerializer})
+    @action(detail=True, methods=["post"], url_path="dry-run")
+    def dry_run(self, request, pk=None):
+        """A prune schedule's dry run: each Job's result lists what would be kept and pruned."""
+        made = scheduling.start_dry_run(
+            self.get_object(), trigger=Job.Trigger.API, user=request.user
+        )
+        return self._jobs(request, made)

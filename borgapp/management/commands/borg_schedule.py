@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from borgapp import scheduling
+from borgapp import scheduling, validation
 from borgapp.management.commands._base import EXIT_FAILED, EXIT_WARNING, job_summary
 from borgapp.models import Job, Repository, RetentionPolicy, Schedule
 
@@ -68,6 +68,9 @@ class Command(BaseCommand):
         run = sub.add_parser("run", help="run now and wait")
         run.add_argument("schedule", metavar="NAME")
         run.add_argument("--json", action="store_true")
+        run.add_argument(
+            "--dry-run", action="store_true", help="prune schedules: only show what would go"
+        )
         for action in ("enable", "disable", "remove"):
             sub.add_parser(action).add_argument("schedule", metavar="NAME")
         example = sub.add_parser(
@@ -141,7 +144,13 @@ class Command(BaseCommand):
 
     def do_run(self, o):
         schedule = self.schedule(o["schedule"])
-        made = scheduling.start_runs(schedule, trigger=Job.Trigger.CLI, inline=True)
+        try:
+            if o["dry_run"]:
+                made = scheduling.start_dry_run(schedule, trigger=Job.Trigger.CLI, inline=True)
+            else:
+                made = scheduling.start_runs(schedule, trigger=Job.Trigger.CLI, inline=True)
+        except validation.InvalidInput as exc:
+            fail(str(exc))
         for job in made:
             job.refresh_from_db()
         if o["json"]:
@@ -150,6 +159,10 @@ class Command(BaseCommand):
             for job in made:
                 reason = f": {job.error_message}" if job.error_message else ""
                 self.stdout.write(f"{job.repository_name}: job {job.pk} {job.status}{reason}")
+                if o["dry_run"]:
+                    for key in ("kept", "pruned"):
+                        for name in job.result.get(key, []):
+                            self.stdout.write(f"  would be {key}: {name}")
         statuses = {job.status for job in made}
         if not made:
             fail(f"Schedule {schedule.name} has no repositories.")
