@@ -2,8 +2,10 @@
 this; here every model can be seen and the configuration edited safely."""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from borgapp import scheduling, validation
+from borgapp.intake import Conflict
 from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy, Schedule
 
 
@@ -64,8 +66,72 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
 
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
-    list_display = ["name", "operation", "cron", "timezone", "enabled"]
+    list_display = [
+        "name",
+        "operation",
+        "cron",
+        "cron_description",
+        "timezone",
+        "enabled",
+        "next_run",
+        "last_run_at",
+        "last_outcome",
+        "last_success_at",
+    ]
+    list_filter = ["operation", "enabled"]
     filter_horizontal = ["repositories"]
+    readonly_fields = [
+        "cron_description",
+        "next_run",
+        "last_run_at",
+        "last_outcome",
+        "last_success_at",
+    ]
+    actions = ["run_now", "prune_dry_run"]
+    fieldsets = [
+        (None, {"fields": ["name", "repositories", "operation", "enabled", "paused_until"]}),
+        ("When", {"fields": ["cron", "timezone", "cron_description", "next_run"]}),
+        (
+            "Backup",
+            {
+                "fields": [
+                    "source_paths",
+                    "exclude_patterns",
+                    "archive_prefix",
+                    "compression",
+                    "one_file_system",
+                    "checkpoint_interval",
+                    "comment",
+                ]
+            },
+        ),
+        ("Prune", {"fields": ["retention_policy", "compact_after_prune"]}),
+        ("Check", {"fields": ["check_scope", "verify_data", "max_duration", "check_last"]}),
+        ("Verify restore", {"fields": ["sample_files", "sample_percent", "sample_max_bytes"]}),
+        ("Last runs", {"fields": ["last_run_at", "last_outcome", "last_success_at"]}),
+    ]
+
+    @admin.display(description="next run")
+    def next_run(self, obj):
+        return scheduling.next_run(obj) if obj.pk else None
+
+    @admin.action(description="Run now (one job per repository)")
+    def run_now(self, request, queryset):
+        self._start(request, queryset, scheduling.start_runs)
+
+    @admin.action(description="Prune dry run: list what would be kept and removed")
+    def prune_dry_run(self, request, queryset):
+        self._start(request, queryset, scheduling.start_dry_run)
+
+    def _start(self, request, queryset, start):
+        for schedule in queryset:
+            try:
+                made = start(schedule, trigger=Job.Trigger.ADMIN, user=request.user)
+            except (validation.InvalidInput, Conflict) as exc:
+                self.message_user(request, f"{schedule.name}: {exc}", messages.ERROR)
+                continue
+            summary = ", ".join(f"{j.repository_name}: job {j.pk} {j.status}" for j in made)
+            self.message_user(request, f"{schedule.name}: {summary}", messages.SUCCESS)
 
 
 @admin.register(Job)

@@ -186,3 +186,12 @@ def web_server(roots, tmp_path):
             time.sleep(0.2)
     yield url, log
     stop_process(proc)
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings):
+    """In-process page renders need no collectstatic manifest (the served app keeps it)."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

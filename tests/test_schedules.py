@@ -433,3 +433,58 @@ def test_worker_killed_mid_scheduled_backup(roots, passfile, tmp_path, worker):
     statuses = sorted(Job.objects.filter(schedule=schedule).values_list("status", flat=True))
     assert statuses == ["interrupted", "succeeded"]  # no second borg for the killed run
     assert settings.Q_CLUSTER["max_attempts"] == 1 and settings.Q_CLUSTER["catch_up"] is False
+
+
+def test_sync_schedules_repairs_the_mirror_and_keeps_a_pending_run(roots, passfile):
+    make_repo(roots, passfile, "main")
+    kept = add("kept", "--repository", "main", "--operation", "compact", "--cron", "0 4 * * *")
+    lost = add("lost", "--repository", "main", "--operation", "compact", "--cron", "0 5 * * *")
+    time_travel(kept, timedelta(minutes=5))  # due: a repair must not swallow this run
+    due = mirror_of(kept).next_run
+    QSchedule.objects.filter(name=scheduling.mirror_name(lost.pk)).delete()
+    QSchedule.objects.create(name="opscenter-schedule-999", func=scheduling.TASK, args="999")
+    QSchedule.objects.create(
+        name=scheduling.mirror_name(kept.pk), func=scheduling.TASK, args=str(kept.pk)
+    )  # a duplicate
+    assert len(scheduling.out_of_sync()) == 3
+    result = cli("sync_schedules", "--json")
+    assert json.loads(result.out) == {"schedules": 2, "repaired": 2, "removed": 1}
+    assert scheduling.out_of_sync() == []
+    assert QSchedule.objects.filter(func=scheduling.TASK).count() == 2
+    assert mirror_of(kept).next_run == due
+    assert mirror_of(lost).next_run > timezone.now()
+
+
+def test_run_now_from_the_api_and_the_admin(roots, passfile, tmp_path, client):
+    from django.contrib.auth.models import User
+
+    make_repo(roots, passfile, "main")
+    RetentionPolicy.objects.create(name="last1", keep_last=1)
+    schedule = add("chk", "--repository", "main", "--operation", "check", "--cron", "0 3 * * *")
+    prune = add("p", "--repository", "main", "--operation", "prune", "--cron", "0 3 * * *",
+                "--prefix", "x", "--policy", "last1")  # fmt: skip
+    viewer, operator = client_for("viewer"), client_for("operator")
+    assert viewer.post(f"/api/v1/schedules/{schedule.pk}/run/").status_code == 403
+    response = operator.post(f"/api/v1/schedules/{schedule.pk}/run/")
+    assert response.status_code == 202
+    [job] = response.json()["jobs"]
+    assert (job["kind"], job["repository_name"], job["trigger"]) == ("check", "main", "api")
+    again = operator.post(f"/api/v1/schedules/{schedule.pk}/run/").json()["jobs"]
+    assert again[0]["status"] == "skipped"  # the first is still queued
+    assert operator.post(f"/api/v1/schedules/{schedule.pk}/dry-run/").status_code == 400
+    dry = operator.post(f"/api/v1/schedules/{prune.pk}/dry-run/").json()["jobs"]
+    assert Job.objects.get(pk=dry[0]["id"]).params["dry_run"] is True
+    body = viewer.get(f"/api/v1/schedules/{schedule.pk}/").json()
+    assert body["cron_description"] == "At 03:00" and body["next_run"]
+    admin = User.objects.create_superuser("root", password="x" * 20)
+    client.force_login(admin)
+    Job.objects.filter(schedule=schedule).update(status="succeeded")
+    page = client.post(
+        "/admin/borgapp/schedule/",
+        {"action": "run_now", "_selected_action": [schedule.pk]},
+        follow=True,
+    )
+    assert page.status_code == 200
+    latest = Job.objects.filter(schedule=schedule).latest("pk")
+    assert latest.trigger == "admin" and latest.status == "queued"
+    assert f"Chk: main: job {latest.pk} queued" in page.content.decode()  # capitalised
