@@ -488,3 +488,20 @@ def test_run_now_from_the_api_and_the_admin(roots, passfile, tmp_path, client):
     latest = Job.objects.filter(schedule=schedule).latest("pk")
     assert latest.trigger == "admin" and latest.status == "queued"
     assert f"Chk: main: job {latest.pk} queued" in page.content.decode()  # capitalised
+
+
+def test_a_policy_in_use_cannot_be_deleted(roots, passfile):
+    make_repo(roots, passfile, "main")
+    policy = RetentionPolicy.objects.create(name="last1", keep_last=1)
+    add("p", "--repository", "main", "--operation", "prune", "--cron", "0 3 * * *",
+        "--prefix", "x", "--policy", "last1")  # fmt: skip
+    response = client_for("admin").delete(f"/api/v1/retention-policies/{policy.pk}/")
+    assert response.status_code == 409
+    assert response.json() == {
+        "success": False,
+        "error": "in_use",
+        "message": "Still in use by: p. Change or remove those first.",
+    }
+    removed = cli("borg_policy", "remove", "last1")
+    assert removed.code == 2 and "used by: p" in removed.err
+    assert RetentionPolicy.objects.filter(pk=policy.pk).exists()

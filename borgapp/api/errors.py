@@ -2,6 +2,7 @@
 `fields` for invalid input. Raw borg output never reaches a client."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -53,6 +54,10 @@ def handler(exc, context):
         return Response(body("invalid_input", "Invalid input.", fields=fields), status=400)
     if isinstance(exc, Conflict):
         return Response(body("conflict", str(exc)), status=409)
+    if isinstance(exc, ProtectedError):
+        users = sorted({str(obj) for obj in exc.protected_objects})[:10]
+        message = f"Still in use by: {', '.join(users)}. Change or remove those first."
+        return Response(body("in_use", message), status=409)
     if isinstance(exc, borg.BorgError):
         return Response(body(exc.code, exc.message), status=status_for_job_error(exc.code))
     if isinstance(exc, Http404):
