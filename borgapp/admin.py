@@ -1,17 +1,72 @@
-"""Admin registration. The full control panel (actions, dashboard, live job pages) builds on
-this; here every model can be seen and the configuration edited safely."""
+"""The admin as the control panel. Every page is checked by role (viewer reads, operator runs
+jobs, admin configures); every operation queues a Job through `intake` and links to it."""
+
+from datetime import datetime
 
 from django import forms
 from django.contrib import admin, messages
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from borgapp import scheduling, validation
-from borgapp.intake import Conflict
+from borgapp import admin_views as views
+from borgapp import intake, scheduling, validation
+from borgapp.api.permissions import has_role
 from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy, Schedule
 
 
+class RoleAdmin(admin.ModelAdmin):
+    """Permissions from the role groups instead of per-model Django permissions."""
+
+    write_role = "admin"
+
+    def has_module_permission(self, request):
+        return has_role(request.user, "viewer")
+
+    def has_view_permission(self, request, obj=None):
+        return has_role(request.user, "viewer")
+
+    def has_add_permission(self, request):
+        return has_role(request.user, self.write_role)
+
+    def has_change_permission(self, request, obj=None):
+        return has_role(request.user, self.write_role)
+
+    def has_delete_permission(self, request, obj=None):
+        return has_role(request.user, self.write_role)
+
+    def has_operate_permission(self, request):
+        return has_role(request.user, "operator")
+
+    def page(self, route: str, view, url_name: str, **kwargs):
+        def wrapped(request, *args, **more):
+            return view(self, request, *args, **{**kwargs, **more})
+
+        return path(route, self.admin_site.admin_view(wrapped), name=url_name)
+
+    def links(self, obj, pages):
+        return format_html_join(
+            " · ",
+            '<a href="{}">{}</a>',
+            ((reverse(name, args=[obj.pk]), label) for name, label in pages),
+        )
+
+
+# --- repositories ------------------------------------------------------------------------------
+
+
 class RepositoryForm(forms.ModelForm):
+    setup = forms.ChoiceField(
+        choices=[
+            ("init", "Initialize a new borg repository"),
+            ("import", "Import an existing one"),
+        ],
+        required=False,
+        help_text="For a new registration only.",
+    )
     passphrase = forms.CharField(
         required=False,
+        strip=False,
         widget=forms.PasswordInput(render_value=False),
         help_text="Stored encrypted; never shown. Leave blank to keep the stored one.",
     )
@@ -29,28 +84,168 @@ class RepositoryForm(forms.ModelForm):
         return repo
 
 
+REPO_PAGES = [
+    ("backup", "Back up now", views.backup),
+    ("prune", "Prune", views.prune),
+    ("change-passphrase", "Change passphrase", views.change_passphrase),
+]
+
+
 @admin.register(Repository)
-class RepositoryAdmin(admin.ModelAdmin):
+class RepositoryAdmin(RoleAdmin):
     form = RepositoryForm
-    list_display = ["name", "location", "encryption", "state", "append_only", "updated_at"]
+    list_display = ["name", "health", "location", "archive_count", "size", "last_backup", "state"]
     search_fields = ["name", "location"]
     readonly_fields = [
-        "state",
-        "borg_id",
-        "total_size",
-        "unique_compressed_size",
-        "stats_updated_at",
-        "catalog_synced_at",
-        "lease_job",
-    ]
+        "state", "operations", "borg_id", "total_size", "unique_compressed_size",
+        "stats_updated_at", "catalog_synced_at", "lease_job",
+    ]  # fmt: skip
+
+    def get_queryset(self, request):
+        from django.db.models import Count, Max, Q
+
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_archives=Count("archives", filter=Q(archives__is_checkpoint=False)),
+                newest=Max("archives__start", filter=Q(archives__is_checkpoint=False)),
+            )
+        )
+
+    def get_fields(self, request, obj=None):
+        fields = ["name", "location", "encryption", "append_only", "passphrase"]
+        if obj is None:
+            return ["setup", *fields]
+        return [*fields, *self.readonly_fields]
+
+    @admin.display(description="archives", ordering="n_archives")
+    def archive_count(self, obj):
+        return obj.n_archives
+
+    @admin.display(description="last backup", ordering="newest")
+    def last_backup(self, obj):
+        return obj.newest
+
+    @admin.display(description="size on disk", ordering="unique_compressed_size")
+    def size(self, obj):
+        from borgapp.templatetags.humanize_bytes import human_bytes
+
+        return human_bytes(obj.unique_compressed_size)
+
+    @admin.display(description="health")
+    def health(self, obj):
+        from datetime import timedelta
+
+        from django.conf import settings
+
+        if obj.newest is None:
+            colour, text = "red", "no backup yet"
+        elif timezone.now() - obj.newest > timedelta(hours=settings.BACKUP_OVERDUE_HOURS):
+            colour, text = "red", "overdue"
+        else:
+            colour, text = "green", "ok"
+        return format_html('<span class="oc-h" data-health="{}">● {}</span>', colour, text)
+
+    @admin.display(description="operations")
+    def operations(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        pages = [
+            (f"admin:borgapp_repository_{name.replace('-', '_')}", label)
+            for name, label, _ in REPO_PAGES
+        ]
+        pages += [
+            (f"admin:borgapp_repository_{name.replace('-', '_')}", label)
+            for name, label in (
+                ("compact", "Compact"), ("check", "Check"), ("sync", "Sync catalog"),
+                ("break-lock", "Break lock"), ("key-export", "Export key"),
+            )
+        ]  # fmt: skip
+        return self.links(obj, pages)
+
+    def get_urls(self):
+        urls = [
+            self.page(f"<int:pk>/{name}/", view, f"borgapp_repository_{name.replace('-', '_')}")
+            for name, _, view in REPO_PAGES
+        ]
+        urls += [
+            self.page(
+                f"<int:pk>/{name}/", views.simple, f"borgapp_repository_{name.replace('-', '_')}",
+                name=name,
+            )
+            for name in views.SIMPLE
+        ]  # fmt: skip
+        return urls + super().get_urls()
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        # A new registration: init or import through intake (its passphrase is stored only
+        # if borg accepts it).
+        create = form.cleaned_data.get("setup", "init") != "import"
+        job = intake.register(
+            obj.name,
+            obj.location,
+            form.cleaned_data.get("passphrase") or None,
+            create=create,
+            encryption=obj.encryption,
+            append_only=obj.append_only,
+            trigger=Job.Trigger.ADMIN,
+            user=request.user,
+        )
+        obj.pk = job.repository_id
+        obj.refresh_from_db()
+        what = "Initialization" if create else "Import"
+        url = (
+            reverse("admin:borgapp_repository_job", args=[job.pk])
+            if False
+            else reverse("admin:borgapp_job_change", args=[job.pk])
+        )
+        messages.success(
+            request,
+            format_html(
+                '{} of repository {} queued as <a href="{}">job {}</a>.',
+                what,
+                obj.name,
+                url,
+                job.pk,
+            ),
+        )
+
+    def add_view(self, request, form_url="", extra_context=None):
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except (validation.InvalidInput, intake.Conflict) as exc:
+            messages.error(request, str(exc))
+            from django.shortcuts import redirect
+
+            return redirect(request.path)
+
+
+# --- archives ----------------------------------------------------------------------------------
+
+ARCHIVE_PAGES = [
+    ("contents", "Browse contents", views.contents),
+    ("diff", "Compare with another archive", views.diff),
+    ("extract", "Extract", views.extract),
+    ("mount", "Mount / unmount", views.mount),
+    ("delete-archive", "Delete", views.delete_archive),
+]
 
 
 @admin.register(Archive)
-class ArchiveAdmin(admin.ModelAdmin):
-    list_display = ["name", "repository", "start", "original_size", "nfiles", "is_checkpoint"]
+class ArchiveAdmin(RoleAdmin):
+    list_display = [
+        "name", "repository", "start", "duration_text", "original_size_text",
+        "deduplicated_size_text", "ratio", "nfiles", "is_checkpoint",
+    ]  # fmt: skip
     list_filter = ["repository", "is_checkpoint", "created_by_app"]
-    search_fields = ["name"]
+    list_select_related = ["repository"]
+    search_fields = ["name", "comment", "hostname"]
     date_hierarchy = "start"
+    show_full_result_count = False
+    readonly_fields = ["operations"]
 
     def has_add_permission(self, request):
         return False
@@ -58,50 +253,82 @@ class ArchiveAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # deleting runs borg: the Delete page queues a job
+
+    def get_fields(self, request, obj=None):
+        names = [f.name for f in Archive._meta.fields if f.editable and f.name != "id"]
+        return ["operations", *names]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
+    @admin.display(description="operations")
+    def operations(self, obj):
+        pages = [
+            (f"admin:borgapp_archive_{n.replace('-', '_')}", label) for n, label, _ in ARCHIVE_PAGES
+        ]
+        return self.links(obj, pages)
+
+    @admin.display(description="duration", ordering="duration")
+    def duration_text(self, obj):
+        return f"{obj.duration:.0f} s" if obj.duration is not None else "–"
+
+    @admin.display(description="original", ordering="original_size")
+    def original_size_text(self, obj):
+        from borgapp.templatetags.humanize_bytes import human_bytes
+
+        return human_bytes(obj.original_size)
+
+    @admin.display(description="added", ordering="deduplicated_size")
+    def deduplicated_size_text(self, obj):
+        from borgapp.templatetags.humanize_bytes import human_bytes
+
+        return human_bytes(obj.deduplicated_size)
+
+    @admin.display(description="dedup ratio")
+    def ratio(self, obj):
+        value = obj.deduplication_ratio
+        return f"{value:.1f}×" if value else "–"
+
+    def get_urls(self):
+        urls = [
+            self.page(f"<int:pk>/{name}/", view, f"borgapp_archive_{name.replace('-', '_')}")
+            for name, _, view in ARCHIVE_PAGES
+        ]
+        return urls + super().get_urls()
+
+
+# --- policies and schedules ------------------------------------------------------------------
+
 
 @admin.register(RetentionPolicy)
-class RetentionPolicyAdmin(admin.ModelAdmin):
-    list_display = ["name", "keep_within", *RetentionPolicy.KEEP_FIELDS]
+class RetentionPolicyAdmin(RoleAdmin):
+    list_display = ["name", "keep_within", *RetentionPolicy.KEEP_FIELDS, "is_recommended"]
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(RoleAdmin):
     list_display = [
-        "name",
-        "operation",
-        "cron",
-        "cron_description",
-        "timezone",
-        "enabled",
-        "next_run",
-        "last_run_at",
-        "last_outcome",
-        "last_success_at",
-    ]
+        "name", "operation", "cron", "cron_description", "timezone", "enabled", "paused_until",
+        "next_run", "last_run_at", "last_outcome", "last_success_at",
+    ]  # fmt: skip
     list_filter = ["operation", "enabled"]
     filter_horizontal = ["repositories"]
     readonly_fields = [
-        "cron_description",
-        "next_run",
-        "last_run_at",
-        "last_outcome",
+        "cron_description", "next_run", "next_five", "last_run_at", "last_outcome",
         "last_success_at",
-    ]
-    actions = ["run_now", "prune_dry_run"]
+    ]  # fmt: skip
+    actions = ["run_now", "prune_dry_run", "pause_day", "resume"]
     fieldsets = [
         (None, {"fields": ["name", "repositories", "operation", "enabled", "paused_until"]}),
-        ("When", {"fields": ["cron", "timezone", "cron_description", "next_run"]}),
+        ("When", {"fields": ["cron", "timezone", "cron_description", "next_run", "next_five"]}),
         (
             "Backup",
             {
                 "fields": [
-                    "source_paths",
-                    "exclude_patterns",
-                    "archive_prefix",
-                    "compression",
-                    "one_file_system",
-                    "checkpoint_interval",
-                    "comment",
+                    "source_paths", "exclude_patterns", "archive_prefix", "compression",
+                    "one_file_system", "checkpoint_interval", "comment",
                 ]
             },
         ),
@@ -109,62 +336,122 @@ class ScheduleAdmin(admin.ModelAdmin):
         ("Check", {"fields": ["check_scope", "verify_data", "max_duration", "check_last"]}),
         ("Verify restore", {"fields": ["sample_files", "sample_percent", "sample_max_bytes"]}),
         ("Last runs", {"fields": ["last_run_at", "last_outcome", "last_success_at"]}),
-    ]
+    ]  # fmt: skip
 
     @admin.display(description="next run")
     def next_run(self, obj):
         return scheduling.next_run(obj) if obj.pk else None
 
-    @admin.action(description="Run now (one job per repository)")
+    @admin.display(description="the next five runs")
+    def next_five(self, obj):
+        if not obj.pk or not obj.enabled:
+            return "–"
+        runs: list[datetime] = []
+        after = None
+        for _ in range(5):
+            after = scheduling.next_slot(obj, after)
+            runs.append(after)
+        return format_html_join(
+            ", ", "{}", ((timezone.localtime(run).strftime("%Y-%m-%d %H:%M %Z"),) for run in runs)
+        )
+
+    @admin.action(description="Run now (one job per repository)", permissions=["operate"])
     def run_now(self, request, queryset):
         self._start(request, queryset, scheduling.start_runs)
 
-    @admin.action(description="Prune dry run: list what would be kept and removed")
+    @admin.action(
+        description="Prune dry run: what would be kept and removed", permissions=["operate"]
+    )
     def prune_dry_run(self, request, queryset):
         self._start(request, queryset, scheduling.start_dry_run)
+
+    @admin.action(description="Pause for 24 hours", permissions=["change"])
+    def pause_day(self, request, queryset):
+        until = timezone.now() + timezone.timedelta(hours=24)
+        for schedule in queryset:
+            schedule.paused_until = until
+            schedule.save()
+        messages.success(
+            request, f"Paused {queryset.count()} schedule(s) until {until:%Y-%m-%d %H:%M} UTC."
+        )
+
+    @admin.action(description="Resume (end a pause)", permissions=["change"])
+    def resume(self, request, queryset):
+        for schedule in queryset:
+            schedule.paused_until = None
+            schedule.save()
+        messages.success(request, f"Resumed {queryset.count()} schedule(s).")
 
     def _start(self, request, queryset, start):
         for schedule in queryset:
             try:
                 made = start(schedule, trigger=Job.Trigger.ADMIN, user=request.user)
-            except (validation.InvalidInput, Conflict) as exc:
+            except (validation.InvalidInput, intake.Conflict) as exc:
                 self.message_user(request, f"{schedule.name}: {exc}", messages.ERROR)
                 continue
-            summary = ", ".join(f"{j.repository_name}: job {j.pk} {j.status}" for j in made)
-            self.message_user(request, f"{schedule.name}: {summary}", messages.SUCCESS)
+            summary = format_html_join(
+                ", ",
+                '{}: <a href="{}">job {}</a> {}',
+                (
+                    (
+                        j.repository_name,
+                        reverse("admin:borgapp_job_change", args=[j.pk]),
+                        j.pk,
+                        j.status,
+                    )
+                    for j in made
+                ),
+            )
+            self.message_user(
+                request, format_html("{}: {}", schedule.name, summary), messages.SUCCESS
+            )
+
+
+# --- jobs ----------------------------------------------------------------------------------------
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(RoleAdmin):
     list_display = [
-        "id",
-        "kind",
-        "repository_name",
-        "status",
-        "trigger",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ]
-    list_filter = ["status", "kind", "trigger"]
+        "id", "kind", "repository_name", "status_badge", "trigger", "created_at", "started_at",
+        "finished_at", "error_message",
+    ]  # fmt: skip
+    list_filter = ["status", "kind", "trigger", "repository_name"]
     search_fields = ["repository_name", "archive_name", "error_message"]
+    show_full_result_count = False
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return format_html('<span class="oc-badge oc-{}">{}</span>', obj.status, obj.status)
 
     def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False
 
     def has_delete_permission(self, request, obj=None):
         # a queued or running job may hold a repository's lease: it is history only when done
         if obj is not None and not obj.is_finished:
             return False
-        return super().has_delete_permission(request, obj)
+        return has_role(request.user, "admin")
 
-    def has_change_permission(self, request, obj=None):
-        return False
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        return views.job_page(self, request, object_id)
+
+    def get_urls(self):
+        return [
+            self.page("<int:pk>/cancel/", views.cancel_job, "borgapp_job_cancel"),
+            self.page("<int:pk>/key/", views.download_key, "borgapp_job_key"),
+        ] + super().get_urls()
 
 
 @admin.register(Mount)
-class MountAdmin(admin.ModelAdmin):
+class MountAdmin(RoleAdmin):
     list_display = ["mountpoint", "repository", "archive_name", "created_at"]
 
     def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

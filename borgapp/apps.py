@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 from django.db.models.signals import post_delete, post_migrate, post_save
 
 
@@ -42,3 +43,10 @@ def _ensure_roles(**kwargs):
 
     for name in ROLES:
         Group.objects.get_or_create(name=name)
+
+
+class OpsAdminConfig(admin_apps.AdminConfig):
+    """django.contrib.admin with the Ops Center site (its start page is the dashboard)."""
+
+    default = False
+    default_site = "borgapp.admin_site.OpsAdminSite"

@@ -410,3 +410,12 @@ def reconcile() -> dict:
         if repository_id is not None:
             dispatch_next(repository_id)
     return {"interrupted": interrupted, "released": released, "mounts_cleared": len(vanished)}
+
+
+def take_exported_key(job: Job) -> str | None:
+    """The key a key-export job exported, once: it is deleted as it is taken."""
+    taken = Job.objects.filter(pk=job.pk, kind=Job.Kind.KEY_EXPORT).exclude(secret_payload="")
+    token = taken.values_list("secret_payload", flat=True).first()
+    if not token or not taken.update(secret_payload=""):
+        return None
+    return vault.decrypt(token)

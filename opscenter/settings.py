@@ -34,7 +34,7 @@ BORG_ENCRYPTION_KEYS = env.list("BORG_ENCRYPTION_KEY", default=[]) or [
 ]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "borgapp.apps.OpsAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -160,6 +160,8 @@ JOB_DEADLINE = env.int("OPSCENTER_JOB_DEADLINE", default=24 * 3600)
 # How long the integration guide's routes wait for their job before answering 202.
 SEED_WAIT = env.float("OPSCENTER_SEED_WAIT", default=300.0)
 # A running job whose heartbeat is older than this is treated as dead (REL-14).
+# A repository whose last successful backup is older than this shows red (the guide: 25 h).
+BACKUP_OVERDUE_HOURS = env.int("OPSCENTER_BACKUP_OVERDUE_HOURS", default=25)
 JOB_STALE_AFTER = env.int("OPSCENTER_JOB_STALE_AFTER", default=600)
 # Scheduled jobs that fail for a passing reason (connection closed, a foreign lock) are
 # retried up to this many times, waiting RETRY_WAIT, then twice that, and so on (seconds).

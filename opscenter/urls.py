@@ -2,9 +2,6 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-admin.site.site_header = "Ops Center for BorgBackup"
-admin.site.site_title = "Ops Center"
-
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("borgapp.api.urls")),

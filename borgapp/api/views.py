@@ -11,7 +11,7 @@ from rest_framework import serializers as drf_serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from borgapp import intake, jobs, listing, scheduling, validation, vault
+from borgapp import intake, jobs, listing, scheduling, validation
 from borgapp.api import serializers as s
 from borgapp.api.errors import ApiError
 from borgapp.models import (
@@ -62,12 +62,10 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def key(self, request, pk=None):
         """The key a key-export job exported, once: it is deleted when fetched."""
-        job = self.get_object()
-        taken = Job.objects.filter(pk=job.pk, kind=Job.Kind.KEY_EXPORT).exclude(secret_payload="")
-        token = taken.values_list("secret_payload", flat=True).first()
-        if not token or not taken.update(secret_payload=""):
+        key = jobs.take_exported_key(self.get_object())
+        if key is None:
             raise ApiError("not_found", "No exported key waits here (fetched already?).", 404)
-        return Response({"key": vault.decrypt(token)})
+        return Response({"key": key})
 
 
 class RepositoryViewSet(viewsets.ModelViewSet):

@@ -1,0 +1,44 @@
+"""The admin site: its start page is the dashboard (health of every repository, the last
+day's jobs, stored size over time), drawn from the catalog only."""
+
+from django.contrib import admin
+
+CHART_W, CHART_H, CHART_POINTS = 320, 60, 120
+
+
+def chart(points) -> dict | None:
+    """An SVG polyline of (time, bytes) points, scaled into the chart box (no JS, no CDN)."""
+    if len(points) < 2:
+        return None
+    step = max(1, len(points) // CHART_POINTS)
+    sample = points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+    t0, t1 = sample[0][0].timestamp(), sample[-1][0].timestamp()
+    top = max(size for _, size in sample) or 1
+    span = (t1 - t0) or 1
+    coords = " ".join(
+        f"{(when.timestamp() - t0) / span * CHART_W:.1f},{CHART_H - size / top * CHART_H:.1f}"
+        for when, size in sample
+    )
+    return {"points": coords, "top": top, "first": sample[0][0], "last": sample[-1][0]}
+
+
+class OpsAdminSite(admin.AdminSite):
+    site_header = "Ops Center for BorgBackup"
+    site_title = "Ops Center"
+    index_title = "Dashboard"
+    index_template = "admin/opscenter_index.html"
+
+    def index(self, request, extra_context=None):
+        from borgapp import health
+
+        rows = health.repositories()
+        series = health.size_series([row.repository.pk for row in rows])
+        for row in rows:
+            row.chart = chart(series.get(row.repository.pk, []))
+        context = {
+            "health_rows": rows,
+            "recent_jobs": list(health.recent_jobs()),
+            "chart_w": CHART_W,
+            "chart_h": CHART_H,
+        }
+        return super().index(request, {**context, **(extra_context or {})})

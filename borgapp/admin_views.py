@@ -1,0 +1,456 @@
+"""The admin's operation pages: forms that validate, then queue a Job through `intake` and
+say so with a link ("Backup of repository X queued as job 42"). No page runs borg itself."""
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from borgapp import intake, jobs, listing, scheduling, validation
+from borgapp.api.permissions import has_role
+from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
+
+PAGE = 200
+
+
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def require(request, role: str) -> None:
+    if not has_role(request.user, role):
+        raise PermissionDenied(f"Your role does not allow this ({role} needed).")
+
+
+def queued(request, job: Job, what: str):
+    """Confirm what was started, with a link to watch it; then go to the job page."""
+    url = reverse("admin:borgapp_job_change", args=[job.pk])
+    if job.status == Job.Status.SKIPPED:
+        messages.warning(request, f"{what} skipped: {job.error_message}")
+    else:
+        messages.success(
+            request, format_html('{} queued as <a href="{}">job {}</a>.', what, url, job.pk)
+        )
+    return redirect(url)
+
+
+def render(request, model_admin, title: str, template: str, **context):
+    base = model_admin.admin_site.each_context(request)
+    opts = model_admin.model._meta
+    return TemplateResponse(request, template, {**base, "title": title, "opts": opts, **context})
+
+
+def start_or_error(request, kind, repo, params, what, **kwargs):
+    try:
+        job = intake.start(
+            kind, repo, params, trigger=Job.Trigger.ADMIN, user=request.user, **kwargs
+        )
+    except (validation.InvalidInput, intake.Conflict) as exc:
+        messages.error(request, f"{what}: {exc}")
+        return None
+    return queued(request, job, what)
+
+
+# --- repositories ------------------------------------------------------------------------------
+
+
+class BackupForm(forms.Form):
+    schedule = forms.ModelChoiceField(
+        queryset=Schedule.objects.none(),
+        required=False,
+        help_text="Use a backup schedule's settings; or leave empty and fill in the sources.",
+    )
+    sources = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="one path per line"
+    )
+    excludes = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        required=False,
+        help_text="one pattern per line (borg's pattern syntax, e.g. sh:**/*.tmp)",
+    )
+    prefix = forms.CharField(initial="manual", help_text="archives are named PREFIX-<UTC time>")
+    compression = forms.CharField(initial="lz4")
+
+    def __init__(self, repo, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["schedule"].queryset = repo.schedules.filter(operation="backup")
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("schedule") and not lines(data.get("sources", "")):
+            raise forms.ValidationError("Choose a backup schedule or give at least one source.")
+        return data
+
+
+def backup(model_admin, request, pk):
+    require(request, "operator")
+    repo = get_object_or_404(Repository, pk=pk)
+    form = BackupForm(repo, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        schedule = data["schedule"]
+        if schedule:
+            _, params = scheduling.params_for(schedule)
+        else:
+            params = {
+                "sources": lines(data["sources"]),
+                "excludes": lines(data["excludes"]),
+                "prefix": data["prefix"],
+                "compression": data["compression"],
+            }
+        response = start_or_error(
+            request, Job.Kind.BACKUP, repo, params, f"Backup of repository {repo.name}",
+            schedule=schedule,
+        )  # fmt: skip
+        if response:
+            return response
+    return render(
+        request, model_admin, f"Back up {repo.name} now", "admin/borgapp/operation_form.html",
+        form=form, object=repo, button="Back up now",
+    )  # fmt: skip
+
+
+class PruneForm(forms.Form):
+    prefix = forms.CharField(help_text="the backup set: archives named PREFIX-<UTC time>")
+    policy = forms.ModelChoiceField(queryset=RetentionPolicy.objects.all(), to_field_name="name")
+    compact = forms.BooleanField(required=False, initial=True, label="Compact afterwards")
+
+
+def prune(model_admin, request, pk):
+    """First a dry run (its job lists what would be kept and removed), then the prune itself
+    from the job page's confirm button."""
+    require(request, "operator")
+    repo = get_object_or_404(Repository, pk=pk)
+    form = PruneForm(request.POST or request.GET or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        confirmed = "confirm" in request.POST
+        params = {
+            "prefix": data["prefix"],
+            "policy": data["policy"].name,
+            "compact": data["compact"],
+            "dry_run": not confirmed,
+        }
+        what = f"Prune of {repo.name}" if confirmed else f"Prune preview of {repo.name}"
+        response = start_or_error(request, Job.Kind.PRUNE, repo, params, what)
+        if response:
+            return response
+    return render(
+        request, model_admin, f"Prune {repo.name}", "admin/borgapp/operation_form.html",
+        form=form, object=repo, button="Preview what would be removed",
+        note="Nothing is removed yet: the preview job lists what would be kept and removed, "
+        "and its page has the button that prunes.",
+    )  # fmt: skip
+
+
+class CheckForm(forms.Form):
+    scope = forms.ChoiceField(choices=Schedule.CheckScope.choices)
+    verify_data = forms.BooleanField(required=False, help_text="read and verify all data (slow)")
+
+
+SIMPLE = {
+    "compact": (Job.Kind.COMPACT, "operator", "Compact frees the space of deleted archives."),
+    "sync": (
+        Job.Kind.SYNC,
+        "operator",
+        "Reads the archive list from borg and updates the catalog to match it.",
+    ),
+    "break-lock": (
+        Job.Kind.BREAK_LOCK,
+        "admin",
+        "Removes borg's lock on this repository. Do this only when no borg process anywhere "
+        "uses it (a crashed client left the lock behind): breaking the lock of a running borg "
+        "can damage the repository.",
+    ),
+    "check": (Job.Kind.CHECK, "operator", "Checks the repository and its archives."),
+    "key-export": (
+        Job.Kind.KEY_EXPORT,
+        "admin",
+        "Exports the repository key. Anyone with the key and the passphrase can read every "
+        "backup: the key is offered once on the job's page and then deleted from the server.",
+    ),
+}
+
+
+def simple(model_admin, request, pk, name):
+    kind, role, explanation = SIMPLE[name]
+    require(request, role)
+    repo = get_object_or_404(Repository, pk=pk)
+    data = request.POST if request.method == "POST" else None
+    form = CheckForm(data) if kind == Job.Kind.CHECK else forms.Form(data)
+    label = dict(Job.Kind.choices)[kind]
+    if request.method == "POST" and form.is_valid():
+        params = {}
+        if kind == Job.Kind.CHECK:
+            scope = form.cleaned_data["scope"]
+            params = {
+                "repository_only": scope == "repository",
+                "archives_only": scope == "archives",
+                "verify_data": form.cleaned_data["verify_data"],
+            }
+        response = start_or_error(request, kind, repo, params, f"{label} of {repo.name}")
+        if response:
+            if kind == Job.Kind.KEY_EXPORT:
+                model_admin.log_change(request, repo, "Exported the repository key.")
+            return response
+    return render(
+        request, model_admin, f"{label}: {repo.name}", "admin/borgapp/operation_form.html",
+        form=form, object=repo, button=label, note=explanation,
+    )  # fmt: skip
+
+
+class PassphraseForm(forms.Form):
+    passphrase = forms.CharField(widget=forms.PasswordInput, strip=False, label="New passphrase")
+    again = forms.CharField(widget=forms.PasswordInput, strip=False, label="Repeat it")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("passphrase") != data.get("again"):
+            raise forms.ValidationError("The two passphrases differ.")
+        return data
+
+
+def change_passphrase(model_admin, request, pk):
+    require(request, "admin")
+    repo = get_object_or_404(Repository, pk=pk)
+    form = PassphraseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = intake.change_passphrase(
+                repo, form.cleaned_data["passphrase"], trigger=Job.Trigger.ADMIN, user=request.user
+            )
+        except (validation.InvalidInput, intake.Conflict) as exc:
+            messages.error(request, str(exc))
+        else:
+            return queued(request, job, f"Passphrase change of {repo.name}")
+    return render(
+        request, model_admin, f"Change the passphrase of {repo.name}",
+        "admin/borgapp/operation_form.html", form=form, object=repo, button="Change passphrase",
+        note="borg re-encrypts the key with the new passphrase; the stored one is replaced "
+        "only when borg has done so.",
+    )  # fmt: skip
+
+
+# --- archives ----------------------------------------------------------------------------------
+
+
+class ExtractForm(forms.Form):
+    target = forms.CharField(help_text="a new or empty directory under a restore root")
+    paths = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        help_text="paths inside the archive, one per line (empty: everything)",
+    )
+    strip_components = forms.IntegerField(min_value=0, initial=0)
+
+
+def extract(model_admin, request, pk):
+    require(request, "operator")
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    initial = {
+        "target": f"{settings.RESTORE_ROOTS[0]}/{archive.name}",
+        "paths": "\n".join(request.GET.getlist("path")),
+    }
+    form = ExtractForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        params = {
+            "archive": archive.name,
+            "target": data["target"],
+            "paths": lines(data["paths"]),
+            "strip_components": data["strip_components"],
+        }
+        response = start_or_error(
+            request, Job.Kind.EXTRACT, archive.repository, params, f"Extract of {archive.name}"
+        )
+        if response:
+            return response
+    return render(
+        request, model_admin, f"Extract {archive.name}", "admin/borgapp/operation_form.html",
+        form=form, object=archive, button="Extract",
+        note=f"Restore roots: {', '.join(str(r) for r in settings.RESTORE_ROOTS)}.",
+    )  # fmt: skip
+
+
+class MountForm(forms.Form):
+    mountpoint = forms.CharField(help_text="a new or empty directory under a mount root")
+
+
+def mount(model_admin, request, pk):
+    require(request, "operator")
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    existing = archive.repository.mounts.filter(archive_name=archive.name).first()
+    if request.method == "POST" and existing is not None and "umount" in request.POST:
+        try:
+            job = intake.umount(existing.mountpoint, trigger=Job.Trigger.ADMIN, user=request.user)
+        except (validation.InvalidInput, intake.Conflict) as exc:
+            messages.error(request, str(exc))
+        else:
+            return queued(request, job, f"Unmount of {existing.mountpoint}")
+    initial = {"mountpoint": f"{settings.MOUNT_ROOTS[0]}/{archive.name}"}
+    form = MountForm(request.POST if "umount" not in request.POST else None, initial=initial)
+    if request.method == "POST" and "umount" not in request.POST and form.is_valid():
+        params = {"archive": archive.name, "mountpoint": form.cleaned_data["mountpoint"]}
+        response = start_or_error(
+            request, Job.Kind.MOUNT, archive.repository, params, f"Mount of {archive.name}"
+        )
+        if response:
+            return response
+    return render(
+        request, model_admin, f"Mount {archive.name}", "admin/borgapp/mount.html",
+        form=form, object=archive, mounted=existing,
+    )  # fmt: skip
+
+
+def contents(model_admin, request, pk):
+    """The archive as a folder tree: one directory's children per page, from the database."""
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    if not archive.contents_ready:
+        if request.method == "POST":
+            require(request, "viewer")
+            try:
+                job = intake.load_listing(archive, trigger=Job.Trigger.ADMIN, user=request.user)
+            except (validation.InvalidInput, intake.Conflict) as exc:
+                messages.error(request, str(exc))
+            else:
+                return queued(request, job, f"Reading the file list of {archive.name}")
+        return render(
+            request, model_admin, f"Contents of {archive.name}", "admin/borgapp/contents.html",
+            object=archive, loaded=False,
+        )  # fmt: skip
+    folder = request.GET.get("path", "").strip("/")
+    try:
+        items = listing.contents(archive, parent=folder).only(
+            "path", "type", "size", "mtime", "mode", "linktarget"
+        )
+    except validation.InvalidInput as exc:
+        messages.error(request, str(exc))
+        return redirect(request.path)
+    page = Paginator(items, PAGE).get_page(request.GET.get("page"))
+    crumbs, walked = [], []
+    for part in folder.split("/") if folder else []:
+        walked.append(part)
+        crumbs.append(("/".join(walked), part))
+    for item in page:
+        item.name = item.path.rsplit("/", 1)[-1]
+    return render(
+        request, model_admin, f"Contents of {archive.name}", "admin/borgapp/contents.html",
+        object=archive, loaded=True, page=page, folder=folder, crumbs=crumbs,
+        can_extract=has_role(request.user, "operator"),
+    )  # fmt: skip
+
+
+def diff(model_admin, request, pk):
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    others = archive.repository.archives.exclude(pk=archive.pk).order_by("-start")[:500]
+    other_id = request.GET.get("other") or request.POST.get("other")
+    other = others.model.objects.filter(
+        pk=int(other_id), repository=archive.repository
+    ).first() if (other_id or "").isdigit() else None  # fmt: skip
+    context = {"object": archive, "others": others, "other": other}
+    if other is not None:
+        found = listing.current_diff(archive, other)
+        if found is None and request.method == "POST":
+            try:
+                job = intake.load_listing(
+                    archive, other, trigger=Job.Trigger.ADMIN, user=request.user
+                )
+            except (validation.InvalidInput, intake.Conflict) as exc:
+                messages.error(request, str(exc))
+            else:
+                return queued(request, job, f"Comparing {archive.name} with {other.name}")
+        if found is not None:
+            items = listing.diff_items(found, change=request.GET.get("change", ""))
+            context["page"] = Paginator(items, PAGE).get_page(request.GET.get("page"))
+    return render(
+        request, model_admin, f"Compare {archive.name}", "admin/borgapp/diff.html", **context
+    )
+
+
+def delete_archive(model_admin, request, pk):
+    require(request, "admin")
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    if request.method == "POST":
+        response = start_or_error(
+            request, Job.Kind.DELETE, archive.repository, {"archive": archive.name},
+            f"Deletion of archive {archive.name}",
+        )  # fmt: skip
+        if response:
+            return response
+    return render(
+        request, model_admin, f"Delete archive {archive.name}?",
+        "admin/borgapp/operation_form.html", form=forms.Form(), object=archive,
+        button="Yes, delete it",
+        note=f"borg deletes {archive.name} from {archive.repository.name}; its space is "
+        "freed by the next compact. This cannot be undone.",
+    )  # fmt: skip
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+ERROR_HINTS = {
+    "wrong_passphrase": "The stored passphrase does not open the repository. If it was changed "
+    "outside the app, store the new one on the repository's page.",
+    "lock_timeout": "Something outside the app holds borg's lock. If no borg runs anywhere on "
+    "this repository, use the repository's Break lock.",
+    "repository_missing": "borg finds no repository at the location: check the path or host.",
+    "connection_closed": "The connection to the repository's host dropped; scheduled jobs retry.",
+    "disk_full": "The disk holding the repository (or the cache) is full: free space, then run "
+    "a compact.",
+    "integrity_error": "borg found damaged data. Run a check with verify-data, and keep the "
+    "repository's disk under watch.",
+    "deadline_exceeded": "The job ran past its deadline (OPSCENTER_JOB_DEADLINE) and was stopped.",
+    "interrupted": "The worker running it stopped; the next run continues from a checkpoint.",
+    "verify_failed": "Files restored from the newest archive do not match: see the list below.",
+}
+
+
+def job_page(model_admin, request, pk):
+    job = get_object_or_404(Job, pk=pk)
+    preview = None
+    if job.kind == Job.Kind.PRUNE and job.params.get("dry_run") and job.status == "succeeded":
+        preview = {
+            "kept": job.result.get("kept", []),
+            "pruned": job.result.get("pruned", []),
+            "prune_url": reverse("admin:borgapp_repository_prune", args=[job.repository_id]),
+        }
+    return render(
+        request, model_admin, f"{job.get_kind_display()} job {job.pk}", "admin/borgapp/job.html",
+        job=job, object=job, hint=ERROR_HINTS.get(job.error_code, ""), preview=preview,
+        can_cancel=has_role(request.user, "operator") and not job.is_finished,
+        key_waiting=job.kind == Job.Kind.KEY_EXPORT and bool(job.secret_payload)
+        and has_role(request.user, "admin"),
+        api_url=reverse("job-detail", args=[job.pk]),
+    )  # fmt: skip
+
+
+def cancel_job(model_admin, request, pk):
+    require(request, "operator")
+    job = get_object_or_404(Job, pk=pk)
+    if request.method == "POST":
+        jobs.cancel(job)
+        messages.success(request, f"Cancel of job {job.pk} requested.")
+    return redirect(reverse("admin:borgapp_job_change", args=[job.pk]))
+
+
+def download_key(model_admin, request, pk):
+    require(request, "admin")
+    job = get_object_or_404(Job, pk=pk)
+    if request.method != "POST":
+        return redirect(reverse("admin:borgapp_job_change", args=[job.pk]))
+    key = jobs.take_exported_key(job)
+    if key is None:
+        messages.error(request, "No exported key waits here (downloaded already?).")
+        return redirect(reverse("admin:borgapp_job_change", args=[job.pk]))
+    if job.repository:
+        model_admin.log_change(request, job, "Downloaded the exported repository key.")
+    response = HttpResponse(key, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{job.repository_name}.key"'
+    response["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,110 @@
+"""Repository health for the dashboard (and later metrics): a colour and the reasons for it,
+computed for every repository at once from the catalog and the job table (no borg)."""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Count, Max, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from borgapp.models import Archive, Job, Repository
+
+GREEN, AMBER, RED = "green", "amber", "red"
+BAD_ENDINGS = (Job.Status.FAILED, Job.Status.INTERRUPTED)
+
+
+@dataclass
+class Health:
+    repository: Repository
+    colour: str = GREEN
+    reasons: list[str] = field(default_factory=list)
+    last_backup: datetime | None = None
+    archive_count: int = 0
+    last_job: Job | None = None
+    running: Job | None = None
+
+    def worse(self, colour: str, reason: str) -> None:
+        order = [GREEN, AMBER, RED]
+        if order.index(colour) > order.index(self.colour):
+            self.colour = colour
+        self.reasons.append(reason)
+
+    @property
+    def backup_age(self) -> timedelta | None:
+        return timezone.now() - self.last_backup if self.last_backup else None
+
+
+def _age(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def repositories(now: datetime | None = None) -> list[Health]:
+    now = now or timezone.now()
+    overdue = timedelta(hours=settings.BACKUP_OVERDUE_HOURS)
+    finished = Job.objects.filter(repository=OuterRef("pk"), status__in=Job.FINISHED).exclude(
+        status=Job.Status.SKIPPED
+    )
+    repos = (
+        Repository.objects.annotate(
+            archive_count=Count("archives", filter=Q(archives__is_checkpoint=False)),
+            last_backup=Max("archives__start", filter=Q(archives__is_checkpoint=False)),
+            last_job_id=Subquery(finished.order_by("-finished_at", "-pk").values("pk")[:1]),
+        )
+        .select_related("lease_job")
+        .order_by("name")
+    )
+    repos = list(repos)
+    last_jobs = Job.objects.in_bulk([r.last_job_id for r in repos if r.last_job_id])
+    result = []
+    for repo in repos:
+        health = Health(repo, last_backup=repo.last_backup, archive_count=repo.archive_count)
+        health.last_job = last_jobs.get(repo.last_job_id)
+        if repo.lease_job and repo.lease_job.status == Job.Status.RUNNING:
+            health.running = repo.lease_job
+        if repo.state != Repository.State.READY:
+            health.worse(AMBER, "not initialized or imported yet")
+        if repo.last_backup is None:
+            health.worse(RED, "no backup yet")
+        elif now - repo.last_backup > overdue:
+            health.worse(RED, f"last backup {_age(now - repo.last_backup)} ago: overdue")
+        else:
+            health.reasons.append(f"last backup {_age(now - repo.last_backup)} ago")
+        job = health.last_job
+        if job is not None and job.status in BAD_ENDINGS:
+            health.worse(RED, f"last job ({job.get_kind_display()}) {job.status}")
+        elif job is not None and job.status == Job.Status.WARNING:
+            health.worse(AMBER, f"last job ({job.get_kind_display()}) ended with a warning")
+        if repo.catalog_stale:
+            health.worse(AMBER, "catalog may lag borg (a sync is due)")
+        result.append(health)
+    return result
+
+
+def recent_jobs(hours: int = 24, limit: int = 200):
+    since = timezone.now() - timedelta(hours=hours)
+    return (
+        Job.objects.filter(Q(created_at__gte=since) | Q(status__in=[Job.Status.RUNNING]))
+        .order_by("-created_at", "-pk")
+        .only(
+            "pk", "kind", "repository_name", "status", "trigger", "created_at", "started_at",
+            "finished_at", "error_message", "progress_percent",
+        )[:limit]
+    )  # fmt: skip
+
+
+def size_series(repository_ids: list[int]) -> dict[int, list[tuple[datetime, int]]]:
+    """Stored size over time per repository, from the catalog: the running sum of what each
+    archive added (its deduplicated size) at its start time."""
+    series: dict[int, list] = {pk: [] for pk in repository_ids}
+    totals: dict[int, int] = {pk: 0 for pk in repository_ids}
+    rows = (
+        Archive.objects.filter(repository_id__in=repository_ids, start__isnull=False)
+        .order_by("repository_id", "start")
+        .values_list("repository_id", "start", "deduplicated_size")
+    )
+    for repo_id, start, added in rows.iterator(chunk_size=5000):
+        totals[repo_id] += added or 0
+        series[repo_id].append((start, totals[repo_id]))
+    return series

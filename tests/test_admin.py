@@ -1,0 +1,176 @@
+"""The admin as a control panel, in-process (the browser walk-through is test_browser.py):
+every operation page queues a Job and says so; roles decide what is shown and allowed."""
+
+import re
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from borgapp import jobs
+from borgapp.models import Archive, Job, Repository, RetentionPolicy
+from tests.conftest import PASSPHRASE, write_files
+
+pytestmark = pytest.mark.django_db
+
+
+def staff(role: str | None, superuser=False) -> User:
+    user = User.objects.create_user(
+        f"{role}-{superuser}", password="x" * 20, is_staff=True, is_superuser=superuser
+    )
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+def run_latest(kind: str) -> Job:
+    """What a worker does with the newest queued job of this kind."""
+    job = Job.objects.filter(kind=kind).latest("pk")
+    jobs.run_queued(job.pk)
+    job.refresh_from_db()
+    assert job.status == "succeeded", (job.error_code, job.error_message)
+    return job
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
+
+
+@pytest.fixture
+def admin_client(client):
+    client.force_login(staff("admin"))
+    return client
+
+
+def test_the_whole_round_from_the_admin(admin_client, roots, tmp_path):
+    # add and initialize a repository
+    added = admin_client.post(
+        "/admin/borgapp/repository/add/",
+        {
+            "setup": "init",
+            "name": "main",
+            "location": str(roots.repos / "main"),
+            "encryption": "repokey-blake2",
+            "passphrase": PASSPHRASE,
+        },
+        follow=True,
+    )
+    assert added.status_code == 200
+    assert any("Initialization of repository main queued as" in m for m in messages_of(added))
+    run_latest("init")
+    repo = Repository.objects.get(name="main")
+    assert repo.state == "ready" and repo.get_passphrase() == PASSPHRASE
+    page = admin_client.get(f"/admin/borgapp/repository/{repo.pk}/change/").content.decode()
+    assert PASSPHRASE not in page and "Back up now" in page
+    # back up now, with a form for the sources
+    src = write_files(tmp_path / "src", {"a.txt": "alpha", "sub/b.bin": b"\x00\x01" * 1000})
+    started = admin_client.post(
+        f"/admin/borgapp/repository/{repo.pk}/backup/",
+        {"sources": str(src), "excludes": "", "prefix": "manual", "compression": "lz4"},
+        follow=True,
+    )
+    job = Job.objects.filter(kind="backup").latest("pk")
+    assert any(
+        f"Backup of repository main queued as job {job.pk}" in re.sub("<[^>]+>", "", m)
+        for m in messages_of(started)
+    )
+    assert started.request["PATH_INFO"] == f"/admin/borgapp/job/{job.pk}/change/"
+    run_latest("backup")
+    archive = Archive.objects.get(repository=repo)
+    listed = admin_client.get("/admin/borgapp/archive/").content.decode()
+    assert archive.name in listed
+    # browse the contents: first a job reads the file list, then folders page from the DB
+    contents_url = f"/admin/borgapp/archive/{archive.pk}/contents/"
+    assert "Read the file list" in admin_client.get(contents_url).content.decode()
+    admin_client.post(contents_url)
+    run_latest("contents")
+    top = admin_client.get(contents_url, {"path": str(src).lstrip("/")}).content.decode()
+    assert "a.txt" in top and "sub/" in top and "b.bin" not in top
+    inner = admin_client.get(contents_url, {"path": f"{str(src).lstrip('/')}/sub"})
+    assert "b.bin" in inner.content.decode()
+    # extract one file to a restore target and check its bytes
+    target = roots.restore / "one"
+    admin_client.post(
+        f"/admin/borgapp/archive/{archive.pk}/extract/",
+        {
+            "target": str(target),
+            "paths": f"{str(src).lstrip('/')}/sub/b.bin",
+            "strip_components": 0,
+        },
+    )
+    run_latest("extract")
+    restored = target / str(src).lstrip("/") / "sub" / "b.bin"
+    assert restored.read_bytes() == b"\x00\x01" * 1000
+    assert not (target / str(src).lstrip("/") / "a.txt").exists()
+    # prune with a preview first
+    RetentionPolicy.objects.create(name="none-kept", keep_within="1H")
+    preview = admin_client.post(
+        f"/admin/borgapp/repository/{repo.pk}/prune/",
+        {"prefix": "manual", "policy": "none-kept", "compact": "on"},
+    )
+    assert preview.status_code == 302
+    dry = run_latest("prune")
+    assert dry.params["dry_run"] is True and dry.result["kept"] == [archive.name]
+    job_page = admin_client.get(f"/admin/borgapp/job/{dry.pk}/change/").content.decode()
+    assert "Prune preview" in job_page and f"keep <code>{archive.name}</code>" in job_page
+    confirm = admin_client.post(
+        f"/admin/borgapp/repository/{repo.pk}/prune/",
+        {"prefix": "manual", "policy": "none-kept", "compact": "on", "confirm": "1"},
+    )
+    assert confirm.status_code == 302
+    real = run_latest("prune")
+    assert real.params["dry_run"] is False
+    # the dashboard shows the repository green, with its reasons and the jobs of the day
+    dashboard = admin_client.get("/admin/").content.decode()
+    assert 'data-health="green"' in dashboard and "last backup 0 h ago" in dashboard
+    assert dashboard.count('class="oc-job"') == Job.objects.count()
+
+
+def test_a_viewer_sees_but_cannot_act(client, roots, tmp_path):
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "m"), state="ready")
+    archive = Archive.objects.create(repository=repo, name="a1", borg_id="1" * 64)
+    client.force_login(staff("viewer"))
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/borgapp/repository/").status_code == 200
+    change = client.get(f"/admin/borgapp/repository/{repo.pk}/change/").content.decode()
+    assert 'name="_save"' not in change  # read-only for a viewer
+    for url in (
+        f"/admin/borgapp/repository/{repo.pk}/backup/",
+        f"/admin/borgapp/repository/{repo.pk}/prune/",
+        f"/admin/borgapp/repository/{repo.pk}/break-lock/",
+        f"/admin/borgapp/repository/{repo.pk}/key-export/",
+        f"/admin/borgapp/archive/{archive.pk}/extract/",
+        f"/admin/borgapp/archive/{archive.pk}/delete-archive/",
+    ):
+        assert client.get(url).status_code == 403, url
+        assert client.post(url, {"sources": "/etc"}).status_code == 403, url
+    assert not Job.objects.exists()
+
+
+def test_an_operator_runs_jobs_but_cannot_configure(client, roots):
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "m"), state="ready")
+    client.force_login(staff("operator"))
+    assert client.post(f"/admin/borgapp/repository/{repo.pk}/compact/").status_code == 302
+    assert Job.objects.get().kind == "compact"
+    assert client.get(f"/admin/borgapp/repository/{repo.pk}/break-lock/").status_code == 403
+    assert client.get("/admin/borgapp/repository/add/").status_code == 403
+
+
+def test_bad_input_in_a_form_names_the_problem_and_queues_nothing(admin_client, roots):
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "m"), state="ready")
+    archive = Archive.objects.create(repository=repo, name="a1", borg_id="1" * 64)
+    page = admin_client.post(
+        f"/admin/borgapp/archive/{archive.pk}/extract/",
+        {"target": "/etc/evil", "paths": "", "strip_components": 0},
+        follow=True,
+    )
+    assert any("Target" in m and "allowed" in m for m in messages_of(page)), messages_of(page)
+    page = admin_client.post(f"/admin/borgapp/repository/{repo.pk}/backup/", {"prefix": "x"})
+    assert "Choose a backup schedule or give at least one source" in page.content.decode()
+    bad_repo = admin_client.post(
+        "/admin/borgapp/repository/add/",
+        {"setup": "init", "name": "x", "location": "/etc/x", "encryption": "repokey-blake2",
+         "passphrase": "p"},
+    )  # fmt: skip
+    assert bad_repo.status_code == 200 and "location" in bad_repo.content.decode().lower()
+    assert not Job.objects.exists()
+    assert not Repository.objects.filter(name="x").exists()
