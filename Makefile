@@ -7,10 +7,10 @@ PORT ?= 8000
 export OPSCENTER_DATA_DIR ?= $(CURDIR)/var
 
 # borgbackup 1.4.5 builds from source; mount needs FUSE 3. Tests use sshd (remote repositories)
-# and curl (the integration guide's walk-through).
+# and curl (the integration guide's walk-through); the browser tests drive Debian's chromium.
 BUILD_PACKAGES := pkg-config build-essential libssl-dev liblz4-dev libzstd-dev libxxhash-dev \
 	libacl1-dev libfuse3-dev fuse3 python3-venv python3-dev
-TEST_PACKAGES := openssh-server openssh-client curl
+TEST_PACKAGES := openssh-server openssh-client curl chromium fonts-dejavu-core
 
 .PHONY: run test lint format install install-dev setup image clean
 

@@ -44,12 +44,47 @@ class RoleAdmin(admin.ModelAdmin):
 
         return path(route, self.admin_site.admin_view(wrapped), name=url_name)
 
-    def links(self, obj, pages):
+    pages: list = []  # (route, label, view, role, kwargs): the object's operation pages
+
+    def url_name(self, route: str) -> str:
+        return f"{self.opts.app_label}_{self.opts.model_name}_{route.replace('-', '_')}"
+
+    def page_urls(self):
+        return [
+            self.page(f"<int:pk>/{route}/", view, self.url_name(route), **kwargs)
+            for route, _, view, _, kwargs in self.pages
+        ]
+
+    def get_urls(self):
+        return self.page_urls() + super().get_urls()
+
+    def links(self, obj, role: str):
+        chosen = [(route, label) for route, label, _, needed, _ in self.pages if needed == role]
         return format_html_join(
             " · ",
             '<a href="{}">{}</a>',
-            ((reverse(name, args=[obj.pk]), label) for name, label in pages),
+            ((reverse(f"admin:{self.url_name(r)}", args=[obj.pk]), label) for r, label in chosen),
         )
+
+    def link_fields(self, request) -> list[str]:
+        """The rows of links a user's role may use (a viewer sees no operation)."""
+        return [
+            f"{role}_links"
+            for role in ("viewer", "operator", "admin")
+            if has_role(request.user, role) and any(p[3] == role for p in self.pages)
+        ]
+
+    @admin.display(description="look")
+    def viewer_links(self, obj):
+        return self.links(obj, "viewer")
+
+    @admin.display(description="operations")
+    def operator_links(self, obj):
+        return self.links(obj, "operator")
+
+    @admin.display(description="administration")
+    def admin_links(self, obj):
+        return self.links(obj, "admin")
 
 
 # --- repositories ------------------------------------------------------------------------------
@@ -85,19 +120,25 @@ class RepositoryForm(forms.ModelForm):
 
 
 REPO_PAGES = [
-    ("backup", "Back up now", views.backup),
-    ("prune", "Prune", views.prune),
-    ("change-passphrase", "Change passphrase", views.change_passphrase),
+    ("backup", "Back up now", views.backup, "operator", {}),
+    ("prune", "Prune", views.prune, "operator", {}),
+    ("compact", "Compact", views.simple, "operator", {"name": "compact"}),
+    ("check", "Check", views.simple, "operator", {"name": "check"}),
+    ("sync", "Sync catalog", views.simple, "operator", {"name": "sync"}),
+    ("break-lock", "Break lock", views.simple, "admin", {"name": "break-lock"}),
+    ("key-export", "Export key", views.simple, "admin", {"name": "key-export"}),
+    ("change-passphrase", "Change passphrase", views.change_passphrase, "admin", {}),
 ]
 
 
 @admin.register(Repository)
 class RepositoryAdmin(RoleAdmin):
     form = RepositoryForm
+    pages = REPO_PAGES
     list_display = ["name", "health", "location", "archive_count", "size", "last_backup", "state"]
     search_fields = ["name", "location"]
     readonly_fields = [
-        "state", "operations", "borg_id", "total_size", "unique_compressed_size",
+        "state", "borg_id", "total_size", "unique_compressed_size",
         "stats_updated_at", "catalog_synced_at", "lease_job",
     ]  # fmt: skip
 
@@ -117,7 +158,13 @@ class RepositoryAdmin(RoleAdmin):
         fields = ["name", "location", "encryption", "append_only", "passphrase"]
         if obj is None:
             return ["setup", *fields]
-        return [*fields, *self.readonly_fields]
+        if not has_role(request.user, "admin"):
+            fields.remove("passphrase")
+        return [*self.link_fields(request), *fields, *self.readonly_fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        links = self.link_fields(request) if obj is not None else []
+        return [*links, *self.readonly_fields]
 
     @admin.display(description="archives", ordering="n_archives")
     def archive_count(self, obj):
@@ -146,37 +193,6 @@ class RepositoryAdmin(RoleAdmin):
         else:
             colour, text = "green", "ok"
         return format_html('<span class="oc-h" data-health="{}">● {}</span>', colour, text)
-
-    @admin.display(description="operations")
-    def operations(self, obj):
-        if obj is None or obj.pk is None:
-            return "-"
-        pages = [
-            (f"admin:borgapp_repository_{name.replace('-', '_')}", label)
-            for name, label, _ in REPO_PAGES
-        ]
-        pages += [
-            (f"admin:borgapp_repository_{name.replace('-', '_')}", label)
-            for name, label in (
-                ("compact", "Compact"), ("check", "Check"), ("sync", "Sync catalog"),
-                ("break-lock", "Break lock"), ("key-export", "Export key"),
-            )
-        ]  # fmt: skip
-        return self.links(obj, pages)
-
-    def get_urls(self):
-        urls = [
-            self.page(f"<int:pk>/{name}/", view, f"borgapp_repository_{name.replace('-', '_')}")
-            for name, _, view in REPO_PAGES
-        ]
-        urls += [
-            self.page(
-                f"<int:pk>/{name}/", views.simple, f"borgapp_repository_{name.replace('-', '_')}",
-                name=name,
-            )
-            for name in views.SIMPLE
-        ]  # fmt: skip
-        return urls + super().get_urls()
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -226,11 +242,11 @@ class RepositoryAdmin(RoleAdmin):
 # --- archives ----------------------------------------------------------------------------------
 
 ARCHIVE_PAGES = [
-    ("contents", "Browse contents", views.contents),
-    ("diff", "Compare with another archive", views.diff),
-    ("extract", "Extract", views.extract),
-    ("mount", "Mount / unmount", views.mount),
-    ("delete-archive", "Delete", views.delete_archive),
+    ("contents", "Browse contents", views.contents, "viewer", {}),
+    ("diff", "Compare with another archive", views.diff, "viewer", {}),
+    ("extract", "Extract", views.extract, "operator", {}),
+    ("mount", "Mount / unmount", views.mount, "operator", {}),
+    ("delete-archive", "Delete", views.delete_archive, "admin", {}),
 ]
 
 
@@ -245,7 +261,7 @@ class ArchiveAdmin(RoleAdmin):
     search_fields = ["name", "comment", "hostname"]
     date_hierarchy = "start"
     show_full_result_count = False
-    readonly_fields = ["operations"]
+    pages = ARCHIVE_PAGES
 
     def has_add_permission(self, request):
         return False
@@ -258,17 +274,10 @@ class ArchiveAdmin(RoleAdmin):
 
     def get_fields(self, request, obj=None):
         names = [f.name for f in Archive._meta.fields if f.editable and f.name != "id"]
-        return ["operations", *names]
+        return [*self.link_fields(request), *names]
 
     def get_readonly_fields(self, request, obj=None):
         return self.get_fields(request, obj)
-
-    @admin.display(description="operations")
-    def operations(self, obj):
-        pages = [
-            (f"admin:borgapp_archive_{n.replace('-', '_')}", label) for n, label, _ in ARCHIVE_PAGES
-        ]
-        return self.links(obj, pages)
 
     @admin.display(description="duration", ordering="duration")
     def duration_text(self, obj):
@@ -290,13 +299,6 @@ class ArchiveAdmin(RoleAdmin):
     def ratio(self, obj):
         value = obj.deduplication_ratio
         return f"{value:.1f}×" if value else "–"
-
-    def get_urls(self):
-        urls = [
-            self.page(f"<int:pk>/{name}/", view, f"borgapp_archive_{name.replace('-', '_')}")
-            for name, _, view in ARCHIVE_PAGES
-        ]
-        return urls + super().get_urls()
 
 
 # --- policies and schedules ------------------------------------------------------------------

@@ -133,6 +133,9 @@ def test_a_viewer_sees_but_cannot_act(client, roots, tmp_path):
     assert client.get("/admin/borgapp/repository/").status_code == 200
     change = client.get(f"/admin/borgapp/repository/{repo.pk}/change/").content.decode()
     assert 'name="_save"' not in change  # read-only for a viewer
+    assert "Back up now" not in change and "Break lock" not in change  # no operation shown
+    archive_page = client.get(f"/admin/borgapp/archive/{archive.pk}/change/").content.decode()
+    assert "Browse contents" in archive_page and "Extract" not in archive_page
     for url in (
         f"/admin/borgapp/repository/{repo.pk}/backup/",
         f"/admin/borgapp/repository/{repo.pk}/prune/",
