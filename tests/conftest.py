@@ -159,6 +159,14 @@ def web_server(roots, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = tmp_path / "web.log"
+    static = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "collectstatic", "--noinput", "-v0"],
+        env=roots.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert static.returncode == 0, static.stderr  # the admin's pages need their files
     with open(log, "w") as handle:
         proc = subprocess.Popen(
             [
