@@ -256,10 +256,10 @@ class ArchiveAdmin(RoleAdmin):
         "name", "repository", "start", "duration_text", "original_size_text",
         "deduplicated_size_text", "ratio", "nfiles", "is_checkpoint",
     ]  # fmt: skip
-    list_filter = ["repository", "is_checkpoint", "created_by_app"]
+    list_filter = ["repository", ("start", admin.DateFieldListFilter), "is_checkpoint"]
     list_select_related = ["repository"]
     search_fields = ["name", "comment", "hostname"]
-    date_hierarchy = "start"
+    list_per_page = 50  # date_hierarchy is left out on purpose: it aggregates every archive
     show_full_result_count = False
     pages = ARCHIVE_PAGES
 

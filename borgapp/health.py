@@ -95,16 +95,24 @@ def recent_jobs(hours: int = 24, limit: int = 200):
 
 
 def size_series(repository_ids: list[int]) -> dict[int, list[tuple[datetime, int]]]:
-    """Stored size over time per repository, from the catalog: the running sum of what each
-    archive added (its deduplicated size) at its start time."""
+    """Stored size over time per repository, from the catalog: the running sum of what the
+    archives added (their deduplicated size), per day, summed by the database."""
+    from django.db.models import DateField, F, Func, Sum
+
     series: dict[int, list] = {pk: [] for pk in repository_ids}
     totals: dict[int, int] = {pk: 0 for pk in repository_ids}
     rows = (
         Archive.objects.filter(repository_id__in=repository_ids, start__isnull=False)
-        .order_by("repository_id", "start")
-        .values_list("repository_id", "start", "deduplicated_size")
+        # SQL's own DATE() (SQLite and PostgreSQL), not TruncDate: on SQLite that calls back
+        # into Python for every row.
+        .annotate(day=Func(F("start"), function="DATE", output_field=DateField()))
+        .values("repository_id", "day")
+        .annotate(added=Sum("deduplicated_size"))
+        .order_by("repository_id", "day")
+        .values_list("repository_id", "day", "added")
     )
-    for repo_id, start, added in rows.iterator(chunk_size=5000):
+    for repo_id, day, added in rows:
         totals[repo_id] += added or 0
-        series[repo_id].append((start, totals[repo_id]))
+        when = datetime(day.year, day.month, day.day, tzinfo=timezone.get_current_timezone())
+        series[repo_id].append((when, totals[repo_id]))
     return series

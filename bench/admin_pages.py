@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Issue 5 page timings: server time of the admin dashboard and the archive list with 50
+repositories and 10,000 archives (and jobs of the last day), measured in-process with Django's
+test client (request handling and rendering, no network). Prints p50/p95 over N requests.
+
+Usage: .venv/bin/python bench/admin_pages.py [--repositories 50] [--archives 10000] [--requests 50]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repositories", type=int, default=50)
+    parser.add_argument("--archives", type=int, default=10000)
+    parser.add_argument("--requests", type=int, default=50)
+    args = parser.parse_args()
+    data = tempfile.mkdtemp(prefix="opscenter-bench-admin-")
+    os.environ.update(OPSCENTER_DATA_DIR=data, DJANGO_SETTINGS_MODULE="opscenter.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from datetime import UTC, datetime, timedelta
+
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+
+    from borgapp.models import Archive, Job, Repository
+
+    settings.ALLOWED_HOSTS = ["*"]
+    settings.STORAGES["staticfiles"] = {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+    }
+    call_command("migrate", verbosity=0)
+    repos = Repository.objects.bulk_create(
+        Repository(
+            name=f"repo{i:02d}",
+            location=f"{data}/repos/repo{i:02d}",
+            state="ready",
+            unique_compressed_size=i * 10**9,
+            total_size=i * 5 * 10**9,
+        )
+        for i in range(args.repositories)
+    )
+    start = datetime.now(UTC) - timedelta(hours=args.archives // args.repositories + 1)
+    per_repo = args.archives // args.repositories
+    Archive.objects.bulk_create(
+        (
+            Archive(
+                repository=repo,
+                name=f"nightly-{n:05d}",
+                borg_id=f"{r:04d}{n:060x}",
+                start=start + timedelta(hours=n),
+                end=start + timedelta(hours=n, minutes=3),
+                duration=180.0,
+                original_size=10**9,
+                compressed_size=5 * 10**8,
+                deduplicated_size=10**7,
+                nfiles=1000,
+            )
+            for r, repo in enumerate(repos)
+            for n in range(per_repo)
+        ),
+        batch_size=2000,
+    )
+    now = datetime.now(UTC)
+    Job.objects.bulk_create(
+        Job(
+            kind="backup",
+            repository=repos[i % len(repos)],
+            repository_name=repos[i % len(repos)].name,
+            trigger="schedule",
+            status="succeeded" if i % 7 else "failed",
+            created_at=now - timedelta(minutes=10 * i),
+            started_at=now - timedelta(minutes=10 * i),
+            finished_at=now - timedelta(minutes=10 * i - 3),
+        )
+        for i in range(144)
+    )
+    user = User.objects.create_superuser("bench", password="bench-password-123")
+    client = Client()
+    client.force_login(user)
+    pages = {
+        "dashboard (/admin/)": "/admin/",
+        "archive list": "/admin/borgapp/archive/",
+        "archive list, one repository": (
+            f"/admin/borgapp/archive/?repository__id__exact={repos[0].pk}"
+        ),
+        "repository list": "/admin/borgapp/repository/",
+        "job list": "/admin/borgapp/job/",
+    }
+    print(
+        f"{args.repositories} repositories, {Archive.objects.count()} archives, "
+        f"{Job.objects.count()} jobs; {args.requests} requests per page (server time, in-process)"
+    )
+    for label, url in pages.items():
+        for _ in range(3):
+            assert client.get(url).status_code == 200
+        times = []
+        for _ in range(args.requests):
+            began = time.perf_counter()
+            response = client.get(url)
+            times.append(time.perf_counter() - began)
+            assert response.status_code == 200
+        if os.environ.get("BENCH_PROFILE"):
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(5):
+                client.get(url)
+            profile.disable()
+            print(label)
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        times.sort()
+        p95 = times[max(0, int(len(times) * 0.95) - 1)]
+        print(
+            f"{label:<32} p50 {statistics.median(times) * 1000:6.1f} ms   "
+            f"p95 {p95 * 1000:6.1f} ms   (target < 300 ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
