@@ -177,3 +177,41 @@ def test_bad_input_in_a_form_names_the_problem_and_queues_nothing(admin_client, 
     assert bad_repo.status_code == 200 and "location" in bad_repo.content.decode().lower()
     assert not Job.objects.exists()
     assert not Repository.objects.filter(name="x").exists()
+
+
+def test_health_colours_their_reasons_and_the_size_chart(admin_client, roots):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from borgapp import health
+
+    now = timezone.now()
+    fresh = Repository.objects.create(name="fresh", location=str(roots.repos / "f"), state="ready")
+    stale = Repository.objects.create(name="stale", location=str(roots.repos / "s"), state="ready")
+    broken = Repository.objects.create(
+        name="broken", location=str(roots.repos / "b"), state="ready"
+    )
+    Repository.objects.create(name="empty", location=str(roots.repos / "e"), state="ready")
+    for repo, age in ((fresh, 2), (stale, 30), (broken, 1)):
+        for day in range(3):
+            Archive.objects.create(
+                repository=repo, name=f"n-{day}", borg_id=f"{repo.pk}{day}".ljust(64, "0"),
+                start=now - timedelta(hours=age, days=day), deduplicated_size=1000 * (day + 1),
+            )  # fmt: skip
+    Job.objects.create(kind="backup", repository=broken, repository_name="broken",
+                       trigger="schedule", status="failed", finished_at=now)  # fmt: skip
+    Job.objects.create(kind="check", repository=fresh, repository_name="fresh",
+                       trigger="schedule", status="skipped", finished_at=now)  # fmt: skip
+    rows = {row.repository.name: row for row in health.repositories()}
+    assert rows["fresh"].colour == "green" and rows["fresh"].reasons == ["last backup 2 h ago"]
+    assert (
+        rows["stale"].colour == "red" and "last backup 30 h ago: overdue" in rows["stale"].reasons
+    )
+    assert rows["broken"].colour == "red" and "last job (Backup) failed" in rows["broken"].reasons
+    assert rows["empty"].colour == "red" and rows["empty"].reasons == ["no backup yet"]
+    series = health.size_series([fresh.pk])[fresh.pk]
+    assert [size for _, size in series] == [3000, 5000, 6000]  # running sum, oldest first
+    page = admin_client.get("/admin/").content.decode()
+    assert page.count("<polyline") == 3  # one chart per repository with archives
+    assert 'data-health="red"' in page and "no backup yet" in page
