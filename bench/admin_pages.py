@@ -88,6 +88,25 @@ def main() -> None:
         )
         for i in range(144)
     )
+    # one archive of 100,000 files (its listing loaded, as a contents job leaves it)
+    from borgapp.models import ArchiveItem
+
+    big = Archive.objects.filter(repository=repos[0]).first()
+    ArchiveItem.objects.bulk_create(
+        (
+            ArchiveItem(
+                archive=big,
+                path=f"srv/d{n // 100:04d}/f{n:06d}" if n % 101 else f"srv/d{n // 100:04d}",
+                parent=f"srv/d{n // 100:04d}" if n % 101 else "srv",
+                type="-" if n % 101 else "d",
+                size=n,
+                mode="-rw-r--r--",
+            )
+            for n in range(100_000)
+        ),
+        batch_size=5000,
+    )
+    Archive.objects.filter(pk=big.pk).update(contents_borg_id=big.borg_id, contents_count=100_000)
     user = User.objects.create_superuser("bench", password="bench-password-123")
     client = Client()
     client.force_login(user)
@@ -98,6 +117,8 @@ def main() -> None:
             f"/admin/borgapp/archive/?repository__id__exact={repos[0].pk}"
         ),
         "repository list": "/admin/borgapp/repository/",
+        "contents, top folder (100k files)": f"/admin/borgapp/archive/{big.pk}/contents/?path=srv",
+        "contents, a folder, page 1": (f"/admin/borgapp/archive/{big.pk}/contents/?path=srv/d0500"),
         "job list": "/admin/borgapp/job/",
     }
     print(
