@@ -10,9 +10,17 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from borgapp import admin_views as views
-from borgapp import intake, scheduling, validation
+from borgapp import audit, intake, scheduling, validation
 from borgapp.api.permissions import has_role
-from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy, Schedule
+from borgapp.models import (
+    Archive,
+    AuditEvent,
+    Job,
+    Mount,
+    Repository,
+    RetentionPolicy,
+    Schedule,
+)
 
 
 class RoleAdmin(admin.ModelAdmin):
@@ -37,6 +45,25 @@ class RoleAdmin(admin.ModelAdmin):
 
     def has_operate_permission(self, request):
         return has_role(request.user, "operator")
+
+    # Django's admin log calls: every configuration change is audited too.
+    def _audit(self, verb: str, obj, message="") -> None:
+        name = self.opts.model_name
+        audit.record(f"{name}.{verb}", str(obj), outcome="success", message=message or "")
+
+    def log_addition(self, request, obj, message):
+        self._audit("created", obj)
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        changed = [f for part in message or [] for f in part.get("changed", {}).get("fields", [])]
+        self._audit("changed", obj, ", ".join(changed))
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request, queryset):
+        for obj in queryset:
+            self._audit("deleted", obj)
+        return super().log_deletions(request, queryset)
 
     def page(self, route: str, view, url_name: str, **kwargs):
         def wrapped(request, *args, **more):
@@ -193,6 +220,10 @@ class RepositoryAdmin(RoleAdmin):
         else:
             colour, text = "green", "ok"
         return format_html('<span class="oc-h" data-health="{}">● {}</span>', colour, text)
+
+    def log_addition(self, request, obj, message):
+        # the init or import job that registration queued is the audited action
+        return admin.ModelAdmin.log_addition(self, request, obj, message)
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -457,3 +488,73 @@ class MountAdmin(RoleAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# --- audit trail -------------------------------------------------------------------------------
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(RoleAdmin):
+    """Read-only for everyone, superusers included (SEC-09); admins may read and export it."""
+
+    list_display = ["at", "actor", "source", "client_address", "action", "target", "outcome",
+                    "job_id_ref"]  # fmt: skip
+    list_filter = ["outcome", "source", "action", ("at", admin.DateFieldListFilter)]
+    search_fields = ["actor", "target", "action", "message"]
+    show_full_result_count = False
+    change_list_template = "admin/borgapp/auditevent/change_list.html"
+
+    def has_module_permission(self, request):
+        return has_role(request.user, "admin")
+
+    def has_view_permission(self, request, obj=None):
+        return has_role(request.user, "admin")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        return {}
+
+    def get_urls(self):
+        return [
+            path(
+                "export.csv",
+                self.admin_site.admin_view(self.export_csv),
+                name="borgapp_auditevent_export",
+            )
+        ] + super().get_urls()
+
+    def export_csv(self, request):
+        """The rows the list shows (same filters and search), as CSV."""
+        import csv
+
+        from django.core.exceptions import PermissionDenied
+        from django.http import StreamingHttpResponse
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rows = self.get_changelist_instance(request).get_queryset(request)
+        fields = ["at", "actor", "user_id_ref", "source", "client_address", "action", "target",
+                  "params", "outcome", "message", "job_id_ref"]  # fmt: skip
+
+        class Echo:
+            def write(self, value):
+                return value
+
+        writer = csv.writer(Echo())
+
+        def lines():
+            yield writer.writerow(fields)
+            for event in rows.iterator(chunk_size=2000):
+                yield writer.writerow([getattr(event, f) for f in fields])
+
+        response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="audit.csv"'
+        return response

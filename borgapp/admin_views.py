@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from borgapp import intake, jobs, listing, scheduling, validation
+from borgapp import audit, intake, jobs, listing, scheduling, validation
 from borgapp.api.permissions import has_role
 from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
 
@@ -105,15 +105,24 @@ def backup(model_admin, request, pk):
                 "compression": data["compression"],
             }
         response = start_or_error(
-            request, Job.Kind.BACKUP, repo, params, f"Backup of repository {repo.name}",
+            request,
+            Job.Kind.BACKUP,
+            repo,
+            params,
+            f"Backup of repository {repo.name}",
             schedule=schedule,
-        )  # fmt: skip
+        )
         if response:
             return response
     return render(
-        request, model_admin, f"Back up {repo.name} now", "admin/borgapp/operation_form.html",
-        form=form, object=repo, button="Back up now",
-    )  # fmt: skip
+        request,
+        model_admin,
+        f"Back up {repo.name} now",
+        "admin/borgapp/operation_form.html",
+        form=form,
+        object=repo,
+        button="Back up now",
+    )
 
 
 class PruneForm(forms.Form):
@@ -142,11 +151,16 @@ def prune(model_admin, request, pk):
         if response:
             return response
     return render(
-        request, model_admin, f"Prune {repo.name}", "admin/borgapp/operation_form.html",
-        form=form, object=repo, button="Preview what would be removed",
+        request,
+        model_admin,
+        f"Prune {repo.name}",
+        "admin/borgapp/operation_form.html",
+        form=form,
+        object=repo,
+        button="Preview what would be removed",
         note="Nothing is removed yet: the preview job lists what would be kept and removed, "
         "and its page has the button that prunes.",
-    )  # fmt: skip
+    )
 
 
 class CheckForm(forms.Form):
@@ -196,13 +210,17 @@ def simple(model_admin, request, pk, name):
             }
         response = start_or_error(request, kind, repo, params, f"{label} of {repo.name}")
         if response:
-            if kind == Job.Kind.KEY_EXPORT:
-                model_admin.log_change(request, repo, "Exported the repository key.")
             return response
     return render(
-        request, model_admin, f"{label}: {repo.name}", "admin/borgapp/operation_form.html",
-        form=form, object=repo, button=label, note=explanation,
-    )  # fmt: skip
+        request,
+        model_admin,
+        f"{label}: {repo.name}",
+        "admin/borgapp/operation_form.html",
+        form=form,
+        object=repo,
+        button=label,
+        note=explanation,
+    )
 
 
 class PassphraseForm(forms.Form):
@@ -230,11 +248,16 @@ def change_passphrase(model_admin, request, pk):
         else:
             return queued(request, job, f"Passphrase change of {repo.name}")
     return render(
-        request, model_admin, f"Change the passphrase of {repo.name}",
-        "admin/borgapp/operation_form.html", form=form, object=repo, button="Change passphrase",
+        request,
+        model_admin,
+        f"Change the passphrase of {repo.name}",
+        "admin/borgapp/operation_form.html",
+        form=form,
+        object=repo,
+        button="Change passphrase",
         note="borg re-encrypts the key with the new passphrase; the stored one is replaced "
         "only when borg has done so.",
-    )  # fmt: skip
+    )
 
 
 # --- archives ----------------------------------------------------------------------------------
@@ -272,10 +295,15 @@ def extract(model_admin, request, pk):
         if response:
             return response
     return render(
-        request, model_admin, f"Extract {archive.name}", "admin/borgapp/operation_form.html",
-        form=form, object=archive, button="Extract",
+        request,
+        model_admin,
+        f"Extract {archive.name}",
+        "admin/borgapp/operation_form.html",
+        form=form,
+        object=archive,
+        button="Extract",
         note=f"Restore roots: {', '.join(str(r) for r in settings.RESTORE_ROOTS)}.",
-    )  # fmt: skip
+    )
 
 
 class MountForm(forms.Form):
@@ -303,9 +331,14 @@ def mount(model_admin, request, pk):
         if response:
             return response
     return render(
-        request, model_admin, f"Mount {archive.name}", "admin/borgapp/mount.html",
-        form=form, object=archive, mounted=existing,
-    )  # fmt: skip
+        request,
+        model_admin,
+        f"Mount {archive.name}",
+        "admin/borgapp/mount.html",
+        form=form,
+        object=archive,
+        mounted=existing,
+    )
 
 
 def contents(model_admin, request, pk):
@@ -321,9 +354,13 @@ def contents(model_admin, request, pk):
             else:
                 return queued(request, job, f"Reading the file list of {archive.name}")
         return render(
-            request, model_admin, f"Contents of {archive.name}", "admin/borgapp/contents.html",
-            object=archive, loaded=False,
-        )  # fmt: skip
+            request,
+            model_admin,
+            f"Contents of {archive.name}",
+            "admin/borgapp/contents.html",
+            object=archive,
+            loaded=False,
+        )
     folder = request.GET.get("path", "").strip("/")
     try:
         items = listing.contents(archive, parent=folder).only(
@@ -339,11 +376,24 @@ def contents(model_admin, request, pk):
         crumbs.append(("/".join(walked), part))
     for item in page:
         item.name = item.path.rsplit("/", 1)[-1]
+    audit.record(
+        "browse",
+        f"{archive.repository.name}::{archive.name}",
+        outcome="success",
+        params={"path": folder},
+    )
     return render(
-        request, model_admin, f"Contents of {archive.name}", "admin/borgapp/contents.html",
-        object=archive, loaded=True, page=page, folder=folder, crumbs=crumbs,
+        request,
+        model_admin,
+        f"Contents of {archive.name}",
+        "admin/borgapp/contents.html",
+        object=archive,
+        loaded=True,
+        page=page,
+        folder=folder,
+        crumbs=crumbs,
         can_extract=has_role(request.user, "operator"),
-    )  # fmt: skip
+    )
 
 
 def diff(model_admin, request, pk):
@@ -367,6 +417,12 @@ def diff(model_admin, request, pk):
                 return queued(request, job, f"Comparing {archive.name} with {other.name}")
         if found is not None:
             items = listing.diff_items(found, change=request.GET.get("change", ""))
+            audit.record(
+                "browse",
+                f"{archive.repository.name}::{archive.name}",
+                outcome="success",
+                params={"diff_with": other.name},
+            )
             context["page"] = Paginator(items, PAGE).get_page(request.GET.get("page"))
     return render(
         request, model_admin, f"Compare {archive.name}", "admin/borgapp/diff.html", **context
@@ -378,18 +434,25 @@ def delete_archive(model_admin, request, pk):
     archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
     if request.method == "POST":
         response = start_or_error(
-            request, Job.Kind.DELETE, archive.repository, {"archive": archive.name},
+            request,
+            Job.Kind.DELETE,
+            archive.repository,
+            {"archive": archive.name},
             f"Deletion of archive {archive.name}",
-        )  # fmt: skip
+        )
         if response:
             return response
     return render(
-        request, model_admin, f"Delete archive {archive.name}?",
-        "admin/borgapp/operation_form.html", form=forms.Form(), object=archive,
+        request,
+        model_admin,
+        f"Delete archive {archive.name}?",
+        "admin/borgapp/operation_form.html",
+        form=forms.Form(),
+        object=archive,
         button="Yes, delete it",
         note=f"borg deletes {archive.name} from {archive.repository.name}; its space is "
         "freed by the next compact. This cannot be undone.",
-    )  # fmt: skip
+    )
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -421,13 +484,20 @@ def job_page(model_admin, request, pk):
             "prune_url": reverse("admin:borgapp_repository_prune", args=[job.repository_id]),
         }
     return render(
-        request, model_admin, f"{job.get_kind_display()} job {job.pk}", "admin/borgapp/job.html",
-        job=job, object=job, hint=ERROR_HINTS.get(job.error_code, ""), preview=preview,
+        request,
+        model_admin,
+        f"{job.get_kind_display()} job {job.pk}",
+        "admin/borgapp/job.html",
+        job=job,
+        object=job,
+        hint=ERROR_HINTS.get(job.error_code, ""),
+        preview=preview,
         can_cancel=has_role(request.user, "operator") and not job.is_finished,
-        key_waiting=job.kind == Job.Kind.KEY_EXPORT and bool(job.secret_payload)
+        key_waiting=job.kind == Job.Kind.KEY_EXPORT
+        and bool(job.secret_payload)
         and has_role(request.user, "admin"),
         api_url=reverse("job-detail", args=[job.pk]),
-    )  # fmt: skip
+    )
 
 
 def cancel_job(model_admin, request, pk):
@@ -446,10 +516,16 @@ def download_key(model_admin, request, pk):
         return redirect(reverse("admin:borgapp_job_change", args=[job.pk]))
     key = jobs.take_exported_key(job)
     if key is None:
+        audit.record(
+            "key_download",
+            job.repository_name,
+            outcome="refused",
+            job=job,
+            message="no key waiting",
+        )
         messages.error(request, "No exported key waits here (downloaded already?).")
         return redirect(reverse("admin:borgapp_job_change", args=[job.pk]))
-    if job.repository:
-        model_admin.log_change(request, job, "Downloaded the exported repository key.")
+    audit.record("key_download", job.repository_name, outcome="success", job=job)
     response = HttpResponse(key, content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{job.repository_name}.key"'
     response["Cache-Control"] = "no-store"

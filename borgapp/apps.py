@@ -13,9 +13,10 @@ class BorgappConfig(AppConfig):
 
         post_migrate.connect(_ensure_maintenance_schedule, sender=self)
         post_migrate.connect(_ensure_roles, sender=self)
-        from borgapp import scheduling
+        from borgapp import audit, scheduling
         from borgapp.models import Schedule
 
+        audit.connect()
         post_save.connect(scheduling.on_save, sender=Schedule, dispatch_uid="schedule-mirror")
         post_delete.connect(scheduling.on_delete, sender=Schedule, dispatch_uid="schedule-forget")
 

@@ -112,8 +112,34 @@ def start(
     schedule=None,
     inline: bool = False,
     echo=None,
+    audit_refusal: bool = True,
 ) -> Job:
-    """Record an operation on a repository and run it (inline) or queue it (worker)."""
+    """Record an operation on a repository and run it (inline) or queue it (worker). A
+    refusal (bad input, a conflict) is audited too (its caller may record it its own way)."""
+    try:
+        cleaned, archive_name = _admit(kind, repository, params)
+    except (validation.InvalidInput, Conflict) as exc:
+        if audit_refusal:
+            from borgapp import audit
+
+            audit.record(kind, repository.name, outcome="refused", params=params, message=exc)
+        raise
+    options = {
+        "trigger": trigger,
+        "params": cleaned,
+        "user": user,
+        "schedule": schedule,
+        "archive_name": archive_name,
+    }
+    if inline:
+        job = jobs.create(kind, repository, inline=True, **options)
+        return jobs.run_inline(job, echo=echo)
+    with transaction.atomic():
+        return jobs.submit(kind, repository, **options)
+
+
+def _admit(kind: str, repository: Repository, params: dict | None) -> tuple[dict, str]:
+    """Whether this operation may start now, and its cleaned parameters."""
     if repository.state != Repository.State.READY and kind not in (
         Job.Kind.INIT,
         Job.Kind.IMPORT,
@@ -132,18 +158,7 @@ def start(
         _check_archive(repository, archive_name)
     if kind == Job.Kind.DIFF:
         _check_archive(repository, cleaned["other"])
-    options = {
-        "trigger": trigger,
-        "params": cleaned,
-        "user": user,
-        "schedule": schedule,
-        "archive_name": archive_name,
-    }
-    if inline:
-        job = jobs.create(kind, repository, inline=True, **options)
-        return jobs.run_inline(job, echo=echo)
-    with transaction.atomic():
-        return jobs.submit(kind, repository, **options)
+    return cleaned, archive_name
 
 
 def register(

@@ -48,7 +48,10 @@ def create(
             "worker_pid": os.getpid(),
             "worker_started": procs.start_ticks(os.getpid()),
         }
+    from borgapp import audit
+
     return Job.objects.create(
+        client_address=audit.context()["client_address"],
         kind=kind,
         repository=repository,
         repository_name=repository.name if repository else "",
@@ -286,7 +289,7 @@ def execute(job: Job, echo=None) -> Job:
     job.refresh_from_db()
     if status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
         _after_failure(job)
-    scheduling.record_outcome(job)
+    finished(job)
     scheduling.retry_if_transient(job)
     release(job)
     job.payload = payload  # for an in-process caller only; never stored
@@ -302,6 +305,15 @@ def _after_failure(job: Job) -> None:
         Repository.objects.filter(pk=job.repository_id, state=Repository.State.PENDING).delete()
     elif job.kind in WRITING_KINDS:
         Repository.objects.filter(pk=job.repository_id).update(catalog_stale=True)
+
+
+def finished(job: Job) -> None:
+    """Everything that follows a job's end, whatever ended it: the schedule's last run and
+    outcome, and the audit row."""
+    from borgapp import audit
+
+    scheduling.record_outcome(job)
+    audit.job_finished(job)
 
 
 def dispatch_due() -> int:
@@ -351,6 +363,7 @@ def cancel(job: Job) -> Job:
     if updated:
         job.refresh_from_db()
         _after_failure(job)
+        finished(job)
     else:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()
@@ -372,7 +385,7 @@ def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED
     if updated:
         job.refresh_from_db()
         _after_failure(job)
-        scheduling.record_outcome(job)
+        finished(job)
         release(job)
 
 

@@ -544,6 +544,7 @@ class Job(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
     not_before = models.DateTimeField(null=True, blank=True)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True, default="")
     worker_pid = models.IntegerField(null=True, blank=True)
     worker_started = models.BigIntegerField(null=True, blank=True)
@@ -588,3 +589,50 @@ class WorkerHeartbeat(models.Model):
     """Written by the worker's maintenance task every minute; a stale value means no worker."""
 
     seen_at = models.DateTimeField()
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise PermissionError("The audit trail is append-only.")
+
+    def delete(self):
+        raise PermissionError("The audit trail is append-only.")
+
+
+class AuditEvent(models.Model):
+    """One sensitive action, written after its outcome (SEC-09). Append-only: rows are never
+    changed or deleted, not even by a superuser."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILURE = "failure", "Failure"
+        REFUSED = "refused", "Refused"
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=255, help_text="user name, with '(token)' for API tokens")
+    # Plain ids, not foreign keys: deleting a user or a job must not touch the trail.
+    user_id_ref = models.IntegerField(null=True, blank=True, verbose_name="user id")
+    source = models.CharField(max_length=16, help_text="admin, api, cli, schedule or system")
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    action = models.CharField(max_length=40, db_index=True)
+    target = models.CharField(max_length=255, blank=True, default="")
+    params = models.JSONField(default=dict, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    message = models.TextField(blank=True, default="")
+    job_id_ref = models.IntegerField(null=True, blank=True, verbose_name="job id")
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise PermissionError("The audit trail is append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("The audit trail is append-only.")

@@ -185,7 +185,7 @@ def record_skip(schedule: Schedule, repository, kind: str, trigger: str, reason:
         status=Job.Status.SKIPPED, finished_at=now, error_code="skipped", error_message=reason
     )
     job.refresh_from_db()
-    record_outcome(job)
+    jobs.finished(job)
     return job
 
 
@@ -218,6 +218,7 @@ def start_runs(
                 schedule=schedule,
                 inline=inline,
                 echo=echo,
+                audit_refusal=False,  # the skip below is audited
             )
         except (validation.InvalidInput, intake.Conflict) as exc:
             job = record_skip(schedule, repository, kind, trigger, str(exc), user)

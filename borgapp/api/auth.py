@@ -22,7 +22,17 @@ class ThrottledTokenAuthentication(TokenAuthentication):
             raise Throttled(wait=WINDOW_SECONDS, detail="Too many failed sign-in attempts.")
         try:
             return super().authenticate(request)
-        except AuthenticationFailed:
+        except AuthenticationFailed as exc:
             if not cache.add(key, 1, WINDOW_SECONDS):
                 cache.incr(key)
+            from borgapp import audit
+
+            audit.record(
+                "sign_in",
+                "api token",
+                outcome="failure",
+                message=exc.detail,
+                actor="anonymous",
+                client_address=request.META.get("REMOTE_ADDR"),
+            )
             raise

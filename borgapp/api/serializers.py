@@ -9,6 +9,7 @@ from borgapp.models import (
     Archive,
     ArchiveDiffItem,
     ArchiveItem,
+    AuditEvent,
     Job,
     Repository,
     RetentionPolicy,
@@ -335,6 +336,16 @@ class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
         if not value:
             raise serializers.ValidationError("Choose at least one repository.")
         return value
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id", "at", "actor", "user_id_ref", "source", "client_address", "action", "target",
+            "params", "outcome", "message", "job_id_ref",
+        ]  # fmt: skip
+        read_only_fields = fields
 
 
 class JobListSerializer(serializers.Serializer):

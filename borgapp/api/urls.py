@@ -10,6 +10,7 @@ router.register("archives", views.ArchiveViewSet, basename="archive")
 router.register("jobs", views.JobViewSet, basename="job")
 router.register("retention-policies", views.RetentionPolicyViewSet, basename="retentionpolicy")
 router.register("schedules", views.ScheduleViewSet, basename="schedule")
+router.register("audit", views.AuditViewSet, basename="audit")
 
 # The integration guide's routes, exactly as its scripts call them (no trailing slash).
 seed_routes = [

@@ -11,12 +11,13 @@ from rest_framework import serializers as drf_serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from borgapp import intake, jobs, listing, scheduling, validation
+from borgapp import audit, intake, jobs, listing, scheduling, validation
 from borgapp.api import serializers as s
 from borgapp.api.errors import ApiError
 from borgapp.models import (
     Archive,
     ArchiveDiffItem,
+    AuditEvent,
     Job,
     Repository,
     RetentionPolicy,
@@ -62,13 +63,43 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def key(self, request, pk=None):
         """The key a key-export job exported, once: it is deleted when fetched."""
-        key = jobs.take_exported_key(self.get_object())
+        job = self.get_object()
+        key = jobs.take_exported_key(job)
         if key is None:
+            audit.record(
+                "key_download",
+                job.repository_name,
+                outcome="refused",
+                job=job,
+                message="no key waiting",
+            )
             raise ApiError("not_found", "No exported key waits here (fetched already?).", 404)
+        audit.record("key_download", job.repository_name, outcome="success", job=job)
         return Response({"key": key})
 
 
-class RepositoryViewSet(viewsets.ModelViewSet):
+class AuditedWrites:
+    """Configuration written through the API is audited like the admin's."""
+
+    def _audit(self, verb: str, obj, params=None) -> None:
+        name = obj._meta.model_name
+        audit.record(f"{name}.{verb}", str(obj), outcome="success", params=params)
+
+    def perform_create(self, serializer):
+        super().perform_create(serializer)
+        self._audit("created", serializer.instance, self.request.data)
+
+    def perform_update(self, serializer):
+        super().perform_update(serializer)
+        self._audit("changed", serializer.instance, self.request.data)
+
+    def perform_destroy(self, instance):
+        label = str(instance)
+        super().perform_destroy(instance)
+        audit.record(f"{instance._meta.model_name}.deleted", label, outcome="success")
+
+
+class RepositoryViewSet(AuditedWrites, viewsets.ModelViewSet):
     serializer_class = s.RepositorySerializer
     lookup_field = "name"
     lookup_value_regex = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
@@ -119,7 +150,7 @@ class RepositoryViewSet(viewsets.ModelViewSet):
         # Forgets the registration only; the borg repository and its data stay.
         if instance.lease_job_id:
             raise intake.Conflict(f"Repository {instance.name} is busy; try again later.")
-        instance.delete()
+        super().perform_destroy(instance)
 
     def _run(self, request, kind, serializer_class=None):
         params = {}
@@ -219,6 +250,10 @@ class ArchiveContentsMixin:
             type=query.get("type", ""),
         )
         page = self.paginate_queryset(items)
+        where = {"path": query.get("path", ""), "parent": query.get("parent")}
+        audit.record(
+            "browse", f"{archive.repository.name}::{archive.name}", outcome="success", params=where
+        )
         return self.get_paginated_response(s.ArchiveItemSerializer(page, many=True).data)
 
     @extend_schema(
@@ -253,6 +288,12 @@ class ArchiveContentsMixin:
             found, path=query.get("path", ""), change=query.get("change", "")
         )
         page = self.paginate_queryset(items)
+        audit.record(
+            "browse",
+            f"{archive.repository.name}::{archive.name}",
+            outcome="success",
+            params={"diff_with": other.name},
+        )
         return self.get_paginated_response(s.ArchiveDiffItemSerializer(page, many=True).data)
 
 
@@ -317,12 +358,12 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         return accepted(request, job)
 
 
-class RetentionPolicyViewSet(viewsets.ModelViewSet):
+class RetentionPolicyViewSet(AuditedWrites, viewsets.ModelViewSet):
     queryset = RetentionPolicy.objects.order_by("name")
     serializer_class = s.RetentionPolicySerializer
 
 
-class ScheduleViewSet(viewsets.ModelViewSet):
+class ScheduleViewSet(AuditedWrites, viewsets.ModelViewSet):
     queryset = Schedule.objects.prefetch_related("repositories").order_by("name")
     serializer_class = s.ScheduleSerializer
     action_roles = {"run": "operator", "dry_run": "operator"}
@@ -347,3 +388,21 @@ class ScheduleViewSet(viewsets.ModelViewSet):
             self.get_object(), trigger=Job.Trigger.API, user=request.user
         )
         return self._jobs(request, made)
+
+
+class AuditFilter(filters.FilterSet):
+    after = filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    before = filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["action", "outcome", "source", "actor", "after", "before"]
+
+
+class AuditViewSet(viewsets.ReadOnlyModelViewSet):
+    """The audit trail (admins only): who did what, from where, how it ended."""
+
+    queryset = AuditEvent.objects.order_by("-at", "-id")
+    serializer_class = s.AuditEventSerializer
+    filterset_class = AuditFilter
+    read_role = "admin"

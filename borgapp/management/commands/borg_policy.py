@@ -3,6 +3,7 @@ import json
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from borgapp import audit
 from borgapp.management.commands._base import EXIT_FAILED
 from borgapp.models import RetentionPolicy
 
@@ -34,6 +35,12 @@ class Command(BaseCommand):
                 problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
                 raise CommandError(f"Invalid policy: {problems}", returncode=EXIT_FAILED) from None
             policy.save()
+            audit.record(
+                "retentionpolicy.created",
+                policy.name,
+                outcome="success",
+                params={"rules": policy.borg_options()},
+            )
             self.stdout.write(f"Added {policy.name}: {' '.join(policy.borg_options())}")
         elif o["action"] == "list":
             rows = [
@@ -55,4 +62,5 @@ class Command(BaseCommand):
                     f"Policy {policy.name} is used by: {names}.", returncode=EXIT_FAILED
                 )
             policy.delete()
+            audit.record("retentionpolicy.deleted", policy.name, outcome="success")
             self.stdout.write(f"Removed {policy.name}.")

@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from borgapp import scheduling, validation
+from borgapp import audit, scheduling, validation
 from borgapp.management.commands._base import EXIT_FAILED, EXIT_WARNING, job_summary
 from borgapp.models import Job, Repository, RetentionPolicy, Schedule
 
@@ -175,17 +175,22 @@ class Command(BaseCommand):
         schedule = self.schedule(o["schedule"])
         schedule.enabled = True
         schedule.save()
+        audit.record("schedule.changed", schedule.name, outcome="success", params={"enabled": True})
         self.stdout.write(f"Enabled {schedule.name}; next run {scheduling.next_run(schedule)}")
 
     def do_disable(self, o):
         schedule = self.schedule(o["schedule"])
         schedule.enabled = False
         schedule.save()
+        audit.record(
+            "schedule.changed", schedule.name, outcome="success", params={"enabled": False}
+        )
         self.stdout.write(f"Disabled {schedule.name}.")
 
     def do_remove(self, o):
         schedule = self.schedule(o["schedule"])
         schedule.delete()
+        audit.record("schedule.deleted", schedule.name, outcome="success")
         self.stdout.write(f"Removed {schedule.name}.")
 
     def do_example(self, o):
@@ -241,3 +246,9 @@ def save(schedule: Schedule, repositories) -> None:
     with transaction.atomic():
         schedule.save()
         schedule.repositories.set(repositories)
+    audit.record(
+        "schedule.created",
+        schedule.name,
+        outcome="success",
+        params={"operation": schedule.operation, "cron": schedule.cron},
+    )
