@@ -13,8 +13,10 @@ from borgapp import admin_views as views
 from borgapp import audit, intake, scheduling, validation
 from borgapp.api.permissions import has_role
 from borgapp.models import (
+    Alert,
     Archive,
     AuditEvent,
+    Channel,
     Job,
     Mount,
     Repository,
@@ -116,6 +118,11 @@ class RoleAdmin(admin.ModelAdmin):
 
 # --- repositories ------------------------------------------------------------------------------
 
+THRESHOLDS = [
+    "overdue_hours", "min_success_rate", "min_deduplication", "growth_factor",
+    "growth_limit_bytes", "check_max_age_days",
+]  # fmt: skip
+
 
 class RepositoryForm(forms.ModelForm):
     setup = forms.ChoiceField(
@@ -135,7 +142,7 @@ class RepositoryForm(forms.ModelForm):
 
     class Meta:
         model = Repository
-        fields = ["name", "location", "encryption", "append_only"]
+        fields = ["name", "location", "encryption", "append_only", *THRESHOLDS]
 
     def save(self, commit=True):
         repo = super().save(commit=False)
@@ -185,6 +192,7 @@ class RepositoryAdmin(RoleAdmin):
         fields = ["name", "location", "encryption", "append_only", "passphrase"]
         if obj is None:
             return ["setup", *fields]
+        fields += THRESHOLDS
         if not has_role(request.user, "admin"):
             fields.remove("passphrase")
         return [*self.link_fields(request), *fields, *self.readonly_fields]
@@ -368,6 +376,7 @@ class ScheduleAdmin(RoleAdmin):
         ("Prune", {"fields": ["retention_policy", "compact_after_prune"]}),
         ("Check", {"fields": ["check_scope", "verify_data", "max_duration", "check_last"]}),
         ("Verify restore", {"fields": ["sample_files", "sample_percent", "sample_max_bytes"]}),
+        ("Pings", {"fields": ["ping_start_url", "ping_success_url", "ping_failure_url"]}),
         ("Last runs", {"fields": ["last_run_at", "last_outcome", "last_success_at"]}),
     ]  # fmt: skip
 
@@ -558,3 +567,71 @@ class AuditEventAdmin(RoleAdmin):
         response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="audit.csv"'
         return response
+
+
+# --- alerts and notification channels -------------------------------------------------------
+
+
+@admin.register(Alert)
+class AlertAdmin(RoleAdmin):
+    list_display = ["kind", "repository", "state", "reason", "first_seen", "last_seen",
+                    "resolved_at"]  # fmt: skip
+    list_filter = ["state", "kind", "repository"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class ChannelForm(forms.ModelForm):
+    events = forms.MultipleChoiceField(
+        choices=[(e, e.replace("_", " ")) for e in Channel.EVENTS],
+        widget=forms.CheckboxSelectMultiple,
+    )
+    secret = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Webhooks: the HMAC-SHA256 signing secret. Stored encrypted; never shown. "
+        "Leave blank to keep the stored one.",
+    )
+
+    class Meta:
+        model = Channel
+        fields = ["name", "kind", "target", "events", "enabled"]
+
+    def save(self, commit=True):
+        channel = super().save(commit=False)
+        if self.cleaned_data.get("secret"):
+            channel.set_secret(self.cleaned_data["secret"])
+        if commit:
+            channel.save()
+        return channel
+
+
+@admin.register(Channel)
+class ChannelAdmin(RoleAdmin):
+    form = ChannelForm
+    list_display = ["name", "kind", "enabled", "events", "last_sent_at", "last_error_at",
+                    "last_error"]  # fmt: skip
+    readonly_fields = ["last_sent_at", "last_error", "last_error_at"]
+    actions = ["send_test"]
+
+    def get_fields(self, request, obj=None):
+        return ["name", "kind", "target", "events", "secret", "enabled", *self.readonly_fields]
+
+    @admin.action(description="Send a test message", permissions=["change"])
+    def send_test(self, request, queryset):
+        from borgapp import notifications
+
+        for channel in queryset:
+            ok = notifications.send_to(
+                channel, "test", "[opscenter] test message", "A test message.", {"test": True}
+            )
+            channel.refresh_from_db()
+            if ok:
+                self.message_user(request, f"{channel.name}: sent.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{channel.name}: {channel.last_error}", messages.ERROR)

@@ -26,6 +26,15 @@ def _ensure_maintenance_schedule(**kwargs):
     from django_q.models import Schedule
 
     Schedule.objects.update_or_create(
+        name="opscenter-digest",
+        defaults={
+            "func": "borgapp.tasks.daily_digest",
+            "schedule_type": Schedule.CRON,
+            "cron": "0 7 * * *",
+            "repeats": -1,
+        },
+    )
+    Schedule.objects.update_or_create(
         name="opscenter-maintenance",
         defaults={
             "func": "borgapp.tasks.maintenance",

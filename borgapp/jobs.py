@@ -247,6 +247,10 @@ def execute(job: Job, echo=None) -> Job:
     """Run a claimed job's operation and record its outcome. Never raises for borg errors."""
     from borgapp import operations
 
+    if job.schedule_id and job.schedule.ping_start_url:
+        from borgapp import notifications
+
+        notifications.ping(job.schedule.ping_start_url)
     progress = Progress(job, echo=echo)
     status, result, error_code, error_message, tail = Job.Status.SUCCEEDED, {}, "", "", []
     payload = None
@@ -310,10 +314,15 @@ def _after_failure(job: Job) -> None:
 def finished(job: Job) -> None:
     """Everything that follows a job's end, whatever ended it: the schedule's last run and
     outcome, and the audit row."""
-    from borgapp import audit
+    from borgapp import alerts, audit, notifications
 
     scheduling.record_outcome(job)
     audit.job_finished(job)
+    try:  # telling people must never break the job's record
+        notifications.job_finished(job)
+        alerts.evaluate()
+    except Exception:
+        log.exception("Notifications after job %s failed", job.pk)
 
 
 def dispatch_due() -> int:

@@ -104,6 +104,27 @@ class Repository(models.Model):
         "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     lease_since = models.DateTimeField(null=True, blank=True)
+    # alert thresholds; empty uses the installation's default (settings)
+    overdue_hours = models.PositiveIntegerField(
+        null=True, blank=True, help_text="alert when the last backup is older (default 25)"
+    )
+    min_success_rate = models.FloatField(
+        null=True, blank=True, help_text="percent of jobs over 30 days (default 99)"
+    )
+    min_deduplication = models.FloatField(
+        null=True, blank=True, help_text="original over stored size (default 1.5)"
+    )
+    growth_factor = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="bytes/day of the last 7 days over the 30 before (default 2)",
+    )
+    growth_limit_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="alert above this many stored bytes per day"
+    )
+    check_max_age_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="alert when the last successful check is older (default 8)"
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -399,6 +420,10 @@ class Schedule(models.Model):
     sample_max_bytes = models.BigIntegerField(
         default=100 * 1024 * 1024, help_text="upper bound of the bytes restored per run"
     )
+    # dead-man pings (healthchecks.io, Uptime Kuma): GET on start, success and failure
+    ping_start_url = models.URLField(blank=True, default="")
+    ping_success_url = models.URLField(blank=True, default="")
+    ping_failure_url = models.URLField(blank=True, default="")
     # derived, kept current by the jobs (read by lists without scanning jobs)
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_outcome = models.CharField(max_length=16, blank=True, default="", editable=False)
@@ -636,3 +661,80 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("The audit trail is append-only.")
+
+
+class Alert(models.Model):
+    """A condition that needs a person: it fires once, stays firing while the condition holds
+    (last_seen moves on), and resolves once; notifications go out on those two changes only."""
+
+    class State(models.TextChoices):
+        FIRING = "firing", "Firing"
+        RESOLVED = "resolved", "Resolved"
+
+    class Kind(models.TextChoices):
+        OVERDUE = "overdue", "Last successful backup too old"
+        SUCCESS_RATE = "success_rate", "Success rate too low"
+        DEDUPLICATION = "deduplication", "Deduplication ratio too low"
+        GROWTH = "growth", "Repository grows too fast"
+        CHECK_AGE = "check_age", "Last successful check too old"
+        JOB_OVERRUN = "job_overrun", "A job runs far longer than usual"
+        WORKER = "worker", "Worker heartbeat stale"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    repository = models.ForeignKey(
+        Repository, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts"
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.FIRING)
+    reason = models.TextField()
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen"]
+        indexes = [models.Index(fields=["state", "kind"], name="alert_state_kind")]
+
+    def __str__(self):
+        where = f" on {self.repository.name}" if self.repository_id else ""
+        return f"{self.get_kind_display()}{where} ({self.state})"
+
+
+class Channel(models.Model):
+    """Where notifications go: email, a signed webhook, or any Apprise URL."""
+
+    class Kind(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook (JSON POST, HMAC-SHA256 signed)"
+        APPRISE = "apprise", "Apprise URL (ntfy, Slack, Discord, Telegram, Gotify, ...)"
+
+    EVENTS = ["alert_firing", "alert_resolved", "job_failed", "job_succeeded", "daily_digest"]
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    target = models.TextField(
+        help_text="email: addresses separated by commas; webhook: https URL; apprise: its URL"
+    )
+    secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    events = models.JSONField(default=list, help_text=f"any of: {', '.join(EVENTS)}")
+    enabled = models.BooleanField(default=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="", editable=False)
+    last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        super().clean()
+        unknown = [e for e in self.events or [] if e not in self.EVENTS]
+        if not isinstance(self.events, list) or unknown:
+            raise ValidationError({"events": f"Choose from: {', '.join(self.EVENTS)}."})
+
+    def set_secret(self, secret: str) -> None:
+        self.secret_encrypted = vault.encrypt(secret) if secret else ""
+
+    def get_secret(self) -> str:
+        return vault.decrypt(self.secret_encrypted) if self.secret_encrypted else ""

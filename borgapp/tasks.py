@@ -14,9 +14,18 @@ def maintenance() -> dict:
     from borgapp.models import WorkerHeartbeat
 
     WorkerHeartbeat.objects.update_or_create(pk=1, defaults={"seen_at": timezone.now()})
+    from borgapp import alerts
+
     result = jobs.reconcile()
     result["retries_dispatched"] = jobs.dispatch_due()
+    result["alerts"] = alerts.evaluate()
     return result
+
+
+def daily_digest() -> int:
+    from borgapp import notifications
+
+    return notifications.digest()
 
 
 def run_schedule(schedule_id: int) -> dict:

@@ -163,6 +163,21 @@ SEED_WAIT = env.float("OPSCENTER_SEED_WAIT", default=300.0)
 # A running job whose heartbeat is older than this is treated as dead (REL-14).
 # A repository whose last successful backup is older than this shows red (the guide: 25 h).
 BACKUP_OVERDUE_HOURS = env.int("OPSCENTER_BACKUP_OVERDUE_HOURS", default=25)
+# Alert defaults (the guide's thresholds); each repository may override them in the admin.
+ALERT_SUCCESS_RATE_MIN = env.float("OPSCENTER_ALERT_SUCCESS_RATE_MIN", default=99.0)
+ALERT_SUCCESS_WINDOW_DAYS = env.int("OPSCENTER_ALERT_SUCCESS_WINDOW_DAYS", default=30)
+ALERT_DEDUP_MIN = env.float("OPSCENTER_ALERT_DEDUP_MIN", default=1.5)
+ALERT_GROWTH_FACTOR = env.float("OPSCENTER_ALERT_GROWTH_FACTOR", default=2.0)
+ALERT_CHECK_MAX_AGE_DAYS = env.int("OPSCENTER_ALERT_CHECK_MAX_AGE_DAYS", default=8)
+ALERT_JOB_OVERRUN_FACTOR = env.float("OPSCENTER_ALERT_JOB_OVERRUN_FACTOR", default=3.0)
+# /metrics: a bearer token, a viewer's API token, or one of these client addresses.
+METRICS_TOKEN = env.str("OPSCENTER_METRICS_TOKEN", default="")
+METRICS_ALLOW = env.list("OPSCENTER_METRICS_ALLOW", default=["127.0.0.1", "::1"])
+# Notifications: Django's email settings from one URL (smtp://user:pass@host:587, or
+# consolemail:// to print), and the webhook timeout.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="opscenter@localhost")
+NOTIFY_TIMEOUT = env.float("OPSCENTER_NOTIFY_TIMEOUT", default=10.0)
 JOB_STALE_AFTER = env.int("OPSCENTER_JOB_STALE_AFTER", default=600)
 # Scheduled jobs that fail for a passing reason (connection closed, a foreign lock) are
 # retried up to this many times, waiting RETRY_WAIT, then twice that, and so on (seconds).

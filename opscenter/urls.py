@@ -2,9 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from borgapp import metrics
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("borgapp.api.urls")),
+    path("metrics", metrics.metrics_view, name="metrics"),
+    path("healthz", metrics.healthz_view, name="healthz"),
     # the integration guide's readers look for the API documentation at /docs
     path("docs", RedirectView.as_view(pattern_name="api-docs", permanent=False)),
     path("docs/", RedirectView.as_view(pattern_name="api-docs", permanent=False)),

@@ -1,0 +1,194 @@
+"""Alert evaluation (every minute from the maintenance task, and after every job): the guide's
+thresholds, computed from the catalog and the Job rows. An alert notifies when it starts firing
+and when it resolves, never on every evaluation."""
+
+import statistics
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from borgapp.models import Alert, Job, Repository, WorkerHeartbeat
+
+RATED_KINDS = ["backup", "prune", "compact", "check", "verify_restore"]
+HEARTBEAT_STALE = timedelta(minutes=3)
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.0f} hours" if hours < 72 else f"{hours / 24:.0f} days"
+
+
+def conditions(now=None) -> dict[tuple[str, int | None], str]:
+    """Everything wrong right now: {(kind, repository id or None): reason for a person}."""
+    now = now or timezone.now()
+    found: dict[tuple[str, int | None], str] = {}
+    for repo in Repository.objects.filter(state=Repository.State.READY):
+        for kind, reason in _repository_conditions(repo, now):
+            found[(kind, repo.pk)] = reason
+    seen = WorkerHeartbeat.objects.values_list("seen_at", flat=True).first()
+    if seen is not None and now - seen > HEARTBEAT_STALE:
+        found[(Alert.Kind.WORKER, None)] = (
+            f"The worker last ticked {_hours(now - seen)} ago ({seen:%Y-%m-%d %H:%M} UTC): "
+            "scheduled jobs are not running. Start it with `manage.py worker`."
+        )
+    return found
+
+
+def _repository_conditions(repo: Repository, now):
+    # age of the last successful backup
+    limit = timedelta(hours=_pick(repo.overdue_hours, settings.BACKUP_OVERDUE_HOURS))
+    complete = repo.archives.filter(is_checkpoint=False, start__isnull=False)
+    last = complete.order_by("-start").values_list("start", flat=True).first()
+    if last is None and now - repo.created_at > limit:
+        yield (
+            Alert.Kind.OVERDUE,
+            f"{repo.name} has no backup yet ({_hours(now - repo.created_at)} since it was added).",
+        )
+    elif last is not None and now - last > limit:
+        yield (
+            Alert.Kind.OVERDUE,
+            (
+                f"The last backup of {repo.name} is {_hours(now - last)} old "
+                f"(limit {_hours(limit)})."
+            ),
+        )
+    # success rate over the window
+    window = now - timedelta(days=settings.ALERT_SUCCESS_WINDOW_DAYS)
+    ended = Job.objects.filter(
+        repository=repo, kind__in=RATED_KINDS, finished_at__gte=window,
+        status__in=["succeeded", "warning", "failed", "interrupted"],
+    )  # fmt: skip
+    total = ended.count()
+    if total:
+        good = ended.filter(status__in=["succeeded", "warning"]).count()
+        rate = 100.0 * good / total
+        minimum = _pick(repo.min_success_rate, settings.ALERT_SUCCESS_RATE_MIN)
+        if rate < minimum:
+            yield (
+                Alert.Kind.SUCCESS_RATE,
+                (
+                    f"{repo.name}: {good} of {total} jobs succeeded in the last "
+                    f"{settings.ALERT_SUCCESS_WINDOW_DAYS} days "
+                    f"({rate:.1f} %, minimum {minimum:g} %)."
+                ),
+            )
+    # deduplication (original over stored: higher is better)
+    ratio = repo.deduplication_ratio
+    minimum = _pick(repo.min_deduplication, settings.ALERT_DEDUP_MIN)
+    if ratio is not None and ratio < minimum:
+        yield (
+            Alert.Kind.DEDUPLICATION,
+            (
+                f"{repo.name}: deduplication ratio {ratio:.2f} (original over stored size; "
+                f"minimum {minimum:g}). The data may be compressed or encrypted already, or "
+                "change completely between runs."
+            ),
+        )
+    # growth: stored bytes per day over the last 7 days against the 30 before
+    week = now - timedelta(days=7)
+    sums = complete.aggregate(
+        recent=Sum("deduplicated_size", filter=Q(start__gte=week)),
+        before=Sum("deduplicated_size", filter=Q(start__gte=week - timedelta(days=30),
+                                                  start__lt=week)),
+    )  # fmt: skip
+    recent = (sums["recent"] or 0) / 7
+    before = (sums["before"] or 0) / 30
+    factor = _pick(repo.growth_factor, settings.ALERT_GROWTH_FACTOR)
+    if before > 0 and recent > factor * before:
+        yield (
+            Alert.Kind.GROWTH,
+            (
+                f"{repo.name} grew {recent / 1e6:.1f} MB a day over the last 7 days, "
+                f"{recent / before:.1f}× the {before / 1e6:.1f} MB a day of the 30 days before "
+                f"(limit {factor:g}×)."
+            ),
+        )
+    elif repo.growth_limit_bytes and recent > repo.growth_limit_bytes:
+        yield (
+            Alert.Kind.GROWTH,
+            (
+                f"{repo.name} grew {recent / 1e6:.1f} MB a day over the last 7 days "
+                f"(limit {repo.growth_limit_bytes / 1e6:.1f} MB)."
+            ),
+        )
+    # age of the last successful check
+    max_age = timedelta(days=_pick(repo.check_max_age_days, settings.ALERT_CHECK_MAX_AGE_DAYS))
+    checked = (
+        Job.objects.filter(repository=repo, kind="check", status="succeeded")
+        .order_by("-finished_at").values_list("finished_at", flat=True).first()
+    )  # fmt: skip
+    if (checked or repo.created_at) < now - max_age:
+        since = f"was {_hours(now - checked)} ago" if checked else "never ran"
+        yield Alert.Kind.CHECK_AGE, f"The last successful check of {repo.name} {since}."
+    # a running job far past its usual duration
+    job = repo.lease_job
+    if job is not None and job.status == "running" and job.started_at:
+        past = list(
+            Job.objects.filter(repository=repo, kind=job.kind, status="succeeded",
+                               started_at__isnull=False, finished_at__isnull=False)
+            .order_by("-finished_at")[:10]
+        )  # fmt: skip
+        if len(past) >= 3:
+            usual = statistics.median(j.duration for j in past)
+            elapsed = (now - job.started_at).total_seconds()
+            if usual > 0 and elapsed > settings.ALERT_JOB_OVERRUN_FACTOR * max(usual, 60):
+                yield (
+                    Alert.Kind.JOB_OVERRUN,
+                    (
+                        f"{job.get_kind_display()} job {job.pk} on {repo.name} has run "
+                        f"{elapsed / 60:.0f} min; it usually takes {usual / 60:.1f} min."
+                    ),
+                )
+
+
+def evaluate(now=None) -> dict:
+    """Open alerts for new conditions, keep firing ones current, resolve the rest; notify on
+    the changes only."""
+    from borgapp import notifications
+
+    now = now or timezone.now()
+    current = conditions(now)
+    fired, resolved = [], []
+    with transaction.atomic():
+        firing = {
+            (a.kind, a.repository_id): a
+            for a in Alert.objects.select_for_update().filter(state=Alert.State.FIRING)
+        }
+        for key, reason in current.items():
+            alert = firing.get(key)
+            if alert is None:
+                fired.append(
+                    Alert.objects.create(
+                        kind=key[0], repository_id=key[1], reason=reason, first_seen=now,
+                        last_seen=now,
+                    )
+                )  # fmt: skip
+            else:
+                Alert.objects.filter(pk=alert.pk).update(last_seen=now, reason=reason)
+        for key, alert in firing.items():
+            if key not in current:
+                Alert.objects.filter(pk=alert.pk).update(
+                    state=Alert.State.RESOLVED, resolved_at=now, last_seen=now
+                )
+                alert.state, alert.resolved_at = Alert.State.RESOLVED, now
+                resolved.append(alert)
+    for alert in fired:
+        notifications.alert_changed(alert, fired=True)
+    for alert in resolved:
+        notifications.alert_changed(alert, fired=False)
+    return {"firing": len(current), "fired": len(fired), "resolved": len(resolved)}
+
+
+def firing_repository_ids() -> set[int]:
+    return set(
+        Alert.objects.filter(state=Alert.State.FIRING, repository__isnull=False).values_list(
+            "repository_id", flat=True
+        )
+    )

@@ -1,0 +1,254 @@
+"""Monitoring: alerts on the guide's thresholds, notifications (email, signed webhook, pings,
+digest), /metrics and /healthz, all from the database."""
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from borgapp import alerts, notifications
+from borgapp.models import Alert, Archive, Channel, Job, Repository, WorkerHeartbeat
+from tests.conftest import cli, write_files
+
+pytestmark = pytest.mark.django_db
+SECRET = "webhook signing secret"
+
+
+class Receiver:
+    """A local HTTP server on 127.0.0.1 that records what it is sent."""
+
+    def __init__(self):
+        self.requests = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                received.append((self.command, self.path, self.headers, body))
+                self.send_response(200)
+                self.end_headers()
+
+            do_GET = do_POST = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def metric(client, name, repository):
+    text = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{repository="{repository}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def webhook_events(receiver):
+    events = []
+    for method, _, headers, body in receiver.requests:
+        if method != "POST":
+            continue
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-OpsCenter-Signature"], expected)
+        events.append(json.loads(body))
+    return events
+
+
+def test_overdue_fires_notifies_and_resolves_after_a_backup(
+    repo, roots, tmp_path, receiver, client
+):
+    Repository.objects.filter(pk=repo.pk).update(min_deduplication=0)  # a tiny test backup
+    src = write_files(tmp_path / "src", {"a.txt": "alpha"})
+    assert cli("borg_backup", "main", "--source", src).code == 0
+    Channel.objects.create(name="mail", kind="email", target="ops@example.com",
+                           events=["alert_firing", "alert_resolved"])  # fmt: skip
+    hook = Channel(name="hook", kind="webhook", target=f"{receiver.url}/hook",
+                   events=["alert_firing", "alert_resolved"])  # fmt: skip
+    hook.set_secret(SECRET)
+    hook.save()
+    mail.outbox.clear()
+    assert alerts.evaluate() == {"firing": 0, "fired": 0, "resolved": 0}
+    assert metric(client, "opscenter_repository_healthy", "main") == 1.0
+    # move time: the last backup is now 30 hours old
+    Archive.objects.update(start=timezone.now() - timedelta(hours=30))
+    assert alerts.evaluate()["fired"] == 1
+    alert = Alert.objects.get(state="firing")
+    assert alert.kind == "overdue" and "30 hours old" in alert.reason
+    assert [m.subject for m in mail.outbox] == [
+        "[opscenter] FIRING: Last successful backup too old on main"
+    ]
+    assert mail.outbox[0].to == ["ops@example.com"] and "30 hours old" in mail.outbox[0].body
+    [event] = webhook_events(receiver)
+    assert event["event"] == "alert_firing" and event["data"]["repository"] == "main"
+    assert metric(client, "opscenter_repository_healthy", "main") == 0.0
+    assert "opscenter_alerts_firing 1.0" in client.get("/metrics").content.decode()
+    # evaluating again while it still fires notifies nobody
+    assert alerts.evaluate()["fired"] == 0
+    assert len(mail.outbox) == 1 and len(webhook_events(receiver)) == 1
+    # a backup: the job's end re-evaluates, the alert resolves, and says so once
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "again").code == 0
+    alert.refresh_from_db()
+    assert alert.state == "resolved" and alert.resolved_at is not None
+    assert mail.outbox[-1].subject == "[opscenter] resolved: Last successful backup too old on main"
+    assert [e["event"] for e in webhook_events(receiver)] == ["alert_firing", "alert_resolved"]
+    assert metric(client, "opscenter_repository_healthy", "main") == 1.0
+
+
+def ready_repo(name="r", **fields):
+    return Repository.objects.create(
+        name=name, location=f"/nonexistent/{name}", state="ready", **fields
+    )
+
+
+def fired_kinds():
+    alerts.evaluate()
+    return {a.kind for a in Alert.objects.filter(state="firing")}
+
+
+def fresh_archive(repo, hours=1, size=10, name=None):
+    return Archive.objects.create(
+        repository=repo, name=name or f"a-{Archive.objects.count()}",
+        borg_id=str(Archive.objects.count()).ljust(64, "0"),
+        start=timezone.now() - timedelta(hours=hours), deduplicated_size=size,
+    )  # fmt: skip
+
+
+def test_success_rate_threshold_is_exact():
+    repo = ready_repo()
+    fresh_archive(repo)
+    now = timezone.now()
+    for index in range(199):
+        Job.objects.create(kind="backup", repository=repo, trigger="schedule", status="succeeded",
+                           finished_at=now - timedelta(hours=index))  # fmt: skip
+    Job.objects.create(kind="check", repository=repo, trigger="schedule", status="failed",
+                       finished_at=now)  # fmt: skip
+    assert "success_rate" not in fired_kinds()  # 199/200 = 99.5 %
+    Job.objects.create(kind="check", repository=repo, trigger="schedule", status="failed",
+                       finished_at=now)  # fmt: skip
+    Job.objects.create(kind="check", repository=repo, trigger="schedule", status="failed",
+                       finished_at=now)  # fmt: skip
+    alert_kinds = fired_kinds()
+    assert "success_rate" in alert_kinds  # 199/202 = 98.5 %
+    reason = Alert.objects.get(kind="success_rate", state="firing").reason
+    assert "199 of 202 jobs succeeded" in reason
+
+
+def test_deduplication_below_1_5_fires():
+    repo = ready_repo(total_size=140, unique_compressed_size=100)  # ratio 1.4
+    fresh_archive(repo)
+    assert "deduplication" in fired_kinds()
+    Repository.objects.filter(pk=repo.pk).update(total_size=160)  # 1.6
+    assert "deduplication" not in fired_kinds()
+    assert Alert.objects.get(kind="deduplication").state == "resolved"
+
+
+def test_growth_above_twice_the_usual_fires():
+    repo = ready_repo()
+    for day in range(7, 37):  # the 30 days before the last week: 1 MB a day
+        fresh_archive(repo, hours=24 * day + 12, size=1_000_000)
+    for day in range(7):  # the last week: 1.5 MB a day
+        fresh_archive(repo, hours=24 * day + 1, size=1_500_000)
+    assert "growth" not in fired_kinds()
+    fresh_archive(repo, hours=2, size=7_000_000)  # now 2.5 MB a day
+    assert "growth" in fired_kinds()
+    assert "2.5×" in Alert.objects.get(kind="growth", state="firing").reason
+
+
+def test_growth_above_an_absolute_limit_fires():
+    repo = ready_repo(growth_limit_bytes=1_000_000)
+    fresh_archive(repo, hours=1, size=14_000_000)  # 2 MB a day over the week
+    assert "growth" in fired_kinds()
+
+
+def test_check_age_and_worker_heartbeat_fire():
+    repo = ready_repo()
+    Repository.objects.filter(pk=repo.pk).update(created_at=timezone.now() - timedelta(days=9))
+    fresh_archive(repo)
+    WorkerHeartbeat.objects.create(pk=1, seen_at=timezone.now() - timedelta(minutes=4))
+    kinds = fired_kinds()
+    assert {"check_age", "worker"} <= kinds
+    Job.objects.create(kind="check", repository=repo, trigger="schedule", status="succeeded",
+                       finished_at=timezone.now())  # fmt: skip
+    WorkerHeartbeat.objects.filter(pk=1).update(seen_at=timezone.now())
+    assert not {"check_age", "worker"} & fired_kinds()
+
+
+def test_a_failing_channel_never_breaks_a_job_and_keeps_its_error(repo, tmp_path):
+    Channel.objects.create(name="dead", kind="webhook", target="http://127.0.0.1:9/nothing",
+                           events=["job_succeeded", "job_failed"])  # fmt: skip
+    src = write_files(tmp_path / "src", {"a.txt": "alpha"})
+    result = cli("borg_backup", "main", "--source", src)
+    assert result.code == 0
+    assert Job.objects.filter(kind="backup").get().status == "succeeded"
+    channel = Channel.objects.get(name="dead")
+    assert "Connection refused" in channel.last_error and channel.last_error_at
+    failed = cli("test_notification", "dead")
+    assert failed.code == 2 and "Sending failed" in failed.err
+
+
+def test_schedule_pings_and_job_events(repo, tmp_path, receiver):
+    src = write_files(tmp_path / "src", {"a.txt": "alpha"})
+    cli("borg_schedule", "add", "nightly", "--repository", "main", "--operation", "backup",
+        "--cron", "0 2 * * *", "--source", src)  # fmt: skip
+    from borgapp.models import Schedule
+
+    Schedule.objects.filter(name="nightly").update(
+        ping_start_url=f"{receiver.url}/start", ping_success_url=f"{receiver.url}/ok",
+        ping_failure_url=f"{receiver.url}/fail",
+    )  # fmt: skip
+    Channel.objects.create(name="mail", kind="email", target="a@example.com",
+                           events=["job_succeeded", "job_failed"])  # fmt: skip
+    mail.outbox.clear()
+    assert cli("borg_schedule", "run", "nightly").code == 0
+    assert [(m, p) for m, p, _, _ in receiver.requests] == [("GET", "/start"), ("GET", "/ok")]
+    assert mail.outbox[-1].subject.startswith("[opscenter] Backup of main")
+    assert "succeeded" in mail.outbox[-1].subject
+
+
+def test_daily_digest_and_test_message(repo, tmp_path):
+    Channel.objects.create(name="mail", kind="email", target="a@example.com",
+                           events=["daily_digest"])  # fmt: skip
+    mail.outbox.clear()
+    assert notifications.digest() == 1
+    body = mail.outbox[0].body
+    assert "Jobs of the last 24 hours: 1 succeeded" in body and "main: red" in body
+    assert cli("test_notification", "mail").code == 0
+    assert mail.outbox[-1].subject == "[opscenter] test message"
+
+
+def test_healthz_and_metrics_access(client, settings):
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert "no heartbeat" in response.json()["problems"]["worker"]
+    WorkerHeartbeat.objects.create(pk=1, seen_at=timezone.now())
+    ok = client.get("/healthz")
+    assert ok.status_code == 200 and ok.json()["status"] == "ok"
+    WorkerHeartbeat.objects.filter(pk=1).update(seen_at=timezone.now() - timedelta(minutes=5))
+    stale = client.get("/healthz").json()["problems"]["worker"]
+    assert "the worker is not running" in stale
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403
+    settings.METRICS_TOKEN = "scrape-secret"
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3",
+                      HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200  # fmt: skip
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3",
+                      HTTP_AUTHORIZATION="Bearer wrong").status_code == 403  # fmt: skip
