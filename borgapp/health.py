@@ -46,16 +46,24 @@ def repositories(now: datetime | None = None) -> list[Health]:
     finished = Job.objects.filter(repository=OuterRef("pk"), status__in=Job.FINISHED).exclude(
         status=Job.Status.SKIPPED
     )
-    repos = (
+    repos = list(
         Repository.objects.annotate(
-            archive_count=Count("archives", filter=Q(archives__is_checkpoint=False)),
-            last_backup=Max("archives__start", filter=Q(archives__is_checkpoint=False)),
             last_job_id=Subquery(finished.order_by("-finished_at", "-pk").values("pk")[:1]),
         )
         .select_related("lease_job")
         .order_by("name")
     )
-    repos = list(repos)
+    # one grouped pass over the archives (an index-only scan), not a join per repository
+    summary = {
+        row["repository_id"]: row
+        for row in Archive.objects.filter(is_checkpoint=False)
+        .values("repository_id")
+        .annotate(count=Count("pk"), newest=Max("start"))
+        .order_by()
+    }
+    for repo in repos:
+        row = summary.get(repo.pk, {})
+        repo.archive_count, repo.last_backup = row.get("count", 0), row.get("newest")
     last_jobs = Job.objects.in_bulk([r.last_job_id for r in repos if r.last_job_id])
     result = []
     for repo in repos:

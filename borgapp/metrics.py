@@ -9,11 +9,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Sum
+from django.db.models import Count
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from borgapp import health
 from borgapp.api.permissions import has_role
@@ -79,17 +79,20 @@ class CatalogCollector:
         )
         for row in Job.objects.values("kind", "status").annotate(n=Count("pk")).order_by():
             totals.add_metric([row["kind"], row["status"]], row["n"])
-        durations = SummaryMetricFamily(
-            "opscenter_job_duration_seconds", "Run time of finished jobs.", labels=["kind"]
+        durations = GaugeMetricFamily(
+            "opscenter_job_duration_seconds",
+            "Run time of the most recent finished job of each kind.",
+            labels=["kind"],
         )
-        finished = (
-            Job.objects.filter(started_at__isnull=False, finished_at__isnull=False)
-            .values("kind")
-            .annotate(n=Count("pk"), total=Sum(_duration_expression()))
-            .order_by()
-        )
-        for row in finished:
-            durations.add_metric([row["kind"]], row["n"], _seconds(row["total"]))
+        for kind in Job.objects.values_list("kind", flat=True).distinct().order_by():
+            last = (
+                Job.objects.filter(kind=kind, finished_at__isnull=False, started_at__isnull=False)
+                .order_by("-finished_at")
+                .values_list("started_at", "finished_at")
+                .first()
+            )
+            if last:
+                durations.add_metric([kind], (last[1] - last[0]).total_seconds())
         counts = dict(
             Job.objects.filter(status__in=["running", "queued"])
             .values_list("status")
@@ -114,18 +117,6 @@ class CatalogCollector:
         if seen:
             beat.add_metric([], seen.timestamp())
         return firing, beat
-
-
-def _duration_expression():
-    from django.db.models import DurationField, ExpressionWrapper, F
-
-    return ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
-
-
-def _seconds(value) -> float:
-    if value is None:
-        return 0.0
-    return value.total_seconds() if hasattr(value, "total_seconds") else float(value) / 1e6
 
 
 def allowed(request) -> bool:

@@ -202,7 +202,11 @@ class Archive(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["repository", "name"], name="archive_unique_name")
         ]
-        indexes = [models.Index(fields=["repository", "-start"], name="archive_repo_start")]
+        indexes = [
+            models.Index(fields=["repository", "-start"], name="archive_repo_start"),
+            # covers the per-repository count and newest start of complete archives
+            models.Index(fields=["repository", "is_checkpoint", "start"], name="archive_complete"),
+        ]
 
     def __str__(self):
         return self.name
@@ -581,6 +585,9 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["repository", "status"], name="job_repo_status"),
             models.Index(fields=["status", "created_at"], name="job_status_created"),
+            # the last finished job of a repository, and of a kind (dashboard, metrics)
+            models.Index(fields=["repository", "finished_at"], name="job_repo_finished"),
+            models.Index(fields=["kind", "finished_at"], name="job_kind_finished"),
         ]
 
     def __str__(self):
