@@ -46,6 +46,14 @@ def render(request, model_admin, title: str, template: str, **context):
     return TemplateResponse(request, template, {**base, "title": title, "opts": opts, **context})
 
 
+def form_page(request, model_admin, title, form, obj, button, note=""):
+    """The common page of an operation: its form, what it will do, one button."""
+    return render(
+        request, model_admin, title, "admin/borgapp/operation_form.html",
+        form=form, object=obj, button=button, note=note,
+    )  # fmt: skip
+
+
 def start_or_error(request, kind, repo, params, what, **kwargs):
     try:
         job = intake.start(
@@ -114,15 +122,7 @@ def backup(model_admin, request, pk):
         )
         if response:
             return response
-    return render(
-        request,
-        model_admin,
-        f"Back up {repo.name} now",
-        "admin/borgapp/operation_form.html",
-        form=form,
-        object=repo,
-        button="Back up now",
-    )
+    return form_page(request, model_admin, f"Back up {repo.name} now", form, repo, "Back up now")
 
 
 class PruneForm(forms.Form):
@@ -150,15 +150,14 @@ def prune(model_admin, request, pk):
         response = start_or_error(request, Job.Kind.PRUNE, repo, params, what)
         if response:
             return response
-    return render(
+    return form_page(
         request,
         model_admin,
         f"Prune {repo.name}",
-        "admin/borgapp/operation_form.html",
-        form=form,
-        object=repo,
-        button="Preview what would be removed",
-        note="Nothing is removed yet: the preview job lists what would be kept and removed, "
+        form,
+        repo,
+        "Preview what would be removed",
+        "Nothing is removed yet: the preview job lists what would be kept and removed, "
         "and its page has the button that prunes.",
     )
 
@@ -211,15 +210,14 @@ def simple(model_admin, request, pk, name):
         response = start_or_error(request, kind, repo, params, f"{label} of {repo.name}")
         if response:
             return response
-    return render(
+    return form_page(
         request,
         model_admin,
         f"{label}: {repo.name}",
-        "admin/borgapp/operation_form.html",
-        form=form,
-        object=repo,
-        button=label,
-        note=explanation,
+        form,
+        repo,
+        label,
+        explanation,
     )
 
 
@@ -247,15 +245,14 @@ def change_passphrase(model_admin, request, pk):
             messages.error(request, str(exc))
         else:
             return queued(request, job, f"Passphrase change of {repo.name}")
-    return render(
+    return form_page(
         request,
         model_admin,
         f"Change the passphrase of {repo.name}",
-        "admin/borgapp/operation_form.html",
-        form=form,
-        object=repo,
-        button="Change passphrase",
-        note="borg re-encrypts the key with the new passphrase; the stored one is replaced "
+        form,
+        repo,
+        "Change passphrase",
+        "borg re-encrypts the key with the new passphrase; the stored one is replaced "
         "only when borg has done so.",
     )
 
@@ -294,15 +291,14 @@ def extract(model_admin, request, pk):
         )
         if response:
             return response
-    return render(
+    return form_page(
         request,
         model_admin,
         f"Extract {archive.name}",
-        "admin/borgapp/operation_form.html",
-        form=form,
-        object=archive,
-        button="Extract",
-        note=f"Restore roots: {', '.join(str(r) for r in settings.RESTORE_ROOTS)}.",
+        form,
+        archive,
+        "Extract",
+        f"Restore roots: {', '.join(str(r) for r in settings.RESTORE_ROOTS)}.",
     )
 
 
@@ -442,15 +438,14 @@ def delete_archive(model_admin, request, pk):
         )
         if response:
             return response
-    return render(
+    return form_page(
         request,
         model_admin,
         f"Delete archive {archive.name}?",
-        "admin/borgapp/operation_form.html",
-        form=forms.Form(),
-        object=archive,
-        button="Yes, delete it",
-        note=f"borg deletes {archive.name} from {archive.repository.name}; its space is "
+        forms.Form(),
+        archive,
+        "Yes, delete it",
+        f"borg deletes {archive.name} from {archive.repository.name}; its space is "
         "freed by the next compact. This cannot be undone.",
     )
 
