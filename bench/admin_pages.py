@@ -7,14 +7,8 @@ Usage: .venv/bin/python bench/admin_pages.py [--repositories 50] [--archives 100
 """
 
 import argparse
-import os
-import statistics
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from inprocess import setup_django, time_requests
 
 
 def main() -> None:
@@ -23,26 +17,14 @@ def main() -> None:
     parser.add_argument("--archives", type=int, default=10000)
     parser.add_argument("--requests", type=int, default=50)
     args = parser.parse_args()
-    data = tempfile.mkdtemp(prefix="opscenter-bench-admin-")
-    os.environ.update(OPSCENTER_DATA_DIR=data, DJANGO_SETTINGS_MODULE="opscenter.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    data = setup_django("opscenter-bench-admin-")
     from datetime import UTC, datetime, timedelta
 
-    from django.conf import settings
     from django.contrib.auth.models import User
-    from django.core.management import call_command
     from django.test import Client
 
     from borgapp.models import Archive, Job, Repository
 
-    settings.ALLOWED_HOSTS = ["*"]
-    settings.STORAGES["staticfiles"] = {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-    }
-    call_command("migrate", verbosity=0)
     repos = Repository.objects.bulk_create(
         Repository(
             name=f"repo{i:02d}",
@@ -126,31 +108,8 @@ def main() -> None:
         f"{Job.objects.count()} jobs; {args.requests} requests per page (server time, in-process)"
     )
     for label, url in pages.items():
-        for _ in range(3):
-            assert client.get(url).status_code == 200
-        times = []
-        for _ in range(args.requests):
-            began = time.perf_counter()
-            response = client.get(url)
-            times.append(time.perf_counter() - began)
-            assert response.status_code == 200
-        if os.environ.get("BENCH_PROFILE"):
-            import cProfile
-            import pstats
-
-            profile = cProfile.Profile()
-            profile.enable()
-            for _ in range(5):
-                client.get(url)
-            profile.disable()
-            print(label)
-            pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
-        times.sort()
-        p95 = times[max(0, int(len(times) * 0.95) - 1)]
-        print(
-            f"{label:<32} p50 {statistics.median(times) * 1000:6.1f} ms   "
-            f"p95 {p95 * 1000:6.1f} ms   (target < 300 ms)"
-        )
+        p50, p95 = time_requests(client, url, args.requests)
+        print(f"{label:<34} p50 {p50:6.1f} ms   p95 {p95:6.1f} ms   (target < 300 ms)")
 
 
 if __name__ == "__main__":

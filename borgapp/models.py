@@ -203,7 +203,8 @@ class Archive(models.Model):
             models.UniqueConstraint(fields=["repository", "name"], name="archive_unique_name")
         ]
         indexes = [
-            models.Index(fields=["repository", "-start"], name="archive_repo_start"),
+            # the archive list's order (newest first, id breaks ties) straight from the index
+            models.Index(fields=["repository", "-start", "-id"], name="archive_repo_start_id"),
             # covers the per-repository count and newest start of complete archives
             models.Index(fields=["repository", "is_checkpoint", "start"], name="archive_complete"),
         ]
