@@ -56,9 +56,11 @@ def repositories(now: datetime | None = None) -> list[Health]:
     # one grouped pass over the archives (an index-only scan), not a join per repository
     summary = {
         row["repository_id"]: row
-        for row in Archive.objects.filter(is_checkpoint=False)
+        # `IN (False)` and COUNT(*): SQLite then scans the covering index without a test per
+        # row ("NOT is_checkpoint", as Django writes `=False`, halves the speed).
+        for row in Archive.objects.filter(is_checkpoint__in=[False])
         .values("repository_id")
-        .annotate(count=Count("pk"), newest=Max("start"))
+        .annotate(count=Count("*"), newest=Max("start"))
         .order_by()
     }
     for repo in repos:

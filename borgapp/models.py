@@ -589,6 +589,7 @@ class Job(models.Model):
             # the last finished job of a repository, and of a kind (dashboard, metrics)
             models.Index(fields=["repository", "finished_at"], name="job_repo_finished"),
             models.Index(fields=["kind", "finished_at"], name="job_kind_finished"),
+            models.Index(fields=["kind", "status"], name="job_kind_status"),  # jobs_total
         ]
 
     def __str__(self):
