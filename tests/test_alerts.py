@@ -252,3 +252,19 @@ def test_healthz_and_metrics_access(client, settings):
                       HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200  # fmt: skip
     assert client.get("/metrics", REMOTE_ADDR="10.1.2.3",
                       HTTP_AUTHORIZATION="Bearer wrong").status_code == 403  # fmt: skip
+
+
+def test_an_apprise_channel_delivers(receiver):
+    """Apprise's json:// URL posts to an HTTP server: here the local receiver."""
+    port = receiver.url.rsplit(":", 1)[1]
+    channel = Channel.objects.create(
+        name="apprise", kind="apprise", target=f"json://127.0.0.1:{port}/notify",
+        events=["alert_firing"],
+    )  # fmt: skip
+    assert notifications.send("alert_firing", "subject line", "the body", {}) == 1
+    [(method, path, _, body)] = receiver.requests
+    assert (method, path) == ("POST", "/notify")
+    sent = json.loads(body)
+    assert sent["title"] == "subject line" and sent["message"] == "the body"
+    channel.refresh_from_db()
+    assert channel.last_error == "" and channel.last_sent_at is not None
