@@ -237,9 +237,8 @@ def change_passphrase(repository: Repository, new: str, **kwargs) -> Job:
 
 def umount(mountpoint: str, **kwargs) -> Job:
     """Unmount by mount point: the recorded mount tells which repository it belongs to."""
-    import os
 
-    real = os.path.realpath(mountpoint)
+    real = validation.real_path(mountpoint, "Mount point")
     validation.require_under_roots(real, settings.MOUNT_ROOTS, "Mount point")
     mount = Mount.objects.filter(mountpoint=real).select_related("repository").first()
     if mount is None:

@@ -134,9 +134,18 @@ def validate_location(location: str, roots: list[Path] | None = None) -> str:
     return cleaned
 
 
+def real_path(path, what: str) -> str:
+    """`os.path.realpath` of a path a user gave, refusing what the OS cannot take (a NUL byte
+    makes realpath raise; control characters are never a real path here)."""
+    if not isinstance(path, str) or not path:
+        raise InvalidInput(f"{what} must be a non-empty path.")
+    no_control_chars(path, what)
+    return os.path.realpath(path)
+
+
 def require_under_roots(path: str, roots: list[Path], what: str) -> Path:
     """Resolve `path` (following symlinks of what exists) and require it inside a root."""
-    resolved = Path(os.path.realpath(path))
+    resolved = Path(real_path(path, what))
     for root in roots:
         root_real = Path(os.path.realpath(root))
         if resolved != root_real and resolved.is_relative_to(root_real):

@@ -446,3 +446,17 @@ def test_archive_list_rows_equal_the_detail_serializer(admin_client, settings, t
     full = next(row for row in listed if row["name"] == "full")
     assert full["start"] == "2024-02-29T23:59:58.123456Z"
     assert full["compression_ratio"] == 2.5 and full["deduplication_ratio"] == 100.0
+
+
+def test_a_nul_byte_in_a_path_is_a_400_not_a_500(admin_client, settings, tmp_path):
+    """Found by schemathesis: realpath() raises on a NUL byte; every path is checked first."""
+    settings.REPOSITORY_ROOTS = settings.RESTORE_ROOTS = settings.MOUNT_ROOTS = [tmp_path]
+    repo = Repository.objects.create(name="main", location=str(tmp_path / "main"), state="ready")
+    archive = Archive.objects.create(repository=repo, name="a1", borg_id="1" * 64)
+    seed = admin_client.post("/api/v1/backups/borg/umount?mount_point=/mnt/x%00y")
+    assert seed.status_code == 400 and "control characters" in seed.json()["message"]
+    extract = admin_client.post(
+        f"/api/v1/archives/{archive.pk}/extract/", {"target": f"{tmp_path}/r\x00"}, format="json"
+    )
+    assert extract.status_code == 400 and extract.json()["error"] == "invalid_input"
+    assert not Job.objects.exists()

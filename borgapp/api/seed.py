@@ -609,7 +609,7 @@ def umount(request):
     point = _field(request, "mount_point")
     if not point:
         raise validation.InvalidInput("mount_point is required.")
-    real = os.path.realpath(str(point))
+    real = validation.real_path(str(point), "mount_point")
     mount_row = Mount.objects.filter(mountpoint=real).select_related("repository").first()
     if mount_row is None:
         raise ApiError("not_mounted", f"Nothing is mounted by this app at {point}.", 404)
