@@ -217,13 +217,11 @@ class RepositoryAdmin(RoleAdmin):
 
     @admin.display(description="health")
     def health(self, obj):
-        from datetime import timedelta
-
-        from django.conf import settings
+        from borgapp.health import overdue_after
 
         if obj.newest is None:
             colour, text = "red", "no backup yet"
-        elif timezone.now() - obj.newest > timedelta(hours=settings.BACKUP_OVERDUE_HOURS):
+        elif timezone.now() - obj.newest > overdue_after(obj):
             colour, text = "red", "overdue"
         else:
             colour, text = "green", "ok"

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from borgapp import health
 from borgapp.models import Alert, Job, Repository, WorkerHeartbeat
 
 RATED_KINDS = ["backup", "prune", "compact", "check", "verify_restore"]
@@ -43,7 +44,7 @@ def conditions(now=None) -> dict[tuple[str, int | None], str]:
 
 def _repository_conditions(repo: Repository, now):
     # age of the last successful backup
-    limit = timedelta(hours=_pick(repo.overdue_hours, settings.BACKUP_OVERDUE_HOURS))
+    limit = health.overdue_after(repo)
     complete = repo.archives.filter(is_checkpoint=False, start__isnull=False)
     last = complete.order_by("-start").values_list("start", flat=True).first()
     if last is None and now - repo.created_at > limit:

@@ -35,6 +35,13 @@ class Health:
         return timezone.now() - self.last_backup if self.last_backup else None
 
 
+def overdue_after(repo: Repository) -> timedelta:
+    """How old a repository's last backup may get: its own threshold, else the default (25 h).
+    The dashboard, the admin list and the alerts all ask here."""
+    hours = repo.overdue_hours if repo.overdue_hours is not None else settings.BACKUP_OVERDUE_HOURS
+    return timedelta(hours=hours)
+
+
 def _age(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
     return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
@@ -42,7 +49,6 @@ def _age(delta: timedelta) -> str:
 
 def repositories(now: datetime | None = None) -> list[Health]:
     now = now or timezone.now()
-    overdue = timedelta(hours=settings.BACKUP_OVERDUE_HOURS)
     finished = Job.objects.filter(repository=OuterRef("pk"), status__in=Job.FINISHED).exclude(
         status=Job.Status.SKIPPED
     )
@@ -77,7 +83,7 @@ def repositories(now: datetime | None = None) -> list[Health]:
             health.worse(AMBER, "not initialized or imported yet")
         if repo.last_backup is None:
             health.worse(RED, "no backup yet")
-        elif now - repo.last_backup > overdue:
+        elif now - repo.last_backup > overdue_after(repo):
             health.worse(RED, f"last backup {_age(now - repo.last_backup)} ago: overdue")
         else:
             health.reasons.append(f"last backup {_age(now - repo.last_backup)} ago")

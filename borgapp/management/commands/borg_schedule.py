@@ -172,20 +172,21 @@ class Command(BaseCommand):
             sys.exit(EXIT_WARNING)
 
     def do_enable(self, o):
-        schedule = self.schedule(o["schedule"])
-        schedule.enabled = True
-        schedule.save()
-        audit.record("schedule.changed", schedule.name, outcome="success", params={"enabled": True})
+        schedule = self.set_enabled(o, True)
         self.stdout.write(f"Enabled {schedule.name}; next run {scheduling.next_run(schedule)}")
 
     def do_disable(self, o):
+        schedule = self.set_enabled(o, False)
+        self.stdout.write(f"Disabled {schedule.name}.")
+
+    def set_enabled(self, o, enabled: bool) -> Schedule:
         schedule = self.schedule(o["schedule"])
-        schedule.enabled = False
+        schedule.enabled = enabled
         schedule.save()
         audit.record(
-            "schedule.changed", schedule.name, outcome="success", params={"enabled": False}
+            "schedule.changed", schedule.name, outcome="success", params={"enabled": enabled}
         )
-        self.stdout.write(f"Disabled {schedule.name}.")
+        return schedule
 
     def do_remove(self, o):
         schedule = self.schedule(o["schedule"])
