@@ -293,9 +293,9 @@ def execute(job: Job, echo=None) -> Job:
     job.refresh_from_db()
     if status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
         _after_failure(job)
+    release(job)  # the repository is free before anyone is told (a slow channel waits no one)
     finished(job)
     scheduling.retry_if_transient(job)
-    release(job)
     job.payload = payload  # for an in-process caller only; never stored
     return job
 
@@ -394,8 +394,8 @@ def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED
     if updated:
         job.refresh_from_db()
         _after_failure(job)
-        finished(job)
         release(job)
+        finished(job)
 
 
 def reconcile() -> dict:

@@ -127,10 +127,24 @@ def spawn_manage(args, env, **kwargs) -> subprocess.Popen:
     )
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that ran a worker shows the worker's log beside its traceback."""
+    report = yield
+    log = getattr(item, "worker_log", None)
+    if report.failed and log is not None and log.exists():
+        report.sections.append(("worker log", log.read_text(errors="replace")[-20000:]))
+    return report
+
+
 @pytest.fixture
-def cluster(roots):
+def cluster(roots, tmp_path, request):
+    """The worker as `make run` starts it; its log is shown when the test fails."""
     env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
-    proc = spawn_manage(["worker"], env)
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as handle:
+        proc = spawn_manage(["worker"], env, stdout=handle, stderr=subprocess.STDOUT)
+    request.node.worker_log = log
     yield proc
     stop_process(proc)
 
