@@ -346,8 +346,21 @@ class RetentionPolicyAdmin(RoleAdmin):
     list_display = ["name", "keep_within", *RetentionPolicy.KEEP_FIELDS, "is_recommended"]
 
 
+class ScheduleForm(forms.ModelForm):
+    source_paths = views.LinesField(label="Source paths", help_text="one absolute path per line")
+    exclude_patterns = views.LinesField(
+        label="Exclude patterns",
+        help_text="one pattern per line, borg's syntax (e.g. sh:**/*.tmp or pp:/home/cache)",
+    )
+
+    class Meta:
+        model = Schedule
+        fields = "__all__"
+
+
 @admin.register(Schedule)
 class ScheduleAdmin(RoleAdmin):
+    form = ScheduleForm
     list_display = [
         "name", "operation", "cron", "cron_description", "timezone", "enabled", "paused_until",
         "next_run", "last_run_at", "last_outcome", "last_success_at",

@@ -19,8 +19,20 @@ from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
 PAGE = 200
 
 
-def lines(text: str) -> list[str]:
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+class LinesField(forms.CharField):
+    """A list of strings edited as a text box, one per line (blank lines ignored)."""
+
+    def __init__(self, *, rows: int = 3, **kwargs):
+        kwargs.setdefault("required", False)
+        super().__init__(widget=forms.Textarea(attrs={"rows": rows}), strip=False, **kwargs)
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, list | tuple) else value
+
+    def to_python(self, value):
+        if isinstance(value, list | tuple):
+            return [str(item) for item in value]
+        return [line.strip() for line in (value or "").splitlines() if line.strip()]
 
 
 def require(request, role: str) -> None:
@@ -74,13 +86,9 @@ class BackupForm(forms.Form):
         required=False,
         help_text="Use a backup schedule's settings; or leave empty and fill in the sources.",
     )
-    sources = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="one path per line"
-    )
-    excludes = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 2}),
-        required=False,
-        help_text="one pattern per line (borg's pattern syntax, e.g. sh:**/*.tmp)",
+    sources = LinesField(help_text="one path per line")
+    excludes = LinesField(
+        rows=2, help_text="one pattern per line (borg's pattern syntax, e.g. sh:**/*.tmp)"
     )
     prefix = forms.CharField(initial="manual", help_text="archives are named PREFIX-<UTC time>")
     compression = forms.CharField(initial="lz4")
@@ -91,7 +99,7 @@ class BackupForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        if not data.get("schedule") and not lines(data.get("sources", "")):
+        if not data.get("schedule") and not data.get("sources"):
             raise forms.ValidationError("Choose a backup schedule or give at least one source.")
         return data
 
@@ -107,8 +115,8 @@ def backup(model_admin, request, pk):
             _, params = scheduling.params_for(schedule)
         else:
             params = {
-                "sources": lines(data["sources"]),
-                "excludes": lines(data["excludes"]),
+                "sources": data["sources"],
+                "excludes": data["excludes"],
                 "prefix": data["prefix"],
                 "compression": data["compression"],
             }
@@ -262,11 +270,7 @@ def change_passphrase(model_admin, request, pk):
 
 class ExtractForm(forms.Form):
     target = forms.CharField(help_text="a new or empty directory under a restore root")
-    paths = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}),
-        required=False,
-        help_text="paths inside the archive, one per line (empty: everything)",
-    )
+    paths = LinesField(help_text="paths inside the archive, one per line (empty: everything)")
     strip_components = forms.IntegerField(min_value=0, initial=0)
 
 
@@ -275,7 +279,7 @@ def extract(model_admin, request, pk):
     archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
     initial = {
         "target": f"{settings.RESTORE_ROOTS[0]}/{archive.name}",
-        "paths": "\n".join(request.GET.getlist("path")),
+        "paths": request.GET.getlist("path"),
     }
     form = ExtractForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -283,7 +287,7 @@ def extract(model_admin, request, pk):
         params = {
             "archive": archive.name,
             "target": data["target"],
-            "paths": lines(data["paths"]),
+            "paths": data["paths"],
             "strip_components": data["strip_components"],
         }
         response = start_or_error(

@@ -215,3 +215,37 @@ def test_health_colours_their_reasons_and_the_size_chart(admin_client, roots):
     page = admin_client.get("/admin/").content.decode()
     assert page.count("<polyline") == 3  # one chart per repository with archives
     assert 'data-health="red"' in page and "no backup yet" in page
+
+
+def test_a_schedule_is_edited_as_lines_and_validated(admin_client, roots, tmp_path):
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "m"), state="ready")
+    src = write_files(tmp_path / "src", {"a.txt": "alpha"})
+    form = {
+        "name": "nightly", "repositories": [repo.pk], "operation": "backup", "enabled": "on",
+        "cron": "0 2 * * *", "timezone": "Europe/Berlin",
+        "source_paths": f"{src}\n\n  {tmp_path}/other  \n",
+        "exclude_patterns": "sh:**/*.tmp\npp:/home/cache\n",
+        "archive_prefix": "nightly", "compression": "lz4", "comment": "",
+        "compact_after_prune": "on", "check_scope": "both",
+        "sample_files": 20, "sample_max_bytes": 1000,
+    }  # fmt: skip
+    saved = admin_client.post("/admin/borgapp/schedule/add/", form, follow=True)
+    assert saved.status_code == 200
+    from borgapp.models import Schedule
+
+    schedule = Schedule.objects.get(name="nightly")
+    assert schedule.source_paths == [str(src), f"{tmp_path}/other"]
+    assert schedule.exclude_patterns == ["sh:**/*.tmp", "pp:/home/cache"]
+    page = admin_client.get(f"/admin/borgapp/schedule/{schedule.pk}/change/").content.decode()
+    assert f"{src}\n{tmp_path}/other</textarea>" in page  # shown back one per line, not as JSON
+    assert ">At 02:00" in page  # the cron described for a person
+    # bad input names the field and changes nothing
+    bad = admin_client.post(
+        f"/admin/borgapp/schedule/{schedule.pk}/change/",
+        {**form, "source_paths": "relative/path", "cron": "61 * * * *"},
+    )
+    assert bad.status_code == 200
+    errors = bad.context["adminform"].form.errors
+    assert set(errors) >= {"source_paths", "cron"}, errors
+    schedule.refresh_from_db()
+    assert schedule.source_paths == [str(src), f"{tmp_path}/other"] and schedule.cron == "0 2 * * *"

@@ -2,6 +2,7 @@
 failure, written after the outcome, with no secret in it; the trail is append-only."""
 
 import json
+import os
 
 import pytest
 from django.contrib.auth.models import User
@@ -131,6 +132,39 @@ def test_each_sensitive_action_leaves_exactly_one_audit_row(world, what, action,
 def _last_id(count_before):
     ids = list(AuditEvent.objects.order_by("pk").values_list("pk", flat=True))
     return ids[count_before - 1] if count_before else 0
+
+
+def test_mount_and_umount_each_leave_one_row(world):
+    """Who mounted a backup, and when it was unmounted (archive access, SEC-09)."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this machine")
+    admin, point = world["admin"], world["roots"].mnt / "m1"
+
+    def rows_of(do):
+        before_job = Job.objects.order_by("-pk").values_list("pk", flat=True).first()
+        before = AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first()
+        response = do()
+        run_new_jobs(before_job)
+        return response, list(AuditEvent.objects.filter(pk__gt=before).order_by("pk"))
+
+    refused, rows = rows_of(
+        lambda: admin.post(archive_url(world, "mount/"), {"mountpoint": "/etc/m"}, format="json")
+    )
+    assert refused.status_code == 400
+    assert [(e.action, e.outcome) for e in rows] == [("mount", "refused")]
+    mounted, rows = rows_of(
+        lambda: admin.post(archive_url(world, "mount/"), {"mountpoint": str(point)}, format="json")
+    )
+    try:
+        assert mounted.status_code == 202 and os.path.ismount(point)
+        assert [(e.action, e.outcome, e.target) for e in rows] == [
+            ("mount", "success", f"main::{world['archive'].name}")
+        ]
+        assert rows[0].params["mountpoint"] == str(point)
+    finally:
+        unmounted, rows = rows_of(lambda: admin.post(archive_url(world, "umount/")))
+    assert unmounted.status_code == 202 and not os.path.ismount(point)
+    assert [(e.action, e.outcome) for e in rows] == [("umount", "success")]
 
 
 def test_admin_sign_in_success_and_failure_and_browsing(world, client):
