@@ -29,8 +29,10 @@ class OpsAdminSite(admin.AdminSite):
     index_template = "admin/opscenter_index.html"
 
     def index(self, request, extra_context=None):
-        from borgapp import health
+        from borgapp import alerts, health
+        from borgapp.models import Alert, WorkerHeartbeat
 
+        alerts.watch_worker()
         rows = health.repositories()
         series = health.size_series([row.repository.pk for row in rows])
         for row in rows:
@@ -40,5 +42,12 @@ class OpsAdminSite(admin.AdminSite):
             "recent_jobs": list(health.recent_jobs()),
             "chart_w": CHART_W,
             "chart_h": CHART_H,
+            "firing_alerts": list(
+                Alert.objects.filter(state=Alert.State.FIRING)
+                .select_related("repository")
+                .order_by("first_seen")
+            ),
+            "worker_seen": WorkerHeartbeat.objects.values_list("seen_at", flat=True).first(),
+            "worker_silent": alerts.worker_silent(),
         }
         return super().index(request, {**context, **(extra_context or {})})

@@ -2,7 +2,9 @@
 thresholds, computed from the catalog and the Job rows. An alert notifies when it starts firing
 and when it resolves, never on every evaluation."""
 
+import logging
 import statistics
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -11,10 +13,13 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from borgapp import health
-from borgapp.models import Alert, Job, Repository, WorkerHeartbeat
+from borgapp.models import Alert, Job, Repository, Schedule, WorkerHeartbeat
 
+log = logging.getLogger(__name__)
 RATED_KINDS = ["backup", "prune", "compact", "check", "verify_restore"]
-HEARTBEAT_STALE = timedelta(minutes=3)
+HEARTBEAT_STALE = timedelta(minutes=3)  # REL-11
+WATCH_EVERY = 60.0  # seconds between evaluations by a web process while the worker is silent
+_watched_at = -WATCH_EVERY
 
 
 def _pick(value, default):
@@ -23,7 +28,33 @@ def _pick(value, default):
 
 def _hours(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
+    if hours < 1:
+        return f"{delta.total_seconds() / 60:.0f} minutes"
     return f"{hours:.0f} hours" if hours < 72 else f"{hours / 24:.0f} days"
+
+
+def worker_silent(now=None) -> bool:
+    """No tick from the worker for 3 minutes (or never, while schedules wait for it)."""
+    now = now or timezone.now()
+    seen = WorkerHeartbeat.objects.values_list("seen_at", flat=True).first()
+    if seen is None:
+        return Schedule.objects.filter(enabled=True).exists()
+    return now - seen > HEARTBEAT_STALE
+
+
+def watch_worker() -> None:
+    """Alerts are evaluated by the worker; a dead worker cannot announce its own death. The
+    web process does it instead when it serves /healthz, /metrics or the dashboard and the
+    worker is silent (at most once a minute per process)."""
+    global _watched_at
+    if time.monotonic() - _watched_at < WATCH_EVERY:
+        return
+    _watched_at = time.monotonic()
+    try:
+        if worker_silent():
+            evaluate()
+    except Exception:  # a probe must answer even if telling people fails
+        log.exception("Alert evaluation while the worker is silent failed")
 
 
 def conditions(now=None) -> dict[tuple[str, int | None], str]:
@@ -34,11 +65,12 @@ def conditions(now=None) -> dict[tuple[str, int | None], str]:
         for kind, reason in _repository_conditions(repo, now):
             found[(kind, repo.pk)] = reason
     seen = WorkerHeartbeat.objects.values_list("seen_at", flat=True).first()
-    if seen is not None and now - seen > HEARTBEAT_STALE:
+    if worker_silent(now):
         found[(Alert.Kind.WORKER, None)] = (
             f"The worker last ticked {_hours(now - seen)} ago ({seen:%Y-%m-%d %H:%M} UTC): "
-            "scheduled jobs are not running. Start it with `manage.py worker`."
-        )
+            if seen
+            else "No worker has ever ticked although schedules are enabled: "
+        ) + "scheduled jobs are not running. Start it with `manage.py worker`."
     return found
 
 

@@ -5,7 +5,6 @@ import hmac
 import os
 import shutil
 import time
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
@@ -15,11 +14,9 @@ from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from borgapp import health
+from borgapp import alerts, health
 from borgapp.api.permissions import has_role
 from borgapp.models import Job, WorkerHeartbeat
-
-HEARTBEAT_STALE = timedelta(minutes=3)  # REL-11
 
 
 class CatalogCollector:
@@ -141,6 +138,7 @@ def metrics_view(request):
              "allowed address (OPSCENTER_METRICS_ALLOW)."},
             status=403,
         )  # fmt: skip
+    alerts.watch_worker()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CatalogCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
@@ -149,6 +147,7 @@ def metrics_view(request):
 def healthz_view(request):
     """200 when the database answers, the worker ticked in the last 3 minutes and borg is
     there; 503 with the reasons otherwise."""
+    alerts.watch_worker()
     problems = {}
     try:
         with connection.cursor() as cursor:
@@ -159,7 +158,7 @@ def healthz_view(request):
         seen = WorkerHeartbeat.objects.values_list("seen_at", flat=True).first()
         if seen is None:
             problems["worker"] = "no heartbeat yet: is the worker running?"
-        elif timezone.now() - seen > HEARTBEAT_STALE:
+        elif timezone.now() - seen > alerts.HEARTBEAT_STALE:
             age = int((timezone.now() - seen).total_seconds())
             problems["worker"] = f"last heartbeat {age} s ago: the worker is not running"
     binary = shutil.which(settings.BORG_BINARY) or settings.BORG_BINARY

@@ -193,6 +193,46 @@ def test_check_age_and_worker_heartbeat_fire():
     assert not {"check_age", "worker"} & fired_kinds()
 
 
+def test_a_dead_worker_is_announced_by_the_web_process(client, monkeypatch):
+    """The worker evaluates alerts, so its own death must be noticed elsewhere: a probe of
+    /healthz (or a scrape, or the dashboard) evaluates when the heartbeat is stale."""
+    monkeypatch.setattr(alerts, "_watched_at", -1e9)
+    Channel.objects.create(name="mail", kind="email", target="ops@example.com",
+                           events=["alert_firing", "alert_resolved"])  # fmt: skip
+    WorkerHeartbeat.objects.create(pk=1, seen_at=timezone.now() - timedelta(minutes=10))
+    assert client.get("/healthz").status_code == 503
+    alert = Alert.objects.get(state="firing")
+    assert alert.kind == "worker" and "10 minutes ago" in alert.reason
+    assert [m.subject for m in mail.outbox] == ["[opscenter] FIRING: Worker heartbeat stale"]
+    # probes within the minute evaluate nothing more and notify nobody again
+    client.get("/healthz")
+    client.get("/metrics", REMOTE_ADDR="127.0.0.1")
+    assert len(mail.outbox) == 1 and Alert.objects.count() == 1
+    # the dashboard says it first thing
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.create_superuser("root", password="x" * 20))
+    page = client.get("/admin/").content.decode()
+    assert 'data-silent="yes"' in page and "The worker is not running" in page
+    assert alert.reason in page
+    # the worker is back: its own tick resolves it
+    from borgapp import tasks
+
+    tasks.maintenance()
+    assert Alert.objects.get().state == "resolved"
+    assert mail.outbox[-1].subject == "[opscenter] resolved: Worker heartbeat stale"
+    assert 'data-silent="no"' in client.get("/admin/").content.decode()
+
+
+def test_a_worker_that_never_started_fires_once_schedules_wait_for_it():
+    assert "worker" not in fired_kinds()  # a fresh install with nothing scheduled: quiet
+    from borgapp.models import Schedule
+
+    Schedule.objects.create(name="nightly", operation="check", cron="0 2 * * *")
+    alerts.evaluate()
+    assert "No worker has ever ticked" in Alert.objects.get(kind="worker", state="firing").reason
+
+
 def test_a_failing_channel_never_breaks_a_job_and_keeps_its_error(repo, tmp_path):
     Channel.objects.create(name="dead", kind="webhook", target="http://127.0.0.1:9/nothing",
                            events=["job_succeeded", "job_failed"])  # fmt: skip
