@@ -63,3 +63,75 @@ def stop_orphan(pid: int | None, started: int | None) -> None:
             if not alive(pid, started):
                 return
             time.sleep(0.1)
+
+
+# --- adopting orphans ----------------------------------------------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """(name, state, parent pid) of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    return name, fields[0], int(fields[1])
+
+
+def adopted_zombies() -> list[int]:
+    """Finished processes this process adopted and has not reaped: children in state Z whose
+    name differs from ours (the processes multiprocessing forks from us keep our name; an
+    adopted borg or ssh was exec'd under its own)."""
+    import multiprocessing.process
+
+    me = os.getpid()
+    own = _stat(me)
+    forked = {child.pid for child in list(getattr(multiprocessing.process, "_children", ()))}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in forked:
+            continue
+        stat = _stat(int(entry))
+        if stat and stat[2] == me and stat[1] == "Z" and own and stat[0] != own[0]:
+            found.append(int(entry))
+    return found
+
+
+def reap_adopted() -> list[int]:
+    reaped = []
+    for pid in adopted_zombies():
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+        except ChildProcessError:
+            pass
+    return reaped
+
+
+def become_subreaper(every: float = 1.0) -> bool:
+    """Make this process (the worker's main process) adopt the orphans of its descendants and
+    reap them. When a worker dies (OOM killer, kill -9), its borg is re-parented; if the new
+    parent never reaps it (PID 1 in a container without an init), the dead borg stays a
+    zombie, borg counts a zombie as alive, and the repository lock it left is never taken
+    for stale: every later job on that repository would wait out its lock timeout."""
+    import ctypes
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+
+    def reap_forever():
+        while True:
+            time.sleep(every)
+            reap_adopted()
+
+    threading.Thread(target=reap_forever, name="orphan-reaper", daemon=True).start()
+    return True

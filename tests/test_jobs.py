@@ -6,15 +6,16 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from borgapp import intake, jobs
+from borgapp import intake, jobs, procs
 from borgapp.models import Archive, Job, Repository
-from tests.conftest import PASSPHRASE, cli, manage, spawn_manage, stop_process
+from tests.conftest import PASSPHRASE, ROOT, cli, manage, spawn_manage, stop_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SLOW = "lzma,6"  # a few MB/s: keeps a backup running long enough to be interrupted
@@ -238,14 +239,17 @@ def test_worker_killed_mid_job_is_reconciled(roots, passfile, tmp_path, cluster)
     os.kill(running.worker_pid, signal.SIGKILL)
     time.sleep(0.5)
     assert os.path.exists(f"/proc/{running.borg_pid}")  # borg outlived its worker
+    # ... and was adopted by the worker's main process, not by PID 1 (which, in a container,
+    # may never reap it: borg takes a zombie for alive and its lock would never go stale)
+    assert procs._stat(running.borg_pid)[2] == cluster.pid
     report = jobs.reconcile()
     assert report["interrupted"] == 1
     job.refresh_from_db()
     assert job.status == "interrupted"
-    wait_for(
+    wait_for(  # stopped, then reaped: no zombie left behind
         lambda: (
-            not os.path.exists(f"/proc/{running.borg_pid}/cmdline")
-            or b"borg" not in Path(f"/proc/{running.borg_pid}/cmdline").read_bytes()
+            procs.start_ticks(running.borg_pid) not in (None, running.borg_started)
+            or not os.path.exists(f"/proc/{running.borg_pid}")
         ),
         30,
     )
@@ -396,3 +400,37 @@ def test_job_deadline_stops_borg_and_says_so(roots, passfile, tmp_path, settings
     assert job.status == "failed"
     assert job.error_code == "deadline_exceeded"
     assert not list((roots.repos / "r1").glob("lock.*"))
+
+
+def test_the_worker_adopts_and_reaps_orphans():
+    """A process that is a subreaper adopts the orphans of its descendants (a borg whose worker
+    died) and reaps them once they end; processes it forked itself are left alone."""
+    script = textwrap.dedent(
+        """
+        import multiprocessing, os, subprocess, sys, time
+        from borgapp import procs
+        assert procs.become_subreaper(every=0.1)
+        forked = multiprocessing.Process(target=time.sleep, args=(0.2,))
+        forked.start()
+        # a middle process starts `sleep` and dies at once: sleep is orphaned
+        start_sleep = (
+            "import subprocess; print(subprocess.Popen(['sleep', '0.5'], "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"
+        )
+        middle = subprocess.run(
+            [sys.executable, "-c", start_sleep], capture_output=True, text=True, check=True
+        )
+        orphan = int(middle.stdout)
+        time.sleep(0.2)
+        adopted = procs._stat(orphan)[2] == os.getpid()
+        time.sleep(1.5)  # sleep has ended; the reaper runs every 0.1 s
+        reaped = not os.path.exists(f"/proc/{orphan}")
+        forked_left = os.path.exists(f"/proc/{forked.pid}")  # a zombie until joined
+        forked.join()
+        print(adopted, reaped, forked_left, forked.exitcode)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["True", "True", "True", "0"], result.stderr

@@ -2,7 +2,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import connections
 
-from borgapp import jobs, scheduling
+from borgapp import jobs, procs, scheduling
 
 
 class Command(BaseCommand):
@@ -20,4 +20,5 @@ class Command(BaseCommand):
         # The cluster forks its processes from this one: an SQLite connection inherited
         # across fork() and used on both sides corrupts the database file.
         connections.close_all()
+        procs.become_subreaper()
         call_command("qcluster")
