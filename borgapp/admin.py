@@ -1,8 +1,6 @@
 """The admin as the control panel. Every page is checked by role (viewer reads, operator runs
 jobs, admin configures); every operation queues a Job through `intake` and links to it."""
 
-from datetime import datetime
-
 from django import forms
 from django.contrib import admin, messages
 from django.urls import path, reverse
@@ -399,14 +397,12 @@ class ScheduleAdmin(RoleAdmin):
     def next_five(self, obj):
         if not obj.pk or not obj.enabled:
             return "–"
-        runs: list[datetime] = []
-        after = None
-        for _ in range(5):
-            after = scheduling.next_slot(obj, after)
-            runs.append(after)
-        return format_html_join(
-            ", ", "{}", ((timezone.localtime(run).strftime("%Y-%m-%d %H:%M %Z"),) for run in runs)
-        )
+        runs = scheduling.upcoming(obj)
+        return format_html_join(", ", "{}", ((run.strftime(views.RUN_FORMAT),) for run in runs))
+
+    def get_urls(self):
+        preview = self.page("cron-preview/", views.cron_preview, "borgapp_schedule_cron_preview")
+        return [preview] + super().get_urls()
 
     @admin.action(description="Run now (one job per repository)", permissions=["operate"])
     def run_now(self, request, queryset):

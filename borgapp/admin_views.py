@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -529,3 +529,27 @@ def download_key(model_admin, request, pk):
     response["Content-Disposition"] = f'attachment; filename="{job.repository_name}.key"'
     response["Cache-Control"] = "no-store"
     return response
+
+
+# --- schedules ---------------------------------------------------------------------------------
+
+RUN_FORMAT = "%Y-%m-%d %H:%M %Z"
+
+
+def cron_preview(model_admin, request):
+    """What a cron expression means and when it would run next, for the schedule form to show
+    while it is typed (nothing is saved)."""
+    cron, zone = request.GET.get("cron", ""), request.GET.get("timezone") or "UTC"
+    try:
+        validation.validate_cron(cron)
+        validation.validate_timezone(zone)
+    except validation.InvalidInput as exc:
+        return JsonResponse({"ok": False, "error": str(exc)})
+    probe = Schedule(cron=cron, timezone=zone, enabled=True)
+    return JsonResponse(
+        {
+            "ok": True,
+            "description": validation.describe_cron(cron),
+            "next": [run.strftime(RUN_FORMAT) for run in scheduling.upcoming(probe)],
+        }
+    )

@@ -44,6 +44,17 @@ def next_slot(schedule: Schedule, after: datetime | None = None) -> datetime:
     return croniter(cron_of(schedule), local).get_next(datetime).astimezone(UTC)
 
 
+def upcoming(schedule: Schedule, count: int = 5) -> list[datetime]:
+    """The next `count` runs, in the schedule's own time zone."""
+    from zoneinfo import ZoneInfo
+
+    runs, after = [], None
+    for _ in range(count):
+        after = next_slot(schedule, after)
+        runs.append(after.astimezone(ZoneInfo(schedule.timezone)))
+    return runs
+
+
 def mirror(schedule: Schedule, reschedule: bool) -> bool:
     """Make the schedule's one django-q2 mirror match it. `reschedule` recomputes the next
     run (after a change of timing); otherwise a pending run keeps its time. Returns whether

@@ -249,3 +249,18 @@ def test_a_schedule_is_edited_as_lines_and_validated(admin_client, roots, tmp_pa
     assert set(errors) >= {"source_paths", "cron"}, errors
     schedule.refresh_from_db()
     assert schedule.source_paths == [str(src), f"{tmp_path}/other"] and schedule.cron == "0 2 * * *"
+
+
+def test_the_cron_preview_explains_and_lists_the_next_runs(admin_client):
+    url = "/admin/borgapp/schedule/cron-preview/"
+    good = admin_client.get(url, {"cron": "30 1 * * 1", "timezone": "America/New_York"}).json()
+    assert good["ok"] and good["description"] == "At 01:30, only on Monday"
+    assert len(good["next"]) == 5
+    assert all(run.endswith(("EST", "EDT")) and " 01:30 " in run for run in good["next"])
+    bad = admin_client.get(url, {"cron": "0 25 * * *"}).json()
+    assert bad["ok"] is False and "25" in bad["error"]
+    zone = admin_client.get(url, {"cron": "0 2 * * *", "timezone": "Mars/Base"}).json()
+    assert zone == {"ok": False, "error": zone["error"]} and "Mars/Base" in zone["error"]
+    from django.test import Client
+
+    assert Client().get(url, {"cron": "0 2 * * *"}).status_code == 302  # signed-in staff only

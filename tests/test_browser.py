@@ -138,3 +138,20 @@ def test_a_viewer_cannot_see_the_actions(page, web_server, roots):
     assert page.locator("input[name=_save]").count() == 0
     response = page.goto(f"{url}/admin/borgapp/repository/{repo.pk}/backup/")
     assert response.status == 403
+
+
+def test_the_schedule_form_explains_the_cron_while_it_is_typed(page, web_server):
+    from playwright.sync_api import expect
+
+    url, _ = web_server
+    User.objects.create_superuser("planner", password="planner-password-1")
+    login(page, url, "planner", "planner-password-1")
+    page.goto(f"{url}/admin/borgapp/schedule/add/")
+    page.fill("#id_timezone", "Europe/Berlin")
+    page.fill("#id_cron", "15 3 * * 0")
+    preview = page.locator("#cron-preview")
+    expect(preview).to_contain_text("At 03:15, only on Sunday", timeout=WAIT)
+    expect(preview).to_contain_text("Next runs:")
+    assert preview.inner_text().count(" 03:15 CE") == 5  # five runs, in Berlin time
+    page.fill("#id_cron", "15 3 * *")
+    expect(preview).to_contain_text("needs five fields", timeout=WAIT)
