@@ -3,6 +3,7 @@ jobs, admin configures); every operation queues a Job through `intake` and links
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -27,6 +28,8 @@ class RoleAdmin(admin.ModelAdmin):
     """Permissions from the role groups instead of per-model Django permissions."""
 
     write_role = "admin"
+    # A URL typed without a scheme is taken as https (Django 6's default, chosen now).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def has_module_permission(self, request):
         return has_role(request.user, "viewer")
@@ -344,6 +347,13 @@ class RetentionPolicyAdmin(RoleAdmin):
     list_display = ["name", "keep_within", *RetentionPolicy.KEEP_FIELDS, "is_recommended"]
 
 
+def https_urls(field, **kwargs):
+    """Form fields of a model form, with URLs typed without a scheme taken as https."""
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")
+    return field.formfield(**kwargs)
+
+
 class ScheduleForm(forms.ModelForm):
     source_paths = views.LinesField(label="Source paths", help_text="one absolute path per line")
     exclude_patterns = views.LinesField(
@@ -354,6 +364,7 @@ class ScheduleForm(forms.ModelForm):
     class Meta:
         model = Schedule
         fields = "__all__"
+        formfield_callback = staticmethod(https_urls)
 
 
 @admin.register(Schedule)
