@@ -136,16 +136,18 @@ def _take_lease(job: Job, repo_id: int, now) -> bool:
     return bool(Repository.objects.filter(free, pk=repo_id).update(lease_job=job, lease_since=now))
 
 
-def release(job: Job) -> None:
+def free_lease(job: Job) -> bool:
+    """Give up the repository's lease of an ended job; True when the next waiting job on it
+    should be dispatched (call `dispatch_next` once the transaction has committed, so that a
+    worker that receives it at once also sees the repository free)."""
     if job.repository_id is None:
-        return
+        return False
     if job.status == Job.Status.SUCCEEDED and holds_mount(job):
-        return  # kept until the unmount
+        return False  # kept until the unmount
     released = Repository.objects.filter(pk=job.repository_id, lease_job=job).update(
         lease_job=None, lease_since=None
     )
-    if released or job.kind == Job.Kind.UMOUNT:
-        dispatch_next(job.repository_id)
+    return bool(released) or job.kind == Job.Kind.UMOUNT
 
 
 def release_mount_lease(mount: Mount) -> None:
@@ -279,22 +281,25 @@ def execute(job: Job, echo=None) -> Job:
     # A worker's caller is elsewhere: keep the payload (an exported key) encrypted until
     # its one download. An in-process caller gets it directly and nothing is stored.
     secret = vault.encrypt(payload) if (payload and not job.inline) else ""
-    Job.objects.filter(pk=job.pk).update(
-        secret_payload=secret,
-        status=status,
-        finished_at=now,
-        heartbeat_at=now,
-        result=result,
-        error_code=error_code,
-        error_message=error_message,
-        log_tail="\n".join(tail)[-8000:],
-        borg_pid=None,
-    )
-    job.refresh_from_db()
-    if status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
-        _after_failure(job)
-    release(job)  # the repository is free before anyone is told (a slow channel waits no one)
-    finished(job)
+    with transaction.atomic():  # whoever sees the job ended also sees its repository free
+        Job.objects.filter(pk=job.pk).update(
+            secret_payload=secret,
+            status=status,
+            finished_at=now,
+            heartbeat_at=now,
+            result=result,
+            error_code=error_code,
+            error_message=error_message,
+            log_tail="\n".join(tail)[-8000:],
+            borg_pid=None,
+        )
+        job.refresh_from_db()
+        if status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
+            _after_failure(job)
+        freed = free_lease(job)
+    if freed:
+        dispatch_next(job.repository_id)
+    finished(job)  # after the release: a slow notification channel holds up no other job
     scheduling.retry_if_transient(job)
     job.payload = payload  # for an in-process caller only; never stored
     return job
@@ -384,17 +389,21 @@ def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED
     and free its lease."""
     if job.worker_host == HOST:
         procs.stop_orphan(job.borg_pid, job.borg_started)
-    updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-        status=status,
-        finished_at=timezone.now(),
-        error_code=str(status),
-        error_message=reason,
-        borg_pid=None,
-    )
+    with transaction.atomic():  # the job's end and its repository's release are seen together
+        updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            status=status,
+            finished_at=timezone.now(),
+            error_code=str(status),
+            error_message=reason,
+            borg_pid=None,
+        )
+        if updated:
+            job.refresh_from_db()
+            _after_failure(job)
+            freed = free_lease(job)
     if updated:
-        job.refresh_from_db()
-        _after_failure(job)
-        release(job)
+        if freed:
+            dispatch_next(job.repository_id)
         finished(job)
 
 

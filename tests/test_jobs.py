@@ -324,7 +324,8 @@ def test_cli_waits_for_the_lease_then_runs(roots, passfile):
     time.sleep(1.0)
     assert Job.objects.get(pk=waiting.pk).status == "queued"
     Job.objects.filter(pk=holder.pk).update(status="succeeded")
-    jobs.release(holder)
+    holder.refresh_from_db()
+    assert jobs.free_lease(holder)
     thread.join(timeout=30)
     assert Job.objects.get(pk=waiting.pk).status == "succeeded"
 
