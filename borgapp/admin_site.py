@@ -2,6 +2,10 @@
 day's jobs, stored size over time), drawn from the catalog only."""
 
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import ValidationError
+
+from borgapp import throttle
 
 CHART_W, CHART_H, CHART_POINTS = 320, 60, 120
 
@@ -22,7 +26,33 @@ def chart(points) -> dict | None:
     return {"points": coords, "top": top, "first": sample[0][0], "last": sample[-1][0]}
 
 
+class ThrottledLoginForm(AdminAuthenticationForm):
+    """The admin's login, refused for a minute after ten failures from one address (the
+    same counter as the API's tokens)."""
+
+    def clean(self):
+        address = self.request.META.get("REMOTE_ADDR") if self.request else None
+        if throttle.blocked(address):
+            from borgapp import audit
+
+            audit.record(
+                "sign_in",
+                "admin",
+                outcome="refused",
+                message=throttle.MESSAGE,
+                actor=self.cleaned_data.get("username") or "anonymous",
+                client_address=address,
+            )
+            raise ValidationError(throttle.MESSAGE, code="throttled")
+        try:
+            return super().clean()
+        except ValidationError:
+            throttle.note_failure(address)
+            raise
+
+
 class OpsAdminSite(admin.AdminSite):
+    login_form = ThrottledLoginForm
     site_header = "Ops Center for BorgBackup"
     site_title = "Ops Center"
     index_title = "Dashboard"

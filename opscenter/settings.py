@@ -60,6 +60,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# Shared by every web process (the failed sign-in counter lives here): a file cache in the
+# data directory by default, CACHE_URL (redis://..., memcache://...) for larger installations.
+CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{DATA_DIR / 'cache'}")}
+
 ROOT_URLCONF = "opscenter.urls"
 
 TEMPLATES = [

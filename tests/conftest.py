@@ -25,6 +25,15 @@ class Roots:
     env: dict
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """The cache (failed sign-in counters) is a directory shared with the servers the tests
+    start: each test begins with it empty."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def roots(tmp_path, settings):
     """Allowed roots and a private BORG_BASE_DIR for one test, in-process and for children."""

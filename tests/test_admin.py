@@ -264,3 +264,30 @@ def test_the_cron_preview_explains_and_lists_the_next_runs(admin_client):
     from django.test import Client
 
     assert Client().get(url, {"cron": "0 2 * * *"}).status_code == 302  # signed-in staff only
+
+
+def test_admin_sign_in_is_throttled_with_a_counter_every_web_process_shares(client, roots):
+    from borgapp.models import AuditEvent
+    from tests.conftest import manage
+
+    User.objects.create_user("ann", password="right-password-1", is_staff=True)
+    for _ in range(5):
+        client.post("/admin/login/", {"username": "ann", "password": "wrong"})
+    # five more failures counted by another process, as another gunicorn worker would
+    counted = manage(
+        ["shell", "-c",
+         "from borgapp import throttle\nfor _ in range(5): throttle.note_failure('127.0.0.1')"],
+        roots.env,
+    )  # fmt: skip
+    assert counted.returncode == 0, counted.stderr
+    page = client.post("/admin/login/", {"username": "ann", "password": "right-password-1"})
+    assert page.status_code == 200
+    assert "Too many failed sign-in attempts" in page.content.decode()
+    assert client.get("/admin/").status_code == 302  # not signed in
+    refused = AuditEvent.objects.filter(action="sign_in", outcome="refused").get()
+    assert (refused.actor, refused.client_address) == ("ann", "127.0.0.1")
+    from django.core.cache import cache
+
+    cache.clear()  # the minute is over
+    signed_in = client.post("/admin/login/", {"username": "ann", "password": "right-password-1"})
+    assert signed_in.status_code == 302 and client.get("/admin/").status_code == 200

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.core.cache import cache
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -27,11 +26,6 @@ def client_for(role: str | None, superuser=False) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
     return client
-
-
-@pytest.fixture(autouse=True)
-def _clear_throttle():
-    cache.clear()
 
 
 @pytest.fixture

@@ -1,15 +1,9 @@
 """Token and session authentication, with failed attempts throttled per client address."""
 
-from django.core.cache import cache
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 
-FAILURES_ALLOWED = 10  # per address and window
-WINDOW_SECONDS = 60
-
-
-def _key(request) -> str:
-    return f"opscenter:authfail:{request.META.get('REMOTE_ADDR', '?')}"
+from borgapp import throttle
 
 
 class ThrottledTokenAuthentication(TokenAuthentication):
@@ -17,14 +11,13 @@ class ThrottledTokenAuthentication(TokenAuthentication):
     for a while instead of checking more keys."""
 
     def authenticate(self, request):
-        key = _key(request)
-        if cache.get(key, 0) >= FAILURES_ALLOWED:
-            raise Throttled(wait=WINDOW_SECONDS, detail="Too many failed sign-in attempts.")
+        address = request.META.get("REMOTE_ADDR")
+        if throttle.blocked(address):
+            raise Throttled(wait=throttle.WINDOW_SECONDS, detail=throttle.MESSAGE)
         try:
             return super().authenticate(request)
         except AuthenticationFailed as exc:
-            if not cache.add(key, 1, WINDOW_SECONDS):
-                cache.incr(key)
+            throttle.note_failure(address)
             from borgapp import audit
 
             audit.record(
