@@ -4,6 +4,7 @@ and when it resolves, never on every evaluation."""
 
 import logging
 import statistics
+import threading
 import time
 from datetime import timedelta
 
@@ -34,27 +35,56 @@ def _hours(delta: timedelta) -> str:
 
 
 def worker_silent(now=None) -> bool:
-    """No tick from the worker for 3 minutes (or never, while schedules wait for it)."""
+    """No tick from the worker for 3 minutes (or never, while schedules wait for it), and no
+    job of its own reporting progress either: the tick queues behind jobs, so workers all busy
+    with long backups are not a dead worker."""
     now = now or timezone.now()
     seen = WorkerHeartbeat.objects.values_list("seen_at", flat=True).first()
     if seen is None:
-        return Schedule.objects.filter(enabled=True).exists()
-    return now - seen > HEARTBEAT_STALE
+        silent = Schedule.objects.filter(enabled=True).exists()
+    else:
+        silent = now - seen > HEARTBEAT_STALE
+    return (
+        silent
+        and not Job.objects.filter(
+            status=Job.Status.RUNNING, inline=False, heartbeat_at__gt=now - HEARTBEAT_STALE
+        ).exists()
+    )
 
 
-def watch_worker() -> None:
+def watch_worker() -> threading.Thread | None:
     """Alerts are evaluated by the worker; a dead worker cannot announce its own death. The
     web process does it instead when it serves /healthz, /metrics or the dashboard and the
-    worker is silent (at most once a minute per process)."""
+    worker is silent (at most once a minute per process), in a thread of its own so that
+    a slow notification channel never slows the probe."""
     global _watched_at
     if time.monotonic() - _watched_at < WATCH_EVERY:
-        return
+        return None
     _watched_at = time.monotonic()
     try:
-        if worker_silent():
-            evaluate()
-    except Exception:  # a probe must answer even if telling people fails
+        if not worker_silent():
+            return None
+    except Exception:  # a probe must answer whatever happens here
+        log.exception("Checking the worker's heartbeat failed")
+        return None
+    if not settings.ALERT_WATCH_THREAD:
+        _evaluate_for_silent_worker(own_connection=False)
+        return None
+    thread = threading.Thread(target=_evaluate_for_silent_worker, name="alert-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _evaluate_for_silent_worker(own_connection: bool = True) -> None:
+    from django.db import connection
+
+    try:
+        evaluate()
+    except Exception:
         log.exception("Alert evaluation while the worker is silent failed")
+    finally:
+        if own_connection:
+            connection.close()  # the thread's own connection
 
 
 def conditions(now=None) -> dict[tuple[str, int | None], str]:

@@ -83,6 +83,15 @@ def submit(kind, repository, **kwargs) -> Job:
 # --- the lease --------------------------------------------------------------------------
 
 
+def _dispatch_quietly(repository_id: int) -> None:
+    """Dispatch the next waiting job; a failure here (the queue unwritable for a moment) must
+    not cost the ended job its record: `reconcile` dispatches what is left waiting."""
+    try:
+        dispatch_next(repository_id)
+    except Exception:
+        log.exception("Dispatching the next job on repository %s failed", repository_id)
+
+
 def holds_mount(job: Job) -> bool:
     return job.kind == Job.Kind.MOUNT and Mount.objects.filter(job=job).exists()
 
@@ -104,8 +113,12 @@ def claim(job: Job) -> bool:
     repo_id = None if job.kind == Job.Kind.UMOUNT else job.repository_id
     if job.not_before is not None and job.not_before > now:
         return False  # a retry waiting for its time
+    if repo_id is not None:
+        _interrupt_dead_holder(job, repo_id)
     with transaction.atomic():
-        if repo_id is not None and not _take_lease(job, repo_id, now):
+        if repo_id is not None and not Repository.objects.filter(
+            pk=repo_id, lease_job__isnull=True
+        ).update(lease_job=job, lease_since=now):
             return False
         started = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
             status=Job.Status.RUNNING,
@@ -122,18 +135,19 @@ def claim(job: Job) -> bool:
     return True
 
 
-def _take_lease(job: Job, repo_id: int, now) -> bool:
-    if Repository.objects.filter(pk=repo_id, lease_job__isnull=True).update(
-        lease_job=job, lease_since=now
-    ):
-        return True
+def _interrupt_dead_holder(job: Job, repo_id: int) -> None:
+    """A lease held by a job whose process died is freed (its end recorded and told) before
+    the claim, outside the claim's transaction."""
     holder_id = Repository.objects.filter(pk=repo_id).values_list("lease_job_id", flat=True).first()
     holder = Job.objects.filter(pk=holder_id).first() if holder_id else None
     if holder is None or holder.pk == job.pk or not holder_is_dead(holder):
-        return False
-    mark_interrupted(holder, "Its process ended before the job finished.")  # frees the lease
-    free = Q(lease_job__isnull=True) | Q(lease_job_id=holder.pk)
-    return bool(Repository.objects.filter(free, pk=repo_id).update(lease_job=job, lease_since=now))
+        return
+    if holder.status == Job.Status.RUNNING:
+        mark_interrupted(holder, "Its process ended before the job finished.")
+    else:  # ended, but its lease was never given back
+        Repository.objects.filter(pk=repo_id, lease_job=holder).update(
+            lease_job=None, lease_since=None
+        )
 
 
 def free_lease(job: Job) -> bool:
@@ -142,7 +156,7 @@ def free_lease(job: Job) -> bool:
     worker that receives it at once also sees the repository free)."""
     if job.repository_id is None:
         return False
-    if job.status == Job.Status.SUCCEEDED and holds_mount(job):
+    if job.status in (Job.Status.SUCCEEDED, Job.Status.WARNING) and holds_mount(job):
         return False  # kept until the unmount
     released = Repository.objects.filter(pk=job.repository_id, lease_job=job).update(
         lease_job=None, lease_since=None
@@ -298,7 +312,7 @@ def execute(job: Job, echo=None) -> Job:
             _after_failure(job)
         freed = free_lease(job)
     if freed:
-        dispatch_next(job.repository_id)
+        _dispatch_quietly(job.repository_id)
     finished(job)  # after the release: a slow notification channel holds up no other job
     scheduling.retry_if_transient(job)
     job.payload = payload  # for an in-process caller only; never stored
@@ -403,7 +417,7 @@ def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED
             freed = free_lease(job)
     if updated:
         if freed:
-            dispatch_next(job.repository_id)
+            _dispatch_quietly(job.repository_id)
         finished(job)
 
 

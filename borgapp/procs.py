@@ -2,6 +2,7 @@
 told apart from a job that is still working (REL-14), even when pids are reused or the web,
 worker and CLI live in different containers of one host."""
 
+import logging
 import os
 import signal
 import socket
@@ -131,7 +132,10 @@ def become_subreaper(every: float = 1.0) -> bool:
     def reap_forever():
         while True:
             time.sleep(every)
-            reap_adopted()
+            try:
+                reap_adopted()
+            except Exception:  # keep reaping whatever one pass ran into
+                logging.getLogger(__name__).exception("Reaping adopted processes failed")
 
     threading.Thread(target=reap_forever, name="orphan-reaper", daemon=True).start()
     return True

@@ -246,6 +246,16 @@ def validate_cron(value: str) -> str:
             "(minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-6), '*', lists, ranges "
             "and steps such as '*/15'."
         )
+    from datetime import UTC, datetime
+
+    from croniter import CroniterBadDateError
+
+    try:
+        croniter(expanded, datetime.now(UTC)).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidInput(
+            f"Cron expression {value!r} never matches a real date (for example 31 February)."
+        ) from None
     return text
 
 

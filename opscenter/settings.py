@@ -62,7 +62,11 @@ MIDDLEWARE = [
 
 # Shared by every web process (the failed sign-in counter lives here): a file cache in the
 # data directory by default, CACHE_URL (redis://..., memcache://...) for larger installations.
-CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{DATA_DIR / 'cache'}")}
+CACHES = {
+    "default": env.cache("CACHE_URL", default=f"filecache://{DATA_DIR / 'cache'}"),
+    # django-q2's cluster statistics, rewritten every half second: kept in memory.
+    "qstats": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+}
 
 ROOT_URLCONF = "opscenter.urls"
 
@@ -177,6 +181,9 @@ ALERT_SUCCESS_WINDOW_DAYS = env.int("OPSCENTER_ALERT_SUCCESS_WINDOW_DAYS", defau
 ALERT_DEDUP_MIN = env.float("OPSCENTER_ALERT_DEDUP_MIN", default=1.5)
 ALERT_GROWTH_FACTOR = env.float("OPSCENTER_ALERT_GROWTH_FACTOR", default=2.0)
 ALERT_CHECK_MAX_AGE_DAYS = env.int("OPSCENTER_ALERT_CHECK_MAX_AGE_DAYS", default=8)
+# While the worker is silent, web probes evaluate alerts in a background thread (so a slow
+# channel never slows a probe); off, they evaluate inside the request.
+ALERT_WATCH_THREAD = env.bool("OPSCENTER_ALERT_WATCH_THREAD", default=True)
 ALERT_JOB_OVERRUN_FACTOR = env.float("OPSCENTER_ALERT_JOB_OVERRUN_FACTOR", default=3.0)
 # /metrics: a bearer token, a viewer's API token, or one of these client addresses.
 METRICS_TOKEN = env.str("OPSCENTER_METRICS_TOKEN", default="")
@@ -210,6 +217,7 @@ Q_CLUSTER = {
     "save_limit": 250,
     "poll": env.float("OPSCENTER_Q_POLL", default=0.5),
     "label": "Django Q2",
+    "cache": "qstats",
 }
 
 LOGGING = {

@@ -26,6 +26,13 @@ class Roots:
 
 
 @pytest.fixture(autouse=True)
+def _alert_watch_in_the_request(settings):
+    """A web probe's alert evaluation runs in the request here: a background thread would
+    write outside the test's transaction (test_alerts.py tests the thread itself)."""
+    settings.ALERT_WATCH_THREAD = False
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """The cache (failed sign-in counters) is a directory shared with the servers the tests
     start: each test begins with it empty."""
@@ -54,6 +61,7 @@ def roots(tmp_path, settings):
         BORG_BASE_DIR=str(paths["borgbase"]),
         DATABASE_URL=f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
         BORG_ENCRYPTION_KEY=",".join(django_settings.BORG_ENCRYPTION_KEYS),
+        OPSCENTER_ALERT_WATCH_THREAD="0",
         BORG_GRACE_SIGINT="10",
         BORG_GRACE_SIGTERM="5",
     )

@@ -259,6 +259,8 @@ def test_the_cron_preview_explains_and_lists_the_next_runs(admin_client):
     assert all(run.endswith(("EST", "EDT")) and " 01:30 " in run for run in good["next"])
     bad = admin_client.get(url, {"cron": "0 25 * * *"}).json()
     assert bad["ok"] is False and "25" in bad["error"]
+    never = admin_client.get(url, {"cron": "0 0 30 2 *"}).json()
+    assert never["ok"] is False and "never matches" in never["error"]
     zone = admin_client.get(url, {"cron": "0 2 * * *", "timezone": "Mars/Base"}).json()
     assert zone == {"ok": False, "error": zone["error"]} and "Mars/Base" in zone["error"]
     from django.test import Client
@@ -266,7 +268,9 @@ def test_the_cron_preview_explains_and_lists_the_next_runs(admin_client):
     assert Client().get(url, {"cron": "0 2 * * *"}).status_code == 302  # signed-in staff only
 
 
-def test_admin_sign_in_is_throttled_with_a_counter_every_web_process_shares(client, roots):
+def test_admin_sign_in_is_throttled_with_a_counter_every_web_process_shares(
+    client, roots, monkeypatch
+):
     from borgapp.models import AuditEvent
     from tests.conftest import manage
 
@@ -286,8 +290,12 @@ def test_admin_sign_in_is_throttled_with_a_counter_every_web_process_shares(clie
     assert client.get("/admin/").status_code == 302  # not signed in
     refused = AuditEvent.objects.filter(action="sign_in", outcome="refused").get()
     assert (refused.actor, refused.client_address) == ("ann", "127.0.0.1")
-    from django.core.cache import cache
+    from borgapp import throttle
 
-    cache.clear()  # the minute is over
+    now = throttle.clock()
+    monkeypatch.setattr(throttle, "clock", lambda: now + 30)  # half a minute on: still refused
+    still = client.post("/admin/login/", {"username": "ann", "password": "right-password-1"})
+    assert "Too many failed sign-in attempts" in still.content.decode()
+    monkeypatch.setattr(throttle, "clock", lambda: now + 61)  # the minute is over
     signed_in = client.post("/admin/login/", {"username": "ann", "password": "right-password-1"})
     assert signed_in.status_code == 302 and client.get("/admin/").status_code == 200

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -222,6 +223,48 @@ def test_a_dead_worker_is_announced_by_the_web_process(client, monkeypatch):
     assert Alert.objects.get().state == "resolved"
     assert mail.outbox[-1].subject == "[opscenter] resolved: Worker heartbeat stale"
     assert 'data-silent="no"' in client.get("/admin/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_probe_answers_while_a_slow_channel_is_still_being_told(client, settings, monkeypatch):
+    """The probe's evaluation runs in a thread of its own: a channel that hangs delays the
+    notification, never the answer to /healthz."""
+    settings.ALERT_WATCH_THREAD = True
+    monkeypatch.setattr(alerts, "_watched_at", -1e9)
+    release, received = threading.Event(), []
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            release.wait(30)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = Channel(name="slow", kind="webhook", events=["alert_firing"],
+                       target=f"http://127.0.0.1:{server.server_port}/")  # fmt: skip
+        hook.set_secret(SECRET)
+        hook.save()
+        WorkerHeartbeat.objects.create(pk=1, seen_at=timezone.now() - timedelta(minutes=10))
+        assert client.get("/healthz").status_code == 503  # answered...
+        [watch] = [t for t in threading.enumerate() if t.name == "alert-watch"]
+        for _ in range(100):  # ... while the channel is still being told
+            if received:
+                break
+            time.sleep(0.1)
+        assert received and watch.is_alive()
+        release.set()
+        watch.join(30)
+        assert json.loads(received[0])["event"] == "alert_firing"
+        assert Alert.objects.get(state="firing").kind == "worker"
+    finally:
+        release.set()
+        server.shutdown()
 
 
 def test_a_worker_that_never_started_fires_once_schedules_wait_for_it():

@@ -408,26 +408,32 @@ def test_the_worker_adopts_and_reaps_orphans():
     died) and reaps them once they end; processes it forked itself are left alone."""
     script = textwrap.dedent(
         """
-        import multiprocessing, os, subprocess, sys, time
+        import ctypes, multiprocessing, os, subprocess, sys, time
         from borgapp import procs
+
+        def renamed_nap():  # a name of its own: only the forked-children rule protects it
+            ctypes.CDLL(None).prctl(15, b"other-name", 0, 0, 0)  # PR_SET_NAME
+            time.sleep(0.2)
+
         assert procs.become_subreaper(every=0.1)
-        forked = multiprocessing.Process(target=time.sleep, args=(0.2,))
+        forked = multiprocessing.Process(target=renamed_nap)
         forked.start()
         # a middle process starts `sleep` and dies at once: sleep is orphaned
         start_sleep = (
-            "import subprocess; print(subprocess.Popen(['sleep', '0.5'], "
+            "import subprocess; print(subprocess.Popen(['sleep', '2'], "
             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"
         )
         middle = subprocess.run(
             [sys.executable, "-c", start_sleep], capture_output=True, text=True, check=True
         )
         orphan = int(middle.stdout)
-        time.sleep(0.2)
         adopted = procs._stat(orphan)[2] == os.getpid()
-        time.sleep(1.5)  # sleep has ended; the reaper runs every 0.1 s
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{orphan}") and time.monotonic() < deadline:
+            time.sleep(0.1)  # sleep ends after 2 s; the reaper runs every 0.1 s
         reaped = not os.path.exists(f"/proc/{orphan}")
         forked_left = os.path.exists(f"/proc/{forked.pid}")  # a zombie until joined
-        forked.join()
+        forked.join(10)
         print(adopted, reaped, forked_left, forked.exitcode)
         """
     )

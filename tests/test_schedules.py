@@ -90,6 +90,7 @@ def test_bad_schedules_are_refused_with_a_reason_and_nothing_is_made(roots, pass
     cases = [
         (["--cron", "61 * * * *"], "is not valid"),
         (["--cron", "0 2 * *"], "needs five fields"),
+        (["--cron", "0 0 31 2 *"], "never matches a real date"),
         (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "unknown"),
         (["--cron", "0 2 * * *", "--prefix", "bad prefix"], "is not allowed"),
         (["--cron", "0 2 * * *", "--exclude", ""], "must not be empty"),
