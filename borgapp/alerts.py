@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -227,12 +227,16 @@ def evaluate(now=None) -> dict:
         for key, reason in current.items():
             alert = firing.get(key)
             if alert is None:
-                fired.append(
-                    Alert.objects.create(
-                        kind=key[0], repository_id=key[1], reason=reason, first_seen=now,
-                        last_seen=now,
-                    )
-                )  # fmt: skip
+                try:
+                    with transaction.atomic():
+                        fired.append(
+                            Alert.objects.create(
+                                kind=key[0], repository_id=key[1], reason=reason,
+                                first_seen=now, last_seen=now,
+                            )
+                        )  # fmt: skip
+                except IntegrityError:  # another process opened it (and tells people)
+                    pass
             else:
                 Alert.objects.filter(pk=alert.pk).update(last_seen=now, reason=reason)
         for key, alert in firing.items():

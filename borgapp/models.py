@@ -702,6 +702,19 @@ class Alert(models.Model):
     class Meta:
         ordering = ["-last_seen"]
         indexes = [models.Index(fields=["state", "kind"], name="alert_state_kind")]
+        # One firing alert per condition, even when several processes evaluate at once.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "repository"],
+                condition=models.Q(state="firing", repository__isnull=False),
+                name="alert_one_firing_per_repository",
+            ),
+            models.UniqueConstraint(
+                fields=["kind"],
+                condition=models.Q(state="firing", repository__isnull=True),
+                name="alert_one_firing_per_installation",
+            ),
+        ]
 
     def __str__(self):
         where = f" on {self.repository.name}" if self.repository_id else ""

@@ -267,6 +267,26 @@ def test_a_probe_answers_while_a_slow_channel_is_still_being_told(client, settin
         server.shutdown()
 
 
+def test_two_evaluators_at_once_open_one_alert_and_notify_once(monkeypatch):
+    """Web probes and workers may evaluate at the same moment (on PostgreSQL truly in
+    parallel): the database keeps one firing alert per condition, and the evaluator that
+    loses the race neither fails nor notifies."""
+    from django.db import IntegrityError, transaction
+
+    Channel.objects.create(name="mail", kind="email", target="ops@example.com",
+                           events=["alert_firing"])  # fmt: skip
+    WorkerHeartbeat.objects.create(pk=1, seen_at=timezone.now() - timedelta(minutes=10))
+    assert alerts.evaluate()["fired"] == 1 and len(mail.outbox) == 1
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Alert.objects.create(kind="worker", reason="a second one")
+    # the other evaluator read the firing alerts just before the first one wrote its own
+    monkeypatch.setattr(Alert.objects, "select_for_update", lambda: Alert.objects.none())
+    assert alerts.evaluate()["fired"] == 0
+    assert Alert.objects.filter(state="firing").count() == 1 and len(mail.outbox) == 1
+    Alert.objects.filter(state="firing").update(state="resolved")
+    Alert.objects.create(kind="worker", reason="firing again later is fine")
+
+
 def test_a_worker_that_never_started_fires_once_schedules_wait_for_it():
     assert "worker" not in fired_kinds()  # a fresh install with nothing scheduled: quiet
     from borgapp.models import Schedule
