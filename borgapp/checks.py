@@ -73,6 +73,25 @@ def data_dir_check(app_configs=None, **kwargs):
     return []
 
 
+@register(Tags.security)
+def trusted_proxies_check(app_configs=None, **kwargs):
+    import ipaddress
+
+    errors = []
+    for entry in settings.TRUSTED_PROXIES:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            errors.append(
+                Error(
+                    f"OPSCENTER_TRUSTED_PROXIES: {entry!r} is not an address or a network.",
+                    hint="Use addresses or networks such as 127.0.0.1,10.0.0.0/8.",
+                    id="borgapp.E040",
+                )
+            )
+    return errors
+
+
 @register(Tags.database)
 def schedules_mirrored_check(app_configs=None, databases=None, **kwargs):
     """Run by `check --database default` and `migrate`: each Schedule has its one mirror."""

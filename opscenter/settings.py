@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "borgapp.proxy.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -67,6 +68,10 @@ CACHES = {
     # django-q2's cluster statistics, rewritten every half second: kept in memory.
     "qstats": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
+
+# Reverse proxies whose X-Forwarded-For is believed (addresses or networks, e.g.
+# 127.0.0.1,10.0.0.0/8); empty: REMOTE_ADDR is the client.
+TRUSTED_PROXIES = env.list("OPSCENTER_TRUSTED_PROXIES", default=[])
 
 ROOT_URLCONF = "opscenter.urls"
 

@@ -454,3 +454,26 @@ def test_a_nul_byte_in_a_path_is_a_400_not_a_500(admin_client, settings, tmp_pat
     )
     assert extract.status_code == 400 and extract.json()["error"] == "invalid_input"
     assert not Job.objects.exists()
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_one_throttled_and_audited(settings):
+    from borgapp.models import AuditEvent
+
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8", "bogus entry"]  # the bogus one is ignored
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token nope")
+    via_proxy = {"REMOTE_ADDR": "10.0.0.2", "HTTP_X_FORWARDED_FOR": "203.0.113.9, 10.9.9.9"}
+    codes = [bad.get("/api/v1/jobs/", **via_proxy).status_code for _ in range(11)]
+    assert codes == [401] * 10 + [429]
+    assert set(AuditEvent.objects.values_list("client_address", flat=True)) == {"203.0.113.9"}
+    # another client behind the same proxy is not locked out
+    other = {"REMOTE_ADDR": "10.0.0.2", "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    assert bad.get("/api/v1/jobs/", **other).status_code == 401
+    # a forged header from a peer that is not a trusted proxy changes nothing
+    forged = {"REMOTE_ADDR": "192.0.2.50", "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    assert bad.get("/api/v1/jobs/", **forged).status_code == 401
+    assert AuditEvent.objects.filter(client_address="192.0.2.50").count() == 1
+    # nor does a malformed chain
+    garbage = {"REMOTE_ADDR": "10.0.0.2", "HTTP_X_FORWARDED_FOR": "not-an-ip"}
+    bad.get("/api/v1/jobs/", **garbage)
+    assert AuditEvent.objects.latest("pk").client_address == "10.0.0.2"
