@@ -20,18 +20,22 @@ def _pid_namespace() -> str:
 HOST = f"{socket.gethostname()}/{_pid_namespace()}"
 
 
-def start_ticks(pid: int | None) -> int | None:
-    """The process's start time in clock ticks since boot (stable for its whole life)."""
-    if not pid:
-        return None
+def _read_stat(pid: int) -> tuple[str, list[str]] | None:
+    """A process's name and the fields after it in /proc/<pid>/stat (state first)."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a zombie has finished
+    return text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
+
+
+def start_ticks(pid: int | None) -> int | None:
+    """The process's start time in clock ticks since boot (stable for its whole life)."""
+    stat = _read_stat(pid) if pid else None
+    if stat is None or stat[1][0] == "Z":  # gone, or a zombie: it has finished
         return None
-    return int(fields[19])
+    return int(stat[1][19])
 
 
 def alive(pid: int | None, started: int | None) -> bool:
@@ -73,14 +77,8 @@ PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 def _stat(pid: int) -> tuple[str, str, int] | None:
     """(name, state, parent pid) of a process, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text.rsplit(")", 1)[1].split()
-    return name, fields[0], int(fields[1])
+    stat = _read_stat(pid)
+    return None if stat is None else (stat[0], stat[1][0], int(stat[1][1]))
 
 
 def adopted_zombies() -> list[int]:
