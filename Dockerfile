@@ -18,8 +18,14 @@
 #
 # Environment worth setting: DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS,
 # DJANGO_CSRF_TRUSTED_ORIGINS, DJANGO_SECURE_COOKIES=1 behind HTTPS, DATABASE_URL (PostgreSQL:
-# psycopg is installed), BORG_ENCRYPTION_KEY, WEB_CONCURRENCY (gunicorn workers),
+# psycopg is installed), BORG_ENCRYPTION_KEY, WEB_CONCURRENCY (web processes), WEB_THREADS
+# (requests each process runs at once, 16), WEB_CLIENT_TIMEOUT (seconds a client has for a
+# request's headers, then its body, and an idle connection stays open: 10),
 # OPSCENTER_MIGRATE=1 (run `migrate` before the command).
+#
+# The web app listens on 0.0.0.0:8000 so that the container's port can be published; its own
+# timeouts close slow and idle clients, but in production publish it only to a reverse proxy
+# (nginx, Caddy) that terminates TLS and buffers requests, and set OPSCENTER_TRUSTED_PROXIES.
 
 # CI substitutes a local base (localhost/bookworm-python:latest, made with debootstrap) that has
 # Debian's python3 in /usr/bin and an EXTERNALLY-MANAGED marker: everything goes into /opt/venv.
@@ -100,6 +106,8 @@ EXPOSE 8000
 # A tiny inline entrypoint: with OPSCENTER_MIGRATE=1 it runs `migrate` first, then runs the
 # command (gunicorn by default, `python manage.py worker` for the worker).
 ENTRYPOINT ["/bin/sh", "-c", "if [ \"${OPSCENTER_MIGRATE:-0}\" = 1 ]; then python manage.py migrate --noinput || exit 1; fi; exec \"$@\"", "opscenter-entrypoint"]
-# Settings in opscenter/gunicorn.conf.py (the access log leaves out query strings, SEC-03).
+# Settings in opscenter/gunicorn.conf.py: gunicorn keeps the processes, each serves with
+# hypercorn's event loop (slow clients hold no thread); the access log leaves out query
+# strings (SEC-03).
 ENV GUNICORN_BIND=0.0.0.0:8000
 CMD ["gunicorn", "opscenter.wsgi", "--config", "opscenter/gunicorn.conf.py"]

@@ -43,6 +43,7 @@ test: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache  # the layers in pyproject.toml: every import points down
 
 format: install-dev
 	$(BIN)/ruff format .

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """PERF-02: the database side of a catalog sync (one bulk upsert of `borg list` output).
 
-Times `operations.apply_listing` for N archives: the first sync (all new), an unchanged
+Times `catalog.apply_listing` for N archives: the first sync (all new), an unchanged
 resync, and a resync after a prune removed a tenth and a backup added one. Add borg's own
 `borg list --json` time (printed at the end, measured on a small repository) for the whole
 sync. Target: 1,000 archives synced in under 1.5 s.
@@ -56,8 +56,9 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     from borgapp import borg
+    from borgapp.catalog import apply_listing
     from borgapp.models import Repository
-    from borgapp.operations import apply_listing, borg_config
+    from borgapp.operations import borg_config
 
     repo = Repository.objects.create(name="bench", location=f"{data}/repos/bench", state="ready")
     items = listing(args.archives, datetime(2024, 1, 1, tzinfo=UTC))

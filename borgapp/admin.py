@@ -1,16 +1,19 @@
 """The admin as the control panel. Every page is checked by role (viewer reads, operator runs
 jobs, admin configures); every operation queues a Job through `intake` and links to it."""
 
+from zoneinfo import ZoneInfo
+
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db import models
+from django.db.models import Count, Max, Q, Subquery
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from borgapp import admin_views as views
-from borgapp import audit, intake, scheduling, validation
-from borgapp.api.permissions import has_role
+from borgapp import audit, errors, health, intake, jobs, notifications, outbound, scheduling, vault
 from borgapp.models import (
     Alert,
     Archive,
@@ -22,6 +25,8 @@ from borgapp.models import (
     RetentionPolicy,
     Schedule,
 )
+from borgapp.roles import has_role
+from borgapp.units import human_bytes
 
 
 class RoleAdmin(admin.ModelAdmin):
@@ -54,8 +59,11 @@ class RoleAdmin(admin.ModelAdmin):
         name = self.opts.model_name
         audit.record(f"{name}.{verb}", str(obj), outcome="success", message=message or "")
 
+    audit_additions = True  # False where the job an addition queues is the audited action
+
     def log_addition(self, request, obj, message):
-        self._audit("created", obj)
+        if self.audit_additions:
+            self._audit("created", obj)
         return super().log_addition(request, obj, message)
 
     def log_change(self, request, obj, message):
@@ -145,6 +153,43 @@ class RepositoryForm(forms.ModelForm):
         model = Repository
         fields = ["name", "location", "encryption", "append_only", *THRESHOLDS]
 
+    request = None  # set by RepositoryAdmin.get_form
+    job = None  # the init or import job a new registration started
+
+    def _post_clean(self):
+        """A new registration is checked by borg before the page answers: once the model's
+        own validation (unique name and location included) has passed, the init or import
+        job starts here and the request waits for it (bounded, ADMIN_REGISTER_WAIT), so a
+        wrong passphrase or a missing repository comes back as an error on its field, with
+        everything else still filled in, instead of "added" and a row that then vanishes."""
+        super()._post_clean()
+        if self.instance.pk is None and not self.errors:
+            self._register(self.cleaned_data)
+
+    def _register(self, cleaned):
+        create = cleaned.get("setup", "init") != "import"
+        try:
+            job = intake.register(
+                cleaned["name"], cleaned["location"], cleaned.get("passphrase") or None,
+                create=create, encryption=cleaned["encryption"],
+                append_only=cleaned.get("append_only", False),
+                trigger=Job.Trigger.ADMIN, user=self.request.user if self.request else None,
+            )  # fmt: skip
+        except errors.REFUSED as exc:
+            self.add_error(_field_of(str(exc)), str(exc))
+            return
+        job = jobs.wait_for(job, settings.ADMIN_REGISTER_WAIT)
+        if job.status in (Job.Status.FAILED, Job.Status.INTERRUPTED, Job.Status.CANCELLED):
+            hint = errors.HINTS.get(job.error_code, "")
+            message = f"{job.get_kind_display()} failed: {job.error_message}"
+            field = {"wrong_passphrase": "passphrase", "repository_missing": "location",
+                     "repository_exists": "location"}.get(job.error_code)  # fmt: skip
+            if job.error_code == "wrong_passphrase":
+                hint = "Type the passphrase this repository was created with."
+            self.add_error(field, f"{message} {hint}".strip())
+            return
+        self.job = job
+
     def save(self, commit=True):
         repo = super().save(commit=False)
         if self.cleaned_data.get("passphrase"):
@@ -152,6 +197,15 @@ class RepositoryForm(forms.ModelForm):
         if commit:
             repo.save()
         return repo
+
+
+def _field_of(message: str) -> str | None:
+    """The form field a refusal from intake is about, by the words it names."""
+    for word, field in (("passphrase", "passphrase"), ("location", "location"),
+                        ("Encryption", "encryption"), ("name", "name")):  # fmt: skip
+        if word in message:
+            return field
+    return None
 
 
 REPO_PAGES = [
@@ -170,22 +224,37 @@ REPO_PAGES = [
 class RepositoryAdmin(RoleAdmin):
     form = RepositoryForm
     pages = REPO_PAGES
+    audit_additions = False  # the init or import job that registration queued is audited
     list_display = ["name", "health", "location", "archive_count", "size", "last_backup", "state"]
     search_fields = ["name", "location"]
     readonly_fields = [
-        "state", "borg_id", "total_size", "unique_compressed_size",
+        "state", "borg_id", "original_text", "on_disk_text", "dedup_text",
         "stats_updated_at", "catalog_synced_at", "lease_job",
     ]  # fmt: skip
 
-    def get_queryset(self, request):
-        from django.db.models import Count, Max, Q
+    @admin.display(description="original size of all archives")
+    def original_text(self, obj):
+        return human_bytes(obj.total_size)
 
+    @admin.display(description="size on disk")
+    def on_disk_text(self, obj):
+        return human_bytes(obj.unique_compressed_size)
+
+    @admin.display(description="deduplication ratio")
+    def dedup_text(self, obj):
+        return f"{obj.deduplication_ratio:,.1f}×" if obj.deduplication_ratio else "–"
+
+    def get_queryset(self, request):
+        last_job = health.last_finished_job()
         return (
             super()
             .get_queryset(request)
             .annotate(
                 n_archives=Count("archives", filter=Q(archives__is_checkpoint=False)),
                 newest=Max("archives__start", filter=Q(archives__is_checkpoint=False)),
+                last_job_kind=Subquery(last_job.values("kind")[:1]),
+                last_job_status=Subquery(last_job.values("status")[:1]),
+                firing_alert=Subquery(health.firing_alert().values("reason")[:1]),
             )
         )
 
@@ -212,69 +281,51 @@ class RepositoryAdmin(RoleAdmin):
 
     @admin.display(description="size on disk", ordering="unique_compressed_size")
     def size(self, obj):
-        from borgapp.templatetags.humanize_bytes import human_bytes
-
         return human_bytes(obj.unique_compressed_size)
 
     @admin.display(description="health")
     def health(self, obj):
-        from borgapp.health import overdue_after
+        last_job = None
+        if obj.last_job_status:
+            last_job = Job(kind=obj.last_job_kind, status=obj.last_job_status)
+        judged = health.judge(obj, obj.newest, last_job, timezone.now(), obj.firing_alert)
+        return format_html(
+            '<span class="oc-h" data-health="{}" title="{}">● {}</span>',
+            judged.colour,
+            "; ".join(judged.reasons),
+            judged.headline,
+        )
 
-        if obj.newest is None:
-            colour, text = "red", "no backup yet"
-        elif timezone.now() - obj.newest > overdue_after(obj):
-            colour, text = "red", "overdue"
-        else:
-            colour, text = "green", "ok"
-        return format_html('<span class="oc-h" data-health="{}">● {}</span>', colour, text)
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.request = request
+        return form
 
-    def log_addition(self, request, obj, message):
-        # the init or import job that registration queued is the audited action
-        return admin.ModelAdmin.log_addition(self, request, obj, message)
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        """Adding runs outside the admin's usual transaction around the whole request: the
+        registration (RepositoryForm.clean) commits its rows in its own transaction, so the
+        worker sees the job it waits for, and no write lock is held while borg answers."""
+        if object_id is None and request.method == "POST":
+            return self._changeform_view(request, object_id, form_url, extra_context)
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        # A new registration: init or import through intake (its passphrase is stored only
-        # if borg accepts it).
-        create = form.cleaned_data.get("setup", "init") != "import"
-        job = intake.register(
-            obj.name,
-            obj.location,
-            form.cleaned_data.get("passphrase") or None,
-            create=create,
-            encryption=obj.encryption,
-            append_only=obj.append_only,
-            trigger=Job.Trigger.ADMIN,
-            user=request.user,
-        )
+        # A new registration: the form's validation registered it (RepositoryForm.clean)
+        job = form.job
         obj.pk = job.repository_id
         obj.refresh_from_db()
-        what = "Initialization" if create else "Import"
-        url = (
-            reverse("admin:borgapp_repository_job", args=[job.pk])
-            if False
-            else reverse("admin:borgapp_job_change", args=[job.pk])
-        )
+        what = "Initialization" if job.kind == Job.Kind.INIT else "Import"
+        url = reverse("admin:borgapp_job_change", args=[job.pk])
+        state = "done in" if job.status in Job.OK else "queued as"
         messages.success(
             request,
             format_html(
-                '{} of repository {} queued as <a href="{}">job {}</a>.',
-                what,
-                obj.name,
-                url,
+                '{} of repository {} {} <a href="{}">job {}</a>.', what, obj.name, state, url,
                 job.pk,
             ),
-        )
-
-    def add_view(self, request, form_url="", extra_context=None):
-        try:
-            return super().add_view(request, form_url, extra_context)
-        except (validation.InvalidInput, intake.Conflict) as exc:
-            messages.error(request, str(exc))
-            from django.shortcuts import redirect
-
-            return redirect(request.path)
+        )  # fmt: skip
 
 
 # --- archives ----------------------------------------------------------------------------------
@@ -292,7 +343,7 @@ ARCHIVE_PAGES = [
 class ArchiveAdmin(RoleAdmin):
     list_display = [
         "name", "repository", "start", "duration_text", "original_size_text",
-        "deduplicated_size_text", "ratio", "nfiles", "is_checkpoint",
+        "deduplicated_size_text", "ratio", "nfiles_text",
     ]  # fmt: skip
     list_filter = ["repository", ("start", admin.DateFieldListFilter), "is_checkpoint"]
     list_select_related = ["repository"]
@@ -310,33 +361,44 @@ class ArchiveAdmin(RoleAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # deleting runs borg: the Delete page queues a job
 
+    # what a person reads on an archive's page: sizes and counts with units, borg's id last
+    DETAIL = [
+        "repository", "name", "start", "end", "duration_text", "nfiles_text",
+        "original_size_text", "compressed_size_text", "deduplicated_size_text", "ratio",
+        "hostname", "username", "comment", "is_checkpoint", "created_by_app", "synced_at",
+        "borg_id",
+    ]  # fmt: skip
+
     def get_fields(self, request, obj=None):
-        names = [f.name for f in Archive._meta.fields if f.editable and f.name != "id"]
-        return [*self.link_fields(request), *names]
+        return [*self.link_fields(request), *self.DETAIL]
 
     def get_readonly_fields(self, request, obj=None):
         return self.get_fields(request, obj)
 
     @admin.display(description="duration", ordering="duration")
     def duration_text(self, obj):
-        return f"{obj.duration:.0f} s" if obj.duration is not None else "–"
+        return f"{obj.duration:,.1f} s" if obj.duration is not None else "–"
+
+    @admin.display(description="files", ordering="nfiles")
+    def nfiles_text(self, obj):
+        return f"{obj.nfiles:,}" if obj.nfiles is not None else "–"
+
+    @admin.display(description="compressed")
+    def compressed_size_text(self, obj):
+        return human_bytes(obj.compressed_size)
 
     @admin.display(description="original", ordering="original_size")
     def original_size_text(self, obj):
-        from borgapp.templatetags.humanize_bytes import human_bytes
-
         return human_bytes(obj.original_size)
 
     @admin.display(description="added", ordering="deduplicated_size")
     def deduplicated_size_text(self, obj):
-        from borgapp.templatetags.humanize_bytes import human_bytes
-
         return human_bytes(obj.deduplicated_size)
 
-    @admin.display(description="dedup ratio")
+    @admin.display(description="deduplication")
     def ratio(self, obj):
         value = obj.deduplication_ratio
-        return f"{value:.1f}×" if value else "–"
+        return f"{value:,.1f}×" if value else "–"
 
 
 # --- policies and schedules ------------------------------------------------------------------
@@ -354,26 +416,73 @@ def https_urls(field, **kwargs):
     return field.formfield(**kwargs)
 
 
+def ping_field(when: str):
+    return forms.URLField(
+        label=f"Ping URL on {when}",
+        required=False,
+        assume_scheme="https",
+        max_length=2000,
+        help_text="Stored encrypted; shown to admins only (others see scheme and host).",
+    )
+
+
 class ScheduleForm(forms.ModelForm):
     source_paths = views.LinesField(label="Source paths", help_text="one absolute path per line")
     exclude_patterns = views.LinesField(
         label="Exclude patterns",
         help_text="one pattern per line, borg's syntax (e.g. sh:**/*.tmp or pp:/home/cache)",
     )
+    ping_start_url = ping_field("start")
+    ping_success_url = ping_field("success")
+    ping_failure_url = ping_field("failure")
+    reveal_pings = False  # shows and saves the ping URLs: the admin's get_form sets it for admins
 
     class Meta:
         model = Schedule
         fields = "__all__"
         formfield_callback = staticmethod(https_urls)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for which in Schedule.PINGS:
+            name = f"ping_{which}_url"
+            if self.reveal_pings and name in self.fields and self.instance.pk:
+                try:
+                    self.initial[name] = self.instance.get_ping(which)
+                except vault.VaultError as exc:
+                    self.fields[name].help_text = f"{exc} Give the URL again."
+
+    def _clean_ping(self, which: str) -> str:
+        url = (self.cleaned_data.get(f"ping_{which}_url") or "").strip()
+        if url:
+            try:
+                outbound.check_http_url(url, what="ping URL")
+            except outbound.Refused as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return url
+
+    def clean_ping_start_url(self):
+        return self._clean_ping("start")
+
+    def clean_ping_success_url(self):
+        return self._clean_ping("success")
+
+    def clean_ping_failure_url(self):
+        return self._clean_ping("failure")
+
+    def save(self, commit=True):
+        for which in Schedule.PINGS:
+            if f"ping_{which}_url" in self.fields and self.reveal_pings:
+                self.instance.set_ping(which, self.cleaned_data.get(f"ping_{which}_url", ""))
+        return super().save(commit)
+
 
 @admin.register(Schedule)
 class ScheduleAdmin(RoleAdmin):
     form = ScheduleForm
-    list_display = [
-        "name", "operation", "cron", "cron_description", "timezone", "enabled", "paused_until",
-        "next_run", "last_run_at", "last_outcome", "last_success_at",
-    ]  # fmt: skip
+    # one line per schedule at 1024 px: the cron in words with its zone, what comes next and
+    # how the last run went (the rest is on the schedule's page)
+    list_display = ["name", "operation", "when", "enabled", "next_run", "last_outcome"]
     list_filter = ["operation", "enabled"]
     filter_horizontal = ["repositories"]
     readonly_fields = [
@@ -384,25 +493,66 @@ class ScheduleAdmin(RoleAdmin):
     fieldsets = [
         (None, {"fields": ["name", "repositories", "operation", "enabled", "paused_until"]}),
         ("When", {"fields": ["cron", "timezone", "cron_description", "next_run", "next_five"]}),
-        (
-            "Backup",
-            {
-                "fields": [
-                    "source_paths", "exclude_patterns", "archive_prefix", "compression",
-                    "one_file_system", "checkpoint_interval", "comment",
-                ]
-            },
-        ),
-        ("Prune", {"fields": ["retention_policy", "compact_after_prune"]}),
-        ("Check", {"fields": ["check_scope", "verify_data", "max_duration", "check_last"]}),
-        ("Verify restore", {"fields": ["sample_files", "sample_percent", "sample_max_bytes"]}),
+        # Each operation's own fields: the form shows those of the chosen operation only
+        # (schedule_form.js; without scripts every set stays visible and the others are unused)
+        ("Backup set", {"fields": ["archive_prefix"],
+                        "classes": ["oc-op", "oc-op-backup", "oc-op-prune",
+                                    "oc-op-verify_restore"]}),
+        ("Backup", {"fields": ["source_paths", "exclude_patterns", "compression",
+                               "one_file_system", "checkpoint_interval", "comment"],
+                    "classes": ["oc-op", "oc-op-backup"]}),
+        ("Prune", {"fields": ["retention_policy", "compact_after_prune"],
+                   "classes": ["oc-op", "oc-op-prune"]}),
+        ("Check", {"fields": ["check_scope", "verify_data", "max_duration", "check_last"],
+                   "classes": ["oc-op", "oc-op-check"]}),
+        ("Verify restore", {"fields": ["sample_files", "sample_percent", "sample_max_bytes"],
+                            "classes": ["oc-op", "oc-op-verify_restore"]}),
         ("Pings", {"fields": ["ping_start_url", "ping_success_url", "ping_failure_url"]}),
         ("Last runs", {"fields": ["last_run_at", "last_outcome", "last_success_at"]}),
     ]  # fmt: skip
+    PING_SHOWN = ["ping_start_shown", "ping_success_shown", "ping_failure_shown"]
+
+    def get_fieldsets(self, request, obj=None):
+        """Admins edit the ping URLs; anyone else sees them masked (scheme and host)."""
+        if has_role(request.user, "admin"):
+            return self.fieldsets
+        return [
+            (name, {"fields": self.PING_SHOWN}) if name == "Pings" else (name, options)
+            for name, options in self.fieldsets
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), *self.PING_SHOWN]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.reveal_pings = has_role(request.user, "admin")
+        return form
+
+    @admin.display(description="ping URL on start")
+    def ping_start_shown(self, obj):
+        return obj.shown_ping("start") or "–"
+
+    @admin.display(description="ping URL on success")
+    def ping_success_shown(self, obj):
+        return obj.shown_ping("success") or "–"
+
+    @admin.display(description="ping URL on failure")
+    def ping_failure_shown(self, obj):
+        return obj.shown_ping("failure") or "–"
+
+    @admin.display(description="when", ordering="cron")
+    def when(self, obj):
+        return format_html('<span title="{}">{} ({})</span>', obj.cron, obj.cron_description,
+                           obj.timezone)  # fmt: skip
 
     @admin.display(description="next run")
     def next_run(self, obj):
-        return scheduling.next_run(obj) if obj.pk else None
+        """In the schedule's own time zone, as the preview and the next five runs."""
+        when = scheduling.next_run(obj) if obj.pk else None
+        if when is None:
+            return "–"
+        return when.astimezone(ZoneInfo(obj.timezone)).strftime(views.RUN_FORMAT)
 
     @admin.display(description="the next five runs")
     def next_five(self, obj):
@@ -446,7 +596,7 @@ class ScheduleAdmin(RoleAdmin):
         for schedule in queryset:
             try:
                 made = start(schedule, trigger=Job.Trigger.ADMIN, user=request.user)
-            except (validation.InvalidInput, intake.Conflict) as exc:
+            except errors.REFUSED as exc:
                 self.message_user(request, f"{schedule.name}: {exc}", messages.ERROR)
                 continue
             summary = format_html_join(
@@ -473,10 +623,23 @@ class ScheduleAdmin(RoleAdmin):
 @admin.register(Job)
 class JobAdmin(RoleAdmin):
     list_display = [
-        "id", "kind", "repository_name", "status_badge", "trigger", "created_at", "started_at",
-        "finished_at", "error_message",
+        "id", "kind", "repository", "status_badge", "trigger", "created_at", "took", "problem",
     ]  # fmt: skip
     list_filter = ["status", "kind", "trigger", "repository_name"]
+
+    @admin.display(description="repository", ordering="repository_name")
+    def repository(self, obj):
+        return obj.repository_name
+
+    @admin.display(description="problem")
+    def problem(self, obj):
+        text = obj.error_message or ""
+        return text if len(text) <= 120 else text[:119] + "…"
+
+    @admin.display(description="took")
+    def took(self, obj):
+        return f"{obj.duration:,.0f} s" if obj.duration is not None else "–"
+
     search_fields = ["repository_name", "archive_name", "error_message"]
     show_full_result_count = False
 
@@ -524,8 +687,7 @@ class MountAdmin(RoleAdmin):
 class AuditEventAdmin(RoleAdmin):
     """Read-only for everyone, superusers included (SEC-09); admins may read and export it."""
 
-    list_display = ["at", "actor", "source", "client_address", "action", "target", "outcome",
-                    "job_id_ref"]  # fmt: skip
+    list_display = ["at", "actor", "origin", "action", "target", "outcome", "count", "job"]
     list_filter = ["outcome", "source", "action", ("at", admin.DateFieldListFilter)]
     search_fields = ["actor", "target", "action", "message"]
     show_full_result_count = False
@@ -533,6 +695,14 @@ class AuditEventAdmin(RoleAdmin):
 
     def has_module_permission(self, request):
         return has_role(request.user, "admin")
+
+    @admin.display(description="from", ordering="source")
+    def origin(self, obj):
+        return f"{obj.source} {obj.client_address}" if obj.client_address else obj.source
+
+    @admin.display(description="job", ordering="job_id_ref")
+    def job(self, obj):
+        return obj.job_id_ref if obj.job_id_ref is not None else "–"
 
     def has_view_permission(self, request, obj=None):
         return has_role(request.user, "admin")
@@ -569,7 +739,7 @@ class AuditEventAdmin(RoleAdmin):
             raise PermissionDenied
         rows = self.get_changelist_instance(request).get_queryset(request)
         fields = ["at", "actor", "user_id_ref", "source", "client_address", "action", "target",
-                  "params", "outcome", "message", "job_id_ref"]  # fmt: skip
+                  "params", "outcome", "count", "message", "job_id_ref"]  # fmt: skip
 
         class Echo:
             def write(self, value):
@@ -577,10 +747,16 @@ class AuditEventAdmin(RoleAdmin):
 
         writer = csv.writer(Echo())
 
+        def cell(value) -> str:
+            # A spreadsheet runs a cell that starts with = + - @ (or a tab or CR before one)
+            # as a formula: such a cell is prefixed with ' (OWASP's advice), shown as typed.
+            text = "" if value is None else str(value)
+            return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
         def lines():
             yield writer.writerow(fields)
             for event in rows.iterator(chunk_size=2000):
-                yield writer.writerow([getattr(event, f) for f in fields])
+                yield writer.writerow([cell(getattr(event, f)) for f in fields])
 
         response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="audit.csv"'
@@ -608,6 +784,12 @@ class ChannelForm(forms.ModelForm):
         choices=[(e, e.replace("_", " ")) for e in Channel.EVENTS],
         widget=forms.CheckboxSelectMultiple,
     )
+    target = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Email: addresses separated by commas. Webhook: its https URL. Apprise: its "
+        "URL (ntfy, Slack, Discord, Telegram, Gotify, ...). URLs are stored encrypted and shown "
+        "to admins only; everyone else sees their scheme and host.",
+    )
     secret = forms.CharField(
         required=False,
         strip=False,
@@ -616,12 +798,49 @@ class ChannelForm(forms.ModelForm):
         "Leave blank to keep the stored one.",
     )
 
+    reveal_target = False  # shows the URL: the admin's get_form sets it for admins
+
     class Meta:
         model = Channel
         fields = ["name", "kind", "target", "events", "enabled"]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        channel = self.instance
+        if channel.pk and channel.kind != Channel.Kind.EMAIL:
+            # `target` holds the masked URL: an admin edits the URL itself, others see nothing
+            self.initial["target"] = ""
+            if self.reveal_target:
+                try:
+                    self.initial["target"] = channel.get_target()
+                except vault.VaultError as exc:
+                    self.fields["target"].help_text = f"{exc} Give the URL again."
+
+    def clean(self):
+        from django.core.validators import validate_email
+
+        data = super().clean()
+        kind, target = data.get("kind"), (data.get("target") or "").strip()
+        if not target:
+            return data
+        try:
+            if kind == Channel.Kind.WEBHOOK:
+                outbound.check_http_url(target, what="webhook URL")
+            elif kind == Channel.Kind.APPRISE:
+                outbound.check_apprise_url(target)
+            elif kind == Channel.Kind.EMAIL:
+                for address in target.split(","):
+                    if address.strip():
+                        validate_email(address.strip())
+        except outbound.Refused as exc:
+            self.add_error("target", str(exc))
+        except forms.ValidationError:
+            self.add_error("target", "Give email addresses separated by commas.")
+        return data
+
     def save(self, commit=True):
         channel = super().save(commit=False)
+        channel.set_target(self.cleaned_data["target"])
         if self.cleaned_data.get("secret"):
             channel.set_secret(self.cleaned_data["secret"])
         if commit:
@@ -632,24 +851,34 @@ class ChannelForm(forms.ModelForm):
 @admin.register(Channel)
 class ChannelAdmin(RoleAdmin):
     form = ChannelForm
-    list_display = ["name", "kind", "enabled", "events", "last_sent_at", "last_error_at",
-                    "last_error"]  # fmt: skip
+    list_display = ["name", "kind", "target", "enabled", "events", "last_sent_at",
+                    "last_error_at", "last_error"]  # fmt: skip
     readonly_fields = ["last_sent_at", "last_error", "last_error_at"]
     actions = ["send_test"]
 
     def get_fields(self, request, obj=None):
         return ["name", "kind", "target", "events", "secret", "enabled", *self.readonly_fields]
 
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.reveal_target = has_role(request.user, "admin")
+        return form
+
     @admin.action(description="Send a test message", permissions=["change"])
     def send_test(self, request, queryset):
-        from borgapp import notifications
-
         for channel in queryset:
             ok = notifications.send_to(
                 channel, "test", "[opscenter] test message", "A test message.", {"test": True}
             )
             channel.refresh_from_db()
-            if ok:
+            if ok and channel.kind == Channel.Kind.EMAIL and notifications.mail_stays_here():
+                self.message_user(
+                    request,
+                    f"{channel.name}: not sent anywhere. Email goes to the worker's console "
+                    "until EMAIL_URL names an SMTP server (smtp://user:pass@host:587).",
+                    messages.WARNING,
+                )
+            elif ok:
                 self.message_user(request, f"{channel.name}: sent.", messages.SUCCESS)
             else:
                 self.message_user(request, f"{channel.name}: {channel.last_error}", messages.ERROR)

@@ -5,7 +5,9 @@ from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.exceptions import ValidationError
 
-from borgapp import throttle
+from borgapp import alerts, audit, health, listing, throttle
+from borgapp.models import Alert, WorkerHeartbeat
+from borgapp.roles import has_role
 
 CHART_W, CHART_H, CHART_POINTS = 320, 60, 120
 
@@ -27,27 +29,27 @@ def chart(points) -> dict | None:
 
 
 class ThrottledLoginForm(AdminAuthenticationForm):
-    """The admin's login, refused for a minute after ten failures from one address (the
-    same counter as the API's tokens)."""
+    """The admin's login, refused for a minute after ten failures for one user name from
+    one address, fifty for the name from anywhere, or a hundred from the address for any
+    names (borgapp.throttle): guessing one user's password stops nobody else."""
 
     def clean(self):
         address = self.request.META.get("REMOTE_ADDR") if self.request else None
-        if throttle.blocked(address):
-            from borgapp import audit
-
-            audit.record(
+        username = self.cleaned_data.get("username") or ""
+        if throttle.login_blocked(address, username):
+            audit.record_attempt(
                 "sign_in",
                 "admin",
                 outcome="refused",
                 message=throttle.MESSAGE,
-                actor=self.cleaned_data.get("username") or "anonymous",
+                actor=username or "anonymous",
                 client_address=address,
             )
             raise ValidationError(throttle.MESSAGE, code="throttled")
         try:
             return super().clean()
         except ValidationError:
-            throttle.note_failure(address)
+            throttle.note_login_failure(address, username)
             raise
 
 
@@ -55,13 +57,21 @@ class OpsAdminSite(admin.AdminSite):
     login_form = ThrottledLoginForm
     site_header = "Ops Center for BorgBackup"
     site_title = "Ops Center"
+    site_url = None  # no public site to view: the header's "View site" link is left out
+    # The left column of every model took 300 px of each page (a list at 1024 px was cut off);
+    # the breadcrumbs and the dashboard's "Manage" section lead everywhere it did.
+    enable_nav_sidebar = False
     index_title = "Dashboard"
     index_template = "admin/opscenter_index.html"
 
-    def index(self, request, extra_context=None):
-        from borgapp import alerts, health
-        from borgapp.models import Alert, WorkerHeartbeat
+    def has_permission(self, request):
+        """Staff status alone opens nothing: a user in no role group is sent to the login
+        page like a non-staff user (that is also how a role is revoked)."""
+        return super().has_permission(request) and has_role(request.user, "viewer")
 
+    def index(self, request, extra_context=None):
+        """The dashboard: the state of every repository first; the lists to manage below, and
+        the task queue's own tables (django-q2) only as one line of links."""
         alerts.watch_worker()
         rows = health.repositories()
         series = health.size_series([row.repository.pk for row in rows])
@@ -79,5 +89,10 @@ class OpsAdminSite(admin.AdminSite):
             ),
             "worker_seen": WorkerHeartbeat.objects.values_list("seen_at", flat=True).first(),
             "worker_silent": alerts.worker_silent(),
+            "listing_usage": listing.usage(),
+            "can_operate": has_role(request.user, "operator"),
         }
+        apps = self.get_app_list(request)
+        context["managed_apps"] = [app for app in apps if app["app_label"] != "django_q"]
+        context["queue_app"] = next((app for app in apps if app["app_label"] == "django_q"), None)
         return super().index(request, {**context, **(extra_context or {})})

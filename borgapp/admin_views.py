@@ -12,9 +12,27 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from borgapp import audit, intake, jobs, listing, scheduling, validation
-from borgapp.api.permissions import has_role
-from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
+from borgapp import (
+    audit,
+    errors,
+    intake,
+    job_summary,
+    jobs,
+    listing,
+    params,
+    scheduling,
+    validation,
+)
+from borgapp.models import (
+    Archive,
+    ArchiveDiffItem,
+    ArchiveItem,
+    Job,
+    Repository,
+    RetentionPolicy,
+    Schedule,
+)
+from borgapp.roles import has_role
 
 PAGE = 200
 
@@ -71,7 +89,7 @@ def start_or_error(request, kind, repo, params, what, **kwargs):
         job = intake.start(
             kind, repo, params, trigger=Job.Trigger.ADMIN, user=request.user, **kwargs
         )
-    except (validation.InvalidInput, intake.Conflict) as exc:
+    except errors.REFUSED as exc:
         messages.error(request, f"{what}: {exc}")
         return None
     return queued(request, job, what)
@@ -90,8 +108,11 @@ class BackupForm(forms.Form):
     excludes = LinesField(
         rows=2, help_text="one pattern per line (borg's pattern syntax, e.g. sh:**/*.tmp)"
     )
-    prefix = forms.CharField(initial="manual", help_text="archives are named PREFIX-<UTC time>")
-    compression = forms.CharField(initial="lz4")
+    prefix = forms.CharField(
+        initial="manual",
+        help_text="archives are named PREFIX-TIME in UTC (manual-2026-12-02T02:00:00Z)",
+    )
+    compression = forms.CharField(initial=params.COMPRESSION)
 
     def __init__(self, repo, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -134,7 +155,7 @@ def backup(model_admin, request, pk):
 
 
 class PruneForm(forms.Form):
-    prefix = forms.CharField(help_text="the backup set: archives named PREFIX-<UTC time>")
+    prefix = forms.CharField(help_text="the backup set: archives named PREFIX-TIME in UTC")
     policy = forms.ModelChoiceField(queryset=RetentionPolicy.objects.all(), to_field_name="name")
     compact = forms.BooleanField(required=False, initial=True, label="Compact afterwards")
 
@@ -209,10 +230,8 @@ def simple(model_admin, request, pk, name):
     if request.method == "POST" and form.is_valid():
         params = {}
         if kind == Job.Kind.CHECK:
-            scope = form.cleaned_data["scope"]
             params = {
-                "repository_only": scope == "repository",
-                "archives_only": scope == "archives",
+                "scope": form.cleaned_data["scope"],
                 "verify_data": form.cleaned_data["verify_data"],
             }
         response = start_or_error(request, kind, repo, params, f"{label} of {repo.name}")
@@ -249,7 +268,7 @@ def change_passphrase(model_admin, request, pk):
             job = intake.change_passphrase(
                 repo, form.cleaned_data["passphrase"], trigger=Job.Trigger.ADMIN, user=request.user
             )
-        except (validation.InvalidInput, intake.Conflict) as exc:
+        except errors.REFUSED as exc:
             messages.error(request, str(exc))
         else:
             return queued(request, job, f"Passphrase change of {repo.name}")
@@ -317,7 +336,7 @@ def mount(model_admin, request, pk):
     if request.method == "POST" and existing is not None and "umount" in request.POST:
         try:
             job = intake.umount(existing.mountpoint, trigger=Job.Trigger.ADMIN, user=request.user)
-        except (validation.InvalidInput, intake.Conflict) as exc:
+        except errors.REFUSED as exc:
             messages.error(request, str(exc))
         else:
             return queued(request, job, f"Unmount of {existing.mountpoint}")
@@ -343,15 +362,22 @@ def mount(model_admin, request, pk):
 
 def contents(model_admin, request, pk):
     """The archive as a folder tree: one directory's children per page, from the database."""
+    require(request, "viewer")
     archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
     if not archive.contents_ready:
+        wants_json = "application/json" in request.headers.get("Accept", "")
         if request.method == "POST":
-            require(request, "viewer")
             try:
                 job = intake.load_listing(archive, trigger=Job.Trigger.ADMIN, user=request.user)
-            except (validation.InvalidInput, intake.Conflict) as exc:
+            except errors.REFUSED as exc:
+                if wants_json:
+                    return JsonResponse({"error": str(exc)}, status=409)
                 messages.error(request, str(exc))
             else:
+                if wants_json:  # the page's own script: it stays and follows the job
+                    return JsonResponse(
+                        {"job": job.pk, "api": reverse("job-detail", args=[job.pk])}
+                    )
                 return queued(request, job, f"Reading the file list of {archive.name}")
         return render(
             request,
@@ -362,10 +388,13 @@ def contents(model_admin, request, pk):
             loaded=False,
         )
     folder = request.GET.get("path", "").strip("/")
+    query = request.GET.get("q", "").strip()[:200]
     try:
-        items = listing.contents(archive, parent=folder).only(
-            "path", "type", "size", "mtime", "mode", "linktarget"
-        )
+        if query:  # a search of the folder's whole subtree, by part of a name or path
+            items = listing.contents(archive, path=folder).filter(path__icontains=query)
+        else:
+            items = listing.contents(archive, parent=folder)
+        items = items.only("path", "type", "size", "mtime", "mode", "linktarget")
     except validation.InvalidInput as exc:
         messages.error(request, str(exc))
         return redirect(request.path)
@@ -374,14 +403,16 @@ def contents(model_admin, request, pk):
     for part in folder.split("/") if folder else []:
         walked.append(part)
         crumbs.append(("/".join(walked), part))
-    for item in page:
+    rows = list(page)
+    if page.number == 1 and not query:
+        # folders borg stored no item for (those above a source like /usr/share/doc) come
+        # first, so the tree opens at the archive's real top
+        implied = listing.folder_children(archive, folder)
+        implied_rows = [ArchiveItem(path=path, type="d") for path in implied]
+        rows = sorted(implied_rows + rows, key=lambda item: item.path)
+    for item in rows:
         item.name = item.path.rsplit("/", 1)[-1]
-    audit.record(
-        "browse",
-        f"{archive.repository.name}::{archive.name}",
-        outcome="success",
-        params={"path": folder},
-    )
+    audit.browsed(archive, path=folder, **({"q": query} if query else {}))
     return render(
         request,
         model_admin,
@@ -390,13 +421,16 @@ def contents(model_admin, request, pk):
         object=archive,
         loaded=True,
         page=page,
+        rows=rows,
         folder=folder,
+        query=query,
         crumbs=crumbs,
         can_extract=has_role(request.user, "operator"),
     )
 
 
 def diff(model_admin, request, pk):
+    require(request, "viewer")
     archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
     others = archive.repository.archives.exclude(pk=archive.pk).order_by("-start")[:500]
     other_id = request.GET.get("other") or request.POST.get("other")
@@ -405,25 +439,30 @@ def diff(model_admin, request, pk):
     ).first() if (other_id or "").isdigit() else None  # fmt: skip
     context = {"object": archive, "others": others, "other": other}
     if other is not None:
+        context["older"], context["newer"] = listing.in_order(archive, other)
+        context["change"] = request.GET.get("change", "")
+        context["changes"] = ArchiveDiffItem.Change.choices
         found = listing.current_diff(archive, other)
         if found is None and request.method == "POST":
             try:
                 job = intake.load_listing(
                     archive, other, trigger=Job.Trigger.ADMIN, user=request.user
                 )
-            except (validation.InvalidInput, intake.Conflict) as exc:
+            except errors.REFUSED as exc:
                 messages.error(request, str(exc))
             else:
                 return queued(request, job, f"Comparing {archive.name} with {other.name}")
         if found is not None:
-            items = listing.diff_items(found, change=request.GET.get("change", ""))
-            audit.record(
-                "browse",
-                f"{archive.repository.name}::{archive.name}",
-                outcome="success",
-                params={"diff_with": other.name},
-            )
-            context["page"] = Paginator(items, PAGE).get_page(request.GET.get("page"))
+            try:
+                items = listing.diff_items(found, change=context["change"])
+            except validation.InvalidInput as exc:
+                messages.error(request, str(exc))
+                return redirect(f"{request.path}?other={other.pk}")
+            audit.browsed(archive, other=other, change=context["change"])
+            page = Paginator(items, PAGE).get_page(request.GET.get("page"))
+            for row in page:
+                row.details = listing.describe(row.changes)
+            context["page"] = page
     return render(
         request, model_admin, f"Compare {archive.name}", "admin/borgapp/diff.html", **context
     )
@@ -456,24 +495,9 @@ def delete_archive(model_admin, request, pk):
 
 # --- jobs --------------------------------------------------------------------------------------
 
-ERROR_HINTS = {
-    "wrong_passphrase": "The stored passphrase does not open the repository. If it was changed "
-    "outside the app, store the new one on the repository's page.",
-    "lock_timeout": "Something outside the app holds borg's lock. If no borg runs anywhere on "
-    "this repository, use the repository's Break lock.",
-    "repository_missing": "borg finds no repository at the location: check the path or host.",
-    "connection_closed": "The connection to the repository's host dropped; scheduled jobs retry.",
-    "disk_full": "The disk holding the repository (or the cache) is full: free space, then run "
-    "a compact.",
-    "integrity_error": "borg found damaged data. Run a check with verify-data, and keep the "
-    "repository's disk under watch.",
-    "deadline_exceeded": "The job ran past its deadline (OPSCENTER_JOB_DEADLINE) and was stopped.",
-    "interrupted": "The worker running it stopped; the next run continues from a checkpoint.",
-    "verify_failed": "Files restored from the newest archive do not match: see the list below.",
-}
-
 
 def job_page(model_admin, request, pk):
+    require(request, "viewer")
     job = get_object_or_404(Job, pk=pk)
     preview = None
     if job.kind == Job.Kind.PRUNE and job.params.get("dry_run") and job.status == "succeeded":
@@ -489,13 +513,13 @@ def job_page(model_admin, request, pk):
         "admin/borgapp/job.html",
         job=job,
         object=job,
-        hint=ERROR_HINTS.get(job.error_code, ""),
+        hint=errors.HINTS.get(job.error_code, ""),
         preview=preview,
         can_cancel=has_role(request.user, "operator") and not job.is_finished,
-        key_waiting=job.kind == Job.Kind.KEY_EXPORT
-        and bool(job.secret_payload)
-        and has_role(request.user, "admin"),
+        key_waiting=has_role(request.user, "admin") and jobs.key_waiting(job, request.user),
         api_url=reverse("job-detail", args=[job.pk]),
+        summary=job_summary.summarize(job),
+        expected_bytes=None if job.is_finished else job_summary.expected_bytes(job),
     )
 
 
@@ -513,18 +537,14 @@ def download_key(model_admin, request, pk):
     job = get_object_or_404(Job, pk=pk)
     if request.method != "POST":
         return redirect(reverse("admin:borgapp_job_change", args=[job.pk]))
-    key = jobs.take_exported_key(job)
+    key = jobs.take_exported_key(job, request.user)
     if key is None:
-        audit.record(
-            "key_download",
-            job.repository_name,
-            outcome="refused",
-            job=job,
-            message="no key waiting",
+        messages.error(
+            request,
+            "No exported key waits here for you: a key is offered once, to the admin who "
+            "exported it, for a limited time. Export it again.",
         )
-        messages.error(request, "No exported key waits here (downloaded already?).")
         return redirect(reverse("admin:borgapp_job_change", args=[job.pk]))
-    audit.record("key_download", job.repository_name, outcome="success", job=job)
     response = HttpResponse(key, content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{job.repository_name}.key"'
     response["Cache-Control"] = "no-store"
@@ -539,6 +559,7 @@ RUN_FORMAT = "%Y-%m-%d %H:%M %Z"
 def cron_preview(model_admin, request):
     """What a cron expression means and when it would run next, for the schedule form to show
     while it is typed (nothing is saved)."""
+    require(request, "viewer")
     cron, zone = request.GET.get("cron", ""), request.GET.get("timezone") or "UTC"
     try:
         validation.validate_cron(cron)

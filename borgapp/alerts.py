@@ -13,12 +13,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
-from borgapp import health
+from borgapp import health, notifications
 from borgapp.models import Alert, Job, Repository, Schedule, WorkerHeartbeat
 
 log = logging.getLogger(__name__)
 RATED_KINDS = ["backup", "prune", "compact", "check", "verify_restore"]
-HEARTBEAT_STALE = timedelta(minutes=3)  # REL-11
+HEARTBEAT_STALE = timedelta(minutes=3)  # a worker ticks every minute: three missed is silence
 WATCH_EVERY = 60.0  # seconds between evaluations by a web process while the worker is silent
 _watched_at = -WATCH_EVERY
 
@@ -92,8 +92,10 @@ def conditions(now=None) -> dict[tuple[str, int | None], str]:
     now = now or timezone.now()
     found: dict[tuple[str, int | None], str] = {}
     for repo in Repository.objects.filter(state=Repository.State.READY):
-        for kind, reason in _repository_conditions(repo, now):
-            found[(kind, repo.pk)] = reason
+        for kind, condition in CONDITIONS:
+            reason = condition(repo, now)
+            if reason is not None:
+                found[(kind, repo.pk)] = reason
     seen = WorkerHeartbeat.objects.values_list("seen_at", flat=True).first()
     if worker_silent(now):
         found[(Alert.Kind.WORKER, None)] = (
@@ -104,59 +106,70 @@ def conditions(now=None) -> dict[tuple[str, int | None], str]:
     return found
 
 
-def _repository_conditions(repo: Repository, now):
-    # age of the last successful backup
+def _complete_archives(repo: Repository):
+    """Archives of finished backups (no checkpoints), the ones overdue and growth judge by."""
+    return repo.archives.filter(is_checkpoint=False, start__isnull=False)
+
+
+def overdue(repo: Repository, now) -> str | None:
+    """Age of the last successful backup."""
     limit = health.overdue_after(repo)
-    complete = repo.archives.filter(is_checkpoint=False, start__isnull=False)
-    last = complete.order_by("-start").values_list("start", flat=True).first()
+    last = _complete_archives(repo).order_by("-start").values_list("start", flat=True).first()
     if last is None and now - repo.created_at > limit:
-        yield (
-            Alert.Kind.OVERDUE,
-            f"{repo.name} has no backup yet ({_hours(now - repo.created_at)} since it was added).",
+        return (
+            f"{repo.name} has no backup yet ({_hours(now - repo.created_at)} since it was added)."
         )
-    elif last is not None and now - last > limit:
-        yield (
-            Alert.Kind.OVERDUE,
-            (
-                f"The last backup of {repo.name} is {_hours(now - last)} old "
-                f"(limit {_hours(limit)})."
-            ),
+    if last is not None and now - last > limit:
+        return (
+            f"The last backup of {repo.name} is {_hours(now - last)} old (limit {_hours(limit)})."
         )
-    # success rate over the window
+    return None
+
+
+def success_rate(repo: Repository, now) -> str | None:
+    """Success rate over the window."""
     window = now - timedelta(days=settings.ALERT_SUCCESS_WINDOW_DAYS)
     ended = Job.objects.filter(
         repository=repo, kind__in=RATED_KINDS, finished_at__gte=window,
         status__in=["succeeded", "warning", "failed", "interrupted"],
     )  # fmt: skip
     total = ended.count()
-    if total:
-        good = ended.filter(status__in=["succeeded", "warning"]).count()
-        rate = 100.0 * good / total
-        minimum = _pick(repo.min_success_rate, settings.ALERT_SUCCESS_RATE_MIN)
-        if rate < minimum:
-            yield (
-                Alert.Kind.SUCCESS_RATE,
-                (
-                    f"{repo.name}: {good} of {total} jobs succeeded in the last "
-                    f"{settings.ALERT_SUCCESS_WINDOW_DAYS} days "
-                    f"({rate:.1f} %, minimum {minimum:g} %)."
-                ),
-            )
-    # deduplication (original over stored: higher is better)
+    if total < settings.ALERT_SUCCESS_MIN_JOBS:
+        return None  # too few to be a rate
+    newest = list(ended.order_by("-finished_at", "-pk").values_list("status", flat=True)
+                  [: settings.ALERT_SUCCESS_CLEARING_RUN])  # fmt: skip
+    if newest and all(status in Job.OK for status in newest):
+        return None  # it has recovered: a failure a week ago is history, not a condition
+    good = ended.filter(status__in=["succeeded", "warning"]).count()
+    rate = 100.0 * good / total
+    minimum = _pick(repo.min_success_rate, settings.ALERT_SUCCESS_RATE_MIN)
+    if rate < minimum:
+        return (
+            f"{repo.name}: {good} of {total} jobs succeeded in the last "
+            f"{settings.ALERT_SUCCESS_WINDOW_DAYS} days ({rate:.1f} %, minimum {minimum:g} %)."
+        )
+    return None
+
+
+def deduplication(repo: Repository, now) -> str | None:
+    """Deduplication (original over stored: higher is better)."""
+    if _complete_archives(repo).count() < settings.ALERT_DEDUP_MIN_ARCHIVES:
+        return None  # a first backup of ordinary data is about 1.3: nothing to judge yet
     ratio = repo.deduplication_ratio
     minimum = _pick(repo.min_deduplication, settings.ALERT_DEDUP_MIN)
     if ratio is not None and ratio < minimum:
-        yield (
-            Alert.Kind.DEDUPLICATION,
-            (
-                f"{repo.name}: deduplication ratio {ratio:.2f} (original over stored size; "
-                f"minimum {minimum:g}). The data may be compressed or encrypted already, or "
-                "change completely between runs."
-            ),
+        return (
+            f"{repo.name}: deduplication ratio {ratio:.2f} (original over stored size; "
+            f"minimum {minimum:g}). The data may be compressed or encrypted already, or "
+            "change completely between runs."
         )
-    # growth: stored bytes per day over the last 7 days against the 30 before
+    return None
+
+
+def growth(repo: Repository, now) -> str | None:
+    """Stored bytes per day over the last 7 days against the 30 before."""
     week = now - timedelta(days=7)
-    sums = complete.aggregate(
+    sums = _complete_archives(repo).aggregate(
         recent=Sum("deduplicated_size", filter=Q(start__gte=week)),
         before=Sum("deduplicated_size", filter=Q(start__gte=week - timedelta(days=30),
                                                   start__lt=week)),
@@ -165,23 +178,21 @@ def _repository_conditions(repo: Repository, now):
     before = (sums["before"] or 0) / 30
     factor = _pick(repo.growth_factor, settings.ALERT_GROWTH_FACTOR)
     if before > 0 and recent > factor * before:
-        yield (
-            Alert.Kind.GROWTH,
-            (
-                f"{repo.name} grew {recent / 1e6:.1f} MB a day over the last 7 days, "
-                f"{recent / before:.1f}× the {before / 1e6:.1f} MB a day of the 30 days before "
-                f"(limit {factor:g}×)."
-            ),
+        return (
+            f"{repo.name} grew {recent / 1e6:.1f} MB a day over the last 7 days, "
+            f"{recent / before:.1f}× the {before / 1e6:.1f} MB a day of the 30 days before "
+            f"(limit {factor:g}×)."
         )
-    elif repo.growth_limit_bytes and recent > repo.growth_limit_bytes:
-        yield (
-            Alert.Kind.GROWTH,
-            (
-                f"{repo.name} grew {recent / 1e6:.1f} MB a day over the last 7 days "
-                f"(limit {repo.growth_limit_bytes / 1e6:.1f} MB)."
-            ),
+    if repo.growth_limit_bytes and recent > repo.growth_limit_bytes:
+        return (
+            f"{repo.name} grew {recent / 1e6:.1f} MB a day over the last 7 days "
+            f"(limit {repo.growth_limit_bytes / 1e6:.1f} MB)."
         )
-    # age of the last successful check
+    return None
+
+
+def check_age(repo: Repository, now) -> str | None:
+    """Age of the last successful check."""
     max_age = timedelta(days=_pick(repo.check_max_age_days, settings.ALERT_CHECK_MAX_AGE_DAYS))
     checked = (
         Job.objects.filter(repository=repo, kind="check", status="succeeded")
@@ -189,33 +200,46 @@ def _repository_conditions(repo: Repository, now):
     )  # fmt: skip
     if (checked or repo.created_at) < now - max_age:
         since = f"was {_hours(now - checked)} ago" if checked else "never ran"
-        yield Alert.Kind.CHECK_AGE, f"The last successful check of {repo.name} {since}."
-    # a running job far past its usual duration
+        return f"The last successful check of {repo.name} {since}."
+    return None
+
+
+def job_overrun(repo: Repository, now) -> str | None:
+    """A running job far past its usual duration."""
     job = repo.lease_job
-    if job is not None and job.status == "running" and job.started_at:
-        past = list(
-            Job.objects.filter(repository=repo, kind=job.kind, status="succeeded",
-                               started_at__isnull=False, finished_at__isnull=False)
-            .order_by("-finished_at")[:10]
-        )  # fmt: skip
-        if len(past) >= 3:
-            usual = statistics.median(j.duration for j in past)
-            elapsed = (now - job.started_at).total_seconds()
-            if usual > 0 and elapsed > settings.ALERT_JOB_OVERRUN_FACTOR * max(usual, 60):
-                yield (
-                    Alert.Kind.JOB_OVERRUN,
-                    (
-                        f"{job.get_kind_display()} job {job.pk} on {repo.name} has run "
-                        f"{elapsed / 60:.0f} min; it usually takes {usual / 60:.1f} min."
-                    ),
-                )
+    if job is None or job.status != "running" or not job.started_at:
+        return None
+    past = list(
+        Job.objects.filter(repository=repo, kind=job.kind, status="succeeded",
+                           started_at__isnull=False, finished_at__isnull=False)
+        .order_by("-finished_at")[:10]
+    )  # fmt: skip
+    if len(past) < 3:
+        return None
+    usual = statistics.median(j.duration for j in past)
+    elapsed = (now - job.started_at).total_seconds()
+    if usual > 0 and elapsed > settings.ALERT_JOB_OVERRUN_FACTOR * max(usual, 60):
+        return (
+            f"{job.get_kind_display()} job {job.pk} on {repo.name} has run "
+            f"{elapsed / 60:.0f} min; it usually takes {usual / 60:.1f} min."
+        )
+    return None
+
+
+# Each condition is (repo, now) -> reason for a person, or None; evaluated in this order.
+CONDITIONS = [
+    (Alert.Kind.OVERDUE, overdue),
+    (Alert.Kind.SUCCESS_RATE, success_rate),
+    (Alert.Kind.DEDUPLICATION, deduplication),
+    (Alert.Kind.GROWTH, growth),
+    (Alert.Kind.CHECK_AGE, check_age),
+    (Alert.Kind.JOB_OVERRUN, job_overrun),
+]
 
 
 def evaluate(now=None) -> dict:
     """Open alerts for new conditions, keep firing ones current, resolve the rest; notify on
     the changes only."""
-    from borgapp import notifications
-
     now = now or timezone.now()
     current = conditions(now)
     fired, resolved = [], []

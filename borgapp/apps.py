@@ -49,7 +49,7 @@ def _ensure_roles(**kwargs):
     """The three role groups (made by migration 0004; kept after a database flush too)."""
     from django.contrib.auth.models import Group
 
-    from borgapp.api.permissions import ROLES
+    from borgapp.roles import ROLES
 
     for name in ROLES:
         Group.objects.get_or_create(name=name)

@@ -7,7 +7,13 @@ end. Parameters are stored with anything secret-looking removed."""
 
 import contextvars
 import getpass
+from datetime import timedelta
 
+from django.core.cache import cache
+from django.db.models import F, QuerySet
+from django.utils import timezone
+
+from borgapp import throttle
 from borgapp.models import AuditEvent, Job
 
 _request = contextvars.ContextVar("opscenter_audit_request", default=None)
@@ -71,12 +77,70 @@ def record(action: str, target: str = "", *, outcome: str, params=None, message=
     )
 
 
+def browsed(archive, *, other=None, **where) -> AuditEvent:
+    """Who read an archive's file listing (its contents, or its diff with `other`), and where
+    in it (`where`: the folder or filters asked for): one row per page read, from the admin,
+    the API and the CLI alike."""
+    if other is not None:
+        where = {"diff_with": other.name, **where}
+    return record(
+        "browse", f"{archive.repository.name}::{archive.name}", outcome="success", params=where
+    )
+
+
+# Failed and refused sign-ins are counted, not each written: the first of its kind from an
+# address in a window writes a row, the same again within the window adds one to that row's
+# count. One client writes at most ATTEMPT_ROWS rows per window and outcome (further user
+# names or messages share one more row, "(several)"), however many attempts it makes.
+ATTEMPT_WINDOW = 300  # seconds from a row's `at`
+ATTEMPT_ROWS = 5
+
+
+def _attempt_key(parts: tuple) -> str:
+    return "opscenter:audit-attempt:" + throttle.digest("\x00".join(parts))
+
+
+def _count_again(key: str) -> bool:
+    pk = cache.get(key)
+    if pk is None:
+        return False
+    since = timezone.now() - timedelta(seconds=ATTEMPT_WINDOW)
+    rows = AuditEvent.objects.filter(pk=pk, at__gte=since)
+    # The one change the trail allows: one more of the same attempt, on its row, in one
+    # UPDATE ... SET count = count + 1 (the queryset's own update() refuses everything).
+    return QuerySet.update(rows, count=F("count") + 1) == 1
+
+
+def record_attempt(action: str, target: str = "", *, outcome: str, message="", **override):
+    """A failed or refused sign-in, aggregated per (address, action, source, outcome) and
+    window as described above."""
+    values = {**context(), **override}
+    group = (action, values["source"], outcome, values.get("client_address") or "")
+    key = _attempt_key((*group, str(target)[:255], str(values["actor"]), str(message)[:2000]))
+    if _count_again(key):
+        return
+    rows_key = _attempt_key(group)
+    cache.add(rows_key, 0, ATTEMPT_WINDOW)
+    try:
+        rows = cache.incr(rows_key)
+    except ValueError:  # expired in between
+        rows = 1
+    if rows > ATTEMPT_ROWS:
+        key = _attempt_key((*group, "(several)"))
+        if _count_again(key):
+            return
+        target, values["actor"] = "(several)", "(several)"
+        message = "Further attempts from this address, with other user names or messages."
+    event = record(action, target, outcome=outcome, message=message, **values)
+    cache.set(key, event.pk, ATTEMPT_WINDOW)
+
+
 def job_finished(job: Job) -> None:
     """One row per job, when it ends (whatever started it)."""
     if not job.is_finished:
         return
     user = job.requested_by
-    if job.status in (Job.Status.SUCCEEDED, Job.Status.WARNING):
+    if job.status in Job.OK:
         outcome = AuditEvent.Outcome.SUCCESS
     elif job.status == Job.Status.SKIPPED:
         outcome = AuditEvent.Outcome.REFUSED
@@ -127,7 +191,7 @@ def _signed_in(sender, request, user, **kwargs):
 def _sign_in_failed(sender, credentials, request=None, **kwargs):
     name = str((credentials or {}).get("username", ""))[:150]
     address = request.META.get("REMOTE_ADDR") if request is not None else None
-    record(
+    record_attempt(
         "sign_in",
         name,
         outcome="failure",
@@ -155,3 +219,6 @@ def connect() -> None:
     user_login_failed.connect(_sign_in_failed, dispatch_uid="audit-sign-in-failed")
     post_save.connect(_token_saved, sender=Token, dispatch_uid="audit-token-created")
     post_delete.connect(_token_deleted, sender=Token, dispatch_uid="audit-token-revoked")
+    # not the trail's, but connected with it: a new token passes a blocked address too
+    post_save.connect(throttle.token_saved, sender=Token, dispatch_uid="throttle-token-saved")
+    post_delete.connect(throttle.token_deleted, sender=Token, dispatch_uid="throttle-token-gone")

@@ -207,8 +207,27 @@ def error_for(rc: int, messages: list[dict], tail: list[str], *, check: bool = F
     cls = MSGID_CLASSES.get(msgid) or RC_CLASSES.get(rc)
     if cls is None and any(NO_SPACE_RE.search(line) for line in tail + [text]):
         cls = DiskFull
+    if cls is None and (_crashed(messages, tail) or not errors):
+        # A Python traceback (or nothing borg said as an error) names no reason a person can
+        # act on; its last line is often borg's system info ("SSH_ORIGINAL_COMMAND: None").
+        # The log itself stays in the job's tail for the admin.
+        return BorgError(
+            f"borg failed unexpectedly (exit {rc}); its log is kept with the job.",
+            rc=rc, msgid=msgid, tail=tail,
+        )  # fmt: skip
     cls = cls or BorgError
     return cls(_person_message(cls, text), rc=rc, msgid=msgid, tail=tail)
+
+
+CRASH_MSGIDS = {"Exception", "RemoteException"}  # borg's "Local/Remote Exception" (archiver)
+
+
+def _crashed(messages: list[dict], tail: list[str]) -> bool:
+    """Whether borg died of an exception it did not expect, rather than an error of its own."""
+    if any(m.get("msgid") in CRASH_MSGIDS for m in messages):
+        return True
+    texts = tail + [m.get("message", "") or "" for m in messages]
+    return any("Traceback (most recent call last)" in text for text in texts)
 
 
 def _person_message(cls: type[BorgError], borg_text: str) -> str:
@@ -244,6 +263,7 @@ class Command:
     progress: bool = False
     check: bool = False  # borg check: rc 1 means corruption
     cwd: str | None = None
+    cwd_fd: int | None = None  # a directory held open: borg starts in it, not in `cwd`'s path
     stdin_data: str | None = None
     uses_lock: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -274,7 +294,9 @@ def _opt(name: str, value) -> str:
 
 
 def init_cmd(location: str, encryption: str, append_only: bool = False) -> Command:
-    options = [_opt("encryption", encryption)]
+    """The location's missing parent folders are made too (under an allowed root, checked
+    by validation before a job exists)."""
+    options = [_opt("encryption", encryption), "--make-parent-dirs"]
     if append_only:
         options.append("--append-only")
     return Command(["init"], options, [repo_arg(location)])
@@ -328,11 +350,37 @@ def list_cmd(location: str) -> Command:
     return Command(["list"], options, [repo_arg(location)], json_output=True)
 
 
-def info_cmd(location: str, *, all_archives: bool = False) -> Command:
+def info_cmd(
+    location: str, *, all_archives: bool = False, trust_unencrypted: bool = False
+) -> Command:
+    """`trust_unencrypted` answers yes to borg's question about an unencrypted repository it
+    has not seen (importing is the explicit act of trusting it); every other call says no."""
     options = ["--json"]
     if all_archives:
         options.append(_opt("glob-archives", "*"))
-    return Command(["info"], options, [repo_arg(location)], json_output=True)
+    command = Command(["info"], options, [repo_arg(location)], json_output=True)
+    if trust_unencrypted:
+        command.extra_env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
+    return command
+
+
+# borg prune's count rules, in its own order; `keep_within` is the one rule with a duration.
+KEEP_COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+               "keep_yearly")  # fmt: skip
+
+
+def keep_flags(keep_within: str = "", **counts) -> list[str]:
+    """borg prune flags for a retention rule set; zero or empty rules are left out."""
+    options = []
+    if keep_within:
+        options.append(_opt("keep-within", validation.validate_keep_within(keep_within)))
+    for name in KEEP_COUNTS:
+        value = counts.get(name)
+        if value:
+            if int(value) < 0:
+                raise validation.InvalidInput(f"{name} must not be negative.")
+            options.append(_opt(name.replace("_", "-"), int(value)))
+    return options
 
 
 def prune_cmd(
@@ -576,113 +624,179 @@ def run(
     """
     argv = command.argv(config)
     env = environment(config, command.extra_env)
-    pass_fds: tuple[int, ...] = ()
-    read_fd = None
-    if passphrase is not None:
-        validation.validate_passphrase(passphrase)
-        read_fd, write_fd = os.pipe()
-        try:
-            os.write(write_fd, passphrase.encode())
-        finally:
-            os.close(write_fd)
-        env["BORG_PASSPHRASE_FD"] = str(read_fd)
-        pass_fds = (read_fd,)
+    read_fd = _passphrase_pipe(passphrase, env)
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if command.stdin_data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=command.cwd,
-            pass_fds=pass_fds,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError as exc:
-        raise BorgNotFound(f"Could not start borg ({config.binary}): {exc.strerror}.") from None
-    finally:
-        if read_fd is not None:
-            os.close(read_fd)
-    stdout_chunks: list[bytes] = []
-    messages: list[dict] = []
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    stopper = _Stopper(proc, config)
+    proc = _spawn(command, config, argv, env, read_fd)
     end_at = started + deadline if deadline else None
-    pending = b""
-    pending_out = b""
-    deadline_hit = False
     try:
         if on_start:
             on_start(proc.pid)
-        if command.stdin_data is not None:
-            try:
-                proc.stdin.write(command.stdin_data.encode())
-            except BrokenPipeError:
-                pass
-            finally:
-                proc.stdin.close()
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ, "out")
-            sel.register(proc.stderr, selectors.EVENT_READ, "err")
-            open_streams = 2
-            while open_streams:
-                for key, _ in sel.select(timeout=0.5):
-                    data = os.read(key.fd, 65536)
-                    if not data:
-                        sel.unregister(key.fileobj)
-                        open_streams -= 1
-                        continue
-                    if key.data == "out" and on_line is not None:
-                        pending_out += data
-                        *lines, pending_out = pending_out.split(b"\n")
-                        for line in lines:
-                            on_line(line)
-                    elif key.data == "out":
-                        stdout_chunks.append(data)
-                    else:
-                        pending += data
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            _handle_line(line, messages, tail, on_event)
-                now = time.monotonic()
-                if end_at is not None and now >= end_at:
-                    deadline_hit = True
-                wants_stop = deadline_hit or (
-                    should_stop is not None and stopper.stage == 0 and should_stop()
-                )
-                if stopper.stage or wants_stop:
-                    stopper.step(now)
-            while proc.poll() is None:
-                # Pipes closed (e.g. a daemonised child holds none) but the process lingers.
-                now = time.monotonic()
-                if end_at is not None and now >= end_at:
-                    deadline_hit = True
-                if stopper.stage or deadline_hit:
-                    stopper.step(now)
-                time.sleep(0.05)
+        _feed_stdin(proc, command.stdin_data)
+        stdout, messages, tail, deadline_hit = _pump(
+            proc, _Stopper(proc, config), end_at, should_stop, on_event, on_line
+        )
     except BaseException:
         # Never leave borg behind (a worker being torn down, KeyboardInterrupt in the CLI):
         # ask it to stop politely first so it releases its locks.
         _stop_now(proc)
         raise
-    if pending:
-        _handle_line(pending, messages, tail, on_event)
-    if pending_out and on_line is not None:
-        on_line(pending_out)
     rc = proc.wait()
     result = Result(
-        rc=rc,
-        stdout=b"".join(stdout_chunks).decode("utf-8", "replace"),
-        messages=messages,
-        tail=list(tail),
-        duration=time.monotonic() - started,
+        rc=rc, stdout=stdout, messages=messages, tail=tail, duration=time.monotonic() - started
     )
-    error = error_for(rc, messages, result.tail, check=command.check)
+    return _verdict(result, command, raise_on_error, deadline_hit=deadline_hit, deadline=deadline)
+
+
+def _passphrase_pipe(passphrase: str | None, env: dict[str, str]) -> int | None:
+    """Write the passphrase into an anonymous pipe and point `BORG_PASSPHRASE_FD` in `env` at
+    its read end; return that descriptor (the caller closes it once borg holds its copy)."""
+    if passphrase is None:
+        return None
+    validation.validate_passphrase(passphrase)
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, passphrase.encode())
+    finally:
+        os.close(write_fd)
+    env["BORG_PASSPHRASE_FD"] = str(read_fd)
+    return read_fd
+
+
+def _spawn(
+    command: Command, config: BorgConfig, argv: list[str], env: dict[str, str], read_fd
+) -> subprocess.Popen:
+    cwd = command.cwd
+    if command.cwd_fd is not None:
+        # The child enters the held directory itself: it resolves /proc/self/fd/N (its copy
+        # of our descriptor, before exec closes it) to that open directory, whatever its
+        # path leads to by now. No path is walked again between the check and borg's start.
+        cwd = f"/proc/self/fd/{command.cwd_fd}"
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if command.stdin_data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            pass_fds=(read_fd,) if read_fd is not None else (),
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        if cwd is not None and exc.filename == cwd:
+            raise BorgError(
+                f"Could not enter {command.cwd or 'the working directory'}: {exc.strerror}."
+            ) from None
+        raise BorgNotFound(f"Could not start borg ({config.binary}): {exc.strerror}.") from None
+    finally:
+        if read_fd is not None:
+            os.close(read_fd)
+
+
+def _feed_stdin(proc: subprocess.Popen, data: str | None) -> None:
+    if data is None:
+        return
+    try:
+        proc.stdin.write(data.encode())
+    except BrokenPipeError:
+        pass
+    finally:
+        proc.stdin.close()
+
+
+class _Lines:
+    """Cuts a stream into lines as chunks arrive: each complete line goes to `handle`, the
+    partial last one waits for the rest (or for `close`)."""
+
+    def __init__(self, handle: Callable[[bytes], None]):
+        self.handle = handle
+        self.pending = b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        for line in lines:
+            self.handle(line)
+
+    def close(self) -> None:
+        if self.pending:
+            self.handle(self.pending)
+            self.pending = b""
+
+
+def _pump(
+    proc: subprocess.Popen,
+    stopper: _Stopper,
+    end_at: float | None,
+    should_stop: Callable[[], bool] | None,
+    on_event: Callable[[dict], None] | None,
+    on_line: Callable[[bytes], None] | None,
+) -> tuple[str, list[dict], list[str], bool]:
+    """Read stdout and stderr until both close and the process has exited, stepping the
+    signal ladder on a stop request or at `end_at`. Returns (stdout, messages, tail,
+    deadline_hit); stdout is empty with `on_line`."""
+    chunks: list[bytes] = []
+    messages: list[dict] = []
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    err = _Lines(lambda line: _handle_line(line, messages, tail, on_event))
+    out = _Lines(on_line) if on_line is not None else None
+    sinks = {"out": out.feed if out is not None else chunks.append, "err": err.feed}
+    deadline_hit = False
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, "out")
+        sel.register(proc.stderr, selectors.EVENT_READ, "err")
+        open_streams = 2
+        while open_streams:
+            for key, _ in sel.select(timeout=0.5):
+                data = os.read(key.fd, 65536)
+                if data:
+                    sinks[key.data](data)
+                else:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+            now = time.monotonic()
+            if end_at is not None and now >= end_at:
+                deadline_hit = True
+            wants_stop = deadline_hit or (
+                should_stop is not None and stopper.stage == 0 and should_stop()
+            )
+            if stopper.stage or wants_stop:
+                stopper.step(now)
+    deadline_hit = _linger(proc, stopper, end_at, deadline_hit)
+    err.close()
+    if out is not None:
+        out.close()
+    return b"".join(chunks).decode("utf-8", "replace"), messages, list(tail), deadline_hit
+
+
+def _linger(
+    proc: subprocess.Popen, stopper: _Stopper, end_at: float | None, deadline_hit: bool
+) -> bool:
+    while proc.poll() is None:
+        # Pipes closed (e.g. a daemonised child holds none) but the process lingers.
+        now = time.monotonic()
+        if end_at is not None and now >= end_at:
+            deadline_hit = True
+        if stopper.stage or deadline_hit:
+            stopper.step(now)
+        time.sleep(0.05)
+    return deadline_hit
+
+
+def _verdict(
+    result: Result,
+    command: Command,
+    raise_on_error: bool,
+    *,
+    deadline_hit: bool,
+    deadline: float | None,
+) -> Result:
+    """The Result, or the BorgError its return code means (a DeadlineExceeded when the
+    deadline stopped it); with raise_on_error False the Result in every case."""
+    error = error_for(result.rc, result.messages, result.tail, check=command.check)
     if error is not None and deadline_hit:
         error = DeadlineExceeded(
-            f"Stopped after the {deadline:.0f} s deadline.", rc=rc, tail=result.tail
+            f"Stopped after the {deadline:.0f} s deadline.", rc=result.rc, tail=result.tail
         )
     if error is not None and raise_on_error:
         raise error

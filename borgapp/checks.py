@@ -6,13 +6,13 @@ import os
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from borgapp import borg
+from borgapp import borg, proxy, scheduling
+from borgapp.operations import borg_config
+from opscenter.filemodes import sqlite_path
 
 
 @register(Tags.compatibility)
 def borg_version_check(app_configs=None, **kwargs):
-    from borgapp.operations import borg_config
-
     try:
         found = borg.version(borg_config())
     except borg.BorgError as exc:
@@ -99,8 +99,6 @@ def schedules_mirrored_check(app_configs=None, databases=None, **kwargs):
         return []
     from django.db.utils import DatabaseError
 
-    from borgapp import scheduling
-
     try:
         problems = scheduling.out_of_sync()
     except DatabaseError:  # tables not there yet (before the first migrate)
@@ -109,3 +107,61 @@ def schedules_mirrored_check(app_configs=None, databases=None, **kwargs):
         Warning(problem, hint="Run manage.py sync_schedules.", id="borgapp.W030")
         for problem in problems
     ]
+
+
+@register(Tags.security)
+def unlisted_proxy_check(app_configs=None, **kwargs):
+    """A reverse proxy on this host that is not a trusted proxy (seen by the web app in the
+    last month): every client then shares its loopback address."""
+    import datetime
+
+    try:
+        seen = proxy.unlisted_proxy_seen()
+    except Exception:  # an unreachable cache must not stop a start-up
+        return []
+    if seen is None:
+        return []
+    when = datetime.datetime.fromtimestamp(seen["at"], datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    peer = seen["peer"]
+    return [
+        Warning(
+            f"Requests from {peer} carried X-Forwarded-For (last noted {when} UTC), but {peer} "
+            "is not in OPSCENTER_TRUSTED_PROXIES: every client behind that proxy shares one "
+            "address for the sign-in throttle and the audit trail, and /metrics refuses "
+            "address-based scrapes through it.",
+            hint=f"Set OPSCENTER_TRUSTED_PROXIES={peer} (the proxy's address).",
+            id="borgapp.W041",
+        )
+    ]
+
+
+@register(Tags.security)
+def private_data_check(app_configs=None, **kwargs):
+    """The data directory and the SQLite database (password hashes, API tokens, encrypted
+    passphrases) and the key files in it: a warning for each that group or others may read or
+    write (issue 10, finding 14)."""
+    import stat
+
+    data_dir = settings.DATA_DIR
+    paths = [data_dir, data_dir / "secret_key", data_dir / "fernet.key"]
+    database = sqlite_path(settings.DATABASES["default"])
+    if database:
+        paths += [database, f"{database}-wal", f"{database}-shm"]
+    problems = []
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & 0o066:
+            private = "700" if stat.S_ISDIR(mode) else "600"
+            problems.append(
+                Warning(
+                    f"{path} has mode {stat.S_IMODE(mode):o}: other users of this machine may "
+                    "read or change it, and the data directory holds the database (API tokens, "
+                    "password hashes) and the keys of the passphrases.",
+                    hint=f"chmod {private} {path} (the app makes its own files private).",
+                    id="borgapp.W050",
+                )
+            )
+    return problems

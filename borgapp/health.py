@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import Count, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from borgapp.models import Archive, Job, Repository
+from borgapp.models import Alert, Archive, Job, Repository
 
 GREEN, AMBER, RED = "green", "amber", "red"
 BAD_ENDINGS = (Job.Status.FAILED, Job.Status.INTERRUPTED)
@@ -23,11 +23,12 @@ class Health:
     archive_count: int = 0
     last_job: Job | None = None
     running: Job | None = None
+    headline: str = "ok"  # the reason that set the colour
 
     def worse(self, colour: str, reason: str) -> None:
         order = [GREEN, AMBER, RED]
         if order.index(colour) > order.index(self.colour):
-            self.colour = colour
+            self.colour, self.headline = colour, reason
         self.reasons.append(reason)
 
     @property
@@ -44,17 +45,17 @@ def overdue_after(repo: Repository) -> timedelta:
 
 def _age(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
+    if hours < 1:
+        return f"{max(delta.total_seconds() // 60, 1):.0f} min"
     return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
 
 
 def repositories(now: datetime | None = None) -> list[Health]:
     now = now or timezone.now()
-    finished = Job.objects.filter(repository=OuterRef("pk"), status__in=Job.FINISHED).exclude(
-        status=Job.Status.SKIPPED
-    )
     repos = list(
         Repository.objects.annotate(
-            last_job_id=Subquery(finished.order_by("-finished_at", "-pk").values("pk")[:1]),
+            last_job_id=Subquery(last_finished_job().values("pk")[:1]),
+            firing_alert=Subquery(firing_alert().values("reason")[:1]),
         )
         .select_related("lease_job")
         .order_by("name")
@@ -75,27 +76,55 @@ def repositories(now: datetime | None = None) -> list[Health]:
     last_jobs = Job.objects.in_bulk([r.last_job_id for r in repos if r.last_job_id])
     result = []
     for repo in repos:
-        health = Health(repo, last_backup=repo.last_backup, archive_count=repo.archive_count)
-        health.last_job = last_jobs.get(repo.last_job_id)
+        health = judge(
+            repo, repo.last_backup, last_jobs.get(repo.last_job_id), now, repo.firing_alert
+        )
+        health.archive_count = repo.archive_count
         if repo.lease_job and repo.lease_job.status == Job.Status.RUNNING:
             health.running = repo.lease_job
-        if repo.state != Repository.State.READY:
-            health.worse(AMBER, "not initialized or imported yet")
-        if repo.last_backup is None:
-            health.worse(RED, "no backup yet")
-        elif now - repo.last_backup > overdue_after(repo):
-            health.worse(RED, f"last backup {_age(now - repo.last_backup)} ago: overdue")
-        else:
-            health.reasons.append(f"last backup {_age(now - repo.last_backup)} ago")
-        job = health.last_job
-        if job is not None and job.status in BAD_ENDINGS:
-            health.worse(RED, f"last job ({job.get_kind_display()}) {job.status}")
-        elif job is not None and job.status == Job.Status.WARNING:
-            health.worse(AMBER, f"last job ({job.get_kind_display()}) ended with a warning")
-        if repo.catalog_stale:
-            health.worse(AMBER, "catalog may lag borg (a sync is due)")
         result.append(health)
     return result
+
+
+def last_finished_job():
+    """A subquery of the newest ended (not skipped) job of the outer repository row."""
+    return (
+        Job.objects.filter(repository=OuterRef("pk"), status__in=Job.FINISHED)
+        .exclude(status=Job.Status.SKIPPED)
+        .order_by("-finished_at", "-pk")
+    )
+
+
+def firing_alert():
+    """A subquery of the outer repository row's firing alerts, newest first."""
+    return Alert.objects.filter(repository=OuterRef("pk"), state=Alert.State.FIRING).order_by(
+        "-last_seen", "-pk"
+    )
+
+
+def judge(
+    repo: Repository, last_backup, last_job: Job | None, now: datetime, alert: str | None = None
+) -> Health:
+    """The colour rules, written once: the dashboard and the repository list ask here.
+    `alert` is the reason of a firing alert of this repository: never green beside it."""
+    health = Health(repo, last_backup=last_backup, last_job=last_job)
+    if alert:
+        health.worse(AMBER, f"alert: {alert}")
+    if repo.state != Repository.State.READY:
+        health.worse(AMBER, "not initialized or imported yet")
+    if last_backup is None:
+        health.worse(RED, "no backup yet")
+    elif now - last_backup > overdue_after(repo):
+        health.worse(RED, f"last backup {_age(now - last_backup)} ago: overdue")
+    else:
+        health.reasons.append(f"last backup {_age(now - last_backup)} ago")
+    if last_job is not None and last_job.status in BAD_ENDINGS:
+        health.worse(RED, f"last job ({last_job.get_kind_display()}) {last_job.status}")
+    elif last_job is not None and last_job.status == Job.Status.WARNING:
+        health.worse(AMBER, f"last job ({last_job.get_kind_display()}) ended with a warning")
+    if repo.catalog_stale:
+        health.worse(AMBER, "catalog may lag borg (a sync is due)")
+    return health
 
 
 def recent_jobs(hours: int = 24, limit: int = 200):

@@ -8,87 +8,37 @@ nothing.
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from borgapp import jobs, validation
-from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy, keep_options
-from borgapp.operations import prefix_glob
+from borgapp import audit, jobs, listing, validation, vault
+from borgapp.errors import Conflict, Forbidden, TooMany
+from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy
+from borgapp.params import clean as clean_params
+from borgapp.roles import has_role
+
+AD_HOC_PRUNE = (
+    "Pruning with ad-hoc keep rules needs the admin role: an operator prunes with a "
+    "retention policy an admin defined (give its name as `policy`), or previews with a dry run."
+)
 
 
-class Conflict(Exception):
-    """The request clashes with what exists (a name or location already registered)."""
+def authorise(kind: str, params: dict, user) -> None:
+    """Rules of who may ask for what that no single door can know alone. `user` is None for
+    the command line and the scheduler, which are trusted (they act for the machine)."""
+    if user is None:
+        return
+    if kind == Job.Kind.PRUNE and not params.get("policy") and not params.get("dry_run"):
+        # ad-hoc rules delete whatever they do not keep, with no admin having chosen them
+        if not has_role(user, "admin"):
+            raise Forbidden(AD_HOC_PRUNE)
 
 
-def _int_or_none(value, what: str, minimum: int = 0):
-    if value in (None, ""):
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise validation.InvalidInput(f"{what} must be a whole number.") from None
-    if number < minimum:
-        raise validation.InvalidInput(f"{what} must be at least {minimum}.")
-    return number
-
-
-def check_params(kind: str, params: dict) -> dict:
-    """Validate and normalise a job's parameters for its kind. Returns the cleaned dict."""
-    p = dict(params)
-    if kind == Job.Kind.BACKUP:
-        sources = p.get("sources") or []
-        if not sources:
-            raise validation.InvalidInput("At least one source path is required.")
-        p["sources"] = [validation.validate_source_path(s) for s in sources]
-        p["excludes"] = [validation.validate_exclude_pattern(x) for x in p.get("excludes") or []]
-        if p.get("archive"):
-            validation.validate_archive_part(p["archive"], "Archive name")
-        else:
-            validation.validate_archive_part(p.get("prefix") or "backup", "Archive prefix")
-        validation.validate_compression(p.get("compression") or "lz4")
-        p["checkpoint_interval"] = _int_or_none(
-            p.get("checkpoint_interval"), "Checkpoint interval", 1
-        )
-        if p.get("comment"):
-            validation.no_control_chars(p["comment"], "Comment")
-    elif kind == Job.Kind.PRUNE:
-        p.pop("glob", None)  # prune is always scoped to one backup set (REL-12)
-        if p.get("scope") != "seed":
-            prefix_glob(p.get("prefix") or "")
-        if p.get("policy"):
-            if not RetentionPolicy.objects.filter(name=p["policy"]).exists():
-                raise validation.InvalidInput(f"No retention policy named {p['policy']!r}.")
-        elif not keep_options(**(p.get("keep") or {})):
-            raise validation.InvalidInput("Prune needs a policy or at least one keep rule.")
-    elif kind == Job.Kind.CHECK:
-        if p.get("repository_only") and p.get("archives_only"):
-            raise validation.InvalidInput("Choose repository-only or archives-only, not both.")
-        if p.get("verify_data") and p.get("repository_only"):
-            raise validation.InvalidInput("verify-data cannot be combined with repository-only.")
-        p["last"] = _int_or_none(p.get("last"), "last", 1)
-        p["max_duration"] = _int_or_none(p.get("max_duration"), "max_duration", 1)
-        if p["max_duration"] and not p.get("repository_only"):
-            raise validation.InvalidInput("max-duration works only with a repository-only check.")
-    elif kind == Job.Kind.EXTRACT:
-        validation.require_under_roots(p.get("target") or "/", settings.RESTORE_ROOTS, "Target")
-        p["paths"] = [validation.validate_archive_path(x) for x in p.get("paths") or []]
-        p["strip_components"] = _int_or_none(p.get("strip_components"), "strip_components") or 0
-    elif kind == Job.Kind.VERIFY_RESTORE:
-        validation.validate_archive_part(p.get("prefix") or "", "Archive prefix")
-        p["sample_files"] = _int_or_none(p.get("sample_files"), "sample_files", 1) or 20
-        p["sample_percent"] = _int_or_none(p.get("sample_percent"), "sample_percent", 1)
-        if p["sample_percent"] and p["sample_percent"] > 100:
-            raise validation.InvalidInput("sample_percent must be between 1 and 100.")
-        p["sample_max_bytes"] = (
-            _int_or_none(p.get("sample_max_bytes"), "sample_max_bytes", 1) or 100 * 2**20
-        )
-    elif kind == Job.Kind.DIFF:
-        other = p.get("other") or ""
-        validation.validate_existing_archive_name(other)
-        if other == p.get("archive"):
-            raise validation.InvalidInput("Compare an archive with a different archive.")
-    elif kind == Job.Kind.MOUNT:
-        validation.require_under_roots(
-            p.get("mountpoint") or "/", settings.MOUNT_ROOTS, "Mount point"
-        )
-    return p
+def check_params(kind: str, raw: dict) -> dict:
+    """Validate and normalise a job's parameters for its kind (params.py), plus the rules
+    that need the database. Returns the dict stored on the Job."""
+    cleaned = clean_params(kind, raw)
+    if kind == Job.Kind.PRUNE and cleaned["policy"]:
+        if not RetentionPolicy.objects.filter(name=cleaned["policy"]).exists():
+            raise validation.InvalidInput(f"No retention policy named {cleaned['policy']!r}.")
+    return cleaned
 
 
 def _check_archive(repository: Repository, name: str) -> None:
@@ -100,6 +50,7 @@ def _check_archive(repository: Repository, name: str) -> None:
 
 
 ARCHIVE_KINDS = (Job.Kind.EXTRACT, Job.Kind.DELETE, Job.Kind.CONTENTS, Job.Kind.DIFF)
+LISTING_KINDS = jobs.LISTING_KINDS
 
 
 def start(
@@ -117,11 +68,10 @@ def start(
     """Record an operation on a repository and run it (inline) or queue it (worker). A
     refusal (bad input, a conflict) is audited too (its caller may record it its own way)."""
     try:
+        authorise(kind, params or {}, user)
         cleaned, archive_name = _admit(kind, repository, params)
-    except (validation.InvalidInput, Conflict) as exc:
+    except (validation.InvalidInput, Conflict, Forbidden) as exc:
         if audit_refusal:
-            from borgapp import audit
-
             audit.record(kind, repository.name, outcome="refused", params=params, message=exc)
         raise
     options = {
@@ -180,14 +130,7 @@ def register(
     fails) the row is removed again, so nothing stays registered.
     """
     validation.validate_name(name, "Repository name")
-    location = validation.validate_location(location)
-    if not validation.is_remote(location):
-        # store the resolved path: a symlinked spelling must not register a second time
-        location = str(
-            validation.require_under_roots(
-                location, settings.REPOSITORY_ROOTS, "Repository location"
-            )
-        )
+    location = validation.validate_location(location, settings.REPOSITORY_ROOTS)
     if passphrase is not None:
         validation.validate_passphrase(passphrase)
     valid_modes = {mode for mode, _ in Repository._meta.get_field("encryption").choices}
@@ -216,8 +159,6 @@ def change_passphrase(repository: Repository, new: str, **kwargs) -> Job:
     validation.validate_passphrase(new)
     if not new:
         raise validation.InvalidInput("The new passphrase must not be empty.")
-    from borgapp import vault
-
     if repository.mounts.exists():
         raise Conflict(f"Repository {repository.name} is mounted. Unmount it first.")
     claimed = Repository.objects.filter(pk=repository.pk, new_passphrase_encrypted="").update(
@@ -254,14 +195,27 @@ def load_listing(archive: Archive, other: Archive | None = None, **kwargs) -> Jo
     if other is not None:
         if other.repository_id != archive.repository_id:
             raise validation.InvalidInput("Both archives must be in the same repository.")
-        params["other"] = other.name
+        archive, other = listing.in_order(archive, other)
+        params = {"archive": archive.name, "other": other.name}
     active = Job.objects.filter(
-        kind=kind,
-        repository=archive.repository,
-        archive_name=archive.name,
-        status__in=[Job.Status.QUEUED, Job.Status.RUNNING],
+        kind__in=LISTING_KINDS, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
     )
-    for job in active:
+    for job in active.filter(kind=kind, repository=archive.repository, archive_name=archive.name):
         if job.params.get("other") == params.get("other"):
             return job
+    user = kwargs.get("user")
+    if user is not None and user.is_authenticated:
+        # Listings are read by whoever may look (viewers too): bound what one user and one
+        # repository can have waiting, so looking never buries the backups (they go first).
+        if active.filter(requested_by=user).count() >= settings.LISTING_JOBS_PER_USER:
+            raise TooMany(
+                f"You have {settings.LISTING_JOBS_PER_USER} file listings being read already; "
+                "wait for one to finish (OPSCENTER_LISTING_JOBS_PER_USER)."
+            )
+        waiting = active.filter(repository=archive.repository).count()
+        if waiting >= settings.LISTING_JOBS_PER_REPOSITORY:
+            raise TooMany(
+                f"Repository {archive.repository.name} has {waiting} file listings being read "
+                "already; try again when they are done (OPSCENTER_LISTING_JOBS_PER_REPOSITORY)."
+            )
     return start(kind, archive.repository, params, **kwargs)

@@ -1,29 +1,32 @@
-"""The life of a Job: submit, lease the repository, run the operation, record the outcome.
+"""The life of a Job: create and queue it, claim the repository's lease, run its operation,
+and end it (one function, `end`, for every way a job ends), retrying a scheduled job that
+failed for a passing reason.
 
-One repository runs one job at a time across every worker and the CLI (REL-03). The lease
-is claimed with a conditional UPDATE, which is atomic on SQLite and PostgreSQL alike. A
-worker that finds the repository busy leaves its job queued; whoever releases the lease
-dispatches the next queued job of that repository, so a waiting job never occupies a worker.
-
-A mount keeps its lease until it is unmounted: borg holds the repository's lock for as long
-as an archive is mounted, so nothing else could write there anyway.
+One repository runs one job at a time across every worker and the CLI (REL-03 in
+docs/requirements.md). The lease is claimed with a conditional UPDATE, which is atomic on
+SQLite and PostgreSQL alike. A worker that finds the repository busy leaves its job queued;
+whoever releases the lease dispatches the next queued job of that repository, so a waiting
+job never occupies a worker.
 """
 
 import logging
 import os
+import threading
 import time
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, Q, When
 from django.utils import timezone
+from django_q.tasks import async_task
 
-from borgapp import borg, procs, scheduling, validation, vault
-from borgapp.models import Job, Mount, Repository
+from borgapp import audit, borg, job_events, lease, operations, procs, vault
+from borgapp.errors import InvalidInput, OperationError
+from borgapp.models import Job, Repository
 
+LISTING_KINDS = (Job.Kind.CONTENTS, Job.Kind.DIFF)
 log = logging.getLogger(__name__)
-HOST = procs.HOST
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes (REL-07)
 WRITING_KINDS = {Job.Kind.BACKUP, Job.Kind.PRUNE, Job.Kind.DELETE}
 REGISTERING_KINDS = {Job.Kind.INIT, Job.Kind.IMPORT}
@@ -39,17 +42,18 @@ def create(
     schedule=None,
     archive_name: str = "",
     inline: bool = False,
+    status: str = Job.Status.QUEUED,
+    **extra,
 ) -> Job:
-    """Record a job. `params` must hold no secret: it is stored and shown."""
+    """Record a job. `params` must hold no secret: it is stored and shown. `extra`: the
+    retry fields (attempt, retry_of, not_before)."""
     owner = {}
     if inline:  # an inline job belongs to this process from the start (reconcile must know)
         owner = {
-            "worker_host": HOST,
+            "worker_host": procs.HOST,
             "worker_pid": os.getpid(),
             "worker_started": procs.start_ticks(os.getpid()),
         }
-    from borgapp import audit
-
     return Job.objects.create(
         client_address=audit.context()["client_address"],
         kind=kind,
@@ -61,14 +65,14 @@ def create(
         schedule=schedule,
         archive_name=archive_name,
         inline=inline,
+        status=status,
         **owner,
+        **extra,
     )
 
 
 def enqueue(job: Job) -> Job:
     """Hand the job to django-q2 by id (never a secret in the payload)."""
-    from django_q.tasks import async_task
-
     async_task("borgapp.tasks.run_job", job.pk, task_name=f"job-{job.pk}-{job.kind}")
     return job
 
@@ -92,20 +96,6 @@ def _dispatch_quietly(repository_id: int) -> None:
         log.exception("Dispatching the next job on repository %s failed", repository_id)
 
 
-def holds_mount(job: Job) -> bool:
-    return job.kind == Job.Kind.MOUNT and Mount.objects.filter(job=job).exists()
-
-
-def holder_is_dead(job: Job) -> bool:
-    """Whether a lease holder can no longer be using the repository."""
-    if job.status != Job.Status.RUNNING:
-        return not holds_mount(job)
-    if job.worker_host == HOST and not procs.alive(job.worker_pid, job.worker_started):
-        return True
-    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER)
-    return job.heartbeat_at is not None and job.heartbeat_at < stale
-
-
 def claim(job: Job) -> bool:
     """Take the repository's lease for `job` and mark it running. False if busy."""
     now = timezone.now()
@@ -124,7 +114,7 @@ def claim(job: Job) -> bool:
             status=Job.Status.RUNNING,
             started_at=now,
             heartbeat_at=now,
-            worker_host=HOST,
+            worker_host=procs.HOST,
             worker_pid=os.getpid(),
             worker_started=procs.start_ticks(os.getpid()),
         )
@@ -140,7 +130,7 @@ def _interrupt_dead_holder(job: Job, repo_id: int) -> None:
     the claim, outside the claim's transaction."""
     holder_id = Repository.objects.filter(pk=repo_id).values_list("lease_job_id", flat=True).first()
     holder = Job.objects.filter(pk=holder_id).first() if holder_id else None
-    if holder is None or holder.pk == job.pk or not holder_is_dead(holder):
+    if holder is None or holder.pk == job.pk or not lease.holder_is_dead(holder):
         return
     if holder.status == Job.Status.RUNNING:
         mark_interrupted(holder, "Its process ended before the job finished.")
@@ -150,38 +140,28 @@ def _interrupt_dead_holder(job: Job, repo_id: int) -> None:
         )
 
 
-def free_lease(job: Job) -> bool:
-    """Give up the repository's lease of an ended job; True when the next waiting job on it
-    should be dispatched (call `dispatch_next` once the transaction has committed, so that a
-    worker that receives it at once also sees the repository free)."""
-    if job.repository_id is None:
-        return False
-    if job.status in (Job.Status.SUCCEEDED, Job.Status.WARNING) and holds_mount(job):
-        return False  # kept until the unmount
-    released = Repository.objects.filter(pk=job.repository_id, lease_job=job).update(
-        lease_job=None, lease_since=None
-    )
-    return bool(released) or job.kind == Job.Kind.UMOUNT
-
-
-def release_mount_lease(mount: Mount) -> None:
-    """After an unmount: free the lease the mount job kept."""
-    if mount.job_id:
-        Repository.objects.filter(pk=mount.repository_id, lease_job_id=mount.job_id).update(
-            lease_job=None, lease_since=None
-        )
+def _waiting(repository_id: int):
+    """A repository's due worker jobs in the order they run: file listings (which anyone who
+    may look can ask for) after every other kind, then oldest first."""
+    due = Q(not_before__isnull=True) | Q(not_before__lte=timezone.now())
+    listing_last = Case(When(kind__in=LISTING_KINDS, then=1), default=0)
+    return Job.objects.filter(
+        due, repository_id=repository_id, status=Job.Status.QUEUED, inline=False
+    ).order_by(listing_last, "created_at", "id")
 
 
 def dispatch_next(repository_id: int) -> None:
-    """Queue the oldest waiting worker job of a repository whose lease is free."""
-    due = Q(not_before__isnull=True) | Q(not_before__lte=timezone.now())
-    waiting = (
-        Job.objects.filter(due, repository_id=repository_id, status=Job.Status.QUEUED, inline=False)
-        .order_by("created_at", "id")
-        .first()
-    )
+    """Queue the next waiting worker job of a repository whose lease is free."""
+    waiting = _waiting(repository_id).first()
     if waiting is not None:
         enqueue(waiting)
+
+
+def yields_to_another(job: Job) -> bool:
+    """Whether a file listing should let a waiting job of another kind go first."""
+    if job.kind not in LISTING_KINDS:
+        return False
+    return _waiting(job.repository_id).exclude(kind__in=LISTING_KINDS).exists()
 
 
 # --- running --------------------------------------------------------------------------------
@@ -237,17 +217,15 @@ class Progress:
 
 def _outcome_of(exc: Exception, cancelled: bool) -> tuple[str, str, str]:
     """(status, error code, message) for an exception raised by an operation."""
-    from borgapp import operations
-
     if isinstance(exc, borg.BorgError):
         if cancelled:
             return Job.Status.CANCELLED, "cancelled", "Cancelled on request."
         if isinstance(exc, borg.Interrupted):
             return Job.Status.INTERRUPTED, exc.code, exc.message
         return Job.Status.FAILED, exc.code, exc.message
-    if isinstance(exc, validation.InvalidInput):
+    if isinstance(exc, InvalidInput):
         return Job.Status.FAILED, "invalid_input", str(exc)
-    if isinstance(exc, operations.OperationError):
+    if isinstance(exc, OperationError):
         return Job.Status.FAILED, exc.code, str(exc)
     if isinstance(exc, vault.VaultError):
         return Job.Status.FAILED, "encryption_key", str(exc)
@@ -261,12 +239,7 @@ def _outcome_of(exc: Exception, cancelled: bool) -> tuple[str, str, str]:
 
 def execute(job: Job, echo=None) -> Job:
     """Run a claimed job's operation and record its outcome. Never raises for borg errors."""
-    from borgapp import operations
-
-    if job.schedule_id and job.schedule.ping_start_url:
-        from borgapp import notifications
-
-        notifications.ping(job.schedule.ping_start_url)
+    job_events.started(job)
     progress = Progress(job, echo=echo)
     status, result, error_code, error_message, tail = Job.Status.SUCCEEDED, {}, "", "", []
     payload = None
@@ -291,32 +264,53 @@ def execute(job: Job, echo=None) -> Job:
     if status == Job.Status.SUCCEEDED and progress.cancel:
         # borg finished before it saw the cancel: the work is done, say so.
         error_message = "A cancel was requested but the operation had already finished."
-    now = timezone.now()
     # A worker's caller is elsewhere: keep the payload (an exported key) encrypted until
     # its one download. An in-process caller gets it directly and nothing is stored.
     secret = vault.encrypt(payload) if (payload and not job.inline) else ""
-    with transaction.atomic():  # whoever sees the job ended also sees its repository free
-        Job.objects.filter(pk=job.pk).update(
-            secret_payload=secret,
-            status=status,
-            finished_at=now,
-            heartbeat_at=now,
-            result=result,
-            error_code=error_code,
-            error_message=error_message,
-            log_tail="\n".join(tail)[-8000:],
-            borg_pid=None,
-        )
-        job.refresh_from_db()
-        if status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
-            _after_failure(job)
-        freed = free_lease(job)
-    if freed:
-        _dispatch_quietly(job.repository_id)
-    finished(job)  # after the release: a slow notification channel holds up no other job
-    scheduling.retry_if_transient(job)
+    end(
+        job,
+        status,
+        secret_payload=secret,
+        result=result,
+        error_code=error_code,
+        error_message=error_message,
+        log_tail="\n".join(tail)[-8000:],
+    )
     job.payload = payload  # for an in-process caller only; never stored
     return job
+
+
+def end(job: Job, status: str, *, only_from: str = Job.Status.RUNNING, **fields) -> bool:
+    """The one way a job ends, whatever ends it (its operation, a cancel, a crash found by
+    `reconcile`, a schedule's skip). In this order:
+
+    1. its final status is written, guarded: only a job still in `only_from` ends, so two
+       enders never both record an end (False: it had ended already, nothing was done);
+    2. in the same transaction, a registration that did not complete is forgotten, and the
+       repository's lease is given back: whoever sees the job ended sees the repository free;
+    3. after the commit, the next waiting job of the repository is dispatched (a worker that
+       receives it at once also sees the lease free);
+    4. then the consequences (job_events.ended): the schedule's last run, the audit row,
+       notifications, alerts. After the release: a slow channel holds up no other job;
+    5. last, a scheduled job that failed for a passing reason gets its retry.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        ended = Job.objects.filter(pk=job.pk, status=only_from).update(
+            status=status, finished_at=now, heartbeat_at=now, borg_pid=None, **fields
+        )
+        if not ended:
+            job.refresh_from_db()
+            return False
+        job.refresh_from_db()
+        if status not in Job.OK and status != Job.Status.SKIPPED:
+            _after_failure(job)
+        freed = lease.free_lease(job)
+    if freed:
+        _dispatch_quietly(job.repository_id)
+    job_events.ended(job)
+    retry_if_transient(job)
+    return True
 
 
 def _after_failure(job: Job) -> None:
@@ -330,37 +324,43 @@ def _after_failure(job: Job) -> None:
         Repository.objects.filter(pk=job.repository_id).update(catalog_stale=True)
 
 
-def finished(job: Job) -> None:
-    """Everything that follows a job's end, whatever ended it: the schedule's last run and
-    outcome, and the audit row."""
-    from borgapp import alerts, audit, notifications
-
-    scheduling.record_outcome(job)
-    audit.job_finished(job)
-    try:  # telling people must never break the job's record
-        notifications.job_finished(job)
-        alerts.evaluate()
-    except Exception:
-        log.exception("Notifications after job %s failed", job.pk)
+# Errors that pass by themselves (a dropped connection, a lock held outside the app): the
+# borg error classes say which.
+TRANSIENT = frozenset(cls.code for cls in borg.BorgError.__subclasses__() if cls.transient)
 
 
-def dispatch_due() -> int:
-    """Hand retries whose wait is over to the workers (run by the maintenance task)."""
-    due = list(
-        Job.objects.filter(
-            status=Job.Status.QUEUED, inline=False, not_before__lte=timezone.now()
-        ).order_by("created_at", "id")
+def retry_if_transient(job: Job) -> Job | None:
+    """A scheduled job that failed for a passing reason is tried again after a growing wait,
+    up to SCHEDULE_RETRIES more times. Warnings, wrong passphrases, integrity errors and a
+    full disk are never retried."""
+    if (
+        not job.schedule_id
+        or job.status != Job.Status.FAILED
+        or job.error_code not in TRANSIENT
+        or job.attempt > settings.SCHEDULE_RETRIES
+    ):
+        return None
+    wait = settings.SCHEDULE_RETRY_WAIT * 2 ** (job.attempt - 1)
+    return create(
+        job.kind,
+        job.repository,
+        trigger=job.trigger,
+        params=job.params,
+        schedule=job.schedule,
+        archive_name=job.archive_name,
+        attempt=job.attempt + 1,
+        retry_of=job,
+        not_before=timezone.now() + timedelta(seconds=wait),
     )
-    for job in due:
-        Job.objects.filter(pk=job.pk).update(not_before=None)
-        enqueue(job)
-    return len(due)
 
 
 def run_queued(job_id: int) -> None:
     """Worker entry: run the job if its repository is free; otherwise leave it queued."""
     job = Job.objects.filter(pk=job_id).first()
     if job is None or job.status != Job.Status.QUEUED:
+        return
+    if yields_to_another(job):
+        dispatch_next(job.repository_id)  # this one is dispatched again when that one ends
         return
     if claim(job):
         execute(job)
@@ -382,17 +382,14 @@ def run_inline(job: Job, echo=None, poll: float = 0.5) -> Job:
 
 def cancel(job: Job) -> Job:
     """Cancel a queued job at once; ask a running one to stop (the signal ladder follows)."""
-    updated = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
-        status=Job.Status.CANCELLED,
-        finished_at=timezone.now(),
+    ended = end(
+        job,
+        Job.Status.CANCELLED,
+        only_from=Job.Status.QUEUED,
         error_code="cancelled",
         error_message="Cancelled before it started.",
     )
-    if updated:
-        job.refresh_from_db()
-        _after_failure(job)
-        finished(job)
-    else:
+    if not ended:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()
     return job
@@ -401,66 +398,93 @@ def cancel(job: Job) -> Job:
 def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED) -> None:
     """Record that a running job's process died or was stopped, stop a borg it left behind,
     and free its lease."""
-    if job.worker_host == HOST:
+    if job.worker_host == procs.HOST:
         procs.stop_orphan(job.borg_pid, job.borg_started)
-    with transaction.atomic():  # the job's end and its repository's release are seen together
-        updated = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-            status=status,
-            finished_at=timezone.now(),
-            error_code=str(status),
-            error_message=reason,
-            borg_pid=None,
-        )
-        if updated:
-            job.refresh_from_db()
-            _after_failure(job)
-            freed = free_lease(job)
-    if updated:
-        if freed:
-            _dispatch_quietly(job.repository_id)
-        finished(job)
+    end(job, status, error_code=str(status), error_message=reason)
 
 
-def reconcile() -> dict:
-    """Repair state after crashes (REL-14): dead running jobs become interrupted, leases of
-    finished jobs are released, and free repositories get their waiting jobs dispatched."""
-    interrupted = 0
-    for job in Job.objects.filter(status=Job.Status.RUNNING):
-        if holder_is_dead(job):
-            mark_interrupted(job, "Its process ended before the job finished.")
-            interrupted += 1
-    # Command-line jobs whose command died while waiting for the repository.
-    for job in Job.objects.filter(status=Job.Status.QUEUED, inline=True, worker_host=HOST):
-        if not procs.alive(job.worker_pid, job.worker_started):
-            cancel(job)
-    # Mounts recorded here that are gone (a reboot, an unmount outside the app).
-    vanished = [m for m in Mount.objects.all() if not os.path.ismount(m.mountpoint)]
-    for mount in vanished:
-        mount.delete()
-    released = 0
-    for repo in Repository.objects.filter(lease_job__isnull=False).select_related("lease_job"):
-        if repo.lease_job.status != Job.Status.RUNNING and not holds_mount(repo.lease_job):
-            released += Repository.objects.filter(pk=repo.pk, lease_job=repo.lease_job).update(
-                lease_job=None, lease_since=None
-            )
-    # Dispatch a waiting job on each free repository (lost dispatches after a crash).
-    stale_queue = timezone.now() - timedelta(seconds=30)
-    waiting = (
-        Job.objects.filter(status=Job.Status.QUEUED, inline=False, created_at__lt=stale_queue)
-        .filter(Q(repository__lease_job__isnull=True))
-        .values_list("repository_id", flat=True)
-        .distinct()
+def _key_fresh_since():
+    return timezone.now() - timedelta(seconds=settings.KEY_DOWNLOAD_TTL)
+
+
+def key_waiting(job: Job, user) -> bool:
+    """Whether `user` may still download the key this job exported."""
+    return (
+        job.kind == Job.Kind.KEY_EXPORT
+        and bool(job.secret_payload)
+        and user is not None
+        and job.requested_by_id == user.pk
+        and job.finished_at is not None
+        and job.finished_at >= _key_fresh_since()
     )
-    for repository_id in waiting:
-        if repository_id is not None:
-            dispatch_next(repository_id)
-    return {"interrupted": interrupted, "released": released, "mounts_cleared": len(vanished)}
 
 
-def take_exported_key(job: Job) -> str | None:
-    """The key a key-export job exported, once: it is deleted as it is taken."""
-    taken = Job.objects.filter(pk=job.pk, kind=Job.Kind.KEY_EXPORT).exclude(secret_payload="")
+def take_exported_key(job: Job, user) -> str | None:
+    """The key a key-export job exported, once, for the admin who asked for it and within
+    KEY_DOWNLOAD_TTL seconds of the export: it is deleted as it is taken. Each attempt writes
+    its audit row here, whichever door it came through."""
+    key = _take_key(job, user)
+    if key is None:
+        audit.record("key_download", job.repository_name, outcome="refused", job=job,
+                     message="no key waiting for this user")  # fmt: skip
+    else:
+        audit.record("key_download", job.repository_name, outcome="success", job=job)
+    return key
+
+
+def _take_key(job: Job, user) -> str | None:
+    if not key_waiting(job, user):
+        return None
+    taken = Job.objects.filter(pk=job.pk, requested_by=user).exclude(secret_payload="")
     token = taken.values_list("secret_payload", flat=True).first()
     if not token or not taken.update(secret_payload=""):
         return None
     return vault.decrypt(token)
+
+
+def expire_exported_keys() -> int:
+    """Delete exported keys nobody fetched in time (run by the maintenance task)."""
+    stale = Job.objects.filter(kind=Job.Kind.KEY_EXPORT, finished_at__lt=_key_fresh_since())
+    return stale.exclude(secret_payload="").update(secret_payload="")
+
+
+# --- waiting for a job in a request ----------------------------------------------------------
+
+
+class _Waiters:
+    """The requests of this process that wait for their job, at most SEED_WAITERS: waiting
+    must never take every thread that serves the admin and the API."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.count >= settings.SEED_WAITERS:
+                return False
+            self.count += 1
+            return True
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.count -= 1
+
+
+waiters = _Waiters()
+WAIT_POLL = 0.2  # seconds between looks at the job row
+
+
+def wait_for(job: Job, seconds: float) -> Job:
+    """The job once it has ended, or as it is after `seconds` (or at once when every waiting
+    place of this process is taken: the caller then answers that it is queued)."""
+    if job.is_finished or not waiters.take():
+        return job
+    try:
+        deadline = time.monotonic() + seconds
+        while not job.is_finished and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL)
+            job.refresh_from_db()
+    finally:
+        waiters.give_back()
+    return job

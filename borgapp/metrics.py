@@ -15,14 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from borgapp import alerts, health
-from borgapp.api.permissions import has_role
-from borgapp.models import Job, WorkerHeartbeat
+from borgapp.models import Alert, Job, WorkerHeartbeat
+from borgapp.proxy import FORWARDED_UNTRUSTED
+from borgapp.roles import has_role
 
 
 class CatalogCollector:
     def collect(self):
-        from borgapp import alerts
-
         now = timezone.now()
         rows = health.repositories(now)
         alerting = alerts.firing_repository_ids()
@@ -103,8 +102,6 @@ class CatalogCollector:
         return totals, durations, running, queued
 
     def installation(self):
-        from borgapp.models import Alert
-
         firing = GaugeMetricFamily("opscenter_alerts_firing", "Alerts firing now.")
         firing.add_metric([], Alert.objects.filter(state=Alert.State.FIRING).count())
         beat = GaugeMetricFamily(
@@ -127,7 +124,9 @@ def allowed(request) -> bool:
 
         token = Token.objects.select_related("user").filter(key=header[6:].strip()).first()
         return token is not None and token.user.is_active and has_role(token.user, "viewer")
-    return request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOW
+    # forwarded by a proxy that is not trusted (one on this host, say): the client is unknown
+    forwarded = request.META.get(FORWARDED_UNTRUSTED)
+    return not forwarded and request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOW
 
 
 def metrics_view(request):

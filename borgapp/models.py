@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from borgapp import validation, vault
+from borgapp import borg, outbound, validation, vault
 
 ENCRYPTION_MODES = [
     ("repokey-blake2", "repokey-blake2 (recommended)"),
@@ -35,9 +35,7 @@ def _django_validator(func, *args):
 
 def validate_location_field(value):
     try:
-        validation.validate_location(value)
-        if not validation.is_remote(value):
-            validation.require_under_roots(value, settings.REPOSITORY_ROOTS, "Repository location")
+        validation.validate_location(value, settings.REPOSITORY_ROOTS)
     except validation.InvalidInput as exc:
         raise ValidationError(str(exc)) from None
 
@@ -140,15 +138,11 @@ class Repository(models.Model):
         super().clean()
         try:
             if self.location:
-                self.location = validation.validate_location(self.location)
-                if not validation.is_remote(self.location):
-                    self.location = str(
-                        validation.require_under_roots(
-                            self.location, settings.REPOSITORY_ROOTS, "Repository location"
-                        )
-                    )
-        except validation.InvalidInput as exc:
-            raise ValidationError({"location": str(exc)}) from None
+                self.location = validation.validate_location(
+                    self.location, settings.REPOSITORY_ROOTS
+                )
+        except validation.InvalidInput:
+            pass  # the field's own validator has said it (once), with the same words
 
     @property
     def has_passphrase(self) -> bool:
@@ -196,6 +190,9 @@ class Archive(models.Model):
     # the borg archive id it was read from, so a re-used name never shows stale files.
     contents_borg_id = models.CharField(max_length=64, blank=True, default="", editable=False)
     contents_count = models.BigIntegerField(null=True, blank=True, editable=False)
+    # The stored items whose folder borg did not store (a source `/usr/share/doc` stores no
+    # `usr` or `usr/share`): the folder tree synthesizes the folders above them.
+    contents_tops = models.JSONField(default=list, blank=True, editable=False)
 
     class Meta:
         ordering = ["-start", "-id"]
@@ -297,14 +294,7 @@ class ArchiveDiffItem(models.Model):
 
 
 class RetentionPolicy(models.Model):
-    KEEP_FIELDS = [
-        "keep_last",
-        "keep_hourly",
-        "keep_daily",
-        "keep_weekly",
-        "keep_monthly",
-        "keep_yearly",
-    ]
+    KEEP_FIELDS = list(borg.KEEP_COUNTS)
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
     keep_within = models.CharField(
@@ -335,23 +325,9 @@ class RetentionPolicy(models.Model):
             raise ValidationError("Set at least one keep rule (keep_within or a keep_* count).")
 
     def borg_options(self) -> list[str]:
-        return keep_options(
+        return borg.keep_flags(
             keep_within=self.keep_within, **{f: getattr(self, f) for f in self.KEEP_FIELDS}
         )
-
-
-def keep_options(keep_within: str = "", **counts) -> list[str]:
-    """borg prune flags for a retention rule set; zero or empty rules are left out."""
-    options = []
-    if keep_within:
-        options.append(f"--keep-within={validation.validate_keep_within(keep_within)}")
-    for field_name in RetentionPolicy.KEEP_FIELDS:
-        value = counts.get(field_name)
-        if value:
-            if int(value) < 0:
-                raise validation.InvalidInput(f"{field_name} must not be negative.")
-            options.append(f"--{field_name.replace('_', '-')}={int(value)}")
-    return options
 
 
 class Schedule(models.Model):
@@ -395,8 +371,8 @@ class Schedule(models.Model):
         max_length=100,
         default="backup",
         validators=[validate_archive_part_field],
-        help_text="Archives are named <prefix>-<UTC time>; prune and verify-restore only ever "
-        "look at archives with this prefix.",
+        help_text="Archives are named PREFIX-TIME in UTC (backup-2026-12-02T02:00:00Z); prune and "
+        "verify-restore only ever look at archives with this prefix.",
     )
     comment = models.CharField(max_length=500, blank=True, default="")
     # prune
@@ -425,10 +401,12 @@ class Schedule(models.Model):
     sample_max_bytes = models.BigIntegerField(
         default=100 * 1024 * 1024, help_text="upper bound of the bytes restored per run"
     )
-    # dead-man pings (healthchecks.io, Uptime Kuma): GET on start, success and failure
-    ping_start_url = models.URLField(blank=True, default="")
-    ping_success_url = models.URLField(blank=True, default="")
-    ping_failure_url = models.URLField(blank=True, default="")
+    # dead-man pings (healthchecks.io, Uptime Kuma): GET on start, success and failure. A ping
+    # URL is a secret (whoever has it can silence the dead-man switch): stored encrypted, read
+    # with get_ping or the ping_*_url properties, shown masked (shown_ping).
+    ping_start_encrypted = models.TextField(blank=True, default="", editable=False)
+    ping_success_encrypted = models.TextField(blank=True, default="", editable=False)
+    ping_failure_encrypted = models.TextField(blank=True, default="", editable=False)
     # derived, kept current by the jobs (read by lists without scanning jobs)
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_outcome = models.CharField(max_length=16, blank=True, default="", editable=False)
@@ -441,6 +419,59 @@ class Schedule(models.Model):
 
     def __str__(self):
         return self.name
+
+    PINGS = ("start", "success", "failure")
+
+    def set_ping(self, which: str, url: str) -> None:
+        url = (url or "").strip()
+        setattr(self, f"ping_{which}_encrypted", vault.encrypt(url) if url else "")
+
+    def get_ping(self, which: str) -> str:
+        """The ping URL; raises vault.VaultError if it cannot be decrypted."""
+        token = getattr(self, f"ping_{which}_encrypted")
+        return vault.decrypt(token) if token else ""
+
+    def shown_ping(self, which: str) -> str:
+        """Scheme and host only: what anyone but an admin sees of a ping URL."""
+        try:
+            return outbound.mask(self.get_ping(which))
+        except vault.VaultError:
+            return "(stored, but cannot be decrypted with the configured key)"
+
+    def _ping_or_nothing(self, which: str) -> str:
+        try:
+            return self.get_ping(which)
+        except vault.VaultError as exc:  # a ping never breaks a job: no ping, and a warning
+            import logging
+
+            logging.getLogger(__name__).warning("Schedule %s: ping %s: %s", self, which, exc)
+            return ""
+
+    # The URLs as properties (also accepted as Schedule(ping_start_url=...)): reading never
+    # raises, a URL that cannot be decrypted reads as none.
+    @property
+    def ping_start_url(self) -> str:
+        return self._ping_or_nothing("start")
+
+    @ping_start_url.setter
+    def ping_start_url(self, url: str) -> None:
+        self.set_ping("start", url)
+
+    @property
+    def ping_success_url(self) -> str:
+        return self._ping_or_nothing("success")
+
+    @ping_success_url.setter
+    def ping_success_url(self, url: str) -> None:
+        self.set_ping("success", url)
+
+    @property
+    def ping_failure_url(self) -> str:
+        return self._ping_or_nothing("failure")
+
+    @ping_failure_url.setter
+    def ping_failure_url(self, url: str) -> None:
+        self.set_ping("failure", url)
 
     def clean(self):
         super().clean()
@@ -531,6 +562,7 @@ class Job(models.Model):
         SKIPPED = "skipped", "Skipped"
 
     FINISHED = {"succeeded", "warning", "failed", "interrupted", "cancelled", "skipped"}
+    OK = ("succeeded", "warning")  # finished and did its work (a warning says what to look at)
 
     kind = models.CharField(max_length=24, choices=Kind.choices)
     repository = models.ForeignKey(
@@ -620,9 +652,14 @@ class Mount(models.Model):
 
 
 class WorkerHeartbeat(models.Model):
-    """Written by the worker's maintenance task every minute; a stale value means no worker."""
+    """Written when the worker starts and by its maintenance task every minute; a stale value
+    means no worker."""
 
     seen_at = models.DateTimeField()
+
+    @classmethod
+    def beat(cls) -> None:
+        cls.objects.update_or_create(pk=1, defaults={"seen_at": timezone.now()})
 
 
 class AuditQuerySet(models.QuerySet):
@@ -654,6 +691,11 @@ class AuditEvent(models.Model):
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     message = models.TextField(blank=True, default="")
     job_id_ref = models.IntegerField(null=True, blank=True, verbose_name="job id")
+    count = models.PositiveIntegerField(
+        default=1,
+        help_text="identical failed or refused sign-ins this row stands for, from the same "
+        "address within five minutes of its time (audit.record_attempt)",
+    )
 
     objects = AuditQuerySet.as_manager()
 
@@ -729,13 +771,18 @@ class Channel(models.Model):
         WEBHOOK = "webhook", "Webhook (JSON POST, HMAC-SHA256 signed)"
         APPRISE = "apprise", "Apprise URL (ntfy, Slack, Discord, Telegram, Gotify, ...)"
 
-    EVENTS = ["alert_firing", "alert_resolved", "job_failed", "job_succeeded", "daily_digest"]
+    EVENTS = ["alert_firing", "alert_resolved", "job_failed", "job_warning", "job_succeeded",
+              "daily_digest"]  # fmt: skip
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
     kind = models.CharField(max_length=10, choices=Kind.choices)
+    # What anyone may see: an email channel's addresses as they are; of a webhook or Apprise
+    # URL (tokens, passwords) only its scheme and host, the URL itself is target_encrypted.
     target = models.TextField(
-        help_text="email: addresses separated by commas; webhook: https URL; apprise: its URL"
+        help_text="email: addresses separated by commas; webhook: https URL; apprise: its URL "
+        "(URLs are stored encrypted, and shown as scheme and host only)"
     )
+    target_encrypted = models.TextField(blank=True, default="", editable=False)
     secret_encrypted = models.TextField(blank=True, default="", editable=False)
     events = models.JSONField(default=list, help_text=f"any of: {', '.join(EVENTS)}")
     enabled = models.BooleanField(default=True)
@@ -754,6 +801,38 @@ class Channel(models.Model):
         unknown = [e for e in self.events or [] if e not in self.EVENTS]
         if not isinstance(self.events, list) or unknown:
             raise ValidationError({"events": f"Choose from: {', '.join(self.EVENTS)}."})
+
+    def save(self, *args, **kwargs):
+        # Whatever way a URL was assigned to `target` (the admin form, Channel(target=...)),
+        # it is stored encrypted, and `target` keeps only its masked form.
+        if self.kind == self.Kind.EMAIL:
+            self.target_encrypted = ""
+        elif self.target and not self._target_sealed():
+            self.set_target(self.target)
+        super().save(*args, **kwargs)
+
+    def _target_sealed(self) -> bool:
+        if not self.target_encrypted:
+            return False
+        try:
+            return self.target == outbound.mask(self.get_target())
+        except vault.VaultError:
+            return True  # cannot tell: leave the stored URL alone
+
+    def set_target(self, target: str) -> None:
+        target = (target or "").strip()
+        if self.kind == self.Kind.EMAIL:
+            self.target, self.target_encrypted = target, ""
+        else:
+            self.target_encrypted = vault.encrypt(target) if target else ""
+            self.target = outbound.mask(target)
+
+    def get_target(self) -> str:
+        """Email addresses, or the webhook or Apprise URL (raises vault.VaultError if it
+        cannot be decrypted). A URL channel never sends to its masked `target`."""
+        if self.kind == self.Kind.EMAIL:
+            return self.target
+        return vault.decrypt(self.target_encrypted) if self.target_encrypted else ""
 
     def set_secret(self, secret: str) -> None:
         self.secret_encrypted = vault.encrypt(secret) if secret else ""

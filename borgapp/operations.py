@@ -7,25 +7,20 @@ failure; `jobs.execute` records that on the Job.
 
 import hashlib
 import json
+import logging
 import math
 import os
-import posixpath
 import random
-import re
 import shutil
-import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from borgapp import borg, validation, vault
+from borgapp import borg, catalog, lease, listing, naming, params, validation, vault
+from borgapp.errors import OperationError
 from borgapp.models import (
     Archive,
     ArchiveDiff,
@@ -35,20 +30,9 @@ from borgapp.models import (
     Mount,
     Repository,
     RetentionPolicy,
-    keep_options,
 )
 
-ARCHIVE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-ARCHIVE_TIME_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z"
-
-
-class OperationError(Exception):
-    """An operation refused to run: `code` for machines, the text for a person."""
-
-    def __init__(self, message: str, code: str = "invalid_request", result: dict | None = None):
-        super().__init__(message)
-        self.code = code
-        self.result = result or {}  # what was found before it failed, kept on the Job
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,7 +65,7 @@ class Context:
     def __init__(self, job: Job, progress):
         self.job = job
         self.repo: Repository | None = job.repository
-        self.params = job.params or {}
+        self.params = params.load(job.kind, job.params)  # the kind's dataclass (params.py)
         self.progress = progress
         self.config = borg_config()
         self.warnings: list[str] = []
@@ -91,11 +75,9 @@ class Context:
     def borg(
         self, command: borg.Command, *, passphrase="stored", stoppable=True, on_line=None
     ) -> borg.Result:
-        if self.repo and not validation.is_remote(self.repo.location):
+        if self.repo:
             # the allowed roots are checked again right before borg runs (SEC-04)
-            validation.require_under_roots(
-                self.repo.location, settings.REPOSITORY_ROOTS, "Repository location"
-            )
+            validation.validate_location(self.repo.location, settings.REPOSITORY_ROOTS)
         if passphrase == "stored":
             passphrase = self.repo.get_passphrase() if self.repo else None
         try:
@@ -134,117 +116,11 @@ def run(job: Job, progress=None) -> Outcome:
 # --- catalog ------------------------------------------------------------------------------
 
 
-def _dt(value):
-    if not value:
-        return None
-    parsed = parse_datetime(value)
-    if parsed is not None and timezone.is_naive(parsed):
-        # borg prints local time without an offset; it runs with TZ=UTC (borg.environment).
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
-
-
 def sync_catalog(ctx: Context, stoppable: bool = True) -> dict:
     """Make the Archive rows equal `borg list` (REL-13): one borg call, one bulk upsert."""
     command = borg.list_cmd(ctx.repo.location)
     listed = ctx.borg(command, stoppable=stoppable).json().get("archives", [])
-    return apply_listing(ctx.repo, listed)
-
-
-def apply_listing(repo: Repository, listed: list[dict]) -> dict:
-    now = timezone.now()
-    existing = {a.name: a for a in repo.archives.all()}
-    seen, new, changed = set(), [], []
-    for item in listed:
-        name = item.get("name") or item.get("archive")
-        if not name:
-            continue
-        seen.add(name)
-        values = {
-            "borg_id": item.get("id", ""),
-            "start": _dt(item.get("start") or item.get("time")),
-            "end": _dt(item.get("end")),
-            "hostname": item.get("hostname", "") or "",
-            "username": item.get("username", "") or "",
-            "comment": item.get("comment", "") or "",
-            "is_checkpoint": bool(borg_checkpoint(name)),
-        }
-        if values["start"] and values["end"]:
-            values["duration"] = (values["end"] - values["start"]).total_seconds()
-        archive = existing.get(name)
-        if archive is None:
-            new.append(Archive(repository=repo, name=name, synced_at=now, **values))
-            continue
-        if any(getattr(archive, key) != value for key, value in values.items()):
-            for key, value in values.items():
-                setattr(archive, key, value)
-            archive.synced_at = now
-            changed.append(archive)
-    gone = [a.pk for name, a in existing.items() if name not in seen]
-    with transaction.atomic():
-        Archive.objects.bulk_create(new, batch_size=500)
-        if changed:
-            Archive.objects.bulk_update(
-                changed,
-                [
-                    "borg_id",
-                    "start",
-                    "end",
-                    "duration",
-                    "hostname",
-                    "username",
-                    "comment",
-                    "is_checkpoint",
-                    "synced_at",
-                ],
-                batch_size=500,
-            )
-        if gone:
-            Archive.objects.filter(pk__in=gone).delete()
-        Repository.objects.filter(pk=repo.pk).update(catalog_synced_at=now, catalog_stale=False)
-    return {"archives": len(seen), "added": len(new), "updated": len(changed), "removed": len(gone)}
-
-
-def borg_checkpoint(name: str) -> bool:
-    return validation.CHECKPOINT_SUFFIX_RE.search(name) is not None
-
-
-def store_repository_stats(repo: Repository, info: dict) -> None:
-    stats = (info.get("cache") or {}).get("stats") or {}
-    repository = info.get("repository") or {}
-    encryption = (info.get("encryption") or {}).get("mode")
-    fields = {
-        "total_size": stats.get("total_size"),
-        "total_compressed_size": stats.get("total_csize"),
-        "unique_size": stats.get("unique_size"),
-        "unique_compressed_size": stats.get("unique_csize"),
-        "total_chunks": stats.get("total_chunks"),
-        "unique_chunks": stats.get("total_unique_chunks"),
-        "stats_updated_at": timezone.now(),
-    }
-    if repository.get("id"):
-        fields["borg_id"] = repository["id"]
-    if encryption:
-        fields["encryption"] = encryption
-    Repository.objects.filter(pk=repo.pk).update(**fields)
-    for key, value in fields.items():
-        setattr(repo, key, value)
-
-
-def repository_summary(repo: Repository) -> dict:
-    return {
-        "repository_id": repo.borg_id,
-        "location": repo.location,
-        "encryption_mode": repo.encryption,
-        "total_size": repo.total_size,
-        "total_compressed_size": repo.total_compressed_size,
-        "unique_size": repo.unique_size,
-        "unique_compressed_size": repo.unique_compressed_size,
-        "unique_chunks": repo.unique_chunks,
-        "total_chunks": repo.total_chunks,
-        "deduplication_ratio": repo.deduplication_ratio,
-        "archives": repo.archives.filter(is_checkpoint=False).count(),
-    }
+    return catalog.apply_listing(ctx.repo, listed)
 
 
 # --- repository lifecycle ---------------------------------------------------------------------
@@ -252,97 +128,76 @@ def repository_summary(repo: Repository) -> dict:
 
 def op_init(ctx: Context) -> Outcome:
     repo = ctx.repo
-    command = borg.init_cmd(repo.location, repo.encryption, append_only=repo.append_only)
-    command.options.append("--make-parent-dirs")
-    ctx.borg(command)
+    ctx.borg(borg.init_cmd(repo.location, repo.encryption, append_only=repo.append_only))
     if not validation.is_remote(repo.location):
         os.chmod(repo.location, 0o700)
-    store_repository_stats(repo, ctx.borg(borg.info_cmd(repo.location)).json())
+    catalog.store_repository_stats(repo, ctx.borg(borg.info_cmd(repo.location)).json())
     Repository.objects.filter(pk=repo.pk).update(state=Repository.State.READY)
-    apply_listing(repo, [])
-    return ctx.outcome({"message": "Repository initialized.", **repository_summary(repo)})
+    catalog.apply_listing(repo, [])
+    return ctx.outcome({"message": "Repository initialized.", **catalog.repository_summary(repo)})
 
 
 def op_import(ctx: Context) -> Outcome:
     repo = ctx.repo
     # Importing is the explicit act of trusting this repository, encrypted or not.
-    info_command = borg.info_cmd(repo.location)
-    info_command.extra_env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
-    store_repository_stats(repo, ctx.borg(info_command).json())
+    info = ctx.borg(borg.info_cmd(repo.location, trust_unencrypted=True)).json()
+    catalog.store_repository_stats(repo, info)
     synced = sync_catalog(ctx)
     if synced["archives"]:
         detail = ctx.borg(borg.info_cmd(repo.location, all_archives=True)).json()
-        store_archive_stats(repo, detail.get("archives", []))
+        catalog.store_archive_stats(repo, detail.get("archives", []))
     Repository.objects.filter(pk=repo.pk).update(state=Repository.State.READY)
-    return ctx.outcome({"message": "Repository imported.", **synced, **repository_summary(repo)})
-
-
-def store_archive_stats(repo: Repository, archives: list[dict]) -> None:
-    by_name = {a.name: a for a in repo.archives.all()}
-    changed = []
-    for item in archives:
-        archive = by_name.get(item.get("name"))
-        stats = item.get("stats") or {}
-        if archive is None or not stats:
-            continue
-        archive.original_size = stats.get("original_size")
-        archive.compressed_size = stats.get("compressed_size")
-        archive.deduplicated_size = stats.get("deduplicated_size")
-        archive.nfiles = stats.get("nfiles")
-        archive.duration = item.get("duration", archive.duration)
-        changed.append(archive)
-    Archive.objects.bulk_update(
-        changed,
-        ["original_size", "compressed_size", "deduplicated_size", "nfiles", "duration"],
-        batch_size=500,
+    return ctx.outcome(
+        {"message": "Repository imported.", **synced, **catalog.repository_summary(repo)}
     )
+
+
+def refresh_stats(ctx: Context) -> None:
+    """Read the repository's statistics again after a change (prune, compact, delete), so
+    the stored ones that reads serve (the guide's GET /info) stay current. The change has
+    happened: a failure here is logged and costs the job nothing."""
+    try:
+        info = ctx.borg(borg.info_cmd(ctx.repo.location), stoppable=False).json()
+    except borg.BorgError as exc:
+        log.warning("Statistics of %s not refreshed: %s", ctx.repo.name, exc.message)
+        return
+    catalog.store_repository_stats(ctx.repo, info)
 
 
 def op_sync(ctx: Context) -> Outcome:
     synced = sync_catalog(ctx)
-    store_repository_stats(ctx.repo, ctx.borg(borg.info_cmd(ctx.repo.location)).json())
-    return ctx.outcome({**synced, **repository_summary(ctx.repo)})
+    catalog.store_repository_stats(ctx.repo, ctx.borg(borg.info_cmd(ctx.repo.location)).json())
+    return ctx.outcome({**synced, **catalog.repository_summary(ctx.repo)})
 
 
 def op_info(ctx: Context) -> Outcome:
-    store_repository_stats(ctx.repo, ctx.borg(borg.info_cmd(ctx.repo.location)).json())
-    return ctx.outcome(repository_summary(ctx.repo))
+    catalog.store_repository_stats(ctx.repo, ctx.borg(borg.info_cmd(ctx.repo.location)).json())
+    return ctx.outcome(catalog.repository_summary(ctx.repo))
 
 
 # --- backup and retention -----------------------------------------------------------------------
 
 
-def archive_name_for(prefix: str, when: datetime | None = None) -> str:
-    validation.validate_archive_part(prefix, "Archive prefix")
-    when = (when or datetime.now(UTC)).astimezone(UTC)
-    return f"{prefix}-{when.strftime(ARCHIVE_TIME_FORMAT)}"
-
-
-def prefix_glob(prefix: str) -> str:
-    """Archives of exactly this backup set (and their checkpoints), never another set's."""
-    validation.validate_archive_part(prefix, "Archive prefix")
-    return f"{prefix}-{ARCHIVE_TIME_GLOB}*"
-
-
 def op_backup(ctx: Context) -> Outcome:
-    repo, params = ctx.repo, ctx.params
-    name = params.get("archive") or archive_name_for(params.get("prefix") or "backup")
+    repo, p = ctx.repo, ctx.params
+    name = p.archive or naming.archive_name_for(p.prefix)
     validation.validate_existing_archive_name(name)
-    if borg_checkpoint(name):
+    if catalog.borg_checkpoint(name):
         raise validation.InvalidInput("Archive names must not end in '.checkpoint'.")
+    _require_a_source(p.sources)
     with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
         exclude_file = None
-        if params.get("excludes"):
-            exclude_file = str(borg.write_exclude_file(Path(scratch), params["excludes"]))
+        if p.excludes:
+            exclude_file = str(borg.write_exclude_file(Path(scratch), p.excludes))
         command = borg.create_cmd(
             repo.location,
             name,
-            params.get("sources") or [],
-            compression=params.get("compression") or "lz4",
+            p.sources,
+            compression=p.compression,
             exclude_file=exclude_file,
-            one_file_system=bool(params.get("one_file_system")),
-            checkpoint_interval=params.get("checkpoint_interval"),
-            comment=params.get("comment") or "",
+            one_file_system=p.one_file_system,
+            checkpoint_interval=p.checkpoint_interval,
+            comment=p.comment,
         )
         try:
             created = ctx.borg(command).json()
@@ -351,35 +206,8 @@ def op_backup(ctx: Context) -> Outcome:
             raise
     archive = created.get("archive") or {}
     stats = archive.get("stats") or {}
-    store_repository_stats(repo, created)
-    # The catalog delta of a successful create is exact: one archive added, and borg has
-    # already dropped the checkpoints of this run. Applying it here saves a `borg list`
-    # (~0.7 s per backup on 2 cores, PERF-03); failed runs and every other writing
-    # operation resynchronise from `borg list` instead.
-    final_name = archive.get("name", name)
-    with transaction.atomic():
-        Archive.objects.update_or_create(
-            repository=repo,
-            name=final_name,
-            defaults={
-                "borg_id": archive.get("id", ""),
-                "start": _dt(archive.get("start")),
-                "end": _dt(archive.get("end")),
-                "duration": archive.get("duration"),
-                "original_size": stats.get("original_size"),
-                "compressed_size": stats.get("compressed_size"),
-                "deduplicated_size": stats.get("deduplicated_size"),
-                "nfiles": stats.get("nfiles"),
-                "comment": params.get("comment") or "",
-                "hostname": socket.gethostname(),
-                "username": _username(),
-                "created_by_app": True,
-                "is_checkpoint": False,
-            },
-        )
-        Archive.objects.filter(
-            repository=repo, name__startswith=f"{final_name}.checkpoint"
-        ).delete()
+    catalog.store_repository_stats(repo, created)
+    final_name = catalog.record_created(repo, {"name": name, **archive}, comment=p.comment)
     repo.refresh_from_db(fields=["catalog_stale"])
     if repo.catalog_stale:
         # an earlier run ended early: record what it left (checkpoints) from borg itself
@@ -391,7 +219,7 @@ def op_backup(ctx: Context) -> Outcome:
     )
     return ctx.outcome(
         {
-            "archive_name": archive.get("name", name),
+            "archive_name": final_name,
             "archive_id": archive.get("id", ""),
             "original_size": original,
             "compressed_size": compressed,
@@ -404,13 +232,19 @@ def op_backup(ctx: Context) -> Outcome:
     )
 
 
-def _username() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
+def _require_a_source(sources: list[str]) -> None:
+    """Fail before borg runs when no source exists: borg would only warn, store an empty
+    archive that counts as the last backup, and a typo in a schedule would mean silent empty
+    archives every night. Some missing is borg's warning (the job ends as a warning)."""
+    missing = [path for path in sources if not os.path.lexists(path)]
+    if missing and len(missing) == len(sources):
+        listed = ", ".join(missing)
+        raise OperationError(
+            f"None of the sources exists ({listed}): nothing was backed up and no archive "
+            "was made. Check the paths for a typo.",
+            "sources_missing",
+            result={"missing_sources": missing},
+        )
 
 
 def _ratio(numerator, denominator):
@@ -429,35 +263,32 @@ def _sync_quietly(ctx: Context) -> None:
         pass
 
 
-SEED_NAME_RE = re.compile(r"^(?P<set>.+)_[0-9]{8}_[0-9]{6}$")
-
-
 def seed_set_globs(repo: Repository) -> list[str]:
     """The integration guide names archives `<set>_<YYYYmmdd_HHMMSS>`: one glob per set, so
     that each set keeps its own retention and no set prunes another's archives (REL-12)."""
     sets = set()
     for name in repo.archives.filter(is_checkpoint=False).values_list("name", flat=True):
-        match = SEED_NAME_RE.match(name)
+        match = naming.SEED_NAME_RE.match(name)
         if match and validation.ARCHIVE_PART_RE.match(match["set"]):
             sets.add(match["set"])
-    return [f"{name}_{'[0-9]' * 8}_{'[0-9]' * 6}*" for name in sorted(sets)]
+    return [naming.seed_glob(name) for name in sorted(sets)]
 
 
 def op_prune(ctx: Context) -> Outcome:
-    repo, params = ctx.repo, ctx.params
-    if params.get("scope") == "seed":
+    repo, p = ctx.repo, ctx.params
+    if p.scope == "seed":
         sync_catalog(ctx)
         globs = seed_set_globs(repo)
     else:
-        globs = [prefix_glob(params.get("prefix") or "")]
-    if params.get("policy"):
-        policy = RetentionPolicy.objects.filter(name=params["policy"]).first()
+        globs = [naming.prefix_glob(p.prefix)]
+    if p.policy:
+        policy = RetentionPolicy.objects.filter(name=p.policy).first()
         if policy is None:
-            raise OperationError(f"No retention policy named {params['policy']!r}.", "not_found")
+            raise OperationError(f"No retention policy named {p.policy!r}.", "not_found")
         rules = policy.borg_options()
     else:
-        rules = keep_options(**(params.get("keep") or {}))
-    dry_run = bool(params.get("dry_run"))
+        rules = borg.keep_flags(**(p.keep or {}))
+    dry_run = p.dry_run
     kept, pruned = [], []
     for glob in globs:
         result = ctx.borg(borg.prune_cmd(repo.location, glob, rules, dry_run=dry_run))
@@ -468,19 +299,20 @@ def op_prune(ctx: Context) -> Outcome:
     if dry_run:
         return ctx.outcome(summary)
     summary["catalog"] = sync_catalog(ctx, stoppable=False)  # the prune has happened
-    compact = params.get("compact", True)
-    if compact and not repo.append_only:
+    if p.compact and not repo.append_only:
         ctx.borg(borg.compact_cmd(repo.location))
         summary["compacted"] = True
     else:
         summary["compacted"] = False
         if repo.append_only:
             summary["note"] = "Append-only repository: space is not reclaimed by compact."
+    refresh_stats(ctx)
     return ctx.outcome(summary)
 
 
 def op_compact(ctx: Context) -> Outcome:
     ctx.borg(borg.compact_cmd(ctx.repo.location))
+    refresh_stats(ctx)
     result = {"compacted": True}
     if ctx.repo.append_only:
         result["note"] = "Append-only repository: borg reclaims no space here."
@@ -492,21 +324,21 @@ def op_check(ctx: Context) -> Outcome:
     ctx.borg(
         borg.check_cmd(
             ctx.repo.location,
-            repository_only=bool(p.get("repository_only")),
-            archives_only=bool(p.get("archives_only")),
-            verify_data=bool(p.get("verify_data")),
-            last=p.get("last"),
-            max_duration=p.get("max_duration"),
+            repository_only=p.scope == "repository",
+            archives_only=p.scope == "archives",
+            verify_data=p.verify_data,
+            last=p.last,
+            max_duration=p.max_duration,
         )
     )
-    return ctx.outcome({"ok": True, "verify_data": bool(p.get("verify_data"))})
+    return ctx.outcome({"ok": True, "verify_data": p.verify_data})
 
 
 # --- archives ----------------------------------------------------------------------------------
 
 
 def _archive(ctx: Context) -> Archive:
-    name = ctx.params.get("archive") or ctx.job.archive_name
+    name = ctx.job.archive_name  # intake stored the checked archive name on the job
     validation.validate_existing_archive_name(name or "")
     archive = ctx.repo.archives.filter(name=name).first()
     if archive is None:
@@ -536,6 +368,85 @@ def prepare_empty_dir(path: str, roots: list[Path], what: str) -> Path:
     return validation.require_under_roots(str(target), roots, what)
 
 
+# A restore target (and the verify-restore sandbox) is held open from its check to borg's
+# end: borg starts in the directory that was checked, by descriptor (borg.Command.cwd_fd).
+# That is not enough alone: borg joins os.getcwd() with every item's path and walks that
+# path again for each file it writes, so whoever can rename an entry in a directory on the
+# way could still swap the target for a symbolic link while borg runs. Every directory from
+# / to the target must therefore be changeable by root or this app's user only.
+
+HELD_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def require_private_path(path: Path, what: str) -> None:
+    """Every directory on the resolved `path`, and `path` itself, is a directory only root
+    or this user can change: owned by one of them and not writable by group or others, or
+    sticky (like /tmp) with the next entry owned by one of them."""
+    import stat
+
+    trusted = {0, os.geteuid()}
+    hint = "restore into a directory no other user can write in (chmod go-w, owner this user)"
+    parent, parent_stat = Path("/"), os.lstat("/")
+    for name in path.parts[1:]:
+        here = parent / name
+        here_stat = os.lstat(here)
+        if not stat.S_ISDIR(here_stat.st_mode):
+            raise validation.InvalidInput(f"{what} {str(path)!r}: {here} is not a directory.")
+        private = parent_stat.st_uid in trusted and not parent_stat.st_mode & 0o022
+        sticky = parent_stat.st_mode & stat.S_ISVTX and here_stat.st_uid in trusted
+        if not (private or (sticky and parent_stat.st_uid in trusted)):
+            raise validation.InvalidInput(
+                f"{what} {str(path)!r}: other users can rename entries in {parent}, and so "
+                f"redirect what borg writes; {hint}."
+            )
+        parent, parent_stat = here, here_stat
+    if parent_stat.st_uid not in trusted or parent_stat.st_mode & 0o022:
+        raise validation.InvalidInput(
+            f"{what} {str(path)!r} can be written in by other users; {hint}."
+        )
+
+
+def hold_empty_dir(path: Path, what: str, *, dir_fd: int | None = None) -> int:
+    """Open the checked directory (no symbolic link followed) and check it through the
+    descriptor: empty, private all the way, and still what `path` names. The caller closes
+    the descriptor."""
+    fd = os.open(path, HELD_DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        if dir_fd is None:
+            require_private_path(path, what)
+            if not same_dir(path, fd):
+                raise validation.InvalidInput(f"{what} {str(path)!r} changed while checked.")
+        if os.listdir(fd):
+            raise validation.InvalidInput(f"{what} {str(path)!r} is not empty.")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def same_dir(path: Path, fd: int) -> bool:
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def make_held_dir(parent_fd: int, name: str) -> int:
+    """A new private directory inside a held one, itself held."""
+    os.mkdir(name, 0o700, dir_fd=parent_fd)
+    return hold_empty_dir(Path(name), "Sandbox", dir_fd=parent_fd)
+
+
+def extract_into(ctx: Context, fd: int, command: borg.Command) -> borg.Result:
+    return ctx.borg(replace(command, cwd_fd=fd))
+
+
+def files_in(fd: int) -> int:
+    return sum(len(names) for _, _, names, _ in os.fwalk(".", dir_fd=fd))
+
+
 def op_extract(ctx: Context) -> Outcome:
     archive = _archive(ctx)
     if not archive.created_by_app and borg.version(ctx.config) < borg.SAFE_RESTORE_VERSION:
@@ -544,18 +455,27 @@ def op_extract(ctx: Context) -> Outcome:
             "(CVE-2026-62268).",
             "borg_too_old",
         )
-    target = prepare_empty_dir(
-        ctx.params.get("target", ""), settings.RESTORE_ROOTS, "Restore target"
-    )
-    command = borg.extract_cmd(
-        ctx.repo.location,
-        archive.name,
-        str(target),
-        ctx.params.get("paths") or [],
-        strip_components=int(ctx.params.get("strip_components") or 0),
-    )
-    ctx.borg(command)
-    files = sum(len(names) for _, _, names in os.walk(target))
+    target = prepare_empty_dir(ctx.params.target, settings.RESTORE_ROOTS, "Restore target")
+    fd = hold_empty_dir(target, "Restore target")
+    try:
+        command = borg.extract_cmd(
+            ctx.repo.location,
+            archive.name,
+            str(target),
+            ctx.params.paths,
+            strip_components=ctx.params.strip_components,
+        )
+        extract_into(ctx, fd, command)
+        files = files_in(fd)
+        if not same_dir(target, fd):
+            raise OperationError(
+                f"The restore target {target} was moved or replaced while borg ran; the "
+                f"restored files are in the directory that was checked, now "
+                f"{os.readlink(f'/proc/self/fd/{fd}')}.",
+                "target_replaced",
+            )
+    finally:
+        os.close(fd)
     return ctx.outcome({"archive_name": archive.name, "target_path": str(target), "files": files})
 
 
@@ -563,79 +483,40 @@ def op_delete(ctx: Context) -> Outcome:
     archive = _archive(ctx)
     ctx.borg(borg.delete_archive_cmd(ctx.repo.location, archive.name))
     catalog = sync_catalog(ctx, stoppable=False)  # the delete has happened
+    refresh_stats(ctx)
     result = {"archive_name": archive.name, "deleted": True, "catalog": catalog}
     if ctx.repo.append_only:
         result["note"] = "Append-only repository: the data stays until a non-append-only write."
     return ctx.outcome(result)
 
 
-ITEM_BATCH = 2000
-
-
-class _Batcher:
-    """Collects parsed rows from a streamed borg listing and writes them in bulk, so an
-    archive of millions of files never sits in memory."""
-
-    def __init__(self, ctx: Context, model, parse):
-        self.ctx, self.model, self.parse = ctx, model, parse
-        self.rows: list = []
-        self.count = 0
-
-    def __call__(self, raw: bytes) -> None:
-        line = raw.strip()
-        if not line:
-            return
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            raise OperationError("borg printed a line that is not JSON.") from None
-        self.rows.append(self.parse(data))
-        if len(self.rows) >= ITEM_BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.model.objects.bulk_create(self.rows, batch_size=ITEM_BATCH)
-            self.count += len(self.rows)
-            self.rows = []
-            if self.ctx.progress:
-                self.ctx.progress.fields["progress_files"] = self.count
-                self.ctx.progress.flush()
-
-
-def _item_row(archive: Archive):
-    def parse(data: dict) -> ArchiveItem:
-        path = str(data.get("path", ""))
-        return ArchiveItem(
-            archive=archive,
-            path=path,
-            parent=posixpath.dirname(path),
-            type=str(data.get("type", ""))[:1],
-            mode=str(data.get("mode", ""))[:10],
-            user=str(data.get("user") or data.get("uid") or "")[:255],
-            group=str(data.get("group") or data.get("gid") or "")[:255],
-            size=data.get("size"),
-            mtime=_dt(data.get("mtime")),
-            linktarget=str(data.get("linktarget") or data.get("source") or ""),
-            healthy=bool(data.get("healthy", True)),
-        )
-
-    return parse
-
-
 def load_contents(ctx: Context, archive: Archive) -> int:
     """Load an archive's file listing into ArchiveItem rows (once: archives never change)."""
     if archive.contents_ready:
         return archive.contents_count
-    archive.items.all().delete()
-    Archive.objects.filter(pk=archive.pk).update(contents_borg_id="", contents_count=None)
-    batcher = _Batcher(ctx, ArchiveItem, _item_row(archive))
-    ctx.borg(borg.list_items_cmd(ctx.repo.location, archive.name), on_line=batcher)
-    batcher.flush()
+    listing.forget_contents(archive.pk)
+
+    def make_room(total: int) -> int:
+        return listing.make_room(max(total, archive.nfiles or 0), archive=archive)
+
+    try:
+        rows = listing.ItemRows(archive)
+        batcher = listing.Loader(ctx.progress, ArchiveItem, rows, make_room)
+        ctx.borg(borg.list_items_cmd(ctx.repo.location, archive.name), on_line=batcher)
+        batcher.flush()
+    except listing.ListingTooLarge as exc:
+        listing.forget_contents(archive.pk)
+        raise OperationError(str(exc), "listing_too_large") from None
+    except BaseException:
+        listing.forget_contents(archive.pk)  # no half listing stays behind
+        raise
     Archive.objects.filter(pk=archive.pk).update(
-        contents_borg_id=archive.borg_id, contents_count=batcher.count
+        contents_borg_id=archive.borg_id,
+        contents_count=batcher.count,
+        contents_tops=rows.tops,
     )
     archive.contents_borg_id, archive.contents_count = archive.borg_id, batcher.count
+    archive.contents_tops = rows.tops
     return batcher.count
 
 
@@ -659,10 +540,11 @@ def change_kind(changes: list[dict]) -> str:
 def op_diff(ctx: Context) -> Outcome:
     """Load `borg diff` of two archives into ArchiveDiffItem rows (once per pair)."""
     archive = _archive(ctx)
-    other_name = ctx.params.get("other") or ""
+    other_name = ctx.params.other
     other = ctx.repo.archives.filter(name=other_name).first()
     if other is None:
         raise borg.ArchiveMissing(f"Archive {other_name!r} is not in repository {ctx.repo.name}.")
+    archive, other = listing.in_order(archive, other)  # borg diff OLDER NEWER, always
     diff = ArchiveDiff.objects.filter(archive=archive, other=other).first()
     if diff is not None and diff.is_current:
         return ctx.outcome(
@@ -680,9 +562,18 @@ def op_diff(ctx: Context) -> Outcome:
             diff=diff, path=str(data.get("path", "")), change=change_kind(changes), changes=changes
         )
 
-    batcher = _Batcher(ctx, ArchiveDiffItem, parse)
-    ctx.borg(borg.diff_cmd(ctx.repo.location, archive.name, other.name), on_line=batcher)
-    batcher.flush()
+    try:
+        batcher = listing.Loader(
+            ctx.progress, ArchiveDiffItem, parse, lambda total: listing.make_room(total, diff=diff)
+        )
+        ctx.borg(borg.diff_cmd(ctx.repo.location, archive.name, other.name), on_line=batcher)
+        batcher.flush()
+    except listing.ListingTooLarge as exc:
+        diff.delete()
+        raise OperationError(str(exc), "listing_too_large") from None
+    except BaseException:
+        diff.delete()  # no half diff stays behind
+        raise
     ArchiveDiff.objects.filter(pk=diff.pk).update(
         archive_borg_id=archive.borg_id, other_borg_id=other.borg_id, count=batcher.count
     )
@@ -696,10 +587,9 @@ def op_diff(ctx: Context) -> Outcome:
 
 def newest_of_set(repo: Repository, prefix: str) -> Archive | None:
     """The newest complete archive named `<prefix>-<UTC time>`."""
-    pattern = re.compile(re.escape(prefix) + r"-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
     candidates = repo.archives.filter(name__startswith=prefix + "-", is_checkpoint=False)
     for archive in candidates.order_by("-start", "-id"):
-        if pattern.match(archive.name):
+        if naming.in_set(archive.name, prefix):
             return archive
     return None
 
@@ -724,16 +614,19 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _damaged(ctx: Context, archive: Archive, paths: list[str], sandbox: Path) -> list[dict]:
+def _damaged(ctx: Context, archive: Archive, paths: list[str], sandbox: Path, sandbox_fd: int):
     """After borg stopped on damaged data: restore the files one by one to name them."""
     problems = []
     for index, path in enumerate(paths):
         target = sandbox / f"one-{index}"
-        target.mkdir()
+        fd = make_held_dir(sandbox_fd, target.name)
         try:
-            ctx.borg(borg.extract_cmd(ctx.repo.location, archive.name, str(target), [path]))
+            command = borg.extract_cmd(ctx.repo.location, archive.name, str(target), [path])
+            extract_into(ctx, fd, command)
         except borg.IntegrityError as exc:
             problems.append({"path": path, "problem": f"damaged in the repository: {exc.message}"})
+        finally:
+            os.close(fd)
     return problems
 
 
@@ -741,7 +634,7 @@ def op_verify_restore(ctx: Context) -> Outcome:
     """Restore a sample of the newest archive of a backup set into a sandbox and compare it,
     file by file, with the archive's own checksums and with the source as it is now."""
     p = ctx.params
-    prefix = p.get("prefix") or ""
+    prefix = p.prefix
     validation.validate_archive_part(prefix, "Archive prefix")
     sync_catalog(ctx)
     archive = newest_of_set(ctx.repo, prefix)
@@ -751,18 +644,25 @@ def op_verify_restore(ctx: Context) -> Outcome:
         )
     load_contents(ctx, archive)
     files = list(archive.items.filter(type="-").values_list("path", "size"))
-    count = int(p.get("sample_files") or 20)
-    if p.get("sample_percent"):
-        count = math.ceil(len(files) * int(p["sample_percent"]) / 100)
-    sample = choose_sample(files, count, int(p.get("sample_max_bytes") or 100 * 2**20))
+    count = p.sample_files
+    if p.sample_percent:
+        count = math.ceil(len(files) * p.sample_percent / 100)
+    sample = choose_sample(files, count, p.sample_max_bytes)
     result = {"archive_name": archive.name, "files_in_archive": len(files), "sampled": len(sample)}
     if not sample:
         return ctx.outcome({**result, "problems": [], "note": "No regular file fits the sample."})
+    # A private directory with a name nobody can guess (mkdtemp: 0700), held like a target.
     root = Path(settings.RESTORE_ROOTS[0]) / ".verify"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sandbox = prepare_empty_dir(str(root / f"job-{ctx.job.pk}"), settings.RESTORE_ROOTS, "Sandbox")
+    root = validation.require_under_roots(str(root), settings.RESTORE_ROOTS, "Sandbox")
+    require_private_path(root, "Sandbox")
+    sandbox = Path(tempfile.mkdtemp(prefix=f"job-{ctx.job.pk}-", dir=root))
     try:
-        problems = _compare_sample(ctx, archive, sample, sandbox)
+        sandbox_fd = hold_empty_dir(sandbox, "Sandbox")
+        try:
+            problems = _compare_sample(ctx, archive, sample, sandbox, sandbox_fd)
+        finally:
+            os.close(sandbox_fd)
     finally:
         shutil.rmtree(sandbox, ignore_errors=True)
     chosen = set(sample)
@@ -781,13 +681,18 @@ def op_verify_restore(ctx: Context) -> Outcome:
     return ctx.outcome(result)
 
 
-def _compare_sample(ctx: Context, archive: Archive, sample: list[str], sandbox: Path) -> list:
+def _compare_sample(
+    ctx: Context, archive: Archive, sample: list[str], sandbox: Path, sandbox_fd: int
+) -> list:
     restored = sandbox / "restore"
-    restored.mkdir()
+    fd = make_held_dir(sandbox_fd, restored.name)
     try:
-        ctx.borg(borg.extract_cmd(ctx.repo.location, archive.name, str(restored), sample))
+        command = borg.extract_cmd(ctx.repo.location, archive.name, str(restored), sample)
+        extract_into(ctx, fd, command)
     except borg.IntegrityError:
-        return _damaged(ctx, archive, sample, sandbox)
+        return _damaged(ctx, archive, sample, sandbox, sandbox_fd)
+    finally:
+        os.close(fd)
     sums = {}
 
     def collect(raw: bytes) -> None:
@@ -824,12 +729,10 @@ MOUNT_WAIT = 15.0
 
 
 def op_mount(ctx: Context) -> Outcome:
-    name = ctx.params.get("archive") or ""
+    name = ctx.params.archive
     if name:
         name = _archive(ctx).name
-    mountpoint = prepare_empty_dir(
-        ctx.params.get("mountpoint", ""), settings.MOUNT_ROOTS, "Mount point"
-    )
+    mountpoint = prepare_empty_dir(ctx.params.mountpoint, settings.MOUNT_ROOTS, "Mount point")
     ctx.borg(borg.mount_cmd(ctx.repo.location, name or None, str(mountpoint)))
     deadline = time.monotonic() + MOUNT_WAIT
     while not os.path.ismount(mountpoint):
@@ -854,10 +757,9 @@ def op_umount(ctx: Context) -> Outcome:
         ctx.borg(borg.umount_cmd(mountpoint), passphrase=None)
         if os.path.ismount(mountpoint):
             raise OperationError("The mount point is still mounted after umount.", "umount_failed")
-    from borgapp.jobs import release_mount_lease
 
     for mount in Mount.objects.filter(mountpoint=mountpoint):
-        release_mount_lease(mount)
+        lease.release_mount_lease(mount)
         mount.delete()
     message = "Unmounted." if was_mounted else "Nothing was mounted there; the record was cleared."
     return ctx.outcome({"mount_point": mountpoint, "was_mounted": was_mounted, "message": message})

@@ -137,3 +137,19 @@ def become_subreaper(every: float = 1.0) -> bool:
 
     threading.Thread(target=reap_forever, name="orphan-reaper", daemon=True).start()
     return True
+
+
+def borg_serving(mountpoint: str) -> int | None:
+    """The pid of the borg process serving a FUSE mount at `mountpoint` (`borg mount`
+    daemonises, so the job that started it does not know it), or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                args = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in args and mountpoint.encode() in args and any(b"borg" in a for a in args):
+            return int(entry)
+    return None

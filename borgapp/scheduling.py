@@ -9,18 +9,17 @@ mirror) that fires `tasks.run_schedule`; a run makes one Job per repository thro
   the run itself writes the next slot, computed in the schedule's own zone, to its mirror.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from borgapp import validation
+from borgapp import intake, jobs, params, validation
+from borgapp.errors import Conflict, InvalidInput
 from borgapp.models import Job, Schedule
 
 TASK = "borgapp.tasks.run_schedule"
 ACTIVE = (Job.Status.QUEUED, Job.Status.RUNNING)
-SUCCESS = (Job.Status.SUCCEEDED, Job.Status.WARNING)
 
 
 def mirror_name(schedule_id: int) -> str:
@@ -153,50 +152,49 @@ def params_for(schedule: Schedule) -> tuple[str, dict]:
     """The Job kind and parameters one run of this schedule uses (no secret: stored)."""
     op = schedule.operation
     if op == Schedule.Operation.BACKUP:
-        return Job.Kind.BACKUP, {
-            "sources": list(schedule.source_paths),
-            "excludes": list(schedule.exclude_patterns),
-            "prefix": schedule.archive_prefix,
-            "compression": schedule.compression,
-            "one_file_system": schedule.one_file_system,
-            "checkpoint_interval": schedule.checkpoint_interval,
-            "comment": schedule.comment,
-        }
+        return Job.Kind.BACKUP, params.Backup(
+            sources=list(schedule.source_paths),
+            excludes=list(schedule.exclude_patterns),
+            prefix=schedule.archive_prefix,
+            compression=schedule.compression,
+            one_file_system=schedule.one_file_system,
+            checkpoint_interval=schedule.checkpoint_interval,
+            comment=schedule.comment,
+        ).as_dict()
     if op == Schedule.Operation.PRUNE:
         policy = schedule.retention_policy
-        return Job.Kind.PRUNE, {
-            "prefix": schedule.archive_prefix,
-            "policy": policy.name if policy else "",
-            "compact": schedule.compact_after_prune,
-        }
+        return Job.Kind.PRUNE, params.Prune(
+            prefix=schedule.archive_prefix,
+            policy=policy.name if policy else "",
+            compact=schedule.compact_after_prune,
+        ).as_dict()
     if op == Schedule.Operation.COMPACT:
         return Job.Kind.COMPACT, {}
     if op == Schedule.Operation.CHECK:
-        return Job.Kind.CHECK, {
-            "repository_only": schedule.check_scope == Schedule.CheckScope.REPOSITORY,
-            "archives_only": schedule.check_scope == Schedule.CheckScope.ARCHIVES,
-            "verify_data": schedule.verify_data,
-            "max_duration": schedule.max_duration,
-            "last": schedule.check_last,
-        }
-    return Job.Kind.VERIFY_RESTORE, {
-        "prefix": schedule.archive_prefix,
-        "sample_files": schedule.sample_files,
-        "sample_percent": schedule.sample_percent,
-        "sample_max_bytes": schedule.sample_max_bytes,
-    }
+        return Job.Kind.CHECK, params.Check(
+            scope=schedule.check_scope,
+            verify_data=schedule.verify_data,
+            max_duration=schedule.max_duration,
+            last=schedule.check_last,
+        ).as_dict()
+    return Job.Kind.VERIFY_RESTORE, params.VerifyRestore(
+        prefix=schedule.archive_prefix,
+        sample_files=schedule.sample_files,
+        sample_percent=schedule.sample_percent,
+        sample_max_bytes=schedule.sample_max_bytes,
+    ).as_dict()
 
 
 def record_skip(schedule: Schedule, repository, kind: str, trigger: str, reason: str, user=None):
-    from borgapp import jobs
-
+    """A run that does not happen is recorded as a skipped Job with the reason (and told)."""
     job = jobs.create(kind, repository, trigger=trigger, schedule=schedule, user=user)
-    now = timezone.now()
-    Job.objects.filter(pk=job.pk).update(
-        status=Job.Status.SKIPPED, finished_at=now, error_code="skipped", error_message=reason
+    jobs.end(
+        job,
+        Job.Status.SKIPPED,
+        only_from=Job.Status.QUEUED,
+        error_code="skipped",
+        error_message=reason,
     )
-    job.refresh_from_db()
-    jobs.finished(job)
     return job
 
 
@@ -205,9 +203,7 @@ def start_runs(
 ) -> list[Job]:
     """One run of a schedule: a Job per repository (in parallel across repositories on the
     workers), or a recorded skip where the previous run is still queued or running."""
-    from borgapp import intake
-
-    kind, params = params_for(schedule)
+    kind, values = params_for(schedule)
     made = []
     for repository in schedule.repositories.order_by("name"):
         busy = (
@@ -223,7 +219,7 @@ def start_runs(
             job = intake.start(
                 kind,
                 repository,
-                params,
+                values,
                 trigger=trigger,
                 user=user,
                 schedule=schedule,
@@ -231,7 +227,7 @@ def start_runs(
                 echo=echo,
                 audit_refusal=False,  # the skip below is audited
             )
-        except (validation.InvalidInput, intake.Conflict) as exc:
+        except (InvalidInput, Conflict) as exc:
             job = record_skip(schedule, repository, kind, trigger, str(exc), user)
         made.append(job)
     return made
@@ -239,16 +235,14 @@ def start_runs(
 
 def start_dry_run(schedule: Schedule, *, trigger: str, user=None, inline=False) -> list[Job]:
     """A prune schedule's dry run: per repository, what its policy would remove and keep."""
-    from borgapp import intake
-
     if schedule.operation != Schedule.Operation.PRUNE:
         raise validation.InvalidInput("Only a prune schedule has a dry run.")
-    _, params = params_for(schedule)
+    _, values = params_for(schedule)
     return [
         intake.start(
             Job.Kind.PRUNE,
             repository,
-            {**params, "dry_run": True},
+            {**values, "dry_run": True},
             trigger=trigger,
             user=user,
             schedule=schedule,
@@ -275,52 +269,3 @@ def run_due(schedule_id: int) -> dict:
     with transaction.atomic():
         made = start_runs(schedule, trigger=Job.Trigger.SCHEDULE)
     return {"jobs": [job.pk for job in made]}
-
-
-def record_outcome(job: Job) -> None:
-    """Keep the schedule's last run / last outcome / last success current."""
-    if not job.schedule_id or not job.is_finished:
-        return
-    values = {"last_outcome": job.status}
-    if job.status != Job.Status.SKIPPED:
-        values["last_run_at"] = job.started_at or job.finished_at
-    if job.status in SUCCESS:
-        values["last_success_at"] = job.finished_at
-    Schedule.objects.filter(pk=job.schedule_id).update(**values)
-
-
-# --- retries -----------------------------------------------------------------------------------
-
-TRANSIENT = {"connection_closed", "lock_timeout"}
-
-
-def retry_if_transient(job: Job) -> Job | None:
-    """A scheduled job that failed for a passing reason (the connection dropped, a lock held
-    by something outside the app) is tried again after a growing wait, up to
-    SCHEDULE_RETRIES more times. Warnings, wrong passphrases, integrity errors and a full
-    disk are never retried."""
-    from borgapp import jobs
-
-    if (
-        not job.schedule_id
-        or job.status != Job.Status.FAILED
-        or job.error_code not in TRANSIENT
-        or job.attempt > settings.SCHEDULE_RETRIES
-    ):
-        return None
-    wait = settings.SCHEDULE_RETRY_WAIT * 2 ** (job.attempt - 1)
-    retry = jobs.create(
-        job.kind,
-        job.repository,
-        trigger=job.trigger,
-        params=job.params,
-        schedule=job.schedule,
-        archive_name=job.archive_name,
-    )
-    Job.objects.filter(pk=retry.pk).update(
-        attempt=job.attempt + 1,
-        retry_of=job,
-        not_before=timezone.now() + timedelta(seconds=wait),
-    )
-    retry.refresh_from_db()
-    return retry

@@ -1,8 +1,7 @@
 """django-q2 entry points. They take ids only: no secret ever enters a task payload."""
 
-from django.utils import timezone
-
-from borgapp import jobs
+from borgapp import alerts, jobs, notifications, reconcile, scheduling
+from borgapp.models import WorkerHeartbeat
 
 
 def run_job(job_id: int) -> None:
@@ -11,25 +10,17 @@ def run_job(job_id: int) -> None:
 
 def maintenance() -> dict:
     """Every minute: repair state after crashes (REL-14) and record that a worker is alive."""
-    from borgapp.models import WorkerHeartbeat
-
-    WorkerHeartbeat.objects.update_or_create(pk=1, defaults={"seen_at": timezone.now()})
-    from borgapp import alerts
-
-    result = jobs.reconcile()
-    result["retries_dispatched"] = jobs.dispatch_due()
+    WorkerHeartbeat.beat()
+    result = reconcile.repair()
+    result["retries_dispatched"] = reconcile.dispatch_due()
     result["alerts"] = alerts.evaluate()
     return result
 
 
 def daily_digest() -> int:
-    from borgapp import notifications
-
     return notifications.digest()
 
 
 def run_schedule(schedule_id: int) -> dict:
     """A Schedule's django-q2 mirror fired (see scheduling.py)."""
-    from borgapp import scheduling
-
     return scheduling.run_due(schedule_id)

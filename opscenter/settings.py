@@ -10,6 +10,7 @@ from pathlib import Path
 import environ
 from cryptography.fernet import Fernet
 
+from opscenter.filemodes import create_private, sqlite_path
 from opscenter.keyfiles import read_or_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -44,11 +45,13 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from here (no CDN)
     "django_q",
     "borgapp",
 ]
 
 MIDDLEWARE = [
+    "borgapp.security_headers.ContentSecurityPolicyMiddleware",
     "borgapp.proxy.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -110,6 +113,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test.sqlite3")
+    # 0600 from the start, whatever the umask (its -wal and -shm files follow its mode)
+    if sqlite_path(DATABASES["default"]):
+        create_private(sqlite_path(DATABASES["default"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -124,6 +130,7 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
+FORMAT_MODULE_PATH = ["opscenter.formats"]  # dates with their zone, one format (formats/en)
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("OPSCENTER_STATIC_ROOT", default=str(DATA_DIR / "static")))
@@ -177,13 +184,31 @@ BORG_GRACE_SIGTERM = env.float("BORG_GRACE_SIGTERM", default=15.0)
 JOB_DEADLINE = env.int("OPSCENTER_JOB_DEADLINE", default=24 * 3600)
 # How long the integration guide's routes wait for their job before answering 202.
 SEED_WAIT = env.float("OPSCENTER_SEED_WAIT", default=300.0)
-# A running job whose heartbeat is older than this is treated as dead (REL-14).
+# requests of one web process that may wait for their job at once; the next answers 202
+SEED_WAITERS = env.int("OPSCENTER_SEED_WAITERS", default=4)
+# Adding a repository in the admin waits this long for borg's answer (a wrong passphrase is
+# then an error on the form); a slower init or import goes on as a job. Shares SEED_WAITERS.
+ADMIN_REGISTER_WAIT = env.float("OPSCENTER_ADMIN_REGISTER_WAIT", default=30.0)
+# An exported repository key waits this many seconds for the admin who asked for it.
+KEY_DOWNLOAD_TTL = env.int("OPSCENTER_KEY_DOWNLOAD_TTL", default=900)
+# File listings (archive contents and diffs) read from borg: the rows they may hold together
+# (about 360 bytes each), and the listing jobs one user or one repository may have waiting.
+LISTING_MAX_ROWS = env.int("OPSCENTER_LISTING_MAX_ROWS", default=5_000_000)
+LISTING_JOBS_PER_USER = env.int("OPSCENTER_LISTING_JOBS_PER_USER", default=2)
+LISTING_JOBS_PER_REPOSITORY = env.int("OPSCENTER_LISTING_JOBS_PER_REPOSITORY", default=4)
 # A repository whose last successful backup is older than this shows red (the guide: 25 h).
 BACKUP_OVERDUE_HOURS = env.int("OPSCENTER_BACKUP_OVERDUE_HOURS", default=25)
 # Alert defaults (the guide's thresholds); each repository may override them in the admin.
 ALERT_SUCCESS_RATE_MIN = env.float("OPSCENTER_ALERT_SUCCESS_RATE_MIN", default=99.0)
 ALERT_SUCCESS_WINDOW_DAYS = env.int("OPSCENTER_ALERT_SUCCESS_WINDOW_DAYS", default=30)
+# A rate means nothing over a handful of jobs, and one failure must not fire for the whole
+# window: the rate is judged from this many ended jobs, and a run of this many successes
+# (the newest jobs) clears it.
+ALERT_SUCCESS_MIN_JOBS = env.int("OPSCENTER_ALERT_SUCCESS_MIN_JOBS", default=10)
+ALERT_SUCCESS_CLEARING_RUN = env.int("OPSCENTER_ALERT_SUCCESS_CLEARING_RUN", default=3)
 ALERT_DEDUP_MIN = env.float("OPSCENTER_ALERT_DEDUP_MIN", default=1.5)
+# Deduplication shows only from the second backup of the same data on: judged from this many.
+ALERT_DEDUP_MIN_ARCHIVES = env.int("OPSCENTER_ALERT_DEDUP_MIN_ARCHIVES", default=3)
 ALERT_GROWTH_FACTOR = env.float("OPSCENTER_ALERT_GROWTH_FACTOR", default=2.0)
 ALERT_CHECK_MAX_AGE_DAYS = env.int("OPSCENTER_ALERT_CHECK_MAX_AGE_DAYS", default=8)
 # While the worker is silent, web probes evaluate alerts in a background thread (so a slow
@@ -198,6 +223,10 @@ METRICS_ALLOW = env.list("OPSCENTER_METRICS_ALLOW", default=["127.0.0.1", "::1"]
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="opscenter@localhost")
 NOTIFY_TIMEOUT = env.float("OPSCENTER_NOTIFY_TIMEOUT", default=10.0)
+# Webhooks, Apprise URLs and pings never reach loopback, link-local, private or reserved
+# addresses, except these host names and networks (e.g. ntfy.lan,10.0.5.0/24).
+NOTIFY_ALLOW_HOSTS = env.list("OPSCENTER_NOTIFY_ALLOW_HOSTS", default=[])
+# A running job whose heartbeat is older than this is treated as dead (REL-14).
 JOB_STALE_AFTER = env.int("OPSCENTER_JOB_STALE_AFTER", default=600)
 # Scheduled jobs that fail for a passing reason (connection closed, a foreign lock) are
 # retried up to this many times, waiting RETRY_WAIT, then twice that, and so on (seconds).
@@ -263,6 +292,9 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "borgapp.api.schema.add_error_responses",

@@ -5,6 +5,8 @@ from django.views.generic import RedirectView
 from borgapp import metrics
 
 urlpatterns = [
+    # no public site: the root is the control panel
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/", include("borgapp.api.urls")),
     path("metrics", metrics.metrics_view, name="metrics"),

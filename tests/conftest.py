@@ -1,28 +1,16 @@
-import io
+"""Fixtures and hooks only; the plain helpers the test modules share are in tests/helpers.py."""
+
 import os
-import signal
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.core.management import call_command
-from django.core.management.base import CommandError
 
-ROOT = Path(__file__).resolve().parent.parent
-PASSPHRASE = "correct horse battery staple"
+# helpers.py asserts (make_repo): rewritten as in a test module, so a failure shows its values
+pytest.register_assert_rewrite("tests.helpers")
 
-
-@dataclass
-class Roots:
-    base: Path
-    repos: Path
-    restore: Path
-    mnt: Path
-    borg_base: Path
-    env: dict
+from tests.helpers import PASSPHRASE, ROOT, Roots, cli, spawn_manage, stop_process  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +18,13 @@ def _alert_watch_in_the_request(settings):
     """A web probe's alert evaluation runs in the request here: a background thread would
     write outside the test's transaction (test_alerts.py tests the thread itself)."""
     settings.ALERT_WATCH_THREAD = False
+
+
+@pytest.fixture(autouse=True)
+def _register_without_waiting(settings):
+    """In-process admin tests run jobs themselves (no worker): adding a repository must not
+    wait for a worker that is not there. Tests of the wait set it back."""
+    settings.ADMIN_REGISTER_WAIT = 0
 
 
 @pytest.fixture(autouse=True)
@@ -75,41 +70,6 @@ def passfile(tmp_path):
     return path
 
 
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-def cli(*args) -> CliResult:
-    """Run a management command in-process as a script would, with its exit code."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command(*[str(a) for a in args], stdout=out, stderr=err)
-        code = 0
-    except CommandError as exc:
-        code = exc.returncode
-        err.write(str(exc))
-    except SystemExit as exc:
-        code = exc.code
-    return CliResult(code, out.getvalue(), err.getvalue())
-
-
-def manage(args, env, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    """Run manage.py as a real child process (exit codes, stderr, kill tests)."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *[str(a) for a in args]],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        **kwargs,
-    )
-
-
 @pytest.fixture
 def repo(db, roots, passfile):
     """An initialized repokey-blake2 repository named 'main'."""
@@ -122,26 +82,32 @@ def repo(db, roots, passfile):
     return Repository.objects.get(name="main")
 
 
-def write_files(base: Path, files: dict[str, bytes | str]) -> Path:
-    for rel, content in files.items():
-        path = base / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-    return base
+_TRANSACTIONAL = {"transactional_db", "live_server", "django_db_reset_sequences"}
 
 
-def spawn_manage(args, env, **kwargs) -> subprocess.Popen:
-    """manage.py as a child process in its own session (so a test can kill its group)."""
-    options = {
-        "stdin": subprocess.DEVNULL,
-        "stdout": subprocess.DEVNULL,
-        "stderr": subprocess.DEVNULL,
-        "start_new_session": True,
-        **kwargs,
-    }
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), *map(str, args)], env=env, cwd=ROOT, **options
-    )
+def _database_kind(item) -> int:
+    """pytest-django's order: 0 uses the database inside a rolled-back transaction, 1 is
+    transactional (its tables are flushed afterwards), 2 does not touch the database."""
+    marker = item.get_closest_marker("django_db")
+    names = set(getattr(item, "fixturenames", ()))
+    if marker is not None and (marker.kwargs.get("transaction") or marker.args[:1] == (True,)):
+        return 1
+    if names & _TRANSACTIONAL:
+        return 1
+    return 0 if marker is not None or "db" in names else 2
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Put pytest-django's order back after pytest's fixture-scope reordering broke it.
+
+    A transactional test flushes every table when it ends, the rows of data migrations too
+    (the "recommended" retention policy). pytest-django sorts them after the tests that run
+    in a transaction, but pytest then regroups items around the browser tests' class- and
+    session-scoped fixtures, which moved test_browser and test_csp into the middle of the
+    transaction group and made every later test that needs a migration's row fail (CI of
+    stop 17). A stable sort keeps each group's own order, so class fixtures stay together."""
+    items.sort(key=_database_kind)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -164,17 +130,6 @@ def cluster(roots, tmp_path, request):
     request.node.worker_log = log
     yield proc
     stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """Stop a spawned command as a service manager would: SIGTERM to the command itself
-    (django-q2's cluster then stops its own children), SIGKILL to its group if it hangs."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.fixture

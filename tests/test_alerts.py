@@ -4,53 +4,33 @@ digest), /metrics and /healthz, all from the database."""
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from django.contrib.auth.models import User
 from django.core import mail
 from django.utils import timezone
 
 from borgapp import alerts, notifications
 from borgapp.models import Alert, Archive, Channel, Job, Repository, WorkerHeartbeat
-from tests.conftest import cli, write_files
+from tests.helpers import Receiver, cli, staff, write_files
 
 pytestmark = pytest.mark.django_db
 SECRET = "webhook signing secret"
 
 
-class Receiver:
-    """A local HTTP server on 127.0.0.1 that records what it is sent."""
-
-    def __init__(self):
-        self.requests = []
-        received = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def _record(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                received.append((self.command, self.path, self.headers, body))
-                self.send_response(200)
-                self.end_headers()
-
-            do_GET = do_POST = _record
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
+@pytest.fixture
+def allow_loopback(settings):
+    """The local test servers are internal targets: allowed the documented way."""
+    settings.NOTIFY_ALLOW_HOSTS = ["127.0.0.1"]
 
 
 @pytest.fixture
-def receiver():
+def receiver(allow_loopback):
     server = Receiver()
     yield server
     server.close()
@@ -154,8 +134,55 @@ def test_success_rate_threshold_is_exact():
     assert "199 of 202 jobs succeeded" in reason
 
 
+def ended_jobs(repo, statuses):
+    """Jobs that ended with these statuses, the first of them the newest."""
+    now = timezone.now()
+    for index, status in enumerate(statuses):
+        Job.objects.create(kind="backup", repository=repo, trigger="schedule", status=status,
+                           finished_at=now - timedelta(hours=index + 1))  # fmt: skip
+
+
+def test_success_rate_needs_enough_jobs_and_clears_after_a_run_of_successes():
+    repo = ready_repo()
+    fresh_archive(repo)
+    ended_jobs(repo, ["failed", "succeeded"])  # a new repository's first failure
+    assert "success_rate" not in fired_kinds()  # 1 of 2 is no rate
+    Job.objects.all().delete()
+    ended_jobs(repo, ["succeeded", "failed", "succeeded", "failed"] + ["succeeded"] * 8)
+    assert "success_rate" in fired_kinds()  # failing every other run: 10 of 12
+    Job.objects.all().delete()
+    ended_jobs(repo, ["succeeded"] * 3 + ["failed"] + ["succeeded"] * 8)
+    assert "success_rate" not in fired_kinds()  # 11 of 12, but the newest three are good
+    assert Alert.objects.get(kind="success_rate").state == "resolved"
+
+
+def test_the_health_light_is_never_green_while_an_alert_fires(client):
+    repo = ready_repo("main")
+    fresh_archive(repo)
+    Job.objects.create(kind="backup", repository=repo, trigger="schedule",
+                       status="succeeded", finished_at=timezone.now())  # fmt: skip
+    client.force_login(staff("viewer"))
+
+    def lights():
+        listed = client.get("/admin/borgapp/repository/").content.decode()
+        board = client.get("/admin/").content.decode()
+        return [re.findall(r'data-health="(\w+)"', page) for page in (listed, board)]
+
+    assert lights() == [["green"], ["green"]]
+    Alert.objects.create(kind="check_age", repository=repo, reason="The last successful "
+                         "check of main never ran.")  # fmt: skip
+    assert lights() == [["amber"], ["amber"]]
+    assert (
+        "alert: The last successful check of main never ran."
+        in client.get("/admin/borgapp/repository/").content.decode()
+    )
+
+
 def test_deduplication_below_1_5_fires():
     repo = ready_repo(total_size=140, unique_compressed_size=100)  # ratio 1.4
+    fresh_archive(repo)
+    assert "deduplication" not in fired_kinds()  # one backup: nothing deduplicates yet
+    fresh_archive(repo)
     fresh_archive(repo)
     assert "deduplication" in fired_kinds()
     Repository.objects.filter(pk=repo.pk).update(total_size=160)  # 1.6
@@ -226,7 +253,9 @@ def test_a_dead_worker_is_announced_by_the_web_process(client, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_probe_answers_while_a_slow_channel_is_still_being_told(client, settings, monkeypatch):
+def test_a_probe_answers_while_a_slow_channel_is_still_being_told(
+    client, settings, monkeypatch, allow_loopback
+):
     """The probe's evaluation runs in a thread of its own: a channel that hangs delays the
     notification, never the answer to /healthz."""
     settings.ALERT_WATCH_THREAD = True
@@ -296,7 +325,7 @@ def test_a_worker_that_never_started_fires_once_schedules_wait_for_it():
     assert "No worker has ever ticked" in Alert.objects.get(kind="worker", state="firing").reason
 
 
-def test_a_failing_channel_never_breaks_a_job_and_keeps_its_error(repo, tmp_path):
+def test_a_failing_channel_never_breaks_a_job_and_keeps_its_error(repo, tmp_path, allow_loopback):
     Channel.objects.create(name="dead", kind="webhook", target="http://127.0.0.1:9/nothing",
                            events=["job_succeeded", "job_failed"])  # fmt: skip
     src = write_files(tmp_path / "src", {"a.txt": "alpha"})
@@ -315,10 +344,11 @@ def test_schedule_pings_and_job_events(repo, tmp_path, receiver):
         "--cron", "0 2 * * *", "--source", src)  # fmt: skip
     from borgapp.models import Schedule
 
-    Schedule.objects.filter(name="nightly").update(
-        ping_start_url=f"{receiver.url}/start", ping_success_url=f"{receiver.url}/ok",
-        ping_failure_url=f"{receiver.url}/fail",
-    )  # fmt: skip
+    schedule = Schedule.objects.get(name="nightly")
+    schedule.ping_start_url = f"{receiver.url}/start"  # stored encrypted
+    schedule.ping_success_url = f"{receiver.url}/ok"
+    schedule.ping_failure_url = f"{receiver.url}/fail"
+    schedule.save()
     Channel.objects.create(name="mail", kind="email", target="a@example.com",
                            events=["job_succeeded", "job_failed"])  # fmt: skip
     mail.outbox.clear()
@@ -326,6 +356,20 @@ def test_schedule_pings_and_job_events(repo, tmp_path, receiver):
     assert [(m, p) for m, p, _, _ in receiver.requests] == [("GET", "/start"), ("GET", "/ok")]
     assert mail.outbox[-1].subject.startswith("[opscenter] Backup of main")
     assert "succeeded" in mail.outbox[-1].subject
+
+
+def test_a_backup_that_warns_reaches_the_channels_that_asked_for_warnings(repo, tmp_path):
+    for name, events in (("warnings", ["job_warning"]), ("successes", ["job_succeeded"]),
+                         ("failures", ["job_failed"])):  # fmt: skip
+        Channel.objects.create(name=name, kind="email", target=f"{name}@example.com",
+                               events=events)  # fmt: skip
+    src = write_files(tmp_path / "src", {"a.txt": "alpha"})
+    mail.outbox.clear()
+    assert cli("borg_backup", "main", "--source", src, "--source", tmp_path / "typo").code == 1
+    told = {m.to[0].split("@")[0]: m for m in mail.outbox}
+    assert set(told) == {"warnings", "successes"}  # a success with remarks, not a failure
+    assert "warning" in told["warnings"].subject
+    assert "ended with a warning" in told["warnings"].body and "typo" in told["warnings"].body
 
 
 def test_daily_digest_and_test_message(repo, tmp_path):
@@ -371,3 +415,18 @@ def test_an_apprise_channel_delivers(receiver):
     assert sent["title"] == "subject line" and sent["message"] == "the body"
     channel.refresh_from_db()
     assert channel.last_error == "" and channel.last_sent_at is not None
+
+
+def test_a_test_email_that_goes_nowhere_says_so(client, settings):
+    """The default EMAIL_URL (consolemail://) prints mail: "sent" would be a lie."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    channel = Channel.objects.create(name="mail", kind="email", target="ops@example.com",
+                                     events=[])  # fmt: skip
+    result = cli("test_notification", "mail")
+    assert result.code == 0 and "not sent anywhere" in result.err and "EMAIL_URL" in result.err
+    client.force_login(User.objects.create_superuser("boss", password="boss-password-123"))
+    answer = client.post("/admin/borgapp/channel/", {"action": "send_test",
+                                                     "_selected_action": [channel.pk]},
+                         follow=True)  # fmt: skip
+    said = [str(m) for m in answer.context["messages"]]
+    assert said and "not sent anywhere" in said[0] and ": sent." not in said[0]

@@ -6,37 +6,18 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth.models import Group, User
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from borgapp import jobs
-from borgapp.models import Archive, Job, Repository, RetentionPolicy, Schedule
-from tests.conftest import PASSPHRASE, write_files
+from borgapp.models import Alert, Archive, Job, Repository, RetentionPolicy, Schedule
+from tests.helpers import PASSPHRASE, client_for, worker_runs, write_files
 
 pytestmark = pytest.mark.django_db
-
-
-def client_for(role: str | None, superuser=False) -> APIClient:
-    user = User.objects.create_user(
-        f"user-{role}-{superuser}", password="x" * 20, is_superuser=superuser
-    )
-    if role:
-        user.groups.add(Group.objects.get(name=role))
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
 
 
 @pytest.fixture
 def admin_client():
     return client_for("admin")
-
-
-def worker_runs(job_id):
-    """What a django-q2 worker does with the task (run here, in-process)."""
-    jobs.run_queued(job_id)
-    return Job.objects.get(pk=job_id)
 
 
 def init_via_api(client, roots, name="main"):
@@ -90,11 +71,20 @@ ROUTES = [
     ("/api/v1/jobs/", "get", None, "viewer"),
     ("/api/v1/retention-policies/", "get", None, "viewer"),
     ("/api/v1/schedules/", "get", None, "viewer"),
+    ("/api/v1/alerts/", "get", None, "viewer"),
     ("/api/v1/repositories/main/backup/", "post", {"sources": ["/etc/hostname"]}, "operator"),
     ("/api/v1/repositories/main/check/", "post", {}, "operator"),
     ("/api/v1/repositories/main/compact/", "post", {}, "operator"),
     ("/api/v1/repositories/main/sync/", "post", {}, "operator"),
-    ("/api/v1/repositories/main/prune/", "post", {"prefix": "x", "keep_daily": 1}, "operator"),
+    ("/api/v1/repositories/main/prune/", "post", {"prefix": "x", "policy": "mine"}, "operator"),
+    # ad-hoc keep rules delete what an admin never chose: admins only; a dry run only looks
+    ("/api/v1/repositories/main/prune/", "post", {"prefix": "x", "keep_daily": 1}, "admin"),
+    (
+        "/api/v1/repositories/main/prune/",
+        "post",
+        {"prefix": "x", "keep_last": 1, "dry_run": True},
+        "operator",
+    ),
     ("/api/v1/repositories/main/break-lock/", "post", {}, "admin"),
     ("/api/v1/repositories/main/", "patch", {"append_only": False}, "admin"),
     ("/api/v1/retention-policies/", "post", {"name": "p", "keep_daily": 3}, "admin"),
@@ -109,8 +99,8 @@ ROUTES = [
     ("/api/v1/schedules/{schedule}/", "patch", {"cron": "0 4 * * *"}, "admin"),
     ("/api/v1/schedules/{schedule}/", "delete", None, "admin"),
     ("/api/v1/archives/{archive}/", "get", None, "viewer"),
-    ("/api/v1/archives/{archive}/contents/", "get", None, "viewer"),
-    ("/api/v1/archives/{archive}/diff/?other={other}", "get", None, "viewer"),
+    ("/api/v1/archives/{archive}/contents/", "post", None, "viewer"),
+    ("/api/v1/archives/{archive}/diff/?other={other}", "post", None, "viewer"),
     ("/api/v1/archives/{archive}/extract/", "post", {"target": "{tmp}/restore"}, "operator"),
     ("/api/v1/archives/{archive}/mount/", "post", {"mountpoint": "{tmp}/mnt"}, "operator"),
     ("/api/v1/archives/{archive}/", "delete", None, "admin"),
@@ -325,10 +315,12 @@ def test_key_export_and_change_passphrase_through_the_api(admin_client, roots):
     assert job.status == "succeeded" and job.secret_payload
     assert "BORG_KEY" not in job.secret_payload  # stored encrypted
     assert "secret_payload" not in admin_client.get(started["Location"]).json()
-    assert operator.get(f"{started['Location']}key/").status_code == 403
-    key = admin_client.get(f"{started['Location']}key/")
+    assert operator.post(f"{started['Location']}key/").status_code == 403
+    # a GET changes nothing (a cross-site link cannot consume the key)
+    assert admin_client.get(f"{started['Location']}key/").status_code == 405
+    key = admin_client.post(f"{started['Location']}key/")
     assert key.status_code == 200 and key.json()["key"].startswith("BORG_KEY ")
-    again = admin_client.get(f"{started['Location']}key/")
+    again = admin_client.post(f"{started['Location']}key/")
     assert again.status_code == 404  # one download only
 
     changed = admin_client.post(
@@ -351,7 +343,14 @@ SEED_ROUTES = [
         {"archive_name": "a", "source_paths": ["/etc/hostname"], "repository_path": "{repo}"},
         "operator",
     ),
-    ("post", f"{SEED}/prune?async=true", {"repository_path": "{repo}"}, "operator"),
+    # the guide's default keep rules are ad-hoc (admins); with an admin's policy, operators
+    ("post", f"{SEED}/prune?async=true", {"repository_path": "{repo}"}, "admin"),
+    (
+        "post",
+        f"{SEED}/prune?async=true",
+        {"repository_path": "{repo}", "policy": "guide-policy"},
+        "operator",
+    ),
     ("post", f"{SEED}/compact?async=true&repository_path={{repo}}", None, "operator"),
     ("post", f"{SEED}/check?async=true&repository_path={{repo}}", None, "operator"),
     (
@@ -382,6 +381,7 @@ def test_seed_route_by_role(method, route, payload, needed, role, roots, setting
     settings.SEED_WAIT = 2  # no worker runs here: never wait long
     repo = Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
     Archive.objects.create(repository=repo, name="a1", created_by_app=True)
+    RetentionPolicy.objects.create(name="guide-policy", keep_daily=3)
     places = {
         "repo": repo.location,
         "repos": roots.repos,
@@ -477,3 +477,26 @@ def test_the_client_behind_a_trusted_proxy_is_the_one_throttled_and_audited(sett
     garbage = {"REMOTE_ADDR": "10.0.0.2", "HTTP_X_FORWARDED_FOR": "not-an-ip"}
     bad.get("/api/v1/jobs/", **garbage)
     assert AuditEvent.objects.latest("pk").client_address == "10.0.0.2"
+
+
+def test_alerts_are_readable_and_filterable_by_repository_and_state(tmp_path):
+    main = Repository.objects.create(name="main", location=str(tmp_path / "m"), state="ready")
+    other = Repository.objects.create(name="other", location=str(tmp_path / "o"), state="ready")
+    Alert.objects.create(kind="overdue", repository=main, reason="main is overdue")
+    Alert.objects.create(kind="check_age", repository=other, reason="never checked")
+    Alert.objects.create(kind="success_rate", repository=main, reason="old", state="resolved")
+    Alert.objects.create(kind="worker", reason="No worker has ever ticked")
+    api = client_for("viewer")
+    firing = api.get("/api/v1/alerts/", {"state": "firing"}).json()
+    assert firing["count"] == 3
+    of_main = api.get("/api/v1/alerts/", {"repository": "main", "state": "firing"}).json()
+    [only] = of_main["results"]
+    assert (only["kind"], only["kind_display"], only["repository_name"]) == (
+        "overdue", "Last successful backup too old", "main",
+    )  # fmt: skip
+    assert only["reason"] == "main is overdue" and only["resolved_at"] is None
+    worker = api.get("/api/v1/alerts/", {"kind": "worker"}).json()["results"][0]
+    assert worker["repository"] is None and worker["repository_name"] is None
+    bad = api.get("/api/v1/alerts/", {"state": "burning"})
+    assert bad.status_code == 400 and "state" in bad.json()["fields"]
+    assert client_for("admin").post("/api/v1/alerts/", {}, format="json").status_code == 405

@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.test_api import client_for
+from tests.helpers import client_for
 
 EXAMPLES_PER_OPERATION = 8
 

@@ -11,8 +11,7 @@ from rest_framework.test import APIClient
 
 from borgapp import jobs
 from borgapp.models import Archive, AuditEvent, Job, Repository
-from tests.conftest import PASSPHRASE, cli, write_files
-from tests.test_api import client_for
+from tests.helpers import PASSPHRASE, cli, client_for, write_files
 
 pytestmark = pytest.mark.django_db
 NEW_PASSPHRASE = "a brand new passphrase 42"
@@ -75,7 +74,7 @@ CASES = [
     ("extract refused", "extract", "refused",
      lambda w: w["admin"].post(archive_url(w, "extract/"), {"target": "/etc/x"}, format="json")),
     ("list contents (a job)", "contents", "success",
-     lambda w: w["admin"].get(archive_url(w, "contents/"))),
+     lambda w: w["admin"].post(archive_url(w, "contents/"))),
     ("delete archive", "delete", "success", lambda w: w["admin"].delete(archive_url(w))),
     ("repository changed", "repository.changed", "success",
      lambda w: w["admin"].patch("/api/v1/repositories/main/", {"append_only": False},
@@ -175,7 +174,7 @@ def test_admin_sign_in_success_and_failure_and_browsing(world, client):
     assert [(e.actor, e.outcome) for e in signs] == [("ann", "failure"), ("ann", "success")]
     assert signs[0].client_address == "127.0.0.1" and signs[0].source == "admin"
     admin = world["admin"]
-    jobs.run_queued(admin.get(archive_url(world, "contents/")).json()["id"])
+    jobs.run_queued(admin.post(archive_url(world, "contents/")).json()["id"])
     before = AuditEvent.objects.count()
     assert admin.get(archive_url(world, "contents/")).status_code == 200
     browse = AuditEvent.objects.latest("pk")

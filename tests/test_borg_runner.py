@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from borgapp import borg
-from tests.conftest import PASSPHRASE
+from tests.helpers import PASSPHRASE
 
 BORG = str(Path(sys.executable).with_name("borg"))
 
@@ -268,6 +268,76 @@ def test_only_borg_py_imports_subprocess():
     assert "shell=True" not in (root / "borgapp" / "borg.py").read_text()
 
 
+# Where Django needs an import at run time: apps.ready registers checks and signals once the
+# models exist; the API's authentication class is loaded while DRF reads its settings.
+LATE_IMPORTS_ALLOWED = {"borgapp/apps.py", "borgapp/api/auth.py"}
+
+
+def test_project_modules_import_each_other_at_the_top():
+    """A function-local import of the project's own modules hides a dependency from the layers
+    contract (make lint); issue 11 hoisted them all."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for directory in ("borgapp", "opscenter"):
+        for path in (root / directory).rglob("*.py"):
+            name = str(path.relative_to(root))
+            if "/migrations/" in name or name in LATE_IMPORTS_ALLOWED:
+                continue
+            for func in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for node in ast.walk(func):
+                    module = ""
+                    if isinstance(node, ast.ImportFrom):
+                        module = "." * node.level + (node.module or "")
+                    elif isinstance(node, ast.Import):
+                        module = " ".join(alias.name for alias in node.names)
+                    if module.startswith((".", "borgapp", "opscenter")):
+                        offenders.append(f"{name}:{node.lineno} {module}")
+    assert offenders == []
+
+
+def test_the_benchmarks_import_what_exists():
+    """bench/ scripts import the app inside main() (after Django is set up): a module that
+    moves must not leave them broken until someone runs them."""
+    import ast
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for path in sorted((root / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("borgapp"):
+                module = importlib.import_module(node.module)
+                missing += [
+                    f"{path.name}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if not hasattr(module, alias.name)
+                    and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
+                ]
+    assert missing == []
+
+
 def test_write_exclude_file(tmp_path):
     path = borg.write_exclude_file(tmp_path, ["*.log", "sh:/tmp/**"])
     assert path.read_text() == "*.log\nsh:/tmp/**\n"
+
+
+def test_a_borg_traceback_is_reported_as_unexpected_not_by_its_last_line(tmp_path, config):
+    """borg dies of a Python exception before --log-json is set up when an exclude file holds
+    a broken regex (intake refuses such patterns; this writes the file behind its back). Its
+    last line of output is system info ("SSH_ORIGINAL_COMMAND: None"), never a reason."""
+    repo = tmp_path / "repo"
+    borg.run(borg.init_cmd(str(repo), "none"), config)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    exclude = tmp_path / "exclude"
+    exclude.write_text("re:[unclosed\n")
+    with pytest.raises(borg.BorgError) as caught:
+        borg.run(borg.create_cmd(str(repo), "a", [str(src)], exclude_file=str(exclude)), config)
+    assert str(caught.value) == "borg failed unexpectedly (exit 2); its log is kept with the job."
+    assert "SSH_ORIGINAL_COMMAND" not in str(caught.value)
+    assert any("unterminated character set" in line for line in caught.value.tail)

@@ -27,11 +27,28 @@ LW = "--lock-wait=600"
     [
         (
             borg.init_cmd(R, "repokey-blake2"),
-            ["init", "--log-json", LW, "--encryption=repokey-blake2", "--", R],
+            [
+                "init",
+                "--log-json",
+                LW,
+                "--encryption=repokey-blake2",
+                "--make-parent-dirs",
+                "--",
+                R,
+            ],
         ),
         (
             borg.init_cmd(R, "none", append_only=True),
-            ["init", "--log-json", LW, "--encryption=none", "--append-only", "--", R],
+            [
+                "init",
+                "--log-json",
+                LW,
+                "--encryption=none",
+                "--make-parent-dirs",
+                "--append-only",
+                "--",
+                R,
+            ],  # fmt: skip
         ),
         (
             borg.create_cmd(

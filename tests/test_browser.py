@@ -2,13 +2,14 @@
 `make run` serves it (gunicorn) with a real worker (django-q2) and real borg."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
 
 from borgapp.models import Archive, RetentionPolicy
-from tests.conftest import PASSPHRASE, ROOT, write_files
+from tests.helpers import PASSPHRASE, ROOT, write_files
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -47,6 +48,19 @@ def open_job_from_message(page):
     page.wait_for_selector("#job-status")
 
 
+def add_repository(page, url, roots, name="main"):
+    """Add and initialize a repository with the admin's form; its message names the job."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/admin/borgapp/repository/add/")
+    page.select_option("#id_setup", "init")
+    page.fill("#id_name", name)
+    page.fill("#id_location", str(roots.repos / name))
+    page.fill("#id_passphrase", PASSPHRASE)
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text(f"Initialization of repository {name}")
+
+
 def test_an_admin_backs_up_browses_restores_and_prunes(page, web_server, cluster, roots, tmp_path):
     from playwright.sync_api import expect
 
@@ -57,13 +71,7 @@ def test_an_admin_backs_up_browses_restores_and_prunes(page, web_server, cluster
     login(page, url, "boss", "boss-password-123")
 
     # create and initialize a repository
-    page.goto(f"{url}/admin/borgapp/repository/add/")
-    page.select_option("#id_setup", "init")
-    page.fill("#id_name", "main")
-    page.fill("#id_location", str(roots.repos / "main"))
-    page.fill("#id_passphrase", PASSPHRASE)
-    page.click("input[name=_save]")
-    expect(page.locator(".messagelist")).to_contain_text("Initialization of repository main")
+    add_repository(page, url, roots)
     open_job_from_message(page)
     wait_for_job(page)
 
@@ -90,8 +98,8 @@ def test_an_admin_backs_up_browses_restores_and_prunes(page, web_server, cluster
     page.goto(f"{url}/admin/borgapp/archive/")
     page.get_by_role("link", name=archive.name, exact=True).click()
     page.get_by_role("link", name="Browse contents").click()
-    page.click("input[value='Read the file list']")
-    wait_for_job(page)
+    # the page reads the file list by itself, says so, and opens the tree when it is read
+    expect(page.locator("#contents")).to_be_visible(timeout=WAIT)
     folder = str(src).lstrip("/")
     page.goto(f"{url}/admin/borgapp/archive/{archive.pk}/contents/?path={folder}")
     page.get_by_role("link", name="docs/", exact=True).click()
@@ -155,3 +163,190 @@ def test_the_schedule_form_explains_the_cron_while_it_is_typed(page, web_server)
     assert preview.inner_text().count(" 03:15 CE") == 5  # five runs, in Berlin time
     page.fill("#id_cron", "15 3 * *")
     expect(preview).to_contain_text("needs five fields", timeout=WAIT)
+
+
+# --- the first hour of a new admin, at the two widths people use ---------------------------
+
+# Run in the page: what a person would notice. Lines are counted by the boxes of a text range.
+LOOKS = """() => {
+  const found = {sideways: document.documentElement.scrollWidth > window.innerWidth + 1,
+                 clipped: [], broken: [], dashboard: null};
+  for (const box of document.querySelectorAll('#content *')) {  // boxes that cut or scroll
+    const style = getComputedStyle(box);
+    if (style.overflowX === 'visible' || box.closest('.visually-hidden, .selector')) continue;
+    if (box.offsetParent !== null && box.scrollWidth > box.clientWidth + 1) {
+      found.clipped.push(box.id || box.className || box.tagName);
+    }
+  }
+  const lines = el => {  // the most lines any one piece of text of `el` takes
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    let most = 0;
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (!node.textContent.trim()) continue;
+      const r = document.createRange(); r.selectNodeContents(node);
+      most = Math.max(most, new Set([...r.getClientRects()].map(b => Math.round(b.top))).size);
+    }
+    return most;
+  };
+  for (const el of document.querySelectorAll('th, .oc-badge, #result_list td a')) {
+    const text = el.textContent.trim();
+    if (text && el.offsetParent !== null && lines(el) > 1) found.broken.push(text);
+  }
+  const table = document.querySelector('#dashboard table');
+  const content = document.getElementById('content');
+  if (table && content) {
+    const style = getComputedStyle(content);
+    const pad = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+    const inner = content.clientWidth - pad;
+    found.dashboard = table.getBoundingClientRect().width / inner;
+  }
+  return found;
+}"""
+
+
+def looks_right(page, name, width):
+    """Screenshot (a test artifact to look at), then what a person would notice: nothing
+    scrolls sideways or is cut off, no header, pill or listed name breaks across lines."""
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(ARTIFACTS / f"first-hour-{width}-{name}.png"), full_page=True)
+    found = page.evaluate(LOOKS)
+    assert not found["sideways"], f"{name} scrolls sideways at {width} px"
+    assert found["clipped"] == [], f"{name} at {width} px: cut off: {found['clipped']}"
+    assert found["broken"] == [], f"{name} at {width} px: broken inside: {found['broken']}"
+    return found
+
+
+def back_up_now(page, url, source, prefix):
+    """The dashboard's Back up now, its form, then the job page until the backup succeeds."""
+    page.goto(f"{url}/admin/")
+    page.get_by_role("link", name="Back up now").click()
+    page.fill("textarea[name=sources]", str(source))
+    page.fill("input[name=prefix]", prefix)
+    page.click("input[type=submit]")
+    wait_for_job(page)
+
+
+@pytest.mark.parametrize("width", [1440, 1024])
+def test_a_new_admins_first_hour(page, web_server, cluster, roots, tmp_path, width):
+    from playwright.sync_api import expect
+
+    url, _ = web_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    User.objects.create_superuser("boss", password="boss-password-123")
+    RetentionPolicy.objects.create(name="newest-only", keep_last=1)
+    src = write_files(
+        tmp_path / "srv" / "data" / "projects",  # three folders deep, none stored by borg
+        {"report-2026.txt": "the bytes that come back", "site/index.html": "<h1>",
+         "site/css/a.css": "a{}"},
+    )  # fmt: skip
+    login(page, url, "boss", "boss-password-123")
+    looks_right(page, "dashboard-empty", width)
+
+    # add and initialize a repository: the form waits for borg's answer
+    add_repository(page, url, roots)
+    looks_right(page, "repositories", width)
+
+    # back up now, from the dashboard's button; the job page says what happened
+    back_up_now(page, url, src, "files")
+    expect(page.locator("#job-summary")).to_contain_text("Backed up")
+    looks_right(page, "backup-job", width)
+
+    # browse from the archive's root down to the file: the list is read by the page itself
+    page.get_by_role("link", name="Browse its files").click()
+    expect(page.locator("#contents")).to_be_visible(timeout=WAIT)
+    looks_right(page, "contents-root", width)
+    for _ in range(20):
+        if page.locator("#contents").get_by_text("report-2026.txt").count():
+            break
+        folders = page.locator("#contents a")
+        assert folders.count() >= 1, "a folder with nothing to open"
+        folders.first.click()
+    assert page.locator("#contents").get_by_text("report-2026.txt").count() == 1
+    looks_right(page, "contents-leaf", width)
+
+    # find it from the root with the filter box, tick it, extract it
+    page.locator(".oc-path a").first.click()  # the archive's root, from the path line
+    page.fill("input[name=q]", "report")
+    page.click("input[value=Find]")
+    expect(page.locator("#found-count")).to_contain_text("1 entry matching")
+    page.locator("#contents input[type=checkbox]").first.check()
+    page.click("input[value='Extract selected…']")
+    target = roots.restore / "first-hour"
+    page.fill("input[name=target]", str(target))
+    page.click("input[type=submit]")
+    wait_for_job(page)
+    restored = target / str(src).lstrip("/") / "report-2026.txt"
+    assert restored.read_bytes() == b"the bytes that come back"
+
+    # a second backup after real changes, then the comparison, older to newer
+    (src / "report-2026.txt").write_text("changed, and longer than before")
+    write_files(src, {"added.txt": "new"})
+    time.sleep(1.1)  # archive names carry the second
+    back_up_now(page, url, src, "files")
+    page.get_by_role("link", name="Compare with the previous archive").click()
+    page.click("input[value='Compare now']")
+    wait_for_job(page)
+    page.get_by_role("link", name="See the comparison").click()
+    expect(page.locator("#diff")).to_contain_text("added.txt")
+    expect(page.locator("tr[data-change=added]")).to_contain_text("added.txt")
+    looks_right(page, "diff", width)
+
+    # a schedule: only the backup's fields, and the cron explained while typed
+    page.goto(f"{url}/admin/borgapp/schedule/add/")
+    page.fill("#id_name", "nightly")
+    page.select_option("#id_repositories_from", label="main")
+    page.click("#id_repositories_add")
+    page.select_option("#id_operation", "backup")
+    assert page.locator("fieldset.oc-op-check").is_hidden()
+    page.fill("#id_cron", "15 3 * * *")
+    expect(page.locator("#cron-preview")).to_contain_text("At 03:15", timeout=WAIT)
+    page.fill("#id_source_paths", str(src))
+    page.fill("#id_archive_prefix", "files")
+    looks_right(page, "schedule-form", width)
+    page.fill("#id_cron", "61 3 * * *")  # a typo: refused, and said once, not twice
+    page.click("input[name=_save]")
+    page.wait_for_selector(".errornote")
+    page.wait_for_timeout(1000)  # the preview has had time to speak, if it were to
+    assert page.locator("text=is not valid").count() == 1
+    page.fill("#id_cron", "15 3 * * *")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("nightly")
+    looks_right(page, "schedules", width)
+
+    # prune: the preview first, then the confirmed prune
+    repo_pk = Archive.objects.first().repository_id
+    page.goto(f"{url}/admin/borgapp/repository/{repo_pk}/prune/")
+    page.fill("input[name=prefix]", "files")
+    page.select_option("select[name=policy]", "newest-only")
+    page.click("input[type=submit]")
+    wait_for_job(page)
+    oldest = Archive.objects.order_by("start").first().name
+    expect(page.locator("#prune-preview")).to_contain_text(f"remove {oldest}")
+    looks_right(page, "prune-preview", width)
+    page.click("input[name=confirm]")
+    wait_for_job(page)
+    assert Archive.objects.count() == 1
+
+    # a notification channel and its test message (email goes nowhere by default: said so)
+    page.goto(f"{url}/admin/borgapp/channel/add/")
+    page.fill("#id_name", "ops-mail")
+    page.select_option("#id_kind", "email")
+    page.fill("#id_target", "ops@example.com")
+    page.check("input[name=events][value=job_failed]")
+    page.click("input[name=_save]")
+    page.check("input[name=_selected_action]")
+    page.select_option("select[name=action]", "send_test")
+    page.click("button[name=index]")
+    expect(page.locator(".messagelist")).to_contain_text("not sent anywhere")
+    looks_right(page, "channels", width)
+
+    # the dashboard: the whole width, the repository green, its jobs listed
+    page.goto(f"{url}/admin/")
+    expect(page.locator("tr.oc-repo")).to_have_attribute("data-health", "green")
+    found = looks_right(page, "dashboard", width)
+    assert found["dashboard"] >= 0.9, f"the dashboard table spans {found['dashboard']:.0%}"
+    for path in ("/admin/borgapp/job/", "/admin/borgapp/archive/", "/admin/borgapp/alert/",
+                 "/admin/borgapp/auditevent/"):  # fmt: skip
+        page.goto(url + path)
+        looks_right(page, path.strip("/").replace("/", "-"), width)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from borgapp.models import Archive, Job, Mount, Repository
-from tests.conftest import PASSPHRASE, cli, write_files
+from tests.helpers import PASSPHRASE, cli, write_files
 
 pytestmark = pytest.mark.django_db
 
@@ -119,6 +119,7 @@ def test_backup_with_excludes_and_bad_input(repo, roots, tmp_path):
         ["--prefix", "x.checkpoint"],
         ["--prefix=-x"],
         ["--compression", "lz9"],
+        ["--exclude", "re:[unclosed"],  # borg would die of a traceback at start-up
     ):
         result = cli("borg_backup", "main", "--source", src, *bad)
         assert result.code == 2, bad
@@ -134,6 +135,21 @@ def test_backup_warning_exits_1(repo, roots, tmp_path):
     job = Job.objects.get(kind="backup")
     assert job.status == "warning" and job.error_message
     assert Archive.objects.filter(repository=repo, is_checkpoint=False).count() == 1
+
+
+def test_backup_of_only_missing_sources_fails_and_makes_no_archive(repo, roots, tmp_path):
+    """A typo in every source path must not become an empty archive that counts as the last
+    backup (borg itself only warns)."""
+    typo = tmp_path / "srv" / "dtaa"
+    result = cli("borg_backup", "main", "--source", typo, "--json")
+    assert result.code == 2
+    assert "None of the sources exists" in result.err and str(typo) in result.err
+    job = Job.objects.get(kind="backup")
+    assert (job.status, job.error_code) == ("failed", "sources_missing")
+    assert job.result["missing_sources"] == [str(typo)]
+    assert not Archive.objects.filter(repository=repo).exists()
+    assert cli("borg_sync", "main").code == 0  # the catalog from borg itself: still none
+    assert json.loads(cli("borg_list", "main", "--json").out) == []
 
 
 def test_unknown_repository_exits_2(db, roots):

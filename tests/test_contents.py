@@ -3,13 +3,14 @@ the database (API `contents`/`diff`, CLI `borg_contents`/`borg_diff`)."""
 
 import json
 import os
+import re
+import urllib.parse
 
 import pytest
 
 from borgapp import intake
-from borgapp.models import Archive, ArchiveItem, Job, Repository
-from tests.conftest import cli, write_files
-from tests.test_api import client_for, worker_runs
+from borgapp.models import Archive, ArchiveItem, AuditEvent, Job, Repository
+from tests.helpers import cli, client_for, staff, worker_runs, write_files
 
 pytestmark = pytest.mark.django_db
 
@@ -83,6 +84,13 @@ def test_cli_contents_lists_exactly_what_borg_stored(repo, source):
     children = cli("borg_contents", "main", "one", "--path", str(source), "--children", "--json")
     top = {row["path"].rsplit("/", 1)[1] for row in json.loads(children.out)}
     assert top == {"docs", "Docs", "docs0", "keep.txt", "gone.txt", "link"}
+    # each read is in the audit trail, as from the admin and the API
+    reads = AuditEvent.objects.filter(action="browse", source="cli").order_by("pk")
+    assert [(e.target, e.params["path"]) for e in reads] == [
+        ("main::one", ""),
+        ("main::one", f"{source}/docs"),
+        ("main::one", str(source)),
+    ]
 
 
 def test_cli_diff_names_added_removed_and_modified(repo, source):
@@ -102,6 +110,8 @@ def test_cli_diff_names_added_removed_and_modified(repo, source):
     assert "/keep.txt" not in changes and "/docs/sub/b.bin" not in changes
     only = cli("borg_diff", "main", "one", "two", "--change", "added", "--json")
     assert [row["path"].rsplit("/", 1)[1] for row in json.loads(only.out)] == ["new.txt"]
+    reads = AuditEvent.objects.filter(action="browse", source="cli")
+    assert [e.params["diff_with"] for e in reads] == ["two", "two"]
     bad = cli("borg_diff", "main", "one", "two", "--change", "renamed")
     assert bad.code == 2 and "change must be one of" in bad.err
     missing = cli("borg_diff", "main", "one", "nope")
@@ -123,12 +133,18 @@ def test_api_contents_starts_one_job_then_pages_from_the_database(repo, source):
     archive = backup(source, "one")
     viewer = client_for("viewer")
     url = f"/api/v1/archives/{archive.pk}/contents/"
-    first = viewer.get(url)
+    unread = viewer.get(url)  # a GET starts nothing
+    assert unread.status_code == 409 and unread.json()["error"] == "listing_not_loaded"
+    assert not Job.objects.filter(kind="contents").exists()
+    first = viewer.post(url)
     assert first.status_code == 202, first.content
     assert first.headers["Location"].endswith(f"/api/v1/jobs/{first.json()['id']}/")
-    again = viewer.get(url)
+    again = viewer.post(url)
     assert again.json()["id"] == first.json()["id"]  # the same job, not a second one
+    waiting = viewer.get(url)
+    assert waiting.status_code == 409 and waiting.json()["job"]["id"] == first.json()["id"]
     assert worker_runs(first.json()["id"]).status == "succeeded"
+    assert viewer.post(url).status_code == 200  # there already
     page = viewer.get(url, {"path": f"{source}/docs"}).json()
     docs = str(source / "docs").lstrip("/")
     assert [row["path"] for row in page["results"]] == [
@@ -153,7 +169,8 @@ def test_api_diff(repo, source):
     two = backup(source, "two")
     admin = client_for("admin")
     url = f"/api/v1/archives/{one.pk}/diff/"
-    started = admin.get(url, {"other": two.pk})
+    assert admin.get(url, {"other": two.pk}).status_code == 409  # not read yet
+    started = admin.post(f"{url}?other={two.pk}")
     assert started.status_code == 202
     assert worker_runs(started.json()["id"]).status == "succeeded"
     body = admin.get(url, {"other": two.pk, "change": "modified"}).json()
@@ -176,3 +193,113 @@ def test_a_reused_archive_name_does_not_show_old_contents(repo, source):
     rows = json.loads(cli("borg_contents", "main", "one", "--json").out)
     assert any(row["path"].endswith("/extra.txt") for row in rows)
     assert ArchiveItem.objects.filter(archive=archive).count() == len(rows)
+
+
+def test_the_folder_tree_opens_at_the_archives_real_top(repo, roots, client):
+    """borg stores no item for the folders above a source (`usr`, `usr/share` of
+    /usr/share/doc): the tree synthesizes them, so a person walks from the root to any file."""
+    deep = write_files(roots.base / "srv" / "data" / "projects", {"site/index.html": "<h1>"})
+    other = write_files(roots.base / "etc2", {"app.conf": "x=1"})
+    repository = Repository.objects.get(name="main")
+    params = {"sources": [str(deep), str(other)], "archive": "two-sources"}
+    job = intake.start(Job.Kind.BACKUP, repository, params, trigger=Job.Trigger.CLI, inline=True)
+    archive = Archive.objects.get(name="two-sources")
+    assert job.status == "succeeded"
+    assert worker_runs(intake.load_listing(archive, trigger=Job.Trigger.CLI).pk).status == (
+        "succeeded"
+    )
+    archive.refresh_from_db()
+    assert sorted(archive.contents_tops) == sorted([str(deep).lstrip("/"), str(other).lstrip("/")])
+    client.force_login(staff("viewer"))
+    url = f"/admin/borgapp/archive/{archive.pk}/contents/"
+    folder, walked = "", []
+    while True:  # follow the one folder link of each level, from the root down
+        page = client.get(url, {"path": folder}).content.decode()
+        assert "Empty folder." not in page, folder
+        links = re.findall(r'href="\?path=([^"&]+)">([^<]+)/</a>', page)
+        names = [name for _, name in links]
+        if folder == str(roots.base).lstrip("/"):
+            assert names == ["etc2", "srv"]  # both sources meet here
+            folder = f"{folder}/srv"
+        elif folder.endswith("projects/site"):
+            assert "index.html" in page
+            break
+        else:
+            assert len(names) == 1, (folder, names)
+            folder = urllib.parse.unquote(links[0][0])
+        walked.append(folder)
+        assert len(walked) < 20
+    # the tree's search: part of a name, anywhere below the folder
+    found = client.get(url, {"path": "", "q": "INDEX.h"}).content.decode()
+    assert f"{str(deep).lstrip('/')}/site/index.html" in found and "1 entry matching" in found
+    none = client.get(url, {"path": str(other).lstrip("/"), "q": "index"}).content.decode()
+    assert "Nothing here matches." in none
+    # what borg stored is unchanged: the CLI lists no synthesized folder
+    listed = {row["path"] for row in json.loads(cli("borg_contents", "main", "two-sources",
+                                                    "--json").out)}  # fmt: skip
+    assert str(roots.base).lstrip("/") not in listed and str(deep).lstrip("/") in listed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_listings_stored_before_the_tops_get_them_from_their_rows():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = (
+        [("borgapp", "0014_channel_warning_event")],
+        [("borgapp", "0015_archive_contents_tops")],
+    )
+    executor = MigrationExecutor(connection)
+    leaves = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate(before)
+        old = MigrationExecutor(connection).loader.project_state(before).apps
+        repo = old.get_model("borgapp", "Repository").objects.create(
+            name="r", location="/nonexistent/r", state="ready"
+        )
+        archive = old.get_model("borgapp", "Archive").objects.create(
+            repository=repo, name="a", borg_id="1" * 64, contents_borg_id="1" * 64,
+            contents_count=4,
+        )  # fmt: skip
+        for path in ("usr/share/doc", "usr/share/doc/x", "etc", "etc/hosts"):
+            old.get_model("borgapp", "ArchiveItem").objects.create(
+                archive=archive, path=path, parent=path.rpartition("/")[0], type="d"
+            )
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        new = executor.loader.project_state(after).apps
+        assert new.get_model("borgapp", "Archive").objects.get().contents_tops == [
+            "usr/share/doc"
+        ]  # `etc` sits at the archive's root: nothing above it to synthesize
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
+
+
+def test_a_diff_reads_older_to_newer_from_either_archive_and_says_what_changed(
+    repo, source, client
+):
+    one = backup(source, "one")
+    (source / "docs" / "a.txt").write_text("alpha, changed and longer")
+    (source / "keep.txt").chmod(0o600)
+    write_files(source, {"new.txt": "brand new"})
+    two = backup(source, "two")
+    client.force_login(staff("operator"))
+    # opened from the newest archive, compared with the older one
+    url = f"/admin/borgapp/archive/{two.pk}/diff/"
+    client.post(url, {"other": one.pk})
+    [job] = Job.objects.filter(kind="diff")
+    assert worker_runs(job.pk).status == "succeeded"
+    page = client.get(url, {"other": one.pk}).content.decode()
+    assert "From the older <b>one</b> to the newer <b>two</b>" in page
+    pairs = re.findall(r'<tr data-change="(\w+)"><td>[^<]*</td><td>([^<]*)</td>', page)
+    changes = {path.rsplit("/", 1)[-1]: change for change, path in pairs}
+    assert changes["new.txt"] == "added" and changes["a.txt"] == "modified"
+    assert "added 9 B" in page  # new.txt, by its size
+    assert "mode -rw-r--r-- → -rw-------" in page
+    assert re.search(r"content: \+\d+ B −\d+ B", page)
+    # the other way round: the same stored comparison, no second job
+    back = client.get(f"/admin/borgapp/archive/{one.pk}/diff/", {"other": two.pk})
+    assert "From the older <b>one</b> to the newer <b>two</b>" in back.content.decode()
+    assert Job.objects.filter(kind="diff").count() == 1
+    only = client.get(url, {"other": one.pk, "change": "added"}).content.decode()
+    assert re.findall(r'data-change="(\w+)"', only) == ["added"]

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from borgapp.models import Job
-from tests.conftest import cli
+from tests.helpers import cli
 
 pytestmark = pytest.mark.django_db
 

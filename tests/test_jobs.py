@@ -13,50 +13,28 @@ from pathlib import Path
 
 import pytest
 
-from borgapp import intake, jobs, procs
-from borgapp.models import Archive, Job, Repository
-from tests.conftest import PASSPHRASE, ROOT, cli, manage, spawn_manage, stop_process
+from borgapp import intake, jobs, lease, procs, reconcile
+from borgapp.models import Archive, Job, Repository, WorkerHeartbeat
+from tests.helpers import (
+    PASSPHRASE,
+    ROOT,
+    SLOW,
+    borg_processes_by_repo,
+    make_repo,
+    manage,
+    random_tree,
+    spawn_manage,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-SLOW = "lzma,6"  # a few MB/s: keeps a backup running long enough to be interrupted
-
-
-def make_repo(roots, passfile, name):
-    result = cli(
-        "borg_init",
-        name,
-        "--location",
-        roots.repos / name,
-        "--passphrase-file",
-        passfile,
-        "--encryption",
-        "repokey-blake2",
-    )
-    assert result.code == 0, result.err
-    return Repository.objects.get(name=name)
-
-
-def random_tree(path: Path, files: int, size: int) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for index in range(files):
-        (path / f"f{index:04d}").write_bytes(os.urandom(size))
-    return path
 
 
 def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
-
-
-def wait_for(predicate, timeout=60.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 # --- the lease, in-process ------------------------------------------------------------------
@@ -145,25 +123,6 @@ def test_cancel_of_a_running_backup_stops_borg(roots, passfile, tmp_path, settin
 # --- a real django-q2 cluster -----------------------------------------------------------------
 
 
-def borg_processes_by_repo(paths):
-    """For each repository path, the live borg processes naming it: (pid, state, argv)."""
-    found = {p: [] for p in paths}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == "Z" or not any(arg.endswith(b"/borg") for arg in cmdline[:2]):
-            continue
-        for path in paths:
-            if any(arg.startswith(path.encode()) for arg in cmdline):
-                found[path].append((entry.name, state, b" ".join(cmdline[1:4]).decode()))
-    return found
-
-
 @pytest.mark.slow
 def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tmp_path, cluster):
     repo_a = make_repo(roots, passfile, "a")
@@ -225,6 +184,13 @@ def test_one_job_per_repository_parallel_across_repositories(roots, passfile, tm
     assert Archive.objects.filter(repository=repo_a).count() == per_repo
 
 
+def test_a_starting_worker_is_seen_at_once(cluster, client):
+    """The first maintenance tick may be a minute away: the worker's start is its first
+    heartbeat, so /healthz and the dashboard do not call a starting worker absent."""
+    assert wait_for(lambda: WorkerHeartbeat.objects.exists(), timeout=20)
+    assert "worker" not in client.get("/healthz").json()["problems"]
+
+
 @pytest.mark.slow
 def test_worker_killed_mid_job_is_reconciled(roots, passfile, tmp_path, cluster):
     repo = make_repo(roots, passfile, "r1")
@@ -242,7 +208,7 @@ def test_worker_killed_mid_job_is_reconciled(roots, passfile, tmp_path, cluster)
     # ... and was adopted by the worker's main process, not by PID 1 (which, in a container,
     # may never reap it: borg takes a zombie for alive and its lock would never go stale)
     assert procs._stat(running.borg_pid)[2] == cluster.pid
-    report = jobs.reconcile()
+    report = reconcile.repair()
     assert report["interrupted"] == 1
     job.refresh_from_db()
     assert job.status == "interrupted"
@@ -325,7 +291,7 @@ def test_cli_waits_for_the_lease_then_runs(roots, passfile):
     assert Job.objects.get(pk=waiting.pk).status == "queued"
     Job.objects.filter(pk=holder.pk).update(status="succeeded")
     holder.refresh_from_db()
-    assert jobs.free_lease(holder)
+    assert lease.free_lease(holder)
     thread.join(timeout=30)
     assert Job.objects.get(pk=waiting.pk).status == "succeeded"
 
@@ -335,7 +301,7 @@ def test_reconcile_clears_mounts_that_vanished(roots, passfile):
 
     repo = make_repo(roots, passfile, "r1")
     Mount.objects.create(repository=repo, mountpoint=str(roots.mnt / "gone"))
-    assert jobs.reconcile()["mounts_cleared"] == 1
+    assert reconcile.repair()["mounts_cleared"] == 1
     assert not Mount.objects.exists()
 
 

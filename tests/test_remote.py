@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from borgapp import borg
-from tests.conftest import PASSPHRASE, ROOT, cli, write_files
+from tests.helpers import PASSPHRASE, ROOT, cli, write_files
 
 SSHD = "/usr/sbin/sshd"
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from tests.conftest import cli
+from tests.helpers import cli
 
 pytestmark = pytest.mark.django_db
 

@@ -19,12 +19,22 @@ from django_q.models import OrmQ
 from django_q.models import Schedule as QSchedule
 from django_q.scheduler import scheduler
 
-from borgapp import jobs, scheduling
+from borgapp import jobs, reconcile, scheduling
 from borgapp.models import Archive, Job, RetentionPolicy, Schedule
-from borgapp.operations import prefix_glob
-from tests.conftest import PASSPHRASE, cli, spawn_manage, stop_process, write_files
-from tests.test_api import client_for
-from tests.test_jobs import SLOW, borg_processes_by_repo, make_repo, random_tree, wait_for
+from borgapp.naming import prefix_glob
+from tests.helpers import (
+    PASSPHRASE,
+    SLOW,
+    borg_processes_by_repo,
+    cli,
+    client_for,
+    make_repo,
+    random_tree,
+    spawn_manage,
+    stop_process,
+    wait_for,
+    write_files,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,6 +104,7 @@ def test_bad_schedules_are_refused_with_a_reason_and_nothing_is_made(roots, pass
         (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "unknown"),
         (["--cron", "0 2 * * *", "--prefix", "bad prefix"], "is not allowed"),
         (["--cron", "0 2 * * *", "--exclude", ""], "must not be empty"),
+        (["--cron", "0 2 * * *", "--exclude", "re:[unclosed"], "unterminated character set"),
     ]
     for extra, reason in cases:
         result = cli(
@@ -224,7 +235,7 @@ def test_transient_failures_are_retried_with_a_growing_wait(roots, passfile, set
         wait = (retry.not_before - first.finished_at).total_seconds()
         assert 59 <= wait <= 61
         assert not jobs.claim(retry)  # not before its time
-        assert jobs.dispatch_due() == 0
+        assert reconcile.dispatch_due() == 0
         Job.objects.filter(pk=retry.pk).update(not_before=timezone.now())
         jobs.run_queued(retry.pk)
         retry.refresh_from_db()

@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group, User
 from rest_framework.authtoken.models import Token
 
 from borgapp.models import Archive, Repository
-from tests.conftest import write_files
+from tests.helpers import cli, write_files
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 PASS = "TestPassphrase123!"
@@ -195,8 +195,6 @@ def test_unknown_repository_is_imported_on_first_use(
     tmp_path,
     passfile,
 ):
-    from tests.conftest import cli
-
     assert (
         cli(
             "borg_init", "made", "--location", roots.repos / "made", "--passphrase-file", passfile
@@ -209,16 +207,22 @@ def test_unknown_repository_is_imported_on_first_use(
     key = token("admin")
     base = f"{web_server[0]}/api/v1/backups/borg"
     path = roots.repos / "made"
-    status, data = curl("GET", f"{base}/archives?repository_path={path}&passphrase=wrong", key)
+    # a GET registers nothing (a cross-site link must not change state)
+    status, data = curl("GET", f"{base}/archives?repository_path={path}", key)
+    assert status == 404 and data["error"] == "repository_unknown"
+    status, data = curl(
+        "POST", f"{base}/check", key, {"repository_path": str(path), "passphrase": "wrong"}
+    )
     assert status == 422 and data["error"] == "wrong_passphrase"
     assert not Repository.objects.exists()  # never stored
     status, data = curl(
-        "GET",
-        f"{base}/archives?repository_path={path}",
+        "POST",
+        f"{base}/check",
         key,
+        {"repository_path": str(path)},
         headers=[f"X-Borg-Passphrase: {passfile.read_text().strip()}"],
     )
-    assert status == 200 and len(data) == 1
+    assert status == 200 and data["success"] is True
     assert Repository.objects.get().get_passphrase() == passfile.read_text().strip()
     # known now: the passphrase may be omitted
     status, data = curl("GET", f"{base}/archives?repository_path={path}", key)

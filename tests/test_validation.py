@@ -135,10 +135,16 @@ def test_archive_paths_refused(path):
         validation.validate_archive_path(path)
 
 
-@pytest.mark.parametrize("pattern", ["", "x:y", "a\nb"])
+@pytest.mark.parametrize("pattern", ["", "xy:z", "re:", "re:[unclosed", "a\nb"])
 def test_exclude_patterns_refused(pattern):
     with pytest.raises(InvalidInput):
         validation.validate_exclude_pattern(pattern)
+
+
+@pytest.mark.parametrize("pattern", ["*.log", "x:y", "sh:/home/*/.cache/**", "re:^/tmp/.*\\.o$"])
+def test_exclude_patterns_borg_accepts_are_accepted(pattern):
+    """A style prefix is exactly two letters: "x:y" is borg's fnmatch pattern."""
+    assert validation.validate_exclude_pattern(pattern) == pattern
 
 
 @pytest.mark.parametrize("compression", ["lz4", "none", "zstd", "zstd,3", "zlib,6", "auto,zstd,7"])

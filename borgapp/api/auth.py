@@ -1,4 +1,6 @@
-"""Token and session authentication, with failed attempts throttled per client address."""
+"""Token authentication, with failed attempts throttled per client address (see
+borgapp.throttle): while an address is blocked, a known valid token still passes and any
+other key is answered 429 without a database lookup."""
 
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed, Throttled
@@ -7,25 +9,40 @@ from borgapp import throttle
 
 
 class ThrottledTokenAuthentication(TokenAuthentication):
-    """`Authorization: Token <key>`. After too many failures from one address, answer 429
-    for a while instead of checking more keys."""
+    """`Authorization: Token <key>`. DRF makes one instance per request."""
+
+    address: str | None = None
 
     def authenticate(self, request):
-        address = request.META.get("REMOTE_ADDR")
-        if throttle.blocked(address):
-            raise Throttled(wait=throttle.WINDOW_SECONDS, detail=throttle.MESSAGE)
+        self.address = request.META.get("REMOTE_ADDR")
         try:
             return super().authenticate(request)
         except AuthenticationFailed as exc:
-            throttle.note_failure(address)
-            from borgapp import audit
-
-            audit.record(
-                "sign_in",
-                "api token",
-                outcome="failure",
-                message=exc.detail,
-                actor="anonymous",
-                client_address=request.META.get("REMOTE_ADDR"),
-            )
+            if throttle.blocked(throttle.address_key(self.address)):
+                self._refuse()  # a malformed header, or a known token revoked meanwhile
+            throttle.note_failure(throttle.address_key(self.address))
+            self._audit("failure", exc.detail)
             raise
+
+    def authenticate_credentials(self, key):
+        if throttle.blocked(throttle.address_key(self.address)) and not throttle.token_known(key):
+            self._refuse()
+        user, token = super().authenticate_credentials(key)
+        throttle.remember_token(key)
+        return user, token
+
+    def _refuse(self):
+        self._audit("refused", throttle.MESSAGE)
+        raise Throttled(wait=throttle.WINDOW_SECONDS, detail=throttle.MESSAGE)
+
+    def _audit(self, outcome: str, message) -> None:
+        from borgapp import audit  # models: not while DRF's settings are first read
+
+        audit.record_attempt(
+            "sign_in",
+            "api token",
+            outcome=outcome,
+            message=message,
+            actor="anonymous",
+            client_address=self.address,
+        )

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_handler
 
 from borgapp import borg, validation
-from borgapp.intake import Conflict
+from borgapp.errors import Conflict, Forbidden, TooMany
 
 BORG_STATUS = {
     "wrong_passphrase": 422,
@@ -52,8 +52,12 @@ def handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         fields = getattr(exc, "message_dict", {"non_field_errors": exc.messages})
         return Response(body("invalid_input", "Invalid input.", fields=fields), status=400)
+    if isinstance(exc, TooMany):
+        return Response(body("too_many", str(exc)), status=429, headers={"Retry-After": "30"})
     if isinstance(exc, Conflict):
         return Response(body("conflict", str(exc)), status=409)
+    if isinstance(exc, Forbidden):
+        return Response(body("permission_denied", str(exc)), status=403)
     if isinstance(exc, ProtectedError):
         users = sorted({str(obj) for obj in exc.protected_objects})[:10]
         message = f"Still in use by: {', '.join(users)}. Change or remove those first."

@@ -1,27 +1,8 @@
-"""Roles (SEC-07): viewer reads, operator also runs jobs, admin also changes configuration
-and secrets. Deny by default; superusers can do everything."""
+"""The API's permission class over the roles of `borgapp.roles`."""
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-ROLES = ("viewer", "operator", "admin")
-
-
-def role_of(user) -> str | None:
-    """The highest role a user holds, or None."""
-    if not user or not user.is_authenticated:
-        return None
-    if user.is_superuser:
-        return "admin"
-    names = set(user.groups.values_list("name", flat=True))
-    for role in reversed(ROLES):
-        if role in names:
-            return role
-    return None
-
-
-def has_role(user, needed: str) -> bool:
-    held = role_of(user)
-    return held is not None and ROLES.index(held) >= ROLES.index(needed)
+from borgapp.roles import ROLES, has_role, role_of  # noqa: F401 (the API's import path)
 
 
 class RolePermission(BasePermission):

@@ -4,30 +4,35 @@ response fields, so scripts written for it keep working; its defects fixed
 
 Each route records a Job and waits for a worker to run it (no request runs borg), up to
 SEED_WAIT seconds; a job still running then answers 202 with the job's id and URL.
-`?async=true` or `Prefer: respond-async` asks for the 202 at once.
+`?async=true` or `Prefer: respond-async` asks for the 202 at once. At most SEED_WAITERS
+requests of a web process wait at a time: once they are all taken, the next answers 202 at
+once, so waiting never costs the admin and the API their workers.
+
+GET routes change nothing: they answer for known repositories only and never start a job.
 """
 
+import functools
 import hashlib
+import hmac
 import os
 import re
-import time
 from datetime import UTC, datetime
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, permission_classes
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
-from borgapp import intake, validation
+from borgapp import audit, intake, jobs, params, procs, throttle, validation
 from borgapp.api.errors import ApiError, status_for_job_error
-from borgapp.api.permissions import has_role
-from borgapp.models import Archive, Job, Mount, Repository
-from borgapp.operations import repository_summary
-
-POLL = 0.2
+from borgapp.borg import keep_flags
+from borgapp.catalog import repository_summary
+from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy
+from borgapp.roles import has_role
 
 
 def _shape(component: str, many: bool = False, **fields) -> serializers.Serializer:
@@ -102,33 +107,92 @@ def _name_for(path: str) -> str:
 
 
 def _known(path: str) -> Repository | None:
-    location = validation.validate_location(path)
-    if not validation.is_remote(location):
-        location = str(
-            validation.require_under_roots(location, settings.REPOSITORY_ROOTS, "repository_path")
-        )
+    location = validation.validate_location(path, settings.REPOSITORY_ROOTS, "repository_path")
     return Repository.objects.filter(location=location).first()
 
 
+def _passphrase_matches(given: str, stored: str) -> bool:
+    return hmac.compare_digest(given.encode(), stored.encode())
+
+
+def _check_passphrase(request, repo: Repository, given: str) -> None:
+    """A passphrase sent for a known repository. Only an admin learns whether it matches
+    (422 if not): for anyone else the stored one is used and the answer is the same either
+    way, so the route cannot be used to test guesses. Mismatches are audited and throttled
+    per user like failed sign-ins, whatever the role."""
+    if not repo.has_passphrase:
+        return
+    key = f"passphrase-user:{request.user.pk}"
+    if throttle.blocked(key):
+        raise Throttled(
+            wait=throttle.WINDOW_SECONDS,
+            detail="Too many passphrases that did not match; try again in a minute.",
+        )
+    if _passphrase_matches(given, repo.get_passphrase()):
+        return
+    throttle.note_failure(key)
+    audit.record(
+        "passphrase_mismatch",
+        repo.name,
+        outcome="refused",
+        message="A passphrase sent to the integration guide's routes differs from the stored one.",
+    )
+    if has_role(request.user, "admin"):
+        raise ApiError(
+            "wrong_passphrase",
+            "This passphrase differs from the one stored for the repository. Omit it to "
+            "use the stored one, or change it with the change-passphrase action.",
+            422,
+        )
+
+
+class _Pending(Exception):  # noqa: N818 (not an error: an answer to give instead)
+    """Raised with the 202 to answer when a route cannot go on before a job has ended."""
+
+    def __init__(self, response: Response):
+        self.response = response
+
+
+def route(methods: list[str]):
+    """One of the guide's routes: authenticated, and answering a `_Pending`'s 202."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def answer(request, *args, **kwargs):
+            try:
+                return view(request, *args, **kwargs)
+            except _Pending as pending:
+                return pending.response
+
+        return api_view(methods)(permission_classes([IsAuthenticated])(answer))
+
+    return decorate
+
+
 def _repository(request) -> Repository:
-    """The repository of `repository_path`: a known one (its stored passphrase is used when
-    none is given), or an unknown one imported now with the given passphrase."""
+    """The repository of `repository_path`: a known one (its stored passphrase is used), or,
+    for the POST routes and admins only, an unknown one imported now with the given
+    passphrase. A GET never registers anything. While the import still runs (no waiting
+    place was free) `_Pending` carries the import job's 202."""
     path = _field(request, "repository_path")
     if not path:
         raise validation.InvalidInput("repository_path is required.")
     passphrase = _passphrase(request)
     repo = _known(str(path))
     if repo is not None:
-        if passphrase is not None and repo.has_passphrase and passphrase != repo.get_passphrase():
-            raise ApiError(
-                "wrong_passphrase",
-                "This passphrase differs from the one stored for the repository. Omit it to "
-                "use the stored one, or change it with the change-passphrase action.",
-                422,
-            )
+        if passphrase is not None:
+            _check_passphrase(request, repo, passphrase)
         if repo.state != Repository.State.READY:
             raise ApiError("busy", "The repository is still being registered.", 409)
         return repo
+    if request.method == "GET":
+        raise ApiError(
+            "repository_unknown",
+            f"{path} is not registered here. Register it first: POST /init (a new "
+            "repository), or any of the guide's POST routes or POST /api/v1/repositories/ "
+            "(an existing one; admins).",
+            404,
+        )
     _require(request, "admin")  # registering a repository stores a passphrase
     job = intake.register(
         _name_for(str(path)),
@@ -138,7 +202,9 @@ def _repository(request) -> Repository:
         trigger=Job.Trigger.API,
         user=request.user,
     )
-    job = _wait(job, settings.SEED_WAIT)
+    job = jobs.wait_for(job, settings.SEED_WAIT)
+    if not job.is_finished:
+        raise _Pending(_still_running(request, job))
     if job.status != Job.Status.SUCCEEDED:
         raise _job_error(job)
     return Repository.objects.get(pk=job.repository_id)
@@ -148,14 +214,6 @@ def _wants_async(request) -> bool:
     return _bool(request.query_params.get("async", "")) or "respond-async" in request.headers.get(
         "Prefer", ""
     )
-
-
-def _wait(job: Job, seconds: float) -> Job:
-    deadline = time.monotonic() + seconds
-    while not job.is_finished and time.monotonic() < deadline:
-        time.sleep(POLL)
-        job.refresh_from_db()
-    return job
 
 
 def _job_error(job: Job) -> ApiError:
@@ -170,10 +228,10 @@ def _run(request, kind, repository, params, respond) -> Response:
     """Start the job, wait for it (or not), answer with `respond(job)` or an error."""
     job = intake.start(kind, repository, params, trigger=Job.Trigger.API, user=request.user)
     if not _wants_async(request):
-        job = _wait(job, settings.SEED_WAIT)
+        job = jobs.wait_for(job, settings.SEED_WAIT)
     if not job.is_finished:
         return _still_running(request, job)
-    if job.status not in (Job.Status.SUCCEEDED, Job.Status.WARNING):
+    if job.status not in Job.OK:
         raise _job_error(job)
     return Response(respond(job))
 
@@ -205,8 +263,7 @@ class SeedInitRequest(serializers.Serializer):
     request=SeedInitRequest,
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def init(request):
     _require(request, "admin")
     data = SeedInitRequest(data=request.data)
@@ -225,7 +282,7 @@ def init(request):
         user=request.user,
     )
     if not _wants_async(request):
-        job = _wait(job, settings.SEED_WAIT)
+        job = jobs.wait_for(job, settings.SEED_WAIT)
     if not job.is_finished:
         return _still_running(request, job)
     if job.status != Job.Status.SUCCEEDED:
@@ -261,7 +318,7 @@ class SeedCreateRequest(serializers.Serializer):
     source_paths = serializers.ListField(child=serializers.CharField(), allow_empty=False)
     repository_path = serializers.CharField()
     passphrase = serializers.CharField(required=False, allow_blank=True, write_only=True)
-    compression = serializers.CharField(required=False, default="lz4")
+    compression = serializers.CharField(required=False, default=params.COMPRESSION)
     exclude_patterns = serializers.ListField(
         child=serializers.CharField(), required=False, default=list
     )
@@ -285,8 +342,7 @@ class SeedCreateRequest(serializers.Serializer):
     request=SeedCreateRequest,
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def create(request):
     _require(request, "operator")
     data = SeedCreateRequest(data=request.data)
@@ -340,8 +396,7 @@ def create(request):
     ],
     tags=["integration guide"],
 )
-@api_view(["GET"])
-@permission_classes([IsAuthenticated])
+@route(["GET"])
 def archives(request):
     _require(request, "viewer")
     repo = _repository(request)
@@ -368,8 +423,7 @@ def archives(request):
     parameters=[OpenApiParameter("repository_path", str, required=True)],
     tags=["integration guide"],
 )
-@api_view(["DELETE"])
-@permission_classes([IsAuthenticated])
+@route(["DELETE"])
 def delete_archive(request, archive_name):
     _require(request, "admin")
     repo = _repository(request)
@@ -405,8 +459,7 @@ class SeedExtractRequest(serializers.Serializer):
     request=SeedExtractRequest,
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def extract(request, archive_name):
     _require(request, "operator")
     data = SeedExtractRequest(data=request.data)
@@ -433,6 +486,20 @@ def extract(request, archive_name):
     )
 
 
+def _retention(request, keep: dict) -> dict:
+    """The prune's rules: a retention policy named by `policy`, or the one an admin defined
+    with exactly these keep rules (so an operator's script with the guide's defaults works
+    once an admin has made that policy), or, for admins only, the rules as they are."""
+    name = _field(request, "policy")
+    if name:
+        return {"policy": str(name)}
+    wanted = keep_flags(**keep)
+    for policy in RetentionPolicy.objects.order_by("name"):
+        if policy.borg_options() == wanted:
+            return {"policy": policy.name}
+    return {"keep": keep}  # intake refuses ad-hoc rules below admin
+
+
 @extend_schema(
     responses=responses(
         _shape(
@@ -447,8 +514,7 @@ def extract(request, archive_name):
     request=None,
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def prune(request):
     _require(request, "operator")
     repo = _repository(request)
@@ -470,7 +536,8 @@ def prune(request):
     prefix = _field(request, "prefix")
     # Without a prefix each of the guide's backup sets (`<archive_name>_<time>`) is pruned on
     # its own, so one set never removes another's archives.
-    params = {"keep": keep, "prefix": prefix} if prefix else {"keep": keep, "scope": "seed"}
+    params = {"prefix": prefix} if prefix else {"scope": "seed"}
+    params.update(_retention(request, keep))
 
     def respond(job):
         r = job.result
@@ -479,6 +546,7 @@ def prune(request):
             "success": True,
             "repository_path": repo.location,
             "keep_policy": keep,
+            "retention_policy": params.get("policy"),
             "output": "\n".join(lines),
             "message": _message(job, f"Pruned {len(r['pruned'])} archives"),
         }
@@ -491,8 +559,7 @@ def prune(request):
     request=None,
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def compact(request):
     _require(request, "operator")
     repo = _repository(request)
@@ -516,8 +583,7 @@ def compact(request):
     request=None,
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def check(request):
     _require(request, "operator")
     repo = _repository(request)
@@ -543,21 +609,6 @@ class SeedMountRequest(serializers.Serializer):
     passphrase = serializers.CharField(required=False, allow_blank=True, write_only=True)
 
 
-def _mount_pid(mountpoint: str) -> int | None:
-    """The borg process serving a mount (it daemonises, so the job does not know it)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                args = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if b"mount" in args and mountpoint.encode() in args and any(b"borg" in a for a in args):
-            return int(entry)
-    return None
-
-
 @extend_schema(
     responses=responses(
         _shape(
@@ -572,8 +623,7 @@ def _mount_pid(mountpoint: str) -> int | None:
     request=SeedMountRequest,
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def mount(request):
     _require(request, "operator")
     data = SeedMountRequest(data=request.data)
@@ -590,7 +640,7 @@ def mount(request):
             "success": True,
             "archive_name": v["archive_name"],
             "mount_point": job.result["mount_point"],
-            "pid": _mount_pid(job.result["mount_point"]),
+            "pid": procs.borg_serving(job.result["mount_point"]),
             "message": "Mounted successfully",
         },
     )
@@ -602,8 +652,7 @@ def mount(request):
     parameters=[OpenApiParameter("mount_point", str, required=True)],
     tags=["integration guide"],
 )
-@api_view(["POST"])
-@permission_classes([IsAuthenticated])
+@route(["POST"])
 def umount(request):
     _require(request, "operator")
     point = _field(request, "mount_point")
@@ -639,15 +688,16 @@ def umount(request):
     parameters=[OpenApiParameter("repository_path", str, required=True)],
     tags=["integration guide"],
 )
-@api_view(["GET"])
-@permission_classes([IsAuthenticated])
+@route(["GET"])
 def info(request):
     _require(request, "viewer")
     repo = _repository(request)
-
-    def respond(job):
-        summary = repository_summary(Repository.objects.get(pk=repo.pk))
-        return {
+    # A GET starts no job: the statistics every job that changes the repository stored
+    # (backup, prune, compact, delete, sync) are the answer. POST
+    # /api/v1/repositories/{name}/info/ reads them from borg again.
+    summary = repository_summary(repo)
+    return Response(
+        {
             "repository_id": summary["repository_id"],
             "location": summary["location"],
             "encryption_mode": summary["encryption_mode"],
@@ -657,9 +707,4 @@ def info(request):
             "unique_size": summary["unique_compressed_size"],
             "deduplication_ratio": summary["deduplication_ratio"],
         }
-
-    # Info refreshes the statistics through a job (viewers may read, not run jobs: for
-    # them the stored statistics are the answer).
-    if not has_role(request.user, "operator"):
-        return Response(respond(None))
-    return _run(request, Job.Kind.INFO, repo, {}, respond)
+    )

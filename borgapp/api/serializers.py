@@ -5,7 +5,9 @@ from datetime import datetime
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from borgapp import params, scheduling
 from borgapp.models import (
+    Alert,
     Archive,
     ArchiveDiffItem,
     ArchiveItem,
@@ -328,8 +330,6 @@ class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
     next_run = serializers.SerializerMethodField()
 
     def get_next_run(self, schedule) -> datetime | None:
-        from borgapp import scheduling
-
         return scheduling.next_run(schedule)
 
     def validate_repositories(self, value):
@@ -343,7 +343,22 @@ class AuditEventSerializer(serializers.ModelSerializer):
         model = AuditEvent
         fields = [
             "id", "at", "actor", "user_id_ref", "source", "client_address", "action", "target",
-            "params", "outcome", "message", "job_id_ref",
+            "params", "outcome", "count", "message", "job_id_ref",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    kind_display = serializers.CharField(source="get_kind_display", read_only=True)
+    repository_name = serializers.CharField(
+        source="repository.name", read_only=True, allow_null=True, default=None
+    )
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id", "kind", "kind_display", "repository", "repository_name", "state", "reason",
+            "first_seen", "last_seen", "resolved_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -355,8 +370,8 @@ class JobListSerializer(serializers.Serializer):
 class BackupRequestSerializer(serializers.Serializer):
     sources = serializers.ListField(child=serializers.CharField(), allow_empty=False)
     excludes = serializers.ListField(child=serializers.CharField(), required=False, default=list)
-    prefix = serializers.CharField(required=False, default="backup")
-    compression = serializers.CharField(required=False, default="lz4")
+    prefix = serializers.CharField(required=False, default=params.BACKUP_PREFIX)
+    compression = serializers.CharField(required=False, default=params.COMPRESSION)
     comment = serializers.CharField(required=False, allow_blank=True, default="")
     one_file_system = serializers.BooleanField(required=False, default=False)
     checkpoint_interval = serializers.IntegerField(required=False, allow_null=True, min_value=1)
@@ -373,10 +388,16 @@ class PruneRequestSerializer(serializers.Serializer):
     keep_monthly = serializers.IntegerField(required=False, min_value=0)
     keep_yearly = serializers.IntegerField(required=False, min_value=0)
     dry_run = serializers.BooleanField(required=False, default=False)
-    compact = serializers.BooleanField(required=False, default=True)
+    compact = serializers.BooleanField(required=False, default=params.Prune.compact)
 
 
 class CheckRequestSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(
+        choices=params.CHECK_SCOPES,
+        required=False,
+        help_text="What to read: both (the default), the repository only, or the archives "
+        "only. repository_only / archives_only say the same as two flags.",
+    )
     verify_data = serializers.BooleanField(required=False, default=False)
     repository_only = serializers.BooleanField(required=False, default=False)
     archives_only = serializers.BooleanField(required=False, default=False)

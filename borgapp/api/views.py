@@ -13,8 +13,9 @@ from rest_framework.response import Response
 
 from borgapp import audit, intake, jobs, listing, scheduling, validation
 from borgapp.api import serializers as s
-from borgapp.api.errors import ApiError
+from borgapp.api.errors import ApiError, body
 from borgapp.models import (
+    Alert,
     Archive,
     ArchiveDiffItem,
     AuditEvent,
@@ -59,22 +60,24 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
         job = jobs.cancel(self.get_object())
         return Response(s.JobSerializer(job, context={"request": request}).data)
 
-    @extend_schema(responses=inline_serializer("ExportedKey", {"key": drf_serializers.CharField()}))
-    @action(detail=True, methods=["get"])
+    @extend_schema(
+        request=None,
+        responses=inline_serializer("ExportedKey", {"key": drf_serializers.CharField()}),
+    )
+    @action(detail=True, methods=["post"])
     def key(self, request, pk=None):
-        """The key a key-export job exported, once: it is deleted when fetched."""
+        """The key a key-export job exported, once, to the admin who started the export and
+        within OPSCENTER_KEY_DOWNLOAD_TTL seconds: it is deleted when fetched. A POST, since
+        it consumes the key."""
         job = self.get_object()
-        key = jobs.take_exported_key(job)
+        key = jobs.take_exported_key(job, request.user)
         if key is None:
-            audit.record(
-                "key_download",
-                job.repository_name,
-                outcome="refused",
-                job=job,
-                message="no key waiting",
+            raise ApiError(
+                "not_found",
+                "No exported key waits here for you: a key is offered once, to the admin who "
+                "exported it, for a limited time. Export it again.",
+                404,
             )
-            raise ApiError("not_found", "No exported key waits here (fetched already?).", 404)
-        audit.record("key_download", job.repository_name, outcome="success", job=job)
         return Response({"key": key})
 
 
@@ -224,7 +227,39 @@ CONTENTS_PARAMS = [
     OpenApiParameter("type", str, description="borg item type: d, -, l, ..."),
     OpenApiParameter("page", int),
 ]
-LOADING = "202: the listing is being read from borg; the Job is returned, ask again when done."
+LOADING = (
+    "GET serves a listing read before; until then it answers 409 `listing_not_loaded` "
+    "(with the job reading it, if one runs). POST asks for it to be read from borg: 202 with "
+    "the Job (429 when too many listings wait), or 200 when it is there already."
+)
+
+
+def _listing_answer(request, archive, other=None) -> Response:
+    """POST: read the listing (or return the job already reading it). GET: say it is not
+    there yet; a GET never starts work."""
+    if request.method == "POST":
+        job = intake.load_listing(archive, other, trigger=Job.Trigger.API, user=request.user)
+        return accepted(request, job)
+    kind = Job.Kind.DIFF if other is not None else Job.Kind.CONTENTS
+    running = [
+        job
+        for job in Job.objects.filter(
+            kind=kind,
+            repository=archive.repository,
+            archive_name=archive.name,
+            status__in=[Job.Status.QUEUED, Job.Status.RUNNING],
+        )
+        if other is None or job.params.get("other") == other.name
+    ]
+    message = "This listing has not been read from borg yet: POST to this URL to read it."
+    extra = {}
+    if running:
+        message = "This listing is being read from borg: ask again when its job has ended."
+        extra["job"] = s.JobSerializer(running[0], context={"request": request}).data
+    return Response(body("listing_not_loaded", message, **extra), status=status.HTTP_409_CONFLICT)
+
+
+LOADED = {"success": True, "message": "The listing is there: GET this URL to read it."}
 
 
 class ArchiveContentsMixin:
@@ -236,12 +271,13 @@ class ArchiveContentsMixin:
         responses={200: s.ArchiveItemPageSerializer, 202: s.JobSerializer},
         description="A paged listing of the archive's files. " + LOADING,
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get", "post"])
     def contents(self, request, pk=None):
         archive = self.get_object()
         if not archive.contents_ready:
-            job = intake.load_listing(archive, trigger=Job.Trigger.API, user=request.user)
-            return accepted(request, job)
+            return _listing_answer(request, archive)
+        if request.method == "POST":
+            return Response(LOADED)
         query = request.query_params
         items = listing.contents(
             archive,
@@ -250,10 +286,7 @@ class ArchiveContentsMixin:
             type=query.get("type", ""),
         )
         page = self.paginate_queryset(items)
-        where = {"path": query.get("path", ""), "parent": query.get("parent")}
-        audit.record(
-            "browse", f"{archive.repository.name}::{archive.name}", outcome="success", params=where
-        )
+        audit.browsed(archive, path=query.get("path", ""), parent=query.get("parent"))
         return self.get_paginated_response(s.ArchiveItemSerializer(page, many=True).data)
 
     @extend_schema(
@@ -264,12 +297,15 @@ class ArchiveContentsMixin:
             OpenApiParameter("page", int),
         ],
         responses={200: s.ArchiveDiffPageSerializer, 202: s.JobSerializer},
-        description="What changed from this archive to `other` (same repository). " + LOADING,
+        description="What changed between this archive and `other` (same repository), always "
+        "read from the older of the two to the newer: `added` is in the newer only. Either "
+        "direction serves the one stored comparison. " + LOADING,
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get", "post"])
     def diff(self, request, pk=None):
         archive = self.get_object()
-        raw = request.query_params.get("other", "")
+        sent = request.data if isinstance(request.data, dict) else {}
+        raw = str(request.query_params.get("other") or sent.get("other") or "")
         if not raw.isdigit():
             raise validation.InvalidInput("Give the other archive's id as `other`.")
         other = Archive.objects.filter(pk=int(raw)).select_related("repository").first()
@@ -281,19 +317,15 @@ class ArchiveContentsMixin:
             raise validation.InvalidInput("Compare an archive with a different archive.")
         found = listing.current_diff(archive, other)
         if found is None:
-            job = intake.load_listing(archive, other, trigger=Job.Trigger.API, user=request.user)
-            return accepted(request, job)
+            return _listing_answer(request, archive, other)
+        if request.method == "POST":
+            return Response(LOADED)
         query = request.query_params
         items = listing.diff_items(
             found, path=query.get("path", ""), change=query.get("change", "")
         )
         page = self.paginate_queryset(items)
-        audit.record(
-            "browse",
-            f"{archive.repository.name}::{archive.name}",
-            outcome="success",
-            params={"diff_with": other.name},
-        )
+        audit.browsed(archive, other=other, path=query.get("path", ""))
         return self.get_paginated_response(s.ArchiveDiffItemSerializer(page, many=True).data)
 
 
@@ -322,7 +354,14 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         return self.get_paginated_response([s.archive_row(values, tz) for values in page])
 
     ordering_fields = ["start", "name", "original_size", "deduplicated_size", "nfiles"]
-    action_roles = {"extract": "operator", "mount": "operator", "umount": "operator"}
+    # reading a listing is looking: viewers may ask for it (bounded per user and repository)
+    action_roles = {
+        "extract": "operator",
+        "mount": "operator",
+        "umount": "operator",
+        "contents": "viewer",
+        "diff": "viewer",
+    }
 
     @extend_schema(responses={202: s.JobSerializer})
     def destroy(self, request, *args, **kwargs):
@@ -388,6 +427,26 @@ class ScheduleViewSet(AuditedWrites, viewsets.ModelViewSet):
             self.get_object(), trigger=Job.Trigger.API, user=request.user
         )
         return self._jobs(request, made)
+
+
+class AlertFilter(filters.FilterSet):
+    repository = filters.CharFilter(field_name="repository__name")
+    after = filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="gte")
+
+    class Meta:
+        model = Alert
+        fields = ["repository", "state", "kind", "after"]
+
+
+class AlertViewSet(viewsets.ReadOnlyModelViewSet):
+    """Alerts as the dashboard shows them: firing ones until their condition clears, then
+    resolved (kept as history). `?state=firing` is what needs a person now; the worker alert
+    has no repository."""
+
+    queryset = Alert.objects.select_related("repository").order_by("-last_seen", "-id")
+    serializer_class = s.AlertSerializer
+    filterset_class = AlertFilter
+    ordering_fields = ["last_seen", "first_seen", "id"]
 
 
 class AuditFilter(filters.FilterSet):

@@ -9,8 +9,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from borgapp import validation
-from borgapp.intake import Conflict
+from borgapp import intake, validation
+from borgapp.errors import Conflict
 from borgapp.models import Job, Repository
 from borgapp.vault import VaultError
 
@@ -47,8 +47,6 @@ class JobCommand(BaseCommand):
         return repo
 
     def run_kind(self, kind: str, name: str, params: dict, echo) -> Job:
-        from borgapp import intake
-
         return intake.start(
             kind, self.repository(name), params, trigger=Job.Trigger.CLI, inline=True, echo=echo
         )

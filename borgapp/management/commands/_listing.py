@@ -36,11 +36,16 @@ class ListingCommand(JobCommand):
             super().report(job, options)  # exits non-zero with the reason
         return job
 
+    def audit(self, options) -> None:
+        """Write the browse row (audit.browsed) for what was read."""
+        raise NotImplementedError
+
     def report(self, job, options) -> None:
         try:
             rows = self.rows(options)
         except validation.InvalidInput as exc:
             raise CommandError(str(exc), returncode=EXIT_FAILED) from None
+        self.audit(options)
         if options["json"]:
             self.stdout.write(json.dumps(rows, indent=2, default=str))
             return

@@ -1,3 +1,4 @@
+from borgapp import params
 from borgapp.management.commands._base import JobCommand
 from borgapp.models import Job
 
@@ -11,7 +12,7 @@ class Command(JobCommand):
         parser.add_argument("--source", action="append", required=True, dest="sources")
         parser.add_argument("--exclude", action="append", default=[], dest="excludes")
         parser.add_argument("--prefix", default="backup")
-        parser.add_argument("--compression", default="lz4")
+        parser.add_argument("--compression", default=params.COMPRESSION)
         parser.add_argument("--comment", default="")
         parser.add_argument("--one-file-system", action="store_true")
         parser.add_argument("--checkpoint-interval", type=int)

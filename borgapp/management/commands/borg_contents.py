@@ -1,4 +1,4 @@
-from borgapp import listing
+from borgapp import audit, listing
 from borgapp.management.commands._listing import ListingCommand
 from borgapp.models import Job
 
@@ -25,6 +25,10 @@ class Command(ListingCommand):
         return list(
             items.values("path", "type", "mode", "user", "group", "size", "mtime", "linktarget")
         )
+
+    def audit(self, options) -> None:
+        where = {"path": options["path"], "children": options["children"]}
+        audit.browsed(self.archive(options), **where)
 
     def line(self, row) -> str:
         size = "" if row["size"] is None else str(row["size"])

@@ -1,4 +1,4 @@
-from borgapp import listing
+from borgapp import audit, listing
 from borgapp.management.commands._listing import ListingCommand
 from borgapp.models import Job
 
@@ -9,7 +9,9 @@ class Command(ListingCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("other", help="the archive to compare with (usually the newer)")
+        parser.add_argument(
+            "other", help="the archive to compare with; it always reads from the older to the newer"
+        )
         parser.add_argument("--change", default="", help="added, removed, modified or metadata")
 
     def start(self, options, echo):
@@ -22,6 +24,10 @@ class Command(ListingCommand):
         diff = listing.current_diff(self.archive(options), self.archive(options, "other"))
         items = listing.diff_items(diff, path=options["path"], change=options["change"])
         return list(items.values("path", "change", "changes"))
+
+    def audit(self, options) -> None:
+        other = self.archive(options, "other")
+        audit.browsed(self.archive(options), other=other, path=options["path"])
 
     def line(self, row) -> str:
         return f"{row['change']:<9} {row['path']}"

@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from borgapp import audit, scheduling, validation
+from borgapp import audit, params, scheduling, validation
 from borgapp.management.commands._base import EXIT_FAILED, EXIT_WARNING, job_summary
 from borgapp.models import Job, Repository, RetentionPolicy, Schedule
 
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         add.add_argument("--source", action="append", default=[], dest="sources")
         add.add_argument("--exclude", action="append", default=[], dest="excludes")
         add.add_argument("--prefix", default="backup")
-        add.add_argument("--compression", default="lz4")
+        add.add_argument("--compression", default=params.COMPRESSION)
         add.add_argument("--one-file-system", action="store_true")
         add.add_argument("--checkpoint-interval", type=int)
         add.add_argument("--comment", default="")
@@ -61,7 +61,7 @@ class Command(BaseCommand):
         add.add_argument("--last", type=int, help="check only the last N archives")
         add.add_argument("--sample-files", type=int, default=20)
         add.add_argument("--sample-percent", type=int)
-        add.add_argument("--sample-max-bytes", type=int, default=100 * 2**20)
+        add.add_argument("--sample-max-bytes", type=int, default=params.SAMPLE_MAX_BYTES)
         add.add_argument("--disabled", action="store_true")
         listing = sub.add_parser("list", help="schedules with next run, last run, last outcome")
         listing.add_argument("--json", action="store_true")
@@ -166,7 +166,7 @@ class Command(BaseCommand):
         statuses = {job.status for job in made}
         if not made:
             fail(f"Schedule {schedule.name} has no repositories.")
-        if statuses - {Job.Status.SUCCEEDED, Job.Status.WARNING}:
+        if statuses - set(Job.OK):
             fail(f"Schedule {schedule.name}: not every run succeeded ({', '.join(statuses)}).")
         if Job.Status.WARNING in statuses:
             sys.exit(EXIT_WARNING)

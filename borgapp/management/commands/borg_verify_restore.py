@@ -1,3 +1,4 @@
+from borgapp import params
 from borgapp.management.commands._base import JobCommand
 from borgapp.models import Job
 
@@ -14,7 +15,7 @@ class Command(JobCommand):
         parser.add_argument("--prefix", required=True, help="the backup set")
         parser.add_argument("--sample-files", type=int, default=20)
         parser.add_argument("--sample-percent", type=int)
-        parser.add_argument("--sample-max-bytes", type=int, default=100 * 2**20)
+        parser.add_argument("--sample-max-bytes", type=int, default=params.SAMPLE_MAX_BYTES)
 
     def start(self, options, echo):
         params = {

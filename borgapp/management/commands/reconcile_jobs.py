@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from borgapp import jobs
+from borgapp import reconcile
 
 
 class Command(BaseCommand):
@@ -10,4 +10,4 @@ class Command(BaseCommand):
     requires_system_checks = []
 
     def handle(self, *args, **options):
-        self.stdout.write(json.dumps(jobs.reconcile()))
+        self.stdout.write(json.dumps(reconcile.repair()))

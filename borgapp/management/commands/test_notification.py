@@ -25,4 +25,10 @@ class Command(BaseCommand):
         if not ok:
             channel.refresh_from_db()
             raise CommandError(f"Sending failed: {channel.last_error}", returncode=EXIT_FAILED)
+        if channel.kind == Channel.Kind.EMAIL and notifications.mail_stays_here():
+            self.stderr.write(
+                f"{channel.name}: not sent anywhere. Email goes to the console until EMAIL_URL "
+                "names an SMTP server (smtp://user:pass@host:587)."
+            )
+            return
         self.stdout.write(f"Sent a test message on {channel.name} ({channel.get_kind_display()}).")
