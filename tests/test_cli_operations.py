@@ -3,6 +3,7 @@ repositories."""
 
 import json
 import os
+import re
 
 import pytest
 
@@ -135,6 +136,21 @@ def test_backup_warning_exits_1(repo, roots, tmp_path):
     job = Job.objects.get(kind="backup")
     assert job.status == "warning" and job.error_message
     assert Archive.objects.filter(repository=repo, is_checkpoint=False).count() == 1
+
+
+def test_backup_reports_in_words_and_units_for_a_person(repo, roots, tmp_path):
+    """Without --json a person reads a sentence and sizes with units, not a dict of bytes;
+    --json keeps the raw numbers for scripts."""
+    src = write_files(tmp_path / "src", {f"d/{i}.bin": os.urandom(3000) for i in range(1200)})
+    result = cli("borg_backup", "main", "--source", src, "--prefix", "docs")
+    assert result.code == 0, result.err
+    assert "Backed up 1,200 files (3.6 MB) into docs-" in result.out
+    assert re.search(r"^  Original size: +3\.6 MB$", result.out, re.M), result.out
+    assert "original_size" not in result.out and "3600000" not in result.out
+    listed = cli("borg_list", "main")
+    assert " 3.6 MB" in listed.out
+    raw = json.loads(backup("main", src, "raw").out)
+    assert raw["result"]["original_size"] == 3_600_000
 
 
 def test_backup_of_only_missing_sources_fails_and_makes_no_archive(repo, roots, tmp_path):

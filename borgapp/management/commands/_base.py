@@ -11,7 +11,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from borgapp import intake, validation
 from borgapp.errors import Conflict
+from borgapp.job_summary import summarize
 from borgapp.models import Job, Repository
+from borgapp.units import human_bytes
 from borgapp.vault import VaultError
 
 EXIT_OK, EXIT_WARNING, EXIT_FAILED = 0, 1, 2
@@ -84,9 +86,14 @@ class JobCommand(BaseCommand):
         )
 
     def describe(self, job: Job) -> str:
+        """For a person: the job's sentence, then its figures with their units (the page's
+        own summary; `--json` gives the raw numbers for scripts)."""
+        summary = summarize(job)
         lines = [f"{job.get_kind_display()} job {job.pk}: {job.status}"]
-        for key, value in (job.result or {}).items():
-            lines.append(f"  {key}: {value}")
+        if summary.sentence and job.status in Job.OK:
+            lines.append(summary.sentence)
+        width = max((len(label) for label, _ in summary.facts), default=0)
+        lines += [f"  {label + ':':<{width + 1}} {value}" for label, value in summary.facts]
         return "\n".join(lines)
 
     def _progress_echo(self):
@@ -98,9 +105,9 @@ class JobCommand(BaseCommand):
             if fields.get("progress_percent") is not None:
                 parts.append(f"{fields['progress_percent']:5.1f}%")
             if fields.get("progress_bytes") is not None:
-                parts.append(f"{fields['progress_bytes'] / 1e6:10.1f} MB")
+                parts.append(f"{human_bytes(fields['progress_bytes']):>10}")
             if fields.get("progress_files") is not None:
-                parts.append(f"{fields['progress_files']} files")
+                parts.append(f"{fields['progress_files']:,} files")
             path = fields.get("progress_path") or fields.get("progress_message") or ""
             line = " ".join(parts + [path])[:120]
             sys.stderr.write("\r" + line.ljust(120))

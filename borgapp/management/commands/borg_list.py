@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from borgapp.management.commands._base import EXIT_FAILED
 from borgapp.models import Repository
+from borgapp.units import human_bytes
 
 
 def archive_row(archive) -> dict:
@@ -46,6 +47,6 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(rows, indent=2))
             return
         for row in rows:
-            size = f"{row['original_size'] / 1e6:.1f} MB" if row["original_size"] else "-"
+            size = human_bytes(row["original_size"])
             mark = " (checkpoint)" if row["checkpoint"] else ""
             self.stdout.write(f"{row['name']:<45} {row['time'] or '-':<33} {size}{mark}")
