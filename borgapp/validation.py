@@ -7,6 +7,7 @@ the problem. Nothing here touches Django models.
 import ipaddress
 import os
 import re
+from argparse import ArgumentTypeError
 from pathlib import Path
 
 from borgapp.errors import InvalidInput
@@ -191,19 +192,21 @@ def validate_exclude_pattern(value: str) -> str:
     return value
 
 
-COMPRESSION_RE = re.compile(
-    r"^(none|lz4|zstd(,(-?[0-9]|1[0-9]|2[0-2]))?|zlib(,[0-9])?|lzma(,[0-9])?"
-    r"|auto,(lz4|zstd(,[0-9]{1,2})?|zlib(,[0-9])?|lzma(,[0-9])?)"
-    r"|obfuscate,[0-9]{1,3},(none|lz4|zstd(,[0-9]{1,2})?|zlib(,[0-9])?|lzma(,[0-9])?))$"
-)
-
-
 def validate_compression(value: str) -> str:
-    if not isinstance(value, str) or not COMPRESSION_RE.match(value):
+    """A compression spec as borg itself parses it (its CompressionSpec: the algorithms, their
+    level ranges, auto and obfuscate), so a spec borg would refuse is refused when saved."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("Compression must not be empty.")
+    no_control_chars(value, "Compression")
+    from borg.compress import CompressionSpec  # borg's package: imported only to check
+
+    try:
+        CompressionSpec(value)
+    except (ValueError, ArgumentTypeError) as exc:
         raise InvalidInput(
-            f"Compression {value!r} is not one of borg's choices "
-            "(none, lz4, zstd[,L], zlib[,L], lzma[,L], auto,..., obfuscate,...)."
-        )
+            f"Compression {value!r} is not valid for borg: {exc or 'bad arguments'} (choices: "
+            "none, lz4, zstd[,1-22], zlib[,0-9], lzma[,0-9], auto,SPEC, obfuscate,N,SPEC)."
+        ) from None
     return value
 
 

@@ -147,14 +147,20 @@ def test_exclude_patterns_borg_accepts_are_accepted(pattern):
     assert validation.validate_exclude_pattern(pattern) == pattern
 
 
-@pytest.mark.parametrize("compression", ["lz4", "none", "zstd", "zstd,3", "zlib,6", "auto,zstd,7"])
+@pytest.mark.parametrize(
+    "compression",
+    ["lz4", "none", "zstd", "zstd,3", "zlib,6", "auto,zstd,7", "lzma,9", "obfuscate,250,zstd,3"],
+)
 def test_compression_choices(compression):
     assert validation.validate_compression(compression)
 
 
-@pytest.mark.parametrize("compression", ["lz9", "zstd,99", "lz4 --rsh=x", ""])
+@pytest.mark.parametrize(
+    "compression", ["lz9", "zstd,99", "lz4 --rsh=x", "", "zstd,-5", "auto", "zstd,", "lzma,10"]
+)
 def test_compression_refused(compression):
-    with pytest.raises(InvalidInput):
+    """borg's own rules: it refuses zstd,-5 (levels 1-22) and a bare auto at start-up."""
+    with pytest.raises(InvalidInput, match="Compression"):
         validation.validate_compression(compression)
 
 
