@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -19,6 +19,7 @@ from borgapp import (
     job_summary,
     jobs,
     listing,
+    localdir,
     params,
     scheduling,
     validation,
@@ -399,10 +400,6 @@ def contents(model_admin, request, pk):
         messages.error(request, str(exc))
         return redirect(request.path)
     page = Paginator(items, PAGE).get_page(request.GET.get("page"))
-    crumbs, walked = [], []
-    for part in folder.split("/") if folder else []:
-        walked.append(part)
-        crumbs.append(("/".join(walked), part))
     rows = list(page)
     if page.number == 1 and not query:
         # folders borg stored no item for (those above a source like /usr/share/doc) come
@@ -424,7 +421,7 @@ def contents(model_admin, request, pk):
         rows=rows,
         folder=folder,
         query=query,
-        crumbs=crumbs,
+        crumbs=crumbs_of(folder),
         can_extract=has_role(request.user, "operator"),
     )
 
@@ -521,6 +518,35 @@ def job_page(model_admin, request, pk):
         summary=job_summary.summarize(job),
         expected_bytes=None if job.is_finished else job_summary.expected_bytes(job),
     )
+
+
+def restored(model_admin, request, pk):
+    """What an extract put on this server's disk, one folder at a time: read from the disk
+    (the files may have been moved or changed since), never above the job's own target."""
+    require(request, "viewer")
+    job = get_object_or_404(Job, pk=pk, kind=Job.Kind.EXTRACT)
+    root = (job.result or {}).get("target_path")
+    if job.status not in Job.OK or not root:
+        raise Http404("This job restored nothing.")
+    folder = request.GET.get("path", "").strip("/")
+    try:
+        entries = localdir.read_folder(root, folder)
+    except validation.InvalidInput as exc:
+        entries, problem = [], str(exc)
+    else:
+        problem = ""
+    page = Paginator(entries, PAGE).get_page(request.GET.get("page"))
+    return render(
+        request, model_admin, f"Restored by job {job.pk}", "admin/borgapp/restored.html",
+        object=job, job=job, root=root, folder=folder, crumbs=crumbs_of(folder), page=page,
+        problem=problem,
+    )  # fmt: skip
+
+
+def crumbs_of(folder: str) -> list[tuple[str, str]]:
+    """'a/b' -> [('a', 'a'), ('a/b', 'b')]: each step of a path with its own link."""
+    parts = folder.split("/") if folder else []
+    return [("/".join(parts[: i + 1]), part) for i, part in enumerate(parts)]
 
 
 def cancel_job(model_admin, request, pk):

@@ -85,6 +85,10 @@ def summarize(job: Job) -> Summary:
         summary.sentence += f" With a warning: {job.error_message or 'see borg’s lines below'}."
     if archive is not None:
         summary.links += _archive_links(job, archive, result)
+    if job.kind == Job.Kind.EXTRACT and result.get("target_path"):
+        summary.links.insert(
+            0, ("Open the restored folder", reverse("admin:borgapp_job_restored", args=[job.pk]))
+        )
     if job.kind in (Job.Kind.INIT, Job.Kind.IMPORT) and job.repository_id:
         summary.links.append(
             ("Back up now", reverse("admin:borgapp_repository_backup", args=[job.repository_id]))

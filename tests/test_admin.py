@@ -1,6 +1,8 @@
 """The admin as a control panel, in-process (the browser walk-through is test_browser.py):
 every operation page queues a Job and says so; roles decide what is shown and allowed."""
 
+import json
+import os
 import re
 import time
 
@@ -394,3 +396,43 @@ def test_a_running_backup_is_judged_by_the_previous_archive_of_its_set(client, t
                            start=timezone.now(), original_size=1)  # fmt: skip
     page = client.get(f"/admin/borgapp/job/{running.pk}/change/").content.decode()
     assert 'data-expected-bytes="20000000"' in page  # the set's own, not another set's
+
+
+def test_an_extract_links_to_the_folder_it_restored(client, repo, roots, tmp_path):
+    """The job page's next step after a restore opens the restored folder; the page reads the
+    disk one folder at a time and never follows a link planted inside it."""
+    src = write_files(tmp_path / "src", {"docs/report.txt": "x" * 2500, "top.txt": "t"})
+    (src / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name")  # not UTF-8
+    backed = cli("borg_backup", "main", "--source", src, "--prefix", "docs", "--json")
+    name = json.loads(backed.out)["result"]["archive_name"]
+    target = roots.restore / "r1"
+    assert cli("borg_extract", "main", name, "--target", target).code == 0
+    job = Job.objects.get(kind="extract")
+    client.force_login(staff("viewer"))
+    page = client.get(f"/admin/borgapp/job/{job.pk}/change/").content.decode()
+    url = f"/admin/borgapp/job/{job.pk}/restored/"
+    assert f'href="{url}"' in page and "Open the restored folder" in page
+
+    top = client.get(url)
+    assert top.status_code == 200 and str(target) in top.content.decode()
+    inner = str(src).lstrip("/")
+    folder = client.get(url, {"path": inner}).content.decode()
+    assert "report.txt" not in folder and f'?path={inner}/docs"' in folder
+    assert "caf\ufffd.txt" in folder  # shown, not a server error
+    docs = client.get(url, {"path": f"{inner}/docs"}).content.decode()
+    assert "report.txt" in docs and "2.5 kB" in docs
+
+    # a symbolic link to /etc planted in the restored folder is shown, never followed
+    (target / "etc-link").symlink_to("/etc")
+    linked = client.get(url, {"path": "etc-link"}).content.decode()
+    assert "a symbolic link, not followed" in linked and "passwd" not in linked
+    assert "(symbolic link)" in client.get(url).content.decode()
+    climbed = client.get(url, {"path": "../../.."}).content.decode()
+    assert "must not contain" in climbed and "passwd" not in climbed
+
+    # a job that restored nothing has no such page; a user in no group gets nothing
+    backup_job = Job.objects.get(kind="backup")
+    assert client.get(f"/admin/borgapp/job/{backup_job.pk}/restored/").status_code == 404
+    client.force_login(staff(None))
+    refused = client.get(url)
+    assert refused.status_code == 302 and refused.url.startswith("/admin/login/")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group, User
 
-from borgapp.models import Archive, RetentionPolicy
+from borgapp.models import Archive, Job, Repository, RetentionPolicy
 from tests.helpers import PASSPHRASE, ROOT, write_files
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -135,7 +135,6 @@ def test_an_admin_backs_up_browses_restores_and_prunes(page, web_server, cluster
 
 def test_a_viewer_cannot_see_the_actions(page, web_server, roots):
     url, _ = web_server
-    from borgapp.models import Repository
 
     repo = Repository.objects.create(name="main", location=str(roots.repos / "m"), state="ready")
     viewer = User.objects.create_user("watcher", password="watcher-password-1", is_staff=True)
@@ -170,9 +169,13 @@ def test_the_schedule_form_explains_the_cron_while_it_is_typed(page, web_server)
 # Run in the page: what a person would notice. Lines are counted by the boxes of a text range.
 LOOKS = """() => {
   const found = {sideways: document.documentElement.scrollWidth > window.innerWidth + 1,
-                 clipped: [], broken: [], dashboard: null};
+                 clipped: [], broken: [], dashboard: null, tall: [], untitled: []};
   for (const box of document.querySelectorAll('#content *')) {  // boxes that cut or scroll
     const style = getComputedStyle(box);
+    if (box.matches('.oc-clip')) {  // cut on purpose: the whole text must be its title
+      if (box.title.trim() !== box.textContent.trim()) found.untitled.push(box.textContent);
+      continue;
+    }
     if (style.overflowX === 'visible' || box.closest('.visually-hidden, .selector')) continue;
     if (box.offsetParent !== null && box.scrollWidth > box.clientWidth + 1) {
       found.clipped.push(box.id || box.className || box.tagName);
@@ -191,6 +194,19 @@ LOOKS = """() => {
   for (const el of document.querySelectorAll('th, .oc-badge, #result_list td a')) {
     const text = el.textContent.trim();
     if (text && el.offsetParent !== null && lines(el) > 1) found.broken.push(text);
+  }
+  for (const cell of document.querySelectorAll('#dashboard tbody td')) {  // one line a row
+    const tops = [], bottoms = [];
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (!node.textContent.trim()) continue;
+      const r = document.createRange(); r.selectNodeContents(node);
+      for (const b of r.getClientRects()) { tops.push(b.top); bottoms.push(b.bottom); }
+    }
+    const size = parseFloat(getComputedStyle(cell).fontSize);
+    if (tops.length && Math.max(...bottoms) - Math.min(...tops) > 2 * size) {
+      found.tall.push(cell.textContent.trim().slice(0, 60));
+    }
   }
   const table = document.querySelector('#dashboard table');
   const content = document.getElementById('content');
@@ -213,6 +229,8 @@ def looks_right(page, name, width):
     assert not found["sideways"], f"{name} scrolls sideways at {width} px"
     assert found["clipped"] == [], f"{name} at {width} px: cut off: {found['clipped']}"
     assert found["broken"] == [], f"{name} at {width} px: broken inside: {found['broken']}"
+    assert found["tall"] == [], f"{name} at {width} px: rows on two lines: {found['tall']}"
+    assert found["untitled"] == [], f"{name} at {width} px: cut with no title: {found['untitled']}"
     return found
 
 
@@ -278,6 +296,14 @@ def test_a_new_admins_first_hour(page, web_server, cluster, roots, tmp_path, wid
     wait_for_job(page)
     restored = target / str(src).lstrip("/") / "report-2026.txt"
     assert restored.read_bytes() == b"the bytes that come back"
+    looks_right(page, "extract-job", width)
+    page.get_by_role("link", name="Open the restored folder").click()  # what is on the disk
+    for _ in range(20):
+        if page.locator("#restored").get_by_text("report-2026.txt").count():
+            break
+        page.locator("#restored a").first.click()
+    expect(page.locator("#restored tr", has_text="report-2026.txt")).to_contain_text("24 B")
+    looks_right(page, "restored", width)
 
     # a second backup after real changes, then the comparison, older to newer
     (src / "report-2026.txt").write_text("changed, and longer than before")
@@ -341,9 +367,18 @@ def test_a_new_admins_first_hour(page, web_server, cluster, roots, tmp_path, wid
     expect(page.locator(".messagelist")).to_contain_text("not sent anywhere")
     looks_right(page, "channels", width)
 
-    # the dashboard: the whole width, the repository green, its jobs listed
+    # the dashboard: the whole width, one line a row, the repository green, its jobs listed;
+    # beside it a repository with every reason to be red and a job with a long error
+    troubled = Repository.objects.create(
+        name="offsite-archive-of-the-accounting-department", location=str(roots.repos / "off"),
+        state="new", catalog_stale=True,
+    )  # fmt: skip
+    long_error = "Connection closed by remote host. Is borg working on the server? " * 3
+    Job.objects.create(kind="check", repository=troubled, repository_name=troubled.name,
+                       trigger="schedule", status="failed", error_message=long_error)  # fmt: skip
     page.goto(f"{url}/admin/")
-    expect(page.locator("tr.oc-repo")).to_have_attribute("data-health", "green")
+    expect(page.locator("tr.oc-repo[data-health=red]")).to_contain_text("no backup yet")
+    expect(page.locator("tr.oc-repo").first).to_have_attribute("data-health", "green")
     found = looks_right(page, "dashboard", width)
     assert found["dashboard"] >= 0.9, f"the dashboard table spans {found['dashboard']:.0%}"
     for path in ("/admin/borgapp/job/", "/admin/borgapp/archive/", "/admin/borgapp/alert/",
