@@ -13,7 +13,19 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from borgapp import admin_views as views
-from borgapp import audit, errors, health, intake, jobs, notifications, outbound, scheduling, vault
+from borgapp import (
+    audit,
+    errors,
+    health,
+    hooks,
+    intake,
+    jobs,
+    notifications,
+    outbound,
+    scheduling,
+    validation,
+    vault,
+)
 from borgapp.models import (
     Alert,
     Archive,
@@ -426,8 +438,30 @@ def ping_field(when: str):
     )
 
 
+class HookLinesField(views.LinesField):
+    """Hook commands, one per line as a shell would type them (split without a shell)."""
+
+    def prepare_value(self, value):
+        if isinstance(value, list | tuple):
+            return "\n".join(hooks.shown(a) if isinstance(a, list) else str(a) for a in value)
+        return value
+
+
+def hook_field(stage: str, help_text: str):
+    return HookLinesField(label=f"{stage} hooks", help_text=help_text)
+
+
 class ScheduleForm(forms.ModelForm):
     source_paths = views.LinesField(label="Source paths", help_text="one absolute path per line")
+    hooks_before = hook_field(
+        "Before", "one command per line, run in order before borg (e.g. /usr/bin/docker stop "
+        "db); no shell: | ; > and $VAR are plain arguments. One that fails stops the job.",
+    )  # fmt: skip
+    hooks_after_success = hook_field("After-success", "run when the job succeeded")
+    hooks_after_failure = hook_field("After-failure", "run when the job failed or was cancelled")
+    hooks_always_after = hook_field(
+        "Always-after", "run last, whatever happened (e.g. /usr/bin/docker start db)"
+    )
     exclude_patterns = views.LinesField(
         label="Exclude patterns",
         help_text="one pattern per line, borg's syntax (e.g. sh:**/*.tmp or pp:/home/cache)",
@@ -507,22 +541,40 @@ class ScheduleAdmin(RoleAdmin):
                    "classes": ["oc-op", "oc-op-check"]}),
         ("Verify restore", {"fields": ["sample_files", "sample_percent", "sample_max_bytes"],
                             "classes": ["oc-op", "oc-op-verify_restore"]}),
+        ("Hooks", {"fields": ["hooks_before", "hooks_after_success", "hooks_after_failure",
+                              "hooks_always_after", "hook_timeout"],
+                   "description": "Commands the worker runs as its own user around each job "
+                   "of this schedule, with the job's facts in OPSCENTER_* variables (never a "
+                   "passphrase). Only admins see and change them."}),
         ("Pings", {"fields": ["ping_start_url", "ping_success_url", "ping_failure_url"]}),
         ("Last runs", {"fields": ["last_run_at", "last_outcome", "last_success_at"]}),
     ]  # fmt: skip
     PING_SHOWN = ["ping_start_shown", "ping_success_shown", "ping_failure_shown"]
 
+    HOOKS_SHOWN = ["hooks_shown"]
+
     def get_fieldsets(self, request, obj=None):
-        """Admins edit the ping URLs; anyone else sees them masked (scheme and host)."""
+        """Admins edit the ping URLs and hooks; anyone else sees the pings masked (scheme and
+        host) and only how many hooks there are (a command line can name internal things)."""
         if has_role(request.user, "admin"):
             return self.fieldsets
+        hidden = {"Pings": self.PING_SHOWN, "Hooks": self.HOOKS_SHOWN}
         return [
-            (name, {"fields": self.PING_SHOWN}) if name == "Pings" else (name, options)
+            (name, {"fields": hidden[name]}) if name in hidden else (name, options)
             for name, options in self.fieldsets
         ]
 
     def get_readonly_fields(self, request, obj=None):
-        return [*super().get_readonly_fields(request, obj), *self.PING_SHOWN]
+        return [*super().get_readonly_fields(request, obj), *self.PING_SHOWN, *self.HOOKS_SHOWN]
+
+    @admin.display(description="hooks")
+    def hooks_shown(self, obj):
+        counts = [
+            f"{len(obj.hooks(stage))} {stage.replace('_', '-')}"
+            for stage in validation.HOOK_STAGES
+            if obj.hooks(stage)
+        ]
+        return ", ".join(counts) + " (shown to admins)" if counts else "none"
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
@@ -666,6 +718,7 @@ class JobAdmin(RoleAdmin):
         return [
             self.page("<int:pk>/cancel/", views.cancel_job, "borgapp_job_cancel"),
             self.page("<int:pk>/key/", views.download_key, "borgapp_job_key"),
+            self.page("<int:pk>/restored/", views.restored, "borgapp_job_restored"),
         ] + super().get_urls()
 
 

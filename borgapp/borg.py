@@ -1,7 +1,8 @@
 """The one door to borg (design.md): argv as data, a pipe for the passphrase, streamed
 `--log-json`, exit codes mapped to exceptions, and a signal ladder for cancel and deadlines.
 
-This module is the only one that imports `subprocess`. It knows nothing of Django models:
+This module is the only one that imports `subprocess`: borg, and the programs a job runs
+around it (hooks), start here. It knows nothing of Django models:
 callers hand it a `BorgConfig`, a location string, and plain values.
 """
 
@@ -886,3 +887,99 @@ def prune_lines(result: Result) -> dict[str, list[str]]:
             match.group(2)
         )
     return {"kept": kept, "pruned": pruned}
+
+
+# --- the other programs a job runs around borg (hooks) ---------------------------------------
+# They start here too, so every process this app starts is started in one place: argv as
+# data, no shell, stdin on /dev/null, a session of their own, and a stop that takes the
+# whole process group (a hook's own children included).
+
+PROGRAM_TAIL_LINES = 20
+PROGRAM_LINE_CHARS = 500
+PROGRAM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+@dataclass
+class ProgramRun:
+    rc: int | None  # None: it could not be started
+    tail: list[str]
+    seconds: float
+    timed_out: bool = False
+    stopped: bool = False  # a cancel stopped it
+    not_started: str = ""  # why it could not start
+
+
+def run_program(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    timeout: float,
+    should_stop: Callable[[], bool] | None = None,
+    cwd: str = "/",
+) -> ProgramRun:
+    """Run one program to its end (or its timeout, or a stop request), keeping the last
+    lines of its output (stdout and stderr together) and nothing more in memory."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        return ProgramRun(None, [], 0.0, not_started=exc.strerror or str(exc))
+    tail: deque[str] = deque(maxlen=PROGRAM_TAIL_LINES)
+    lines = _Lines(lambda raw: tail.append(raw.decode("utf-8", "replace")[:PROGRAM_LINE_CHARS]))
+    end_at, kill_at, exited_at = started + timeout, None, None
+    timed_out = stopped = False
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            open_stream = True
+            while open_stream or proc.poll() is None:
+                if open_stream:
+                    for key, _ in sel.select(timeout=0.2):
+                        data = os.read(key.fd, 65536)
+                        if data:
+                            lines.feed(data)
+                        else:
+                            sel.unregister(key.fileobj)
+                            open_stream = False
+                else:
+                    time.sleep(0.05)
+                now = time.monotonic()
+                if open_stream and proc.poll() is not None:
+                    # it ended, but something it left in the background holds the pipe
+                    exited_at = exited_at or now
+                    open_stream = now - exited_at < 1.0
+                if kill_at is None and (now >= end_at or (should_stop and should_stop())):
+                    timed_out, stopped = now >= end_at, now < end_at
+                    _signal_group(proc, signal.SIGTERM)
+                    kill_at = now + PROGRAM_GRACE
+                elif kill_at is not None and now >= kill_at:
+                    _signal_group(proc, signal.SIGKILL)
+                    kill_at = float("inf")
+                    open_stream = False  # a grandchild may keep the pipe open: stop reading
+    except BaseException:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+    rc = proc.wait()
+    if kill_at is not None:
+        _signal_group(proc, signal.SIGKILL)  # what the program left behind in its group
+    lines.close()
+    return ProgramRun(rc, list(tail), time.monotonic() - started, timed_out, stopped)
+
+
+def _signal_group(proc: subprocess.Popen, signo: int) -> None:
+    try:
+        os.killpg(proc.pid, signo)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -21,7 +21,7 @@ from django.db.models import Case, Q, When
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from borgapp import audit, borg, job_events, lease, operations, procs, vault
+from borgapp import audit, borg, hooks, job_events, lease, operations, procs, vault
 from borgapp.errors import InvalidInput, OperationError
 from borgapp.models import Job, Repository
 
@@ -225,6 +225,8 @@ def _outcome_of(exc: Exception, cancelled: bool) -> tuple[str, str, str]:
         return Job.Status.FAILED, exc.code, exc.message
     if isinstance(exc, InvalidInput):
         return Job.Status.FAILED, "invalid_input", str(exc)
+    if isinstance(exc, hooks.HookFailed) and exc.stopped:
+        return Job.Status.CANCELLED, "cancelled", "Cancelled on request (during a before-hook)."
     if isinstance(exc, OperationError):
         return Job.Status.FAILED, exc.code, str(exc)
     if isinstance(exc, vault.VaultError):
@@ -243,7 +245,9 @@ def execute(job: Job, echo=None) -> Job:
     progress = Progress(job, echo=echo)
     status, result, error_code, error_message, tail = Job.Status.SUCCEEDED, {}, "", "", []
     payload = None
+    around = hooks.Hooks.of(job)
     try:
+        around.before(should_stop=progress.should_stop)
         outcome = operations.run(job, progress)
         result, payload, tail = outcome.result, outcome.payload, outcome.tail
         if outcome.warnings:
@@ -254,9 +258,11 @@ def execute(job: Job, echo=None) -> Job:
         tail = getattr(exc, "tail", [])
         result = getattr(exc, "result", {})
     except KeyboardInterrupt:  # Ctrl-C in the command line: borg was already stopped
+        around.after(Job.Status.CANCELLED, result, "Cancelled with Ctrl-C.")
         mark_interrupted(job, "Cancelled with Ctrl-C.", status=Job.Status.CANCELLED)
         raise
     except BaseException:  # this process is shutting down: borg was already stopped
+        around.after(Job.Status.INTERRUPTED, result, "Its process was shut down.")
         mark_interrupted(job, "Stopped because its process was shut down.")
         raise
     finally:
@@ -264,6 +270,10 @@ def execute(job: Job, echo=None) -> Job:
     if status == Job.Status.SUCCEEDED and progress.cancel:
         # borg finished before it saw the cancel: the work is done, say so.
         error_message = "A cancel was requested but the operation had already finished."
+    failed_after = around.after(status, result, error_message)
+    if failed_after and status in Job.OK:
+        status = Job.Status.WARNING
+        error_message = "; ".join(filter(None, [error_message, *failed_after]))[:2000]
     # A worker's caller is elsewhere: keep the payload (an exported key) encrypted until
     # its one download. An in-process caller gets it directly and nothing is stored.
     secret = vault.encrypt(payload) if (payload and not job.inline) else ""
@@ -275,6 +285,7 @@ def execute(job: Job, echo=None) -> Job:
         error_code=error_code,
         error_message=error_message,
         log_tail="\n".join(tail)[-8000:],
+        hook_log=around.log,
     )
     job.payload = payload  # for an in-process caller only; never stored
     return job

@@ -401,6 +401,27 @@ class Schedule(models.Model):
     sample_max_bytes = models.BigIntegerField(
         default=100 * 1024 * 1024, help_text="upper bound of the bytes restored per run"
     )
+    # hooks: commands run by the worker before and after each job of this schedule (argv
+    # lists, no shell). Configuration only admins write (admin, CLI); the API never writes them.
+    hooks_before = models.JSONField(
+        default=list, blank=True,
+        help_text="Run before borg, in order; one that fails stops the job (borg never runs).",
+    )  # fmt: skip
+    hooks_after_success = models.JSONField(
+        default=list, blank=True,
+        help_text="Run when the job succeeded; one that fails makes it a warning.",
+    )  # fmt: skip
+    hooks_after_failure = models.JSONField(
+        default=list, blank=True,
+        help_text="Run when the job failed, was cancelled or was stopped by a failing hook.",
+    )  # fmt: skip
+    hooks_always_after = models.JSONField(
+        default=list, blank=True,
+        help_text="Run last, whatever happened (restart what a before-hook stopped).",
+    )  # fmt: skip
+    hook_timeout = models.PositiveIntegerField(
+        default=300, help_text="seconds each hook may run before it is stopped (and fails)"
+    )
     # dead-man pings (healthchecks.io, Uptime Kuma): GET on start, success and failure. A ping
     # URL is a secret (whoever has it can silence the dead-man switch): stored encrypted, read
     # with get_ping or the ping_*_url properties, shown masked (shown_ping).
@@ -499,12 +520,28 @@ class Schedule(models.Model):
                 errors["verify_data"] = "verify-data checks archives; not with repository only."
             if self.max_duration and self.check_scope != self.CheckScope.REPOSITORY:
                 errors["max_duration"] = "max-duration works only with a repository-only check."
+        for stage in validation.HOOK_STAGES:
+            try:
+                setattr(self, f"hooks_{stage}", validation.hook_list(self.hooks(stage), stage))
+            except validation.InvalidInput as exc:
+                errors[f"hooks_{stage}"] = str(exc)
+        try:
+            validation.hook_timeout(self.hook_timeout)
+        except validation.InvalidInput as exc:
+            errors["hook_timeout"] = str(exc)
         if self.sample_percent is not None and not 1 <= self.sample_percent <= 100:
             errors["sample_percent"] = "A share between 1 and 100."
         if self.sample_max_bytes is not None and self.sample_max_bytes < 1:
             errors["sample_max_bytes"] = "Must be at least 1 byte."
         if errors:
             raise ValidationError(errors)
+
+    def hooks(self, stage: str) -> list:
+        return getattr(self, f"hooks_{stage}") or []
+
+    @property
+    def has_hooks(self) -> bool:
+        return any(self.hooks(stage) for stage in validation.HOOK_STAGES)
 
     @property
     def cron_description(self) -> str:
@@ -596,6 +633,8 @@ class Job(models.Model):
     error_code = models.CharField(max_length=40, blank=True, default="")
     error_message = models.TextField(blank=True, default="")
     log_tail = models.TextField(blank=True, default="")
+    # what the schedule's hooks did: [{name, stage, exit, seconds, timed_out, output}]
+    hook_log = models.JSONField(default=list, blank=True)
 
     # An exported key waiting for its one download (encrypted; cleared when fetched).
     secret_payload = models.TextField(blank=True, default="", editable=False)

@@ -7,6 +7,8 @@ the problem. Nothing here touches Django models.
 import ipaddress
 import os
 import re
+import shlex
+import shutil
 from argparse import ArgumentTypeError
 from pathlib import Path
 
@@ -293,3 +295,67 @@ def validate_timezone(value: str) -> str:
         raise InvalidInput(f"Time zone {value!r} is unknown; use a name like UTC or Europe/Berlin.")
     ZoneInfo(value)
     return value
+
+
+# --- hooks: commands an admin sets to run before and after a schedule's jobs -----------------
+
+HOOK_STAGES = ("before", "after_success", "after_failure", "always_after")
+MAX_HOOKS_PER_STAGE = 10
+MAX_HOOK_CHARS = 4096
+HOOK_TIMEOUT_MAX = 24 * 3600
+
+
+def hook_argv(line) -> list[str]:
+    """A hook command as argv: a list is taken as it is, a line typed in a form is split as a
+    shell would split it (quotes, backslashes), without running a shell, so `;`, `|`, `$(...)`
+    and `>` are plain arguments. The program must exist: a typo is refused when saved, not
+    found at 2 a.m. (a name without a slash is looked up on this server's PATH)."""
+    if isinstance(line, str):
+        no_control_chars(line, "Hook command")
+        if len(line) > MAX_HOOK_CHARS:
+            raise InvalidInput(f"A hook command is longer than {MAX_HOOK_CHARS} characters.")
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise InvalidInput(f"Hook command {line!r} cannot be split: {exc}.") from None
+    elif isinstance(line, list) and line and all(isinstance(a, str) for a in line):
+        argv = list(line)
+        for arg in argv:
+            no_control_chars(arg, "Hook command")
+        if sum(len(a) + 1 for a in argv) > MAX_HOOK_CHARS:
+            raise InvalidInput(f"A hook command is longer than {MAX_HOOK_CHARS} characters.")
+    else:
+        raise InvalidInput("A hook command is a line of text or a list of strings.")
+    if not argv:
+        raise InvalidInput("A hook command must not be empty.")
+    program = argv[0]
+    if "/" in program:
+        if not os.path.isabs(program):
+            raise InvalidInput(f"Hook program {program!r}: give an absolute path or a name.")
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise InvalidInput(f"Hook program {program} does not exist or is not executable.")
+    elif shutil.which(program) is None:
+        raise InvalidInput(
+            f"Hook program {program!r} is not found on this server's PATH; give its absolute path."
+        )
+    return argv
+
+
+def hook_list(value, stage: str) -> list[list[str]]:
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list):
+        raise InvalidInput(f"The {stage.replace('_', '-')} hooks must be a list of commands.")
+    if len(value) > MAX_HOOKS_PER_STAGE:
+        raise InvalidInput(f"At most {MAX_HOOKS_PER_STAGE} {stage.replace('_', '-')} hooks.")
+    return [hook_argv(line) for line in value]
+
+
+def hook_timeout(value) -> int:
+    try:
+        seconds = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("The hook timeout must be a whole number of seconds.") from None
+    if not 1 <= seconds <= HOOK_TIMEOUT_MAX:
+        raise InvalidInput(f"The hook timeout must be between 1 and {HOOK_TIMEOUT_MAX} seconds.")
+    return seconds

@@ -5,7 +5,7 @@ from datetime import datetime
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from borgapp import params, scheduling
+from borgapp import params, scheduling, validation
 from borgapp.models import (
     Alert,
     Archive,
@@ -17,6 +17,7 @@ from borgapp.models import (
     RetentionPolicy,
     Schedule,
 )
+from borgapp.roles import has_role
 
 
 class FullCleanMixin:
@@ -78,6 +79,7 @@ class JobSerializer(serializers.ModelSerializer):
             "error_code",
             "error_message",
             "log_tail",
+            "hook_log",
             "cancel_requested",
         ]
         read_only_fields = fields
@@ -310,6 +312,7 @@ class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
             "sample_max_bytes",
             "cron_description",
             "next_run",
+            "hooks",
             "last_run_at",
             "last_outcome",
             "last_success_at",
@@ -328,9 +331,35 @@ class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
 
     cron_description = serializers.CharField(read_only=True)
     next_run = serializers.SerializerMethodField()
+    hooks = serializers.SerializerMethodField(
+        help_text="Admins only (null for other roles), and read-only: hooks run commands on "
+        "the server, so they are set in the admin or with `manage.py borg_schedule hooks`, "
+        "never through the API. A write that includes hooks is refused with 400. Shape: "
+        '{"before": [[argv...]], "after_success": [...], "after_failure": [...], '
+        '"always_after": [...], "timeout": seconds}.'
+    )
 
     def get_next_run(self, schedule) -> datetime | None:
         return scheduling.next_run(schedule)
+
+    def get_hooks(self, schedule) -> dict | None:
+        request = self.context.get("request")
+        if request is None or not has_role(request.user, "admin"):
+            return None
+        shown = {stage: schedule.hooks(stage) for stage in validation.HOOK_STAGES}
+        return {**shown, "timeout": schedule.hook_timeout}
+
+    HOOK_KEYS = ("hooks", *(f"hooks_{stage}" for stage in validation.HOOK_STAGES), "hook_timeout")
+
+    def to_internal_value(self, data):
+        given = [key for key in self.HOOK_KEYS if hasattr(data, "keys") and key in data]
+        if given:
+            refusal = (
+                "Hooks run commands on the server: set them in the admin or with "
+                "`manage.py borg_schedule hooks`; the API does not write them."
+            )
+            raise serializers.ValidationError({key: [refusal] for key in given})
+        return super().to_internal_value(data)
 
     def validate_repositories(self, value):
         if not value:

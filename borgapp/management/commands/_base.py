@@ -31,6 +31,7 @@ def job_summary(job: Job) -> dict:
         "result": job.result,
         "error_code": job.error_code or None,
         "error": job.error_message or None,
+        "hooks": job.hook_log,
     }
 
 

@@ -1,4 +1,5 @@
 import json
+import shlex
 import sys
 
 from django.core.exceptions import ValidationError
@@ -63,6 +64,18 @@ class Command(BaseCommand):
         add.add_argument("--sample-percent", type=int)
         add.add_argument("--sample-max-bytes", type=int, default=params.SAMPLE_MAX_BYTES)
         add.add_argument("--disabled", action="store_true")
+        add_hook_options(add)
+        hooks = sub.add_parser(
+            "hooks",
+            help="show a schedule's hooks, or replace those of the stages given",
+            description="Each command is one argument, split as a shell would split it (no "
+            "shell runs): --before '/usr/bin/docker stop db'. Giving a stage replaces its "
+            "commands; --clear removes every hook first.",
+        )
+        hooks.add_argument("schedule", metavar="NAME")
+        hooks.add_argument("--clear", action="store_true", help="remove every hook first")
+        hooks.add_argument("--json", action="store_true")
+        add_hook_options(hooks)
         listing = sub.add_parser("list", help="schedules with next run, last run, last outcome")
         listing.add_argument("--json", action="store_true")
         run = sub.add_parser("run", help="run now and wait")
@@ -122,12 +135,42 @@ class Command(BaseCommand):
             sample_percent=o["sample_percent"],
             sample_max_bytes=o["sample_max_bytes"],
         )
+        set_hooks(schedule, o)
         save(schedule, repositories)
         row = schedule_row(schedule)
         self.stdout.write(
             f"Added {schedule.name}: {schedule.operation} {row['description']} "
             f"({schedule.timezone}); next run {row['next_run'] or '-'}"
         )
+
+    def do_hooks(self, o):
+        schedule = self.schedule(o["schedule"])
+        changing = (
+            o["clear"]
+            or o["hook_timeout"] is not None
+            or any(o[stage] is not None for stage in validation.HOOK_STAGES)
+        )
+        if changing:
+            if o["clear"]:
+                for stage in validation.HOOK_STAGES:
+                    setattr(schedule, f"hooks_{stage}", [])
+            set_hooks(schedule, o)
+            try:
+                schedule.full_clean()
+            except ValidationError as exc:
+                fail(f"Invalid hooks: {'; '.join(' '.join(m) for m in exc.message_dict.values())}")
+            schedule.save()
+            audit.record("schedule.changed", schedule.name, outcome="success", message="hooks")
+        shown = {stage: schedule.hooks(stage) for stage in validation.HOOK_STAGES}
+        if o["json"]:
+            self.stdout.write(json.dumps({**shown, "timeout": schedule.hook_timeout}, indent=2))
+            return
+        for stage, commands in shown.items():
+            for argv in commands:
+                self.stdout.write(f"{stage.replace('_', '-'):<14} {shlex.join(argv)}")
+        if not any(shown.values()):
+            self.stdout.write(f"{schedule.name} has no hooks.")
+        self.stdout.write(f"timeout        {schedule.hook_timeout} s for each hook")
 
     def do_list(self, o):
         rows = [schedule_row(s) for s in Schedule.objects.prefetch_related("repositories")]
@@ -233,6 +276,28 @@ class Command(BaseCommand):
                 f"Added {schedule.name} (disabled): {schedule.cron_description}; review it, "
                 f"then: manage.py borg_schedule enable {schedule.name}"
             )
+
+
+def add_hook_options(parser) -> None:
+    for stage in validation.HOOK_STAGES:
+        option = stage.replace("_", "-")
+        parser.add_argument(
+            f"--{option}", dest=stage, action="append", metavar="COMMAND",
+            help=f"a {option} hook (repeat for several, run in order)",
+        )  # fmt: skip
+    parser.add_argument(
+        "--hook-timeout", type=int, metavar="SECONDS", help="for each hook (default 300)"
+    )
+
+
+def set_hooks(schedule: Schedule, o) -> None:
+    """The hook options given replace the commands of their stage; full_clean checks them
+    (split, program found) before anything is saved."""
+    for stage in validation.HOOK_STAGES:
+        if o.get(stage) is not None:
+            setattr(schedule, f"hooks_{stage}", list(o[stage]))
+    if o.get("hook_timeout") is not None:
+        schedule.hook_timeout = o["hook_timeout"]
 
 
 def save(schedule: Schedule, repositories) -> None:
