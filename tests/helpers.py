@@ -149,21 +149,31 @@ def wait_for(predicate, timeout=60.0, interval=0.1):
 
 
 def borg_processes_by_repo(paths):
-    """For each repository path, the live borg processes naming it: (pid, state, argv)."""
-    found = {p: [] for p in paths}
+    """For each repository path, the live borg processes naming it: (pid, state, argv).
+
+    A process whose parent is one of them is not another borg: when borg starts a helper
+    program, the child carries borg's argv from its fork until its exec (seen in CI: pids N
+    and N+1, the parent in state D while Python's vfork waited for the exec)."""
+    seen = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        state, parent = fields[0], fields[1]
         if state == "Z" or not any(arg.endswith(b"/borg") for arg in cmdline[:2]):
+            continue
+        seen[entry.name] = (state, parent, cmdline)
+    found = {p: [] for p in paths}
+    for pid, (state, parent, cmdline) in seen.items():
+        if parent in seen:
             continue
         for path in paths:
             if any(arg.startswith(path.encode()) for arg in cmdline):
-                found[path].append((entry.name, state, b" ".join(cmdline[1:4]).decode()))
+                found[path].append((pid, state, b" ".join(cmdline[1:4]).decode()))
     return found
 
 
