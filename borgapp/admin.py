@@ -672,21 +672,28 @@ class ScheduleAdmin(RoleAdmin):
 # --- jobs ----------------------------------------------------------------------------------------
 
 
+def clipped(text: str, wide: bool = False):
+    """A list cell's text kept to one line: cut with an ellipsis, the whole text its title."""
+    return format_html(
+        '<span class="oc-clip{}" title="{}">{}</span>', " oc-wide" if wide else "", text, text
+    )
+
+
 @admin.register(Job)
 class JobAdmin(RoleAdmin):
     list_display = [
-        "id", "kind", "repository", "status_badge", "trigger", "created_at", "took", "problem",
+        "id", "kind", "repository_shown", "status_badge", "trigger", "created_at", "took",
+        "problem",
     ]  # fmt: skip
     list_filter = ["status", "kind", "trigger", "repository_name"]
 
     @admin.display(description="repository", ordering="repository_name")
-    def repository(self, obj):
-        return obj.repository_name
+    def repository_shown(self, obj):  # not `repository`: the model's field would win
+        return clipped(obj.repository_name)
 
     @admin.display(description="problem")
     def problem(self, obj):
-        text = obj.error_message or ""
-        return text if len(text) <= 120 else text[:119] + "…"
+        return clipped(obj.error_message, wide=True) if obj.error_message else ""
 
     @admin.display(description="took")
     def took(self, obj):
@@ -821,9 +828,18 @@ class AuditEventAdmin(RoleAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(RoleAdmin):
-    list_display = ["kind", "repository", "state", "reason", "first_seen", "last_seen",
-                    "resolved_at"]  # fmt: skip
+    list_display = ["kind", "repository_shown", "state", "reason_shown", "first_seen",
+                    "last_seen", "resolved_at"]  # fmt: skip
     list_filter = ["state", "kind", "repository"]
+    list_select_related = ["repository"]
+
+    @admin.display(description="repository", ordering="repository__name")
+    def repository_shown(self, obj):
+        return clipped(obj.repository.name) if obj.repository_id else "(installation)"
+
+    @admin.display(description="reason", ordering="reason")
+    def reason_shown(self, obj):
+        return clipped(obj.reason, wide=True)
 
     def has_add_permission(self, request):
         return False

@@ -25,11 +25,17 @@ class Health:
     running: Job | None = None
     headline: str = "ok"  # the reason that set the colour
 
+    levels: list[int] = field(default_factory=list)  # of the reasons given by `worse`
+
     def worse(self, colour: str, reason: str) -> None:
+        """Note a reason; the worst ones come first (a cut line shows what matters most)."""
         order = [GREEN, AMBER, RED]
-        if order.index(colour) > order.index(self.colour):
+        level = order.index(colour)
+        if level > order.index(self.colour):
             self.colour, self.headline = colour, reason
-        self.reasons.append(reason)
+        at = sum(1 for other in self.levels if other >= level)
+        self.levels.insert(at, level)
+        self.reasons.insert(at, reason)
 
     @property
     def backup_age(self) -> timedelta | None:

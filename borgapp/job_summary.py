@@ -37,6 +37,11 @@ def count(value) -> str:
     return number_format(value, force_grouping=True) if value is not None else "–"
 
 
+def many(value, noun: str, plural: str = "") -> str:
+    """'1 file', '1,200 files'."""
+    return f"{count(value)} {noun if value == 1 else plural or noun + 's'}"
+
+
 def shown(key: str, value) -> str:
     """One result value with its unit."""
     if value is None:
@@ -157,7 +162,7 @@ def _backup(r: dict) -> str:
     )
     new = shown("deduplicated_size", r.get("deduplicated_size"))
     return (
-        f"Backed up {count(r.get('nfiles'))} files ({size}) into {r.get('archive_name')} in "
+        f"Backed up {many(r.get('nfiles'), 'file')} ({size}) into {r.get('archive_name')} in "
         f"{took}; {new} of it was new."
     )
 
@@ -174,7 +179,7 @@ SENTENCES = {
     Job.Kind.BACKUP: _backup,
     Job.Kind.PRUNE: _prune,
     Job.Kind.EXTRACT: lambda r: (
-        f"Restored {count(r.get('files'))} files of {r.get('archive_name')} into "
+        f"Restored {many(r.get('files'), 'file')} of {r.get('archive_name')} into "
         f"{r.get('target_path')}."
     ),
     Job.Kind.CHECK: lambda r: (
@@ -185,18 +190,18 @@ SENTENCES = {
         "The repository was compacted." + (f" {r['note']}" if r.get("note") else "")
     ),
     Job.Kind.CONTENTS: lambda r: (
-        f"Read {count(r.get('items'))} entries of {r.get('archive_name')}."
+        f"Read {many(r.get('items'), 'entry', 'entries')} of {r.get('archive_name')}."
     ),
     Job.Kind.DIFF: lambda r: (
         f"Compared {r.get('archive_name')} with {r.get('other')}: "
-        f"{count(r.get('changes'))} changes."
+        f"{many(r.get('changes'), 'change')}."
     ),
     Job.Kind.VERIFY_RESTORE: lambda r: (
-        f"Restored {count(r.get('sampled'))} sampled files of {r.get('archive_name')}; every one "
+        f"Restored {many(r.get('sampled'), 'sampled file')} of {r.get('archive_name')}; every one "
         "matched the archive and the source."
     ),
     Job.Kind.INIT: lambda r: "The repository is ready for its first backup.",
     Job.Kind.IMPORT: lambda r: (
-        f"The repository is ready: {count(r.get('archives'))} archives found."
+        f"The repository is ready: {many(r.get('archives'), 'archive')} found."
     ),
 }

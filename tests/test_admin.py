@@ -205,6 +205,14 @@ def test_health_colours_their_reasons_and_the_size_chart(admin_client, roots):
     )
     assert rows["broken"].colour == "red" and "last job (Backup) failed" in rows["broken"].reasons
     assert rows["empty"].colour == "red" and rows["empty"].reasons == ["no backup yet"]
+    # the worst reasons first: a cut line on the dashboard shows what matters most
+    Repository.objects.create(name="new", location=str(roots.repos / "n"), catalog_stale=True)
+    new = next(row for row in health.repositories() if row.repository.name == "new")
+    assert new.reasons[0] == "no backup yet" and len(new.reasons) == 3
+    assert new.reasons[1:] == [
+        "not initialized or imported yet",
+        "catalog may lag borg (a sync is due)",
+    ]
     series = health.size_series([fresh.pk])[fresh.pk]
     assert [size for _, size in series] == [3000, 5000, 6000]  # running sum, oldest first
     page = admin_client.get("/admin/").content.decode()

@@ -296,6 +296,7 @@ def test_a_new_admins_first_hour(page, web_server, cluster, roots, tmp_path, wid
     wait_for_job(page)
     restored = target / str(src).lstrip("/") / "report-2026.txt"
     assert restored.read_bytes() == b"the bytes that come back"
+    expect(page.locator("#job-summary")).to_contain_text("Restored 1 file of files-")
     looks_right(page, "extract-job", width)
     page.get_by_role("link", name="Open the restored folder").click()  # what is on the disk
     for _ in range(20):
