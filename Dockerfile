@@ -61,12 +61,14 @@ FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive
 # Shared libraries borg and pyfuse3 link against, fusermount3 for `borg mount`, ssh for remote
-# repositories. python3 only if the base lacks one (the venv points at the base's interpreter).
+# repositories, the dump and restore tools of database sources (pg_dump/pg_restore/psql,
+# mariadb-dump/mariadb, sqlite3). python3 only if the base lacks one (the venv points at the
+# base's interpreter).
 RUN command -v python3 >/dev/null || extra=python3; \
     apt-get update \
  && apt-get install -y --no-install-recommends \
       libssl3 liblz4-1 libzstd1 libxxhash0 libacl1 libfuse3-3 fuse3 openssh-client \
-      ca-certificates $extra \
+      postgresql-client mariadb-client sqlite3 ca-certificates $extra \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 RUN groupadd --gid 10001 opscenter \

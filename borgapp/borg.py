@@ -12,6 +12,7 @@ import re
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -266,6 +267,7 @@ class Command:
     cwd: str | None = None
     cwd_fd: int | None = None  # a directory held open: borg starts in it, not in `cwd`'s path
     stdin_data: str | None = None
+    stdout_fd: int | None = None  # borg's stdout goes there (a pipe to a restore tool)
     uses_lock: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -313,6 +315,7 @@ def create_cmd(
     one_file_system: bool = False,
     checkpoint_interval: int | None = None,
     comment: str = "",
+    read_special: bool = False,
 ) -> Command:
     if not sources:
         raise validation.InvalidInput("At least one source path is required.")
@@ -329,6 +332,8 @@ def create_cmd(
     if comment:
         validation.no_control_chars(comment, "Comment")
         options.append(_opt("comment", comment))
+    if read_special:  # database dumps arrive through named pipes
+        options.append("--read-special")
     paths = [validation.validate_source_path(s) for s in sources]
     return Command(
         ["create"],
@@ -459,6 +464,14 @@ def _path_patterns(paths: list[str] | None) -> list[str]:
     # borg reads a PATH argument as a pattern ("sh:*" would select everything); the explicit
     # path-prefix style makes each one mean exactly that path (and what is below it).
     return ["pp:" + validation.validate_archive_path(p) for p in (paths or [])]
+
+
+def extract_stdout_cmd(location: str, archive: str, path: str, stdout_fd: int) -> Command:
+    """One file of an archive written to `stdout_fd` (a pipe to a restore tool)."""
+    return Command(
+        ["extract"], ["--stdout"], [repo_arg(location, archive), *_path_patterns([path])],
+        stdout_fd=stdout_fd,
+    )  # fmt: skip
 
 
 def delete_archive_cmd(location: str, archive: str) -> Command:
@@ -676,7 +689,7 @@ def _spawn(
         return subprocess.Popen(
             argv,
             stdin=subprocess.PIPE if command.stdin_data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=command.stdout_fd if command.stdout_fd is not None else subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
             cwd=cwd,
@@ -744,9 +757,11 @@ def _pump(
     sinks = {"out": out.feed if out is not None else chunks.append, "err": err.feed}
     deadline_hit = False
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ, "out")
-        sel.register(proc.stderr, selectors.EVENT_READ, "err")
-        open_streams = 2
+        streams = [(proc.stdout, "out"), (proc.stderr, "err")]
+        for stream, name in streams:
+            if stream is not None:  # stdout is elsewhere with Command.stdout_fd
+                sel.register(stream, selectors.EVENT_READ, name)
+        open_streams = sum(1 for stream, _ in streams if stream is not None)
         while open_streams:
             for key, _ in sel.select(timeout=0.5):
                 data = os.read(key.fd, 65536)
@@ -916,6 +931,7 @@ def run_program(
     timeout: float,
     should_stop: Callable[[], bool] | None = None,
     cwd: str = "/",
+    keep_lines: int = PROGRAM_TAIL_LINES,
 ) -> ProgramRun:
     """Run one program to its end (or its timeout, or a stop request), keeping the last
     lines of its output (stdout and stderr together) and nothing more in memory."""
@@ -933,7 +949,7 @@ def run_program(
         )
     except OSError as exc:
         return ProgramRun(None, [], 0.0, not_started=exc.strerror or str(exc))
-    tail: deque[str] = deque(maxlen=PROGRAM_TAIL_LINES)
+    tail: deque[str] = deque(maxlen=keep_lines)
     lines = _Lines(lambda raw: tail.append(raw.decode("utf-8", "replace")[:PROGRAM_LINE_CHARS]))
     end_at, kill_at, exited_at = started + timeout, None, None
     timed_out = stopped = False
@@ -983,3 +999,57 @@ def _signal_group(proc: subprocess.Popen, signo: int) -> None:
         os.killpg(proc.pid, signo)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class Background:
+    """A program that runs beside borg (a database dump writing into a named pipe, a restore
+    tool reading borg's output): started at once, its stderr's last lines kept by a thread,
+    waited for or stopped with its whole process group."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], stdin=None, cwd: str = "/"):
+        self.argv = argv
+        self.tail: deque[str] = deque(maxlen=PROGRAM_TAIL_LINES)
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise BorgError(f"Could not start {argv[0]}: {exc.strerror}.") from None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        lines = _Lines(lambda raw: self.tail.append(raw.decode("utf-8", "replace")[:500]))
+        with self.proc.stderr:
+            for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):
+                lines.feed(chunk)
+        lines.close()
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._reader.join(timeout=5)
+        return rc
+
+    def stop(self) -> None:
+        """SIGTERM to its group, SIGKILL after the grace; then reaped."""
+        if self.proc.poll() is None:
+            _signal_group(self.proc, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=PROGRAM_GRACE)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc, signal.SIGKILL)
+                self.proc.wait()
+        self._reader.join(timeout=5)

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 
 from borgapp import audit, jobs, listing, validation, vault
 from borgapp.errors import Conflict, Forbidden, TooMany
-from borgapp.models import Archive, Job, Mount, Repository, RetentionPolicy
+from borgapp.models import Archive, DatabaseSource, Job, Mount, Repository, RetentionPolicy
 from borgapp.params import clean as clean_params
 from borgapp.roles import has_role
 
@@ -35,6 +35,13 @@ def check_params(kind: str, raw: dict) -> dict:
     """Validate and normalise a job's parameters for its kind (params.py), plus the rules
     that need the database. Returns the dict stored on the Job."""
     cleaned = clean_params(kind, raw)
+    names = cleaned.get("databases", []) if kind == Job.Kind.BACKUP else []
+    if kind == Job.Kind.RESTORE_DATABASE:
+        names = [cleaned["database"].split("/")[0]]
+    known = set(DatabaseSource.objects.filter(name__in=names).values_list("name", flat=True))
+    for name in names:
+        if name not in known:
+            raise validation.InvalidInput(f"No database source named {name!r}.")
     if kind == Job.Kind.PRUNE and cleaned["policy"]:
         if not RetentionPolicy.objects.filter(name=cleaned["policy"]).exists():
             raise validation.InvalidInput(f"No retention policy named {cleaned['policy']!r}.")
@@ -49,7 +56,9 @@ def _check_archive(repository: Repository, name: str) -> None:
         )
 
 
-ARCHIVE_KINDS = (Job.Kind.EXTRACT, Job.Kind.DELETE, Job.Kind.CONTENTS, Job.Kind.DIFF)
+ARCHIVE_KINDS = (
+    Job.Kind.EXTRACT, Job.Kind.DELETE, Job.Kind.CONTENTS, Job.Kind.DIFF, Job.Kind.RESTORE_DATABASE,
+)  # fmt: skip
 LISTING_KINDS = jobs.LISTING_KINDS
 
 

@@ -330,6 +330,77 @@ class RetentionPolicy(models.Model):
         )
 
 
+class DatabaseSource(models.Model):
+    """A database a backup can dump into its archive (streamed, no temporary copy on disk):
+    where it is, how to sign in (the password stored encrypted, like a passphrase), and which
+    of its databases to dump (none listed: all of them)."""
+
+    class Kind(models.TextChoices):
+        POSTGRESQL = "postgresql", "PostgreSQL"
+        MARIADB = "mariadb", "MariaDB / MySQL"
+        SQLITE = "sqlite", "SQLite"
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    host = models.CharField(max_length=255, blank=True, default="127.0.0.1",
+                            help_text="server host (PostgreSQL, MariaDB)")  # fmt: skip
+    port = models.PositiveIntegerField(null=True, blank=True, help_text="empty: the default")
+    username = models.CharField(max_length=100, blank=True, default="")
+    password_encrypted = models.TextField(blank=True, default="", editable=False)
+    databases = models.JSONField(
+        default=list, blank=True,
+        help_text="names to dump, one per line; none: every database of the server",
+    )  # fmt: skip
+    path = models.CharField(max_length=4096, blank=True, default="",
+                            help_text="SQLite: the database file (absolute path)")  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def set_password(self, password: str) -> None:
+        validation.validate_passphrase(password or "")  # no newline or NUL, bounded
+        self.password_encrypted = vault.encrypt(password) if password else ""
+
+    def get_password(self) -> str:
+        return vault.decrypt(self.password_encrypted) if self.password_encrypted else ""
+
+    def clean(self):
+        super().clean()
+        errors = {}
+        if self.kind == self.Kind.SQLITE:
+            if not self.path:
+                errors["path"] = "An SQLite source needs the database file's absolute path."
+            else:
+                try:
+                    validation.validate_source_path(self.path)
+                except validation.InvalidInput as exc:
+                    errors["path"] = str(exc)
+        elif not self.host:
+            errors["host"] = "A server source needs a host."
+        if self.port is not None and not 1 <= self.port <= 65535:
+            errors["port"] = "A port between 1 and 65535."
+        if not isinstance(self.databases, list):
+            errors["databases"] = "Give a list of database names."
+        else:
+            for name in self.databases:
+                try:
+                    validation.validate_database_name(name)
+                except validation.InvalidInput as exc:
+                    errors["databases"] = str(exc)
+        for field_name in ("host", "username"):
+            try:
+                validation.no_control_chars(getattr(self, field_name), field_name.capitalize())
+            except validation.InvalidInput as exc:
+                errors[field_name] = str(exc)
+        if errors:
+            raise ValidationError(errors)
+
+
 class Schedule(models.Model):
     """What to run, on which repositories, and when. Each row is mirrored into exactly one
     django-q2 schedule (`scheduling.mirror`); every run makes one Job per repository."""
@@ -401,6 +472,10 @@ class Schedule(models.Model):
     sample_max_bytes = models.BigIntegerField(
         default=100 * 1024 * 1024, help_text="upper bound of the bytes restored per run"
     )
+    databases = models.ManyToManyField(
+        DatabaseSource, blank=True, related_name="schedules",
+        help_text="dumped into each archive beside the source paths",
+    )  # fmt: skip
     # hooks: commands run by the worker before and after each job of this schedule (argv
     # lists, no shell). Configuration only admins write (admin, CLI); the API never writes them.
     hooks_before = models.JSONField(
@@ -581,6 +656,7 @@ class Job(models.Model):
         CONTENTS = "contents", "Load archive contents"
         DIFF = "diff", "Compare archives"
         VERIFY_RESTORE = "verify_restore", "Verify restore"
+        RESTORE_DATABASE = "restore_database", "Restore a database"
 
     class Trigger(models.TextChoices):
         ADMIN = "admin", "Admin"

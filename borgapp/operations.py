@@ -19,13 +19,14 @@ from pathlib import Path
 
 from django.conf import settings
 
-from borgapp import borg, catalog, lease, listing, naming, params, validation, vault
+from borgapp import borg, catalog, dumps, lease, listing, naming, params, validation, vault
 from borgapp.errors import OperationError
 from borgapp.models import (
     Archive,
     ArchiveDiff,
     ArchiveDiffItem,
     ArchiveItem,
+    DatabaseSource,
     Job,
     Mount,
     Repository,
@@ -184,26 +185,48 @@ def op_backup(ctx: Context) -> Outcome:
     validation.validate_existing_archive_name(name)
     if catalog.borg_checkpoint(name):
         raise validation.InvalidInput("Archive names must not end in '.checkpoint'.")
-    _require_a_source(p.sources)
+    if p.sources:
+        _require_a_source(p.sources)
     with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
+        paths, excludes, dumping = list(p.sources), list(p.excludes), None
+        if p.databases:
+            dumping = _dumps_of(p, Path(scratch) / "databases")
+            paths.append(dumping.borg_source)
+            # --read-special reads devices and pipes as files: none under the sources
+            excludes += ["pf:" + path for path in dumps.special_files(p.sources)]
         exclude_file = None
-        if p.excludes:
-            exclude_file = str(borg.write_exclude_file(Path(scratch), p.excludes))
+        if excludes:
+            exclude_file = str(borg.write_exclude_file(Path(scratch), excludes))
         command = borg.create_cmd(
             repo.location,
             name,
-            p.sources,
+            paths,
             compression=p.compression,
             exclude_file=exclude_file,
             one_file_system=p.one_file_system,
             checkpoint_interval=p.checkpoint_interval,
             comment=p.comment,
+            read_special=dumping is not None,
         )
+        if dumping is not None:
+            dumping.start()
+        done = False
         try:
             created = ctx.borg(command).json()
+            done = True
         except borg.BorgError:
             _sync_quietly(ctx)  # record the checkpoint an interrupted run left (REL-01)
             raise
+        finally:
+            problems = dumping.finish(done) if dumping is not None else []
+    if problems:  # no archive with a broken dump counts as a backup
+        ctx.borg(borg.delete_archive_cmd(repo.location, name), stoppable=False)
+        raise OperationError(
+            "A database dump failed, so the archive that held it was deleted: "
+            + "; ".join(problems),
+            "dump_failed",
+            result={"databases": dumping.result(), "problems": problems},
+        )
     archive = created.get("archive") or {}
     stats = archive.get("stats") or {}
     catalog.store_repository_stats(repo, created)
@@ -228,8 +251,44 @@ def op_backup(ctx: Context) -> Outcome:
             "compression_ratio": _ratio(original, compressed),
             "deduplication_ratio": _ratio(original, dedup),
             "duration": archive.get("duration"),
+            **({"databases": dumping.result()} if dumping is not None else {}),
         }
     )
+
+
+def _dumps_of(p, scratch: Path) -> dumps.Dumps:
+    """The backup's database sources, in the order given, with their pipes made."""
+    by_name = DatabaseSource.objects.in_bulk(p.databases, field_name="name")
+    missing = [n for n in p.databases if n not in by_name]
+    if missing:
+        raise OperationError(f"No database source named {missing[0]!r}.", "invalid_input")
+    scratch.mkdir(mode=0o700)
+    dumping = dumps.Dumps([by_name[n] for n in p.databases], scratch)
+    dumping.prepare()
+    return dumping
+
+
+def op_restore_database(ctx: Context) -> Outcome:
+    p = ctx.params
+    archive = _archive(ctx)
+    source_name, database = p.database.split("/")
+    source = DatabaseSource.objects.filter(name=source_name).first()
+    if source is None:
+        raise OperationError(f"No database source named {source_name!r}.", "invalid_input")
+    path = dumps.archive_path(source, database)
+
+    def feed(fd: int) -> None:
+        result = ctx.borg(borg.extract_stdout_cmd(ctx.repo.location, archive.name, path, fd))
+        if result.warning and any("never matched" in w for w in result.warnings):
+            raise OperationError(
+                f"Archive {archive.name} holds no dump of {p.database} ({path}).", "no_dump"
+            )
+
+    with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
+        restored = dumps.restore(
+            source, database, Path(scratch), into=p.into, force=p.force, feed=feed
+        )
+    return ctx.outcome({"archive_name": archive.name, "path": path, **restored})
 
 
 def _require_a_source(sources: list[str]) -> None:
@@ -819,4 +878,5 @@ OPERATIONS = {
     Job.Kind.CONTENTS: op_contents,
     Job.Kind.DIFF: op_diff,
     Job.Kind.VERIFY_RESTORE: op_verify_restore,
+    Job.Kind.RESTORE_DATABASE: op_restore_database,
 }

@@ -67,10 +67,14 @@ class Backup(Params):
     one_file_system: bool = False
     checkpoint_interval: int | None = None
     comment: str = ""
+    databases: list = field(default_factory=list)  # DatabaseSource names, dumped in too
 
     def check(self) -> None:
-        if not self.sources:
-            raise InvalidInput("At least one source path is required.")
+        if not isinstance(self.databases, list):
+            raise InvalidInput("databases must be a list of database source names.")
+        self.databases = [validation.validate_name(d, "Database source") for d in self.databases]
+        if not self.sources and not self.databases:
+            raise InvalidInput("At least one source path (or database source) is required.")
         self.sources = [validation.validate_source_path(s) for s in self.sources]
         self.excludes = [validation.validate_exclude_pattern(x) for x in self.excludes]
         self.prefix = self.prefix or BACKUP_PREFIX
@@ -195,7 +199,28 @@ class Mount(Params):
         validation.require_under_roots(self.mountpoint or "/", settings.MOUNT_ROOTS, "Mount point")
 
 
+@dataclass
+class RestoreDatabase(Params):
+    archive: str = ""
+    database: str = ""  # SOURCE/DATABASE as listed in the backup's result
+    into: str = ""  # another database name (an SQLite file's path); empty: the original
+    force: bool = False  # restore over a database that is not empty
+
+    def check(self) -> None:
+        parts = (self.database or "").split("/")
+        if len(parts) != 2:
+            raise InvalidInput("database must be SOURCE/DATABASE (e.g. app-db/shop).")
+        validation.validate_name(parts[0], "Database source")
+        validation.validate_database_name(parts[1])
+        if self.into and not self.into.startswith("/"):
+            validation.validate_database_name(self.into)
+        elif self.into:
+            validation.validate_source_path(self.into)
+        self.force = bool(self.force)
+
+
 SPECS = {
+    Job.Kind.RESTORE_DATABASE: RestoreDatabase,
     Job.Kind.BACKUP: Backup,
     Job.Kind.PRUNE: Prune,
     Job.Kind.CHECK: Check,

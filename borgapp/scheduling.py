@@ -160,6 +160,7 @@ def params_for(schedule: Schedule) -> tuple[str, dict]:
             one_file_system=schedule.one_file_system,
             checkpoint_interval=schedule.checkpoint_interval,
             comment=schedule.comment,
+            databases=[d.name for d in schedule.databases.order_by("name")] if schedule.pk else [],
         ).as_dict()
     if op == Schedule.Operation.PRUNE:
         policy = schedule.retention_policy

@@ -359,3 +359,17 @@ def hook_timeout(value) -> int:
     if not 1 <= seconds <= HOOK_TIMEOUT_MAX:
         raise InvalidInput(f"The hook timeout must be between 1 and {HOOK_TIMEOUT_MAX} seconds.")
     return seconds
+
+
+DATABASE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.$-]{0,62}$")
+
+
+def validate_database_name(value) -> str:
+    """A database name as it becomes a file name in the archive: letters, digits and _ . $ -,
+    not starting with a dot or dash (so it can never be an option or a path)."""
+    if not isinstance(value, str) or not DATABASE_NAME_RE.match(value):
+        raise InvalidInput(
+            f"Database name {value!r} must be 1-63 letters, digits, _ . $ or -, not starting "
+            "with . or -."
+        )
+    return value

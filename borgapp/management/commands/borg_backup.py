@@ -9,7 +9,11 @@ class Command(JobCommand):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument("name", help="repository name")
-        parser.add_argument("--source", action="append", required=True, dest="sources")
+        parser.add_argument("--source", action="append", default=[], dest="sources")
+        parser.add_argument(
+            "--database", action="append", default=[], dest="databases", metavar="SOURCE",
+            help="a database source to dump into the archive (see borg_database); repeatable",
+        )  # fmt: skip
         parser.add_argument("--exclude", action="append", default=[], dest="excludes")
         parser.add_argument("--prefix", default="backup")
         parser.add_argument("--compression", default=params.COMPRESSION)
@@ -28,6 +32,7 @@ class Command(JobCommand):
                 "comment",
                 "one_file_system",
                 "checkpoint_interval",
+                "databases",
             )
         }
         return self.run_kind(Job.Kind.BACKUP, options["name"], params, echo)
