@@ -1,11 +1,14 @@
 """The admin as the control panel. Every page is checked by role (viewer reads, operator runs
 jobs, admin configures); every operation queues a Job through `intake` and links to it."""
 
+import tempfile
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, Max, Q, Subquery
 from django.urls import path, reverse
@@ -15,6 +18,7 @@ from django.utils.html import format_html, format_html_join
 from borgapp import admin_views as views
 from borgapp import (
     audit,
+    dumps,
     errors,
     health,
     hooks,
@@ -31,6 +35,7 @@ from borgapp.models import (
     Archive,
     AuditEvent,
     Channel,
+    DatabaseSource,
     Job,
     Mount,
     Repository,
@@ -347,6 +352,7 @@ ARCHIVE_PAGES = [
     ("diff", "Compare with another archive", views.diff, "viewer", {}),
     ("extract", "Extract", views.extract, "operator", {}),
     ("mount", "Mount / unmount", views.mount, "operator", {}),
+    ("restore-database", "Restore a database", views.restore_database, "admin", {}),
     ("delete-archive", "Delete", views.delete_archive, "admin", {}),
 ]
 
@@ -419,6 +425,72 @@ class ArchiveAdmin(RoleAdmin):
 @admin.register(RetentionPolicy)
 class RetentionPolicyAdmin(RoleAdmin):
     list_display = ["name", "keep_within", *RetentionPolicy.KEEP_FIELDS, "is_recommended"]
+
+
+class DatabaseSourceForm(forms.ModelForm):
+    password = forms.CharField(
+        required=False, strip=False, widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted, never shown. Leave empty to keep the stored one.",
+    )  # fmt: skip
+    databases = views.LinesField(
+        label="Databases", help_text="one name per line; none: every database of the server"
+    )
+
+    class Meta:
+        model = DatabaseSource
+        fields = ["name", "kind", "host", "port", "username", "password", "databases", "path"]
+
+    def clean_password(self):
+        password = self.cleaned_data.get("password") or ""
+        try:
+            validation.validate_passphrase(password)
+        except validation.InvalidInput as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return password
+
+    def save(self, commit=True):
+        if self.cleaned_data.get("password"):
+            self.instance.set_password(self.cleaned_data["password"])
+        return super().save(commit)
+
+
+@admin.register(DatabaseSource)
+class DatabaseSourceAdmin(RoleAdmin):
+    """Admins write them; viewers see where they are, never a password."""
+
+    form = DatabaseSourceForm
+    list_display = ["name", "kind", "where", "databases_shown", "password_stored"]
+    actions = ["test_connection"]
+
+    @admin.display(description="where")
+    def where(self, obj):
+        if obj.kind == DatabaseSource.Kind.SQLITE:
+            return obj.path
+        return f"{obj.host}:{obj.port or dumps.DEFAULT_PORTS[obj.kind]}"
+
+    @admin.display(description="databases")
+    def databases_shown(self, obj):
+        if obj.kind == DatabaseSource.Kind.SQLITE:
+            return "–"
+        return ", ".join(obj.databases) if obj.databases else "all"
+
+    @admin.display(description="password", boolean=True)
+    def password_stored(self, obj):
+        return bool(obj.password_encrypted)
+
+    @admin.action(description="Test the connection (sign in, list what would be dumped)")
+    def test_connection(self, request, queryset):
+        if not has_role(request.user, "admin"):
+            raise PermissionDenied
+        for source in queryset[:10]:
+            with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
+                try:
+                    found = dumps.test_connection(source, Path(scratch))
+                except errors.OperationError as exc:
+                    self.message_user(request, str(exc), level=messages.ERROR)
+                    continue
+            self.message_user(request, f"{source.name}: signed in; would dump "
+                              f"{', '.join(found) or 'nothing'}.")  # fmt: skip
 
 
 def https_urls(field, **kwargs):
@@ -518,7 +590,7 @@ class ScheduleAdmin(RoleAdmin):
     # how the last run went (the rest is on the schedule's page)
     list_display = ["name", "operation", "when", "enabled", "next_run", "last_outcome"]
     list_filter = ["operation", "enabled"]
-    filter_horizontal = ["repositories"]
+    filter_horizontal = ["repositories", "databases"]
     readonly_fields = [
         "cron_description", "next_run", "next_five", "last_run_at", "last_outcome",
         "last_success_at",
@@ -532,7 +604,7 @@ class ScheduleAdmin(RoleAdmin):
         ("Backup set", {"fields": ["archive_prefix"],
                         "classes": ["oc-op", "oc-op-backup", "oc-op-prune",
                                     "oc-op-verify_restore"]}),
-        ("Backup", {"fields": ["source_paths", "exclude_patterns", "compression",
+        ("Backup", {"fields": ["source_paths", "exclude_patterns", "databases", "compression",
                                "one_file_system", "checkpoint_interval", "comment"],
                     "classes": ["oc-op", "oc-op-backup"]}),
         ("Prune", {"fields": ["retention_policy", "compact_after_prune"],

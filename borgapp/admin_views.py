@@ -14,6 +14,7 @@ from django.utils.html import format_html
 
 from borgapp import (
     audit,
+    dumps,
     errors,
     intake,
     job_summary,
@@ -28,6 +29,7 @@ from borgapp.models import (
     Archive,
     ArchiveDiffItem,
     ArchiveItem,
+    DatabaseSource,
     Job,
     Repository,
     RetentionPolicy,
@@ -114,6 +116,10 @@ class BackupForm(forms.Form):
         help_text="archives are named PREFIX-TIME in UTC (manual-2026-12-02T02:00:00Z)",
     )
     compression = forms.CharField(initial=params.COMPRESSION)
+    databases = forms.ModelMultipleChoiceField(
+        queryset=DatabaseSource.objects.all(), required=False, to_field_name="name",
+        help_text="database sources dumped into the archive beside the sources",
+    )  # fmt: skip
 
     def __init__(self, repo, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -121,8 +127,10 @@ class BackupForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        if not data.get("schedule") and not data.get("sources"):
-            raise forms.ValidationError("Choose a backup schedule or give at least one source.")
+        if not data.get("schedule") and not data.get("sources") and not data.get("databases"):
+            raise forms.ValidationError(
+                "Choose a backup schedule, or give at least one source or database."
+            )
         return data
 
 
@@ -141,6 +149,7 @@ def backup(model_admin, request, pk):
                 "excludes": data["excludes"],
                 "prefix": data["prefix"],
                 "compression": data["compression"],
+                "databases": [source.name for source in data["databases"]],
             }
         response = start_or_error(
             request,
@@ -324,6 +333,71 @@ def extract(model_admin, request, pk):
         "Extract",
         f"Restore roots: {', '.join(str(r) for r in settings.RESTORE_ROOTS)}.",
     )
+
+
+class RestoreDatabaseForm(forms.Form):
+    database = forms.ChoiceField(help_text="the dumps this archive holds (SOURCE/DATABASE)")
+    into = forms.CharField(
+        required=False,
+        help_text="another database name (for SQLite a file's absolute path); empty: the "
+        "original, which must be empty unless you replace it",
+    )
+    force = forms.BooleanField(
+        required=False, label="Replace what the target holds (pg_restore --clean, DROP TABLE)"
+    )
+
+    def __init__(self, choices, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["database"].choices = [(c, c) for c in choices]
+
+
+def dumps_in(archive: Archive) -> list[str]:
+    """SOURCE/DATABASE of each dump in an archive: from its file list if it was read, else
+    from the backup job that made it."""
+    prefix = f"{dumps.ARCHIVE_ROOT}/"
+    found = set()
+    if archive.contents_ready:
+        paths = listing.contents(archive, path=dumps.ARCHIVE_ROOT).values_list("path", flat=True)
+        for path in paths:
+            try:
+                _, source, database = dumps.parse_archive_path(path)
+            except validation.InvalidInput:
+                continue
+            found.add(f"{source}/{database}")
+    made = Job.objects.filter(
+        repository=archive.repository, kind=Job.Kind.BACKUP, result__archive_name=archive.name
+    ).values_list("result", flat=True)
+    for result in made:
+        for dump in (result or {}).get("databases", []):
+            if dump.get("path", "").startswith(prefix):
+                found.add(f"{dump['source']}/{dump['database']}")
+    return sorted(found)
+
+
+def restore_database(model_admin, request, pk):
+    """Restore one database dump of the archive into its server: admins only (it writes into
+    a database server)."""
+    require(request, "admin")
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    choices = dumps_in(archive)
+    form = RestoreDatabaseForm(choices, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        params = {"archive": archive.name, **form.cleaned_data}
+        response = start_or_error(
+            request, Job.Kind.RESTORE_DATABASE, archive.repository, params,
+            f"Restore of {form.cleaned_data['database']} from {archive.name}",
+        )  # fmt: skip
+        if response:
+            return response
+    note = (
+        "The dump streams from borg into pg_restore, mariadb or sqlite3; nothing is copied to "
+        "disk first. A target that holds tables is refused unless you replace it."
+        if choices
+        else "This archive holds no database dump that is known here (read its file list "
+        "to look again)."
+    )
+    return form_page(request, model_admin, f"Restore a database from {archive.name}", form,
+                     archive, "Restore", note)  # fmt: skip
 
 
 class MountForm(forms.Form):

@@ -20,7 +20,8 @@ LABELS = {
     "files_in_archive": "Files in the archive", "sampled": "Files sampled",
     "bytes": "Bytes", "archives": "Archives", "total_size": "All archives, original",
     "unique_compressed_size": "Size on disk", "mount_point": "Mount point",
-    "location": "Location", "encryption_mode": "Encryption",
+    "location": "Location", "encryption_mode": "Encryption", "databases": "Databases dumped",
+    "restored_into": "Restored into", "path": "Path in the archive",
 }  # fmt: skip
 HIDDEN = {"archive_id", "repository_id", "unique_chunks", "total_chunks", "unique_size",
           "total_compressed_size", "message", "sha256", "globs", "rules", "problems"}  # fmt: skip
@@ -161,9 +162,11 @@ def _backup(r: dict) -> str:
         shown("duration", r.get("duration")),
     )
     new = shown("deduplicated_size", r.get("deduplicated_size"))
+    dumped = r.get("databases") or []
+    databases = f" with {many(len(dumped), 'database')} dumped in" if dumped else ""
     return (
-        f"Backed up {many(r.get('nfiles'), 'file')} ({size}) into {r.get('archive_name')} in "
-        f"{took}; {new} of it was new."
+        f"Backed up {many(r.get('nfiles'), 'file')} ({size}){databases} into "
+        f"{r.get('archive_name')} in {took}; {new} of it was new."
     )
 
 
@@ -199,6 +202,10 @@ SENTENCES = {
     Job.Kind.VERIFY_RESTORE: lambda r: (
         f"Restored {many(r.get('sampled'), 'sampled file')} of {r.get('archive_name')}; every one "
         "matched the archive and the source."
+    ),
+    Job.Kind.RESTORE_DATABASE: lambda r: (
+        f"Restored {r.get('source')}/{r.get('database')} of {r.get('archive_name')} into "
+        f"{r.get('restored_into')}."
     ),
     Job.Kind.INIT: lambda r: "The repository is ready for its first backup.",
     Job.Kind.IMPORT: lambda r: (

@@ -353,3 +353,101 @@ def test_mariadb_dumped_under_write_load_restores_every_committed_row(repo, mari
                  "--into", "shop_copy")  # fmt: skip
     assert forced.code == 0, forced.err
     assert sql("SELECT COUNT(*) FROM orders WHERE id <= 0", "shop_copy") == ["10000"]
+
+
+# --- who sees and writes database sources ------------------------------------------------------
+
+
+def test_the_api_and_the_admin_never_show_a_database_password(repo, client, tmp_path):
+    from tests.helpers import client_for, staff
+
+    admin_api, viewer_api, operator_api = (client_for(r) for r in ("admin", "viewer", "operator"))
+    made = admin_api.post("/api/v1/databases/", {
+        "name": "crm", "kind": "postgresql", "host": "127.0.0.1", "port": 5999,
+        "username": "crm", "password": "crm-password-xyz", "databases": ["crm"],
+    }, format="json")  # fmt: skip
+    assert made.status_code == 201, made.content
+    assert "crm-password-xyz" not in made.content.decode() and made.json()["password_stored"]
+    source = DatabaseSource.objects.get(name="crm")
+    assert source.get_password() == "crm-password-xyz"
+    for client in (admin_api, viewer_api):
+        listed = client.get("/api/v1/databases/").content.decode()
+        assert "crm-password-xyz" not in listed and '"crm"' in listed
+    kept = admin_api.patch(f"/api/v1/databases/{source.pk}/", {"port": 6000}, format="json")
+    assert (
+        kept.status_code == 200
+        and DatabaseSource.objects.get().get_password() == "crm-password-xyz"
+    )
+    for client in (viewer_api, operator_api):
+        refused = client.patch(
+            f"/api/v1/databases/{source.pk}/", {"host": "10.0.0.1"}, format="json"
+        )
+        assert refused.status_code == 403
+    bad = admin_api.post("/api/v1/databases/", {"name": "x", "kind": "sqlite", "path": "rel"},
+                         format="json")  # fmt: skip
+    assert bad.status_code == 400 and "absolute" in bad.content.decode()
+    audit_rows = json.dumps(list(
+        __import__("borgapp.models", fromlist=["AuditEvent"]).AuditEvent.objects.values()
+    ), default=str)  # fmt: skip
+    assert "crm-password-xyz" not in audit_rows
+
+    # the admin: a viewer reads the source, never its password; an admin's form keeps it
+    client.force_login(staff("viewer"))
+    page = client.get(f"/admin/borgapp/databasesource/{source.pk}/change/")
+    assert page.status_code == 200 and "crm-password-xyz" not in page.content.decode()
+    assert client.get("/admin/borgapp/databasesource/").status_code == 200
+    client.force_login(staff("admin"))
+    page = client.get(f"/admin/borgapp/databasesource/{source.pk}/change/").content.decode()
+    assert "crm-password-xyz" not in page and 'type="password"' in page
+    saved = client.post(f"/admin/borgapp/databasesource/{source.pk}/change/", {
+        "name": "crm", "kind": "postgresql", "host": "127.0.0.1", "port": 6001, "username": "crm",
+        "password": "", "databases": "crm\nsales", "path": "",
+    })  # fmt: skip
+    assert saved.status_code == 302, saved.content.decode()[-1500:]
+    source.refresh_from_db()
+    assert source.databases == ["crm", "sales"] and source.get_password() == "crm-password-xyz"
+    # an archive's restore page is the admin's: an operator is refused
+    client.force_login(staff("operator"))
+    from borgapp.models import Archive
+
+    archive = Archive.objects.create(repository=repo, name="a1", borg_id="a" * 64)
+    assert client.get(f"/admin/borgapp/archive/{archive.pk}/restore-database/").status_code == 403
+    denied = operator_api.post(f"/api/v1/archives/{archive.pk}/restore-database/",
+                               {"database": "crm/crm"}, format="json")  # fmt: skip
+    assert denied.status_code == 403
+
+
+def test_a_database_backed_up_through_the_api_is_restored_from_the_admin(repo, client, tmp_path):
+    from tests.helpers import client_for, staff, worker_runs
+
+    db = tmp_path / "crm.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE people (name TEXT)")
+        conn.execute("INSERT INTO people VALUES ('ada'), ('grace')")
+    DatabaseSource.objects.create(name="crm-file", kind="sqlite", path=str(db))
+    queued = client_for("operator").post(
+        "/api/v1/repositories/main/backup/", {"databases": ["crm-file"], "prefix": "crm"},
+        format="json",
+    )  # fmt: skip
+    assert queued.status_code == 202, queued.content
+    job = worker_runs(queued.json()["id"])
+    assert job.status == "succeeded", job.error_message
+    archive = repo.archives.get(name=job.result["archive_name"])
+
+    client.force_login(staff("admin"))
+    url = f"/admin/borgapp/archive/{archive.pk}/restore-database/"
+    page = client.get(url).content.decode()
+    assert '<option value="crm-file/main">' in page
+    target = tmp_path / "back" / "crm.sqlite"
+    target.parent.mkdir()
+    posted = client.post(url, {"database": "crm-file/main", "into": str(target)})
+    assert posted.status_code == 302
+    restore = worker_runs(Job.objects.filter(kind="restore_database").latest("pk").pk)
+    assert restore.status == "succeeded", restore.error_message
+    with sqlite3.connect(target) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM people ORDER BY 1")] == [
+            "ada",
+            "grace",
+        ]
+    job_page = client.get(f"/admin/borgapp/job/{restore.pk}/change/").content.decode()
+    assert "Restored crm-file/main" in job_page

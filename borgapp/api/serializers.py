@@ -12,6 +12,7 @@ from borgapp.models import (
     ArchiveDiffItem,
     ArchiveItem,
     AuditEvent,
+    DatabaseSource,
     Job,
     Repository,
     RetentionPolicy,
@@ -265,6 +266,48 @@ class ArchiveDiffPageSerializer(_Page):
     results = ArchiveDiffItemSerializer(many=True)
 
 
+class DatabaseSourceSerializer(FullCleanMixin, serializers.ModelSerializer):
+    password = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, trim_whitespace=False,
+        help_text="Stored encrypted; never returned. Omit it on an update to keep the stored one.",
+    )  # fmt: skip
+    password_stored = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DatabaseSource
+        fields = ["id", "name", "kind", "host", "port", "username", "password",
+                  "password_stored", "databases", "path", "created_at", "updated_at"]  # fmt: skip
+        read_only_fields = ["created_at", "updated_at"]
+
+    def get_password_stored(self, source) -> bool:
+        return bool(source.password_encrypted)
+
+    def validate(self, attrs):
+        password = attrs.pop("password", None)
+        attrs = super().validate(attrs)
+        if password is not None:
+            try:
+                validation.validate_passphrase(password)
+            except validation.InvalidInput as exc:
+                raise serializers.ValidationError({"password": [str(exc)]}) from None
+            attrs["password"] = password
+        return attrs
+
+    def _save_with_password(self, instance, password):
+        if password is not None:
+            instance.set_password(password)
+            instance.save(update_fields=["password_encrypted"])
+        return instance
+
+    def create(self, validated_data):
+        password = validated_data.pop("password", None)
+        return self._save_with_password(super().create(validated_data), password)
+
+    def update(self, instance, validated_data):
+        password = validated_data.pop("password", None)
+        return self._save_with_password(super().update(instance, validated_data), password)
+
+
 class RetentionPolicySerializer(FullCleanMixin, serializers.ModelSerializer):
     class Meta:
         model = RetentionPolicy
@@ -275,6 +318,9 @@ class RetentionPolicySerializer(FullCleanMixin, serializers.ModelSerializer):
 class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
     repositories = serializers.SlugRelatedField(
         slug_field="name", many=True, queryset=Repository.objects.all()
+    )
+    databases = serializers.SlugRelatedField(
+        slug_field="name", many=True, queryset=DatabaseSource.objects.all(), required=False
     )
     retention_policy = serializers.SlugRelatedField(
         slug_field="name",
@@ -301,6 +347,7 @@ class ScheduleSerializer(FullCleanMixin, serializers.ModelSerializer):
             "checkpoint_interval",
             "archive_prefix",
             "comment",
+            "databases",
             "retention_policy",
             "compact_after_prune",
             "check_scope",
@@ -397,7 +444,11 @@ class JobListSerializer(serializers.Serializer):
 
 
 class BackupRequestSerializer(serializers.Serializer):
-    sources = serializers.ListField(child=serializers.CharField(), allow_empty=False)
+    sources = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    databases = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list,
+        help_text="database sources (their names) dumped into the archive beside the sources",
+    )  # fmt: skip
     excludes = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     prefix = serializers.CharField(required=False, default=params.BACKUP_PREFIX)
     compression = serializers.CharField(required=False, default=params.COMPRESSION)
@@ -438,6 +489,17 @@ class ExtractRequestSerializer(serializers.Serializer):
     target = serializers.CharField()
     paths = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     strip_components = serializers.IntegerField(required=False, default=0, min_value=0)
+
+
+class RestoreDatabaseRequestSerializer(serializers.Serializer):
+    database = serializers.CharField(help_text="SOURCE/DATABASE, as the backup's result lists it")
+    into = serializers.CharField(
+        required=False, allow_blank=True, default="",
+        help_text="another database name (an SQLite file's path); empty: the original",
+    )  # fmt: skip
+    force = serializers.BooleanField(
+        required=False, default=False, help_text="replace what a non-empty target holds"
+    )
 
 
 class MountRequestSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ router.register("archives", views.ArchiveViewSet, basename="archive")
 router.register("jobs", views.JobViewSet, basename="job")
 router.register("retention-policies", views.RetentionPolicyViewSet, basename="retentionpolicy")
 router.register("schedules", views.ScheduleViewSet, basename="schedule")
+router.register("databases", views.DatabaseSourceViewSet, basename="databasesource")
 router.register("alerts", views.AlertViewSet, basename="alert")
 router.register("audit", views.AuditViewSet, basename="audit")
 

@@ -19,6 +19,7 @@ from borgapp.models import (
     Archive,
     ArchiveDiffItem,
     AuditEvent,
+    DatabaseSource,
     Job,
     Repository,
     RetentionPolicy,
@@ -361,7 +362,18 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         "umount": "operator",
         "contents": "viewer",
         "diff": "viewer",
+        "restore_database": "admin",  # it writes into a database server
     }
+
+    @extend_schema(request=s.RestoreDatabaseRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"], url_path="restore-database")
+    def restore_database(self, request, pk=None):
+        """Restore one database dump of this archive into its server (admins only)."""
+        archive = self.get_object()
+        data = s.RestoreDatabaseRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = {"archive": archive.name, **data.validated_data}
+        return _start(request, Job.Kind.RESTORE_DATABASE, archive.repository, params)
 
     @extend_schema(responses={202: s.JobSerializer})
     def destroy(self, request, *args, **kwargs):
@@ -395,6 +407,19 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
             raise ApiError("not_mounted", f"Archive {archive.name} is not mounted.", 404)
         job = intake.umount(mount.mountpoint, trigger=Job.Trigger.API, user=request.user)
         return accepted(request, job)
+
+
+class DatabaseSourceViewSet(AuditedWrites, viewsets.ModelViewSet):
+    """Database sources: viewers read them (never a password), admins write them."""
+
+    queryset = DatabaseSource.objects.order_by("name")
+    serializer_class = s.DatabaseSourceSerializer
+
+    def perform_destroy(self, instance):
+        if instance.schedules.exists():
+            names = ", ".join(instance.schedules.values_list("name", flat=True))
+            raise ApiError("in_use", f"{instance.name} is dumped by schedule(s) {names}.", 409)
+        super().perform_destroy(instance)
 
 
 class RetentionPolicyViewSet(AuditedWrites, viewsets.ModelViewSet):
