@@ -412,3 +412,82 @@ def test_connection(source: DatabaseSource, scratch: Path) -> list[str]:
     for database in found:  # each one opens (a listed name may not exist)
         access.query("SELECT 1", database)
     return found
+
+
+# --- verify-restore of a dump -------------------------------------------------------------------
+
+
+def table_counts(access: Access, database: str, path: str = "") -> dict[str, int]:
+    """Rows per table (`schema.table` on PostgreSQL). Identifiers are quoted by the server
+    (format %I) or doubled here, whatever their names."""
+    if access.kind == DatabaseSource.Kind.POSTGRESQL:
+        rows = access.query(
+            "SELECT table_schema || '.' || table_name || '|' || (xpath('/row/c/text()', "
+            "query_to_xml(format('SELECT count(*) AS c FROM %I.%I', table_schema, table_name), "
+            "false, true, '')))[1]::text FROM information_schema.tables WHERE table_type = "
+            "'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')",
+            database,
+        )
+        return {name: int(count) for name, count in (row.rsplit("|", 1) for row in rows)}
+    if access.kind == DatabaseSource.Kind.MARIADB:
+        names = access.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            f"AND table_schema = '{database}'"
+        )
+        quoted = [name.replace("`", "``") for name in names]
+        return {
+            name: int(access.query(f"SELECT COUNT(*) FROM `{database}`.`{q}`")[0])
+            for name, q in zip(names, quoted, strict=True)
+        }
+    names = _sqlite_rows(access, path, "SELECT name FROM sqlite_schema WHERE type = 'table' "
+                         "AND name NOT LIKE 'sqlite_%' ORDER BY 1")  # fmt: skip
+    counts = {}
+    for name in names:
+        quoted = name.replace('"', '""')
+        counts[name] = int(_sqlite_rows(access, path, f'SELECT count(*) FROM "{quoted}"')[0])
+    return counts
+
+
+def _sqlite_rows(access: Access, path: str, sql: str) -> list[str]:
+    ran = borg.run_program(["sqlite3", "-bail", "-readonly", path, sql], env=access.env,
+                           timeout=LIST_TIMEOUT, keep_lines=100_000)  # fmt: skip
+    if ran.rc != 0:
+        raise OperationError(f"{access.source.name}: {_tool_problem(ran)}", "database_unreachable")
+    return [line for line in ran.tail if line]
+
+
+def verify(source: DatabaseSource, database: str, scratch: Path, *, tag: str, feed) -> dict:
+    """Restore a dump into a scratch database (a file for SQLite), count each table's rows
+    there and in the source as it is now, then drop the scratch copy. A table of the source
+    missing from the copy is a problem; counts that differ are reported (a live database
+    changes after its dump)."""
+    folder = scratch / "verify"
+    folder.mkdir(mode=0o700)
+    access = Access(source, folder)
+    if source.kind == DatabaseSource.Kind.SQLITE:
+        copy = str(scratch / "verify.sqlite")
+        _pipe_into(["sqlite3", "-bail", copy], access.env, feed)
+        restored, now = table_counts(access, "", copy), table_counts(access, "", source.path)
+    else:
+        copy = f"opscenter_verify_{tag}"
+        _prepare_server_target(access, copy, force=False)
+        try:
+            if source.kind == DatabaseSource.Kind.POSTGRESQL:
+                argv = ["pg_restore", *access.server_args(), "--no-owner", "--no-privileges",
+                        "--exit-on-error", f"--dbname={copy}"]  # fmt: skip
+            else:
+                argv = ["mariadb", *access.server_args(), "--", copy]
+            _pipe_into(argv, access.env, feed)
+            restored, now = table_counts(access, copy), table_counts(access, database)
+        finally:
+            drop = f'DROP DATABASE IF EXISTS "{copy}"'
+            if source.kind == DatabaseSource.Kind.MARIADB:
+                drop = f"DROP DATABASE IF EXISTS `{copy}`"
+            access.query(drop)
+    missing = sorted(set(now) - set(restored))
+    changed = {t: {"dump": restored[t], "now": now[t]}
+               for t in sorted(set(now) & set(restored)) if restored[t] != now[t]}  # fmt: skip
+    return {
+        "source": source.name, "database": database, "tables": len(restored),
+        "rows": sum(restored.values()), "missing_tables": missing, "changed_since": changed,
+    }  # fmt: skip

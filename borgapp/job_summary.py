@@ -202,6 +202,12 @@ SENTENCES = {
     Job.Kind.VERIFY_RESTORE: lambda r: (
         f"Restored {many(r.get('sampled'), 'sampled file')} of {r.get('archive_name')}; every one "
         "matched the archive and the source."
+        + (
+            f" {many(len(r['databases']), 'database dump')} restored into a scratch database "
+            "and counted: no table missing."
+            if r.get("databases")
+            else ""
+        )
     ),
     Job.Kind.RESTORE_DATABASE: lambda r: (
         f"Restored {r.get('source')}/{r.get('database')} of {r.get('archive_name')} into "

@@ -702,14 +702,69 @@ def op_verify_restore(ctx: Context) -> Outcome:
             f"No archive named {prefix}-<time> in {ctx.repo.name} to verify yet.", "not_found"
         )
     load_contents(ctx, archive)
-    files = list(archive.items.filter(type="-").values_list("path", "size"))
+    items = archive.items.filter(type="-")
+    in_dumps = {"path__startswith": f"{dumps.ARCHIVE_ROOT}/"}
+    files = list(items.exclude(**in_dumps).values_list("path", "size"))
     count = p.sample_files
     if p.sample_percent:
         count = math.ceil(len(files) * p.sample_percent / 100)
     sample = choose_sample(files, count, p.sample_max_bytes)
     result = {"archive_name": archive.name, "files_in_archive": len(files), "sampled": len(sample)}
+    problems = _compare_files(ctx, archive, sample) if sample else []
     if not sample:
-        return ctx.outcome({**result, "problems": [], "note": "No regular file fits the sample."})
+        result["note"] = "No regular file fits the sample."
+    chosen = set(sample)
+    result.update(
+        bytes=sum(size or 0 for path, size in files if path in chosen),
+        files=sample,
+    )
+    dumped = list(items.filter(**in_dumps).values_list("path", flat=True))
+    if dumped:
+        result["databases"] = _verify_dumps(ctx, archive, dumped, problems)
+    result["problems"] = problems
+    if problems:
+        named = "; ".join(f"{x['path']}: {x['problem']}" for x in problems[:10])
+        raise OperationError(
+            f"Verify-restore of {archive.name} found {len(problems)} problem(s): {named}",
+            "verify_failed",
+            result=result,
+        )
+    return ctx.outcome(result)
+
+
+def _verify_dumps(ctx: Context, archive: Archive, paths: list[str], problems: list) -> list:
+    """Each database dump restored into a scratch database and compared (dumps.verify)."""
+    checked = []
+    for path in paths:
+        try:
+            _, source_name, database = dumps.parse_archive_path(path)
+        except validation.InvalidInput:
+            continue
+        source = DatabaseSource.objects.filter(name=source_name).first()
+        if source is None:
+            checked.append({"path": path, "note": "its database source is no longer configured"})
+            continue
+
+        def feed(fd: int, path=path) -> None:
+            ctx.borg(borg.extract_stdout_cmd(ctx.repo.location, archive.name, path, fd))
+
+        with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
+            try:
+                report = dumps.verify(
+                    source, database, Path(scratch), tag=str(ctx.job.pk), feed=feed
+                )
+            except OperationError as exc:
+                problems.append({"path": path, "problem": f"the dump does not restore: {exc}"})
+                continue
+        if report["missing_tables"]:
+            missing = ", ".join(report["missing_tables"][:10])
+            problems.append({"path": path, "problem": f"tables missing from the dump: {missing}"})
+        checked.append({"path": path, **report})
+    return checked
+
+
+def _compare_files(ctx: Context, archive: Archive, sample: list[str]) -> list:
+    """The sampled files restored into a private sandbox and compared."""
     # A private directory with a name nobody can guess (mkdtemp: 0700), held like a target.
     root = Path(settings.RESTORE_ROOTS[0]) / ".verify"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -719,25 +774,11 @@ def op_verify_restore(ctx: Context) -> Outcome:
     try:
         sandbox_fd = hold_empty_dir(sandbox, "Sandbox")
         try:
-            problems = _compare_sample(ctx, archive, sample, sandbox, sandbox_fd)
+            return _compare_sample(ctx, archive, sample, sandbox, sandbox_fd)
         finally:
             os.close(sandbox_fd)
     finally:
         shutil.rmtree(sandbox, ignore_errors=True)
-    chosen = set(sample)
-    result.update(
-        bytes=sum(size or 0 for path, size in files if path in chosen),
-        files=sample,
-        problems=problems,
-    )
-    if problems:
-        named = "; ".join(f"{x['path']}: {x['problem']}" for x in problems[:10])
-        raise OperationError(
-            f"Verify-restore of {archive.name} found {len(problems)} problem(s): {named}",
-            "verify_failed",
-            result=result,
-        )
-    return ctx.outcome(result)
 
 
 def _compare_sample(

@@ -451,3 +451,43 @@ def test_a_database_backed_up_through_the_api_is_restored_from_the_admin(repo, c
         ]
     job_page = client.get(f"/admin/borgapp/job/{restore.pk}/change/").content.decode()
     assert "Restored crm-file/main" in job_page
+
+
+def test_verify_restore_restores_each_dump_into_a_scratch_database(repo, postgres, tmp_path):
+    with pg(postgres["dsn"]) as conn:
+        conn.execute("CREATE DATABASE ledger")
+    with pg(postgres["dsn"], "ledger") as conn:
+        conn.execute('CREATE TABLE "Entries ""2026""" (id int)')  # a name that needs quoting
+        conn.execute('INSERT INTO "Entries ""2026""" SELECT generate_series(1, 1234)')
+        conn.execute("CREATE TABLE empty_one (id int)")
+    assert add_pg_source(postgres, tmp_path, "ledger-db", ("ledger",)).code == 0
+    db = tmp_path / "notes.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.executemany("INSERT INTO notes VALUES (?)", [("n",)] * 42)
+    DatabaseSource.objects.create(name="notes-file", kind="sqlite", path=str(db))
+    src = write_files(tmp_path / "src", {"docs/a.txt": "alpha", "docs/b.txt": "beta"})
+    backed = cli("borg_backup", "main", "--source", src, "--prefix", "set",
+                 "--database", "ledger-db", "--database", "notes-file")  # fmt: skip
+    assert backed.code == 0, backed.err
+    with pg(postgres["dsn"], "ledger") as conn:  # a live database moves on after its dump
+        conn.execute('INSERT INTO "Entries ""2026""" VALUES (0)')
+
+    verified = cli("borg_verify_restore", "main", "--prefix", "set", "--json")
+    assert verified.code == 0, verified.err
+    result = json.loads(verified.out)["result"]
+    assert result["sampled"] == 2 and result["problems"] == []  # the dumps are not "files"
+    by_source = {d["source"]: d for d in result["databases"]}
+    ledger = by_source["ledger-db"]
+    assert ledger["tables"] == 2 and ledger["rows"] == 1234 and ledger["missing_tables"] == []
+    assert ledger["changed_since"] == {'public.Entries "2026"': {"dump": 1234, "now": 1235}}
+    assert by_source["notes-file"]["rows"] == 42
+    with pg(postgres["dsn"]) as conn:  # the scratch copy is gone
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'opscenter_%'")
+        assert left.fetchall() == []
+
+    # a table the dump lacks is a problem: the source gained one since
+    with pg(postgres["dsn"], "ledger") as conn:
+        conn.execute("CREATE TABLE added_later (id int)")
+    failed = cli("borg_verify_restore", "main", "--prefix", "set")
+    assert failed.code == 2 and "tables missing from the dump: public.added_later" in failed.err
