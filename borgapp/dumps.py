@@ -491,3 +491,30 @@ def verify(source: DatabaseSource, database: str, scratch: Path, *, tag: str, fe
         "source": source.name, "database": database, "tables": len(restored),
         "rows": sum(restored.values()), "missing_tables": missing, "changed_since": changed,
     }  # fmt: skip
+
+
+# --- the ops center's own database ----------------------------------------------------------
+
+ENGINES = {
+    "django.db.backends.sqlite3": DatabaseSource.Kind.SQLITE,
+    "django.db.backends.postgresql": DatabaseSource.Kind.POSTGRESQL,
+    "django.db.backends.mysql": DatabaseSource.Kind.MARIADB,
+}
+
+
+def source_for(settings_dict: dict, name: str) -> DatabaseSource:
+    """A database source (not saved) for a Django connection's settings: so the ops center
+    can back up its own database to one of its repositories like any other."""
+    kind = ENGINES.get(settings_dict.get("ENGINE", ""))
+    if kind is None:
+        raise validation.InvalidInput(f"The database engine {settings_dict.get('ENGINE')!r} "
+                                      "cannot be dumped here.")  # fmt: skip
+    if kind == DatabaseSource.Kind.SQLITE:
+        return DatabaseSource(name=name, kind=kind, path=str(settings_dict["NAME"]), host="")
+    source = DatabaseSource(
+        name=name, kind=kind, host=settings_dict.get("HOST") or "127.0.0.1",
+        port=int(settings_dict["PORT"]) if settings_dict.get("PORT") else None,
+        username=settings_dict.get("USER") or "", databases=[settings_dict["NAME"]],
+    )  # fmt: skip
+    source.set_password(settings_dict.get("PASSWORD") or "")
+    return source

@@ -491,3 +491,44 @@ def test_verify_restore_restores_each_dump_into_a_scratch_database(repo, postgre
         conn.execute("CREATE TABLE added_later (id int)")
     failed = cli("borg_verify_restore", "main", "--prefix", "set")
     assert failed.code == 2 and "tables missing from the dump: public.added_later" in failed.err
+
+
+def test_the_ops_center_backs_up_its_own_database_and_it_restores(repo, tmp_path):
+    """Its own database is a source like any other (here the suite's SQLite file), and the
+    dump restores with plain borg and sqlite3 when the ops center itself is gone."""
+    from django.db import connection
+
+    from borgapp import dumps
+
+    added = cli("borg_database", "add-self")
+    assert added.code == 0, added.err
+    own = DatabaseSource.objects.get(name="opscenter-self")
+    assert own.kind == "sqlite" and own.path == str(connection.settings_dict["NAME"])
+    backed = cli("borg_backup", "main", "--database", "opscenter-self", "--json")
+    assert backed.code == 0, backed.err
+    name = json.loads(backed.out)["result"]["archive_name"]
+
+    out = tmp_path / "recovered.sqlite3"  # by hand, as the README tells: borg | sqlite3
+    env = {**os.environ, "BORG_PASSPHRASE": repo.get_passphrase(),
+           "BORG_BASE_DIR": str(tmp_path / "borgbase")}  # fmt: skip
+    from borgapp.operations import borg_config
+
+    borg_bin = borg_config().binary
+    extract = subprocess.Popen(
+        [borg_bin, "extract", "--stdout", f"{repo.location}::{name}",
+         "opscenter-databases/sqlite/opscenter-self/main.sql"],
+        stdout=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    subprocess.run(["sqlite3", "-bail", str(out)], stdin=extract.stdout, check=True)
+    assert extract.wait() == 0
+    with sqlite3.connect(out) as conn:  # (this test's own rows are not committed yet)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        applied = conn.execute("SELECT name FROM django_migrations WHERE app = 'borgapp'")
+        assert ("0018_database_sources",) in applied.fetchall()
+
+    pg_like = dumps.source_for({"ENGINE": "django.db.backends.postgresql", "NAME": "ops",
+                                "HOST": "db", "PORT": "5433", "USER": "ops",
+                                "PASSWORD": "s3"}, "own")  # fmt: skip
+    assert (pg_like.kind, pg_like.host, pg_like.port, pg_like.databases) == (
+        "postgresql", "db", 5433, ["ops"])  # fmt: skip
+    assert pg_like.get_password() == "s3" and "s3" not in pg_like.password_encrypted

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 from borgapp import audit, dumps
-from borgapp.errors import OperationError
+from borgapp.errors import InvalidInput, OperationError
 from borgapp.management.commands._base import EXIT_FAILED
 from borgapp.models import DatabaseSource
 
@@ -50,6 +51,10 @@ class Command(BaseCommand):
             "--password-file",
             help="read the password from this file (else a prompt on a terminal, else none)",
         )
+        own = sub.add_parser(
+            "add-self", help="the ops center's own database, to back it up like any other"
+        )
+        own.add_argument("source", metavar="NAME", nargs="?", default="opscenter-self")
         listing = sub.add_parser("list", help="the sources (never their passwords)")
         listing.add_argument("--json", action="store_true")
         sub.add_parser("remove").add_argument("source", metavar="NAME")
@@ -58,7 +63,7 @@ class Command(BaseCommand):
         test.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
-        getattr(self, "do_" + options["action"])(options)
+        getattr(self, "do_" + options["action"].replace("-", "_"))(options)
 
     def source(self, name: str) -> DatabaseSource:
         source = DatabaseSource.objects.filter(name=name).first()
@@ -73,6 +78,22 @@ class Command(BaseCommand):
         )  # fmt: skip
         if o["kind"] != DatabaseSource.Kind.SQLITE:
             source.set_password(read_password(o))
+        self.save(source)
+        self.stdout.write(f"Added {source.name} ({source.get_kind_display()}).")
+
+    def do_add_self(self, o):
+        try:
+            source = dumps.source_for(connection.settings_dict, o["source"])
+        except InvalidInput as exc:
+            fail(str(exc))
+        self.save(source)
+        where = source.path or f"{source.host}/{source.databases[0]}"
+        self.stdout.write(
+            f"Added {source.name}: this ops center's own database ({where}). Back it up with "
+            f"borg_backup REPOSITORY --database {source.name}."
+        )
+
+    def save(self, source: DatabaseSource) -> None:
         try:
             source.full_clean()
         except ValidationError as exc:
@@ -82,7 +103,6 @@ class Command(BaseCommand):
         source.save()
         audit.record("databasesource.created", source.name, outcome="success",
                      params={"kind": source.kind, "host": source.host})  # fmt: skip
-        self.stdout.write(f"Added {source.name} ({source.get_kind_display()}).")
 
     def do_list(self, o):
         rows = [source_row(s) for s in DatabaseSource.objects.all()]
