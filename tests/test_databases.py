@@ -532,3 +532,22 @@ def test_the_ops_center_backs_up_its_own_database_and_it_restores(repo, tmp_path
     assert (pg_like.kind, pg_like.host, pg_like.port, pg_like.databases) == (
         "postgresql", "db", 5433, ["ops"])  # fmt: skip
     assert pg_like.get_password() == "s3" and "s3" not in pg_like.password_encrypted
+
+
+def test_a_schedule_dumps_its_databases(repo, tmp_path):
+    db = tmp_path / "s.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    assert cli("borg_database", "add", "sched-db", "--kind", "sqlite", "--path", db).code == 0
+    missing = cli("borg_schedule", "add", "n", "--repository", "main", "--operation", "backup",
+                  "--cron", "0 2 * * *", "--source", tmp_path, "--database", "nope")  # fmt: skip
+    assert missing.code == 2 and "No database source named 'nope'" in missing.err
+    added = cli("borg_schedule", "add", "n", "--repository", "main", "--operation", "backup",
+                "--cron", "0 2 * * *", "--source", db, "--database", "sched-db")  # fmt: skip
+    assert added.code == 0, added.err
+    assert cli("borg_schedule", "run", "n").code == 0
+    job = Job.objects.filter(kind="backup").latest("pk")
+    assert job.params["databases"] == ["sched-db"]
+    assert job.result["databases"][0]["path"] == "opscenter-databases/sqlite/sched-db/main.sql"
+    removed = cli("borg_database", "remove", "sched-db")
+    assert removed.code == 2 and "dumped by schedule(s) n" in removed.err

@@ -8,7 +8,7 @@ from django.db import transaction
 
 from borgapp import audit, params, scheduling, validation
 from borgapp.management.commands._base import EXIT_FAILED, EXIT_WARNING, job_summary
-from borgapp.models import Job, Repository, RetentionPolicy, Schedule
+from borgapp.models import DatabaseSource, Job, Repository, RetentionPolicy, Schedule
 
 OPERATIONS = [value.replace("_", "-") for value in Schedule.Operation.values]
 
@@ -49,6 +49,10 @@ class Command(BaseCommand):
         add.add_argument("--timezone", default="UTC")
         add.add_argument("--source", action="append", default=[], dest="sources")
         add.add_argument("--exclude", action="append", default=[], dest="excludes")
+        add.add_argument(
+            "--database", action="append", default=[], dest="databases", metavar="SOURCE",
+            help="a database source to dump in (repeatable)",
+        )  # fmt: skip
         add.add_argument("--prefix", default="backup")
         add.add_argument("--compression", default=params.COMPRESSION)
         add.add_argument("--one-file-system", action="store_true")
@@ -107,6 +111,12 @@ class Command(BaseCommand):
             if repo is None:
                 fail(f"No repository named {name!r}.")
             repositories.append(repo)
+        databases = []
+        for name in o["databases"]:
+            source = DatabaseSource.objects.filter(name=name).first()
+            if source is None:
+                fail(f"No database source named {name!r} (see borg_database add).")
+            databases.append(source)
         policy = None
         if o["policy"]:
             policy = RetentionPolicy.objects.filter(name=o["policy"]).first()
@@ -136,7 +146,7 @@ class Command(BaseCommand):
             sample_max_bytes=o["sample_max_bytes"],
         )
         set_hooks(schedule, o)
-        save(schedule, repositories)
+        save(schedule, repositories, databases)
         row = schedule_row(schedule)
         self.stdout.write(
             f"Added {schedule.name}: {schedule.operation} {row['description']} "
@@ -300,7 +310,7 @@ def set_hooks(schedule: Schedule, o) -> None:
         schedule.hook_timeout = o["hook_timeout"]
 
 
-def save(schedule: Schedule, repositories) -> None:
+def save(schedule: Schedule, repositories, databases=()) -> None:
     """Validate like the admin and the API do, then save with its repositories."""
     try:
         schedule.full_clean()
@@ -312,6 +322,7 @@ def save(schedule: Schedule, repositories) -> None:
     with transaction.atomic():
         schedule.save()
         schedule.repositories.set(repositories)
+        schedule.databases.set(databases)
     audit.record(
         "schedule.created",
         schedule.name,
