@@ -226,9 +226,18 @@ class Dumps:
 
     def start(self) -> None:
         for item in self.items:
-            item.process = borg.Background(
-                item.access.dump_argv(item.database, str(item.pipe)), env=item.access.env
-            )
+            try:
+                item.process = borg.Background(
+                    item.access.dump_argv(item.database, str(item.pipe)), env=item.access.env
+                )
+            except borg.BorgError as exc:  # the tool is missing: stop those already waiting
+                for started in self.items:
+                    if started.process is not None:
+                        started.process.stop()
+                raise OperationError(
+                    f"{item.source.name}/{item.database}: {exc} Is it installed on this server?",
+                    "dump_failed",
+                ) from None
         self._opener = threading.Thread(target=self._release_ended, daemon=True)
         self._opener.start()
 

@@ -551,3 +551,17 @@ def test_a_schedule_dumps_its_databases(repo, tmp_path):
     assert job.result["databases"][0]["path"] == "opscenter-databases/sqlite/sched-db/main.sql"
     removed = cli("borg_database", "remove", "sched-db")
     assert removed.code == 2 and "dumped by schedule(s) n" in removed.err
+
+
+def test_a_missing_dump_tool_is_named_and_nothing_is_left_running(repo, tmp_path, monkeypatch):
+    db = tmp_path / "x.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    assert cli("borg_database", "add", "lite", "--kind", "sqlite", "--path", db).code == 0
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no sqlite3 on it
+    tested = cli("borg_database", "test", "lite")
+    assert tested.code == 2 and "could not start" in tested.err and "installed" in tested.err
+    src = write_files(tmp_path / "src", {"a.txt": "a"})
+    result = cli("borg_backup", "main", "--source", src, "--database", "lite")
+    assert result.code == 2 and "Could not start sqlite3" in result.err
+    assert cli("borg_list", "main", "--json").out.strip() == "[]"
