@@ -937,16 +937,7 @@ def run_program(
     lines of its output (stdout and stderr together) and nothing more in memory."""
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
+        proc = _start_in_own_group(argv, env, cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as exc:
         return ProgramRun(None, [], 0.0, not_started=exc.strerror or str(exc))
     tail: deque[str] = deque(maxlen=keep_lines)
@@ -994,6 +985,21 @@ def run_program(
     return ProgramRun(rc, list(tail), time.monotonic() - started, timed_out, stopped)
 
 
+def _start_in_own_group(argv, env, cwd, *, stdout, stderr, stdin=None) -> subprocess.Popen:
+    """argv as data, no shell, stdin /dev/null unless given, no inherited descriptors, and a
+    session of its own (so a stop reaches the whole group)."""
+    return subprocess.Popen(
+        argv,
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
 def _signal_group(proc: subprocess.Popen, signo: int) -> None:
     try:
         os.killpg(proc.pid, signo)
@@ -1010,15 +1016,8 @@ class Background:
         self.argv = argv
         self.tail: deque[str] = deque(maxlen=PROGRAM_TAIL_LINES)
         try:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
+            self.proc = _start_in_own_group(
+                argv, env, cwd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
         except OSError as exc:
             raise BorgError(f"Could not start {argv[0]}: {exc.strerror}.") from None

@@ -35,6 +35,14 @@ def fail(message: str):
     raise CommandError(message, returncode=EXIT_FAILED)
 
 
+def named(model, name: str, what: str):
+    found = model.objects.filter(name=name).first()
+    if found is None:
+        noun, _, hint = what.partition(" (")
+        fail(f"No {noun} named {name!r}" + (f" ({hint}." if hint else "."))
+    return found
+
+
 class Command(BaseCommand):
     help = "Manage schedules: add, list, run, enable, disable, remove, example."
     requires_system_checks = []
@@ -105,18 +113,11 @@ class Command(BaseCommand):
         return schedule
 
     def do_add(self, o):
-        repositories = []
-        for name in o["repositories"]:
-            repo = Repository.objects.filter(name=name).first()
-            if repo is None:
-                fail(f"No repository named {name!r}.")
-            repositories.append(repo)
-        databases = []
-        for name in o["databases"]:
-            source = DatabaseSource.objects.filter(name=name).first()
-            if source is None:
-                fail(f"No database source named {name!r} (see borg_database add).")
-            databases.append(source)
+        repositories = [named(Repository, name, "repository") for name in o["repositories"]]
+        databases = [
+            named(DatabaseSource, name, "database source (see borg_database add)")
+            for name in o["databases"]
+        ]
         policy = None
         if o["policy"]:
             policy = RetentionPolicy.objects.filter(name=o["policy"]).first()
