@@ -534,6 +534,14 @@ class ScheduleForm(forms.ModelForm):
     hooks_always_after = hook_field(
         "Always-after", "run last, whatever happened (e.g. /usr/bin/docker start db)"
     )
+    hook_timeout = forms.IntegerField(
+        required=False, min_value=1, initial=300,
+        help_text="seconds each hook may run before it is stopped (and fails); empty: 300",
+    )  # fmt: skip
+
+    def clean_hook_timeout(self):
+        return self.cleaned_data.get("hook_timeout") or 300
+
     exclude_patterns = views.LinesField(
         label="Exclude patterns",
         help_text="one pattern per line, borg's syntax (e.g. sh:**/*.tmp or pp:/home/cache)",

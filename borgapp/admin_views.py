@@ -129,7 +129,7 @@ class BackupForm(forms.Form):
         data = super().clean()
         if not data.get("schedule") and not data.get("sources") and not data.get("databases"):
             raise forms.ValidationError(
-                "Choose a backup schedule, or give at least one source or database."
+                "Choose a backup schedule or give at least one source (or a database)."
             )
         return data
 
