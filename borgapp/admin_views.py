@@ -343,8 +343,10 @@ class RestoreDatabaseForm(forms.Form):
         "original, which must be empty unless you replace it",
     )
     force = forms.BooleanField(
-        required=False, label="Replace what the target holds (pg_restore --clean, DROP TABLE)"
-    )
+        required=False, label="Replace it",
+        help_text="restore over a target that holds tables (pg_restore --clean, the dump's "
+        "DROP TABLEs, or a new SQLite file in place of the old)",
+    )  # fmt: skip
 
     def __init__(self, choices, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -386,3 +386,58 @@ def test_a_new_admins_first_hour(page, web_server, cluster, roots, tmp_path, wid
                  "/admin/borgapp/auditevent/"):  # fmt: skip
         page.goto(url + path)
         looks_right(page, path.strip("/").replace("/", "-"), width)
+
+
+@pytest.mark.parametrize("width", [1440, 1024])
+def test_database_and_hook_pages_look_finished(page, web_server, roots, tmp_path, width):
+    """The pages issue 13 added, as an admin sees them: a database source, a schedule with
+    hooks, a backup job with its hooks' lines and a dump, an archive's restore page."""
+    import sqlite3
+
+    from playwright.sync_api import expect
+
+    from borgapp.models import DatabaseSource, Schedule
+    from tests.helpers import cli
+
+    url, _ = web_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    User.objects.create_superuser("boss", password="boss-password-123")
+    db = tmp_path / "crm.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE people (name TEXT)")
+    source = DatabaseSource.objects.create(name="crm", kind="sqlite", path=str(db))
+    passfile = write_files(tmp_path / "secret", {"pw": PASSPHRASE}) / "pw"
+    made = cli(
+        "borg_init", "main", "--location", roots.repos / "main", "--passphrase-file", passfile
+    )
+    assert made.code == 0, made.err
+    src = write_files(tmp_path / "src", {"a.txt": "a"})
+    schedule = Schedule(name="nightly", operation="backup", cron="0 2 * * *",
+                        source_paths=[str(src)], archive_prefix="nightly",
+                        hooks_before=["echo 'stopping the crm container'"],
+                        hooks_always_after=["echo started again"])  # fmt: skip
+    schedule.full_clean()
+    schedule.save()
+    schedule.repositories.set(Repository.objects.filter(name="main"))
+    schedule.databases.set([source])
+    assert cli("borg_schedule", "run", "nightly").code == 0
+    job = Job.objects.filter(kind="backup").latest("pk")
+    archive = Archive.objects.get(name=job.result["archive_name"])
+
+    login(page, url, "boss", "boss-password-123")
+    page.goto(f"{url}/admin/borgapp/databasesource/add/")
+    looks_right(page, "database-add", width)
+    page.goto(f"{url}/admin/borgapp/databasesource/")
+    expect(page.locator("#result_list")).to_contain_text(str(db))
+    looks_right(page, "databases", width)
+    page.goto(f"{url}/admin/borgapp/schedule/{schedule.pk}/change/")
+    expect(page.locator("#id_hooks_before")).to_have_value("echo 'stopping the crm container'")
+    looks_right(page, "schedule-hooks", width)
+    page.goto(f"{url}/admin/borgapp/job/{job.pk}/change/")
+    expect(page.locator("#job-summary")).to_contain_text("with 1 database dumped in")
+    expect(page.locator("#job-hooks")).to_contain_text("stopping the crm container")
+    looks_right(page, "job-with-hooks", width)
+    page.goto(f"{url}/admin/borgapp/archive/{archive.pk}/restore-database/")
+    expect(page.locator("select[name=database]")).to_contain_text("crm/main")
+    looks_right(page, "restore-database", width)
