@@ -99,9 +99,11 @@ def pg_env(work: Path, port: int) -> dict:
     return {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "PGPASSFILE": str(passfile)}
 
 
-def dump_argv(port: int, output: str) -> list[str]:
+def dump_argv(port: int, output: str | None) -> list[str]:
+    """pg_dump as the app runs it; `output` None: to stdout (pg_dump takes no `-` for that)."""
+    to = [f"--file={output}"] if output else []
     return ["pg_dump", "--host=127.0.0.1", f"--port={port}", "--username=admin", "--no-password",
-            "--format=custom", "--no-sync", f"--file={output}", "bench"]  # fmt: skip
+            "--format=custom", "--no-sync", *to, "bench"]  # fmt: skip
 
 
 def timed(func) -> float:
@@ -125,7 +127,7 @@ def hand(work: Path, port: int, round_no: int) -> float:
     env = pg_env(work, port)
 
     def pipeline():
-        dump = subprocess.Popen(dump_argv(port, "-"), env=env, stdout=subprocess.PIPE)
+        dump = subprocess.Popen(dump_argv(port, None), env=env, stdout=subprocess.PIPE)
         subprocess.run([BORG, "create", "--compression=lz4", f"{repo}::a", "-"],
                        stdin=dump.stdout, env=borg_env, check=True)  # fmt: skip
         dump.stdout.close()
