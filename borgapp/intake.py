@@ -25,10 +25,23 @@ def authorise(kind: str, params: dict, user) -> None:
     the command line and the scheduler, which are trusted (they act for the machine)."""
     if user is None:
         return
+    if kind == Job.Kind.RESTORE_DATABASE:
+        _sqlite_target_under_roots(params)
     if kind == Job.Kind.PRUNE and not params.get("policy") and not params.get("dry_run"):
         # ad-hoc rules delete whatever they do not keep, with no admin having chosen them
         if not has_role(user, "admin"):
             raise Forbidden(AD_HOC_PRUNE)
+
+
+def _sqlite_target_under_roots(params: dict) -> None:
+    """From the admin and the API an SQLite restore writes only under a restore root (the
+    original file too): a file written anywhere would be a remote way to replace the app's
+    own files, which the API refuses for hooks too. The command line may write anywhere."""
+    name = str(params.get("database") or "").split("/")[0]
+    source = DatabaseSource.objects.filter(name=name, kind=DatabaseSource.Kind.SQLITE).first()
+    if source is not None:
+        target = params.get("into") or source.path
+        validation.require_under_roots(str(target), settings.RESTORE_ROOTS, "SQLite restore target")
 
 
 def check_params(kind: str, raw: dict) -> dict:

@@ -417,7 +417,9 @@ def test_the_api_and_the_admin_never_show_a_database_password(repo, client, tmp_
     assert denied.status_code == 403
 
 
-def test_a_database_backed_up_through_the_api_is_restored_from_the_admin(repo, client, tmp_path):
+def test_a_database_backed_up_through_the_api_is_restored_from_the_admin(
+    repo, client, tmp_path, roots
+):
     from tests.helpers import client_for, staff, worker_runs
 
     db = tmp_path / "crm.sqlite"
@@ -438,8 +440,16 @@ def test_a_database_backed_up_through_the_api_is_restored_from_the_admin(repo, c
     url = f"/admin/borgapp/archive/{archive.pk}/restore-database/"
     page = client.get(url).content.decode()
     assert '<option value="crm-file/main">' in page
-    target = tmp_path / "back" / "crm.sqlite"
-    target.parent.mkdir()
+    # from the admin and the API an SQLite file is written only under a restore root
+    admin_api = client_for("admin")
+    api_url = f"/api/v1/archives/{archive.pk}/restore-database/"
+    for outside in (tmp_path / "elsewhere.sqlite", db):  # the original is outside too
+        refused = admin_api.post(api_url, {"database": "crm-file/main", "into": str(outside)},
+                                 format="json")  # fmt: skip
+        assert refused.status_code == 400, refused.content
+        assert "not under an allowed root" in refused.content.decode()
+    assert not Job.objects.filter(kind="restore_database").exists()
+    target = roots.restore / "crm.sqlite"
     posted = client.post(url, {"database": "crm-file/main", "into": str(target)})
     assert posted.status_code == 302
     restore = worker_runs(Job.objects.filter(kind="restore_database").latest("pk").pk)
