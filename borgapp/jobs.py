@@ -110,10 +110,14 @@ def claim(job: Job) -> bool:
             pk=repo_id, lease_job__isnull=True
         ).update(lease_job=job, lease_since=now):
             return False
+        # Read the clock once the lease is ours: the update above waited for the previous
+        # holder's end to commit, so this start is never recorded before that end (`now`,
+        # read before the wait, could be; CI saw one repository's job times overlap).
+        began = timezone.now()
         started = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
             status=Job.Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
+            started_at=began,
+            heartbeat_at=began,
             worker_host=procs.HOST,
             worker_pid=os.getpid(),
             worker_started=procs.start_ticks(os.getpid()),
