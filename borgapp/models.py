@@ -81,6 +81,9 @@ class Repository(models.Model):
     passphrase_encrypted = models.TextField(blank=True, default="", editable=False)
     # A new passphrase waiting for a change-passphrase job (encrypted; cleared by the job).
     new_passphrase_encrypted = models.TextField(blank=True, default="", editable=False)
+    # When the passphrase was last set (registration or a change): a recovery kit exported
+    # before this no longer opens the repository (the dashboard reminds the admins).
+    passphrase_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
     append_only = models.BooleanField(default=False)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     borg_id = models.CharField(max_length=64, blank=True, default="")
@@ -151,6 +154,7 @@ class Repository(models.Model):
     def set_passphrase(self, passphrase: str) -> None:
         validation.validate_passphrase(passphrase)
         self.passphrase_encrypted = vault.encrypt(passphrase) if passphrase else ""
+        self.passphrase_changed_at = timezone.now()
 
     def get_passphrase(self) -> str | None:
         """The stored passphrase, or None for a repository stored without one."""
@@ -657,6 +661,8 @@ class Job(models.Model):
         DIFF = "diff", "Compare archives"
         VERIFY_RESTORE = "verify_restore", "Verify restore"
         RESTORE_DATABASE = "restore_database", "Restore a database"
+        DOWNLOAD = "download", "Download"
+        RESTORE = "restore", "Restore in place"
 
     class Trigger(models.TextChoices):
         ADMIN = "admin", "Admin"
@@ -954,3 +960,21 @@ class Channel(models.Model):
 
     def get_secret(self) -> str:
         return vault.decrypt(self.secret_encrypted) if self.secret_encrypted else ""
+
+
+class RecoveryKitExport(models.Model):
+    """That a recovery kit was exported (the kit itself is never stored): when, by whom,
+    and which repositories it held, so the dashboard can say when a newer one is due."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    repositories = models.JSONField(default=list)
+    sha256 = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"recovery kit of {self.created_at:%Y-%m-%d %H:%M}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from django.conf import settings
+from django.utils import timezone
 
 from borgapp import borg, catalog, dumps, lease, listing, naming, params, validation, vault
 from borgapp.errors import OperationError
@@ -889,7 +890,9 @@ def op_change_passphrase(ctx: Context) -> Outcome:
         raise
     # one UPDATE: the repository never has the new passphrase without the app knowing it
     Repository.objects.filter(pk=repo.pk).update(
-        passphrase_encrypted=repo.new_passphrase_encrypted, new_passphrase_encrypted=""
+        passphrase_encrypted=repo.new_passphrase_encrypted,
+        new_passphrase_encrypted="",
+        passphrase_changed_at=timezone.now(),
     )
     return ctx.outcome({"changed": True})
 

@@ -176,6 +176,13 @@ def _roots(name, default):
 REPOSITORY_ROOTS = _roots("OPSCENTER_REPOSITORY_ROOTS", "repos")
 RESTORE_ROOTS = _roots("OPSCENTER_RESTORE_ROOTS", "restore")
 MOUNT_ROOTS = _roots("OPSCENTER_MOUNT_ROOTS", "mnt")
+# Restores in place write over live folders: only under these roots, none by default (opt-in).
+# The app's own data directory is refused at start-up (borgapp.checks).
+INPLACE_ROOTS = [Path(p).resolve() for p in env.str("OPSCENTER_INPLACE_ROOTS", default="").split(":") if p]
+# Downloads stream from borg in the web process: at most this many at once per process
+# (each holds a thread and its repository's lease), and how long one waits for a busy lease.
+DOWNLOAD_SLOTS = env.int("OPSCENTER_DOWNLOAD_SLOTS", default=4)
+DOWNLOAD_LEASE_WAIT = env.float("OPSCENTER_DOWNLOAD_LEASE_WAIT", default=5.0)
 
 # Signal ladder for cancel and deadlines (REL-04): seconds after SIGINT, then after SIGTERM.
 BORG_GRACE_SIGINT = env.float("BORG_GRACE_SIGINT", default=60.0)
