@@ -178,7 +178,8 @@ RESTORE_ROOTS = _roots("OPSCENTER_RESTORE_ROOTS", "restore")
 MOUNT_ROOTS = _roots("OPSCENTER_MOUNT_ROOTS", "mnt")
 # Restores in place write over live folders: only under these roots, none by default (opt-in).
 # The app's own data directory is refused at start-up (borgapp.checks).
-INPLACE_ROOTS = [Path(p).resolve() for p in env.str("OPSCENTER_INPLACE_ROOTS", default="").split(":") if p]
+_inplace = env.str("OPSCENTER_INPLACE_ROOTS", default="")
+INPLACE_ROOTS = [Path(p).resolve() for p in _inplace.split(":") if p]
 # Downloads stream from borg in the web process: at most this many at once per process
 # (each holds a thread and its repository's lease), and how long one waits for a busy lease.
 DOWNLOAD_SLOTS = env.int("OPSCENTER_DOWNLOAD_SLOTS", default=4)
