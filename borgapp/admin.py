@@ -351,6 +351,7 @@ ARCHIVE_PAGES = [
     ("contents", "Browse contents", views.contents, "viewer", {}),
     ("diff", "Compare with another archive", views.diff, "viewer", {}),
     ("extract", "Extract", views.extract, "operator", {}),
+    ("download", "Download", views.download, "operator", {}),
     ("mount", "Mount / unmount", views.mount, "operator", {}),
     ("restore-database", "Restore a database", views.restore_database, "admin", {}),
     ("delete-archive", "Delete", views.delete_archive, "admin", {}),

@@ -1,6 +1,8 @@
 """The admin's operation pages: forms that validate, then queue a Job through `intake` and
 say so with a link ("Backup of repository X queued as job 42"). No page runs borg itself."""
 
+from urllib.parse import quote
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -14,6 +16,7 @@ from django.utils.html import format_html
 
 from borgapp import (
     audit,
+    downloads,
     dumps,
     errors,
     intake,
@@ -335,6 +338,47 @@ def extract(model_admin, request, pk):
     )
 
 
+class DownloadForm(forms.Form):
+    paths = LinesField(required=True, help_text="paths inside the archive, one per line")
+    format = forms.ChoiceField(
+        choices=[(f, f) for f in params.DOWNLOAD_FORMATS], initial="auto",
+        help_text="auto: one file as itself, a folder or several paths as a plain tar",
+    )  # fmt: skip
+
+
+def download(model_admin, request, pk):
+    """Stream files of the archive to the browser: from the tree's links (GET with `path`)
+    or from this page's form. A refusal comes back to the page it came from, with why."""
+    require(request, "operator")
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    paths = request.GET.getlist("path")
+    form = DownloadForm(request.POST or None, initial={"paths": paths})
+    wanted = None
+    if request.method == "POST" and form.is_valid():
+        wanted = form.cleaned_data["paths"], form.cleaned_data["format"]
+    elif request.method == "GET" and paths:
+        wanted = paths, request.GET.get("format") or "auto"
+    if wanted is not None:
+        try:
+            streamed = downloads.begin(
+                archive, *wanted, trigger=Job.Trigger.ADMIN, user=request.user,
+                lease_wait=settings.DOWNLOAD_LEASE_WAIT,
+                client_gone=request.META.get("opscenter.client_gone"),
+            )  # fmt: skip
+        except (*errors.REFUSED, errors.OperationError) as exc:
+            messages.error(request, f"Download from {archive.name}: {exc}")
+            if request.method == "GET":
+                contents = reverse("admin:borgapp_archive_contents", args=[archive.pk])
+                folder = wanted[0][0].rsplit("/", 1)[0] if "/" in wanted[0][0] else ""
+                return redirect(f"{contents}?path={quote(folder)}")
+        else:
+            return downloads.http_response(streamed)
+    return form_page(
+        request, model_admin, f"Download from {archive.name}", form, archive, "Download",
+        "The files stream from borg as it reads them; nothing is kept on the server.",
+    )  # fmt: skip
+
+
 class RestoreDatabaseForm(forms.Form):
     database = forms.ChoiceField(help_text="the dumps this archive holds (SOURCE/DATABASE)")
     into = forms.CharField(
@@ -499,6 +543,7 @@ def contents(model_admin, request, pk):
         query=query,
         crumbs=crumbs_of(folder),
         can_extract=has_role(request.user, "operator"),
+        download_url=reverse("admin:borgapp_archive_download", args=[archive.pk]),
     )
 
 

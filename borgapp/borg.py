@@ -474,6 +474,16 @@ def extract_stdout_cmd(location: str, archive: str, path: str, stdout_fd: int) -
     )  # fmt: skip
 
 
+def export_tar_cmd(location: str, archive: str, paths: list[str], stdout_fd: int) -> Command:
+    """Some paths of an archive as one plain tar stream written to `stdout_fd` (a download:
+    names exactly as stored, non-UTF-8 bytes and hardlinks included; a lone hardlink comes as
+    the file it is, where `extract --stdout` would give nothing)."""
+    return Command(
+        ["export-tar"], [], [repo_arg(location, archive), "-", *_path_patterns(paths)],
+        stdout_fd=stdout_fd,
+    )  # fmt: skip
+
+
 def delete_archive_cmd(location: str, archive: str) -> Command:
     return Command(["delete"], [], [repo_arg(location, archive)], progress=True)
 
@@ -493,6 +503,14 @@ def umount_cmd(mountpoint: str) -> Command:
 def key_export_cmd(location: str, paper: bool = False) -> Command:
     options = ["--paper"] if paper else []
     return Command(["key", "export"], options, [repo_arg(location)])
+
+
+def key_import_cmd(location: str, key: str) -> Command:
+    """Put an exported key back (`borg key export`'s text, through stdin): a keyfile
+    repository's key lands in BORG_BASE_DIR's keys folder. Like `key export`, borg takes no
+    repository lock for it."""
+    positionals = [repo_arg(location), "-"]
+    return Command(["key", "import"], [], positionals, stdin_data=key, uses_lock=False)
 
 
 def change_passphrase_cmd(location: str, old: str, new: str) -> Command:

@@ -34,6 +34,17 @@ class OperationError(Exception):
         self.result = result or {}  # what was found before it failed, kept on the Job
 
 
+class ClientGone(OperationError):
+    """A download's client closed the connection: borg was stopped, nothing failed."""
+
+    def __init__(self, sent: int):
+        super().__init__(
+            f"The client closed the connection after {sent:,} bytes; borg was stopped.",
+            "client_gone",
+        )
+        self.sent = sent
+
+
 # What a door catches to answer "refused, nothing changed" with the message.
 REFUSED = (InvalidInput, Conflict, Forbidden)
 

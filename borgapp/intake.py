@@ -71,6 +71,7 @@ def _check_archive(repository: Repository, name: str) -> None:
 
 ARCHIVE_KINDS = (
     Job.Kind.EXTRACT, Job.Kind.DELETE, Job.Kind.CONTENTS, Job.Kind.DIFF, Job.Kind.RESTORE_DATABASE,
+    Job.Kind.DOWNLOAD, Job.Kind.RESTORE,
 )  # fmt: skip
 LISTING_KINDS = jobs.LISTING_KINDS
 
@@ -89,13 +90,7 @@ def start(
 ) -> Job:
     """Record an operation on a repository and run it (inline) or queue it (worker). A
     refusal (bad input, a conflict) is audited too (its caller may record it its own way)."""
-    try:
-        authorise(kind, params or {}, user)
-        cleaned, archive_name = _admit(kind, repository, params)
-    except (validation.InvalidInput, Conflict, Forbidden) as exc:
-        if audit_refusal:
-            audit.record(kind, repository.name, outcome="refused", params=params, message=exc)
-        raise
+    cleaned, archive_name = _admitted(kind, repository, params, user, audit_refusal)
     options = {
         "trigger": trigger,
         "params": cleaned,
@@ -108,6 +103,26 @@ def start(
         return jobs.run_inline(job, echo=echo)
     with transaction.atomic():
         return jobs.submit(kind, repository, **options)
+
+
+def _admitted(kind, repository, params, user, audit_refusal=True) -> tuple[dict, str]:
+    try:
+        authorise(kind, params or {}, user)
+        return _admit(kind, repository, params)
+    except (validation.InvalidInput, Conflict, Forbidden) as exc:
+        if audit_refusal:
+            audit.record(kind, repository.name, outcome="refused", params=params, message=exc)
+        raise
+
+
+def prepare(kind: str, repository: Repository, params: dict, *, trigger: str, user=None) -> Job:
+    """Check a request and record it as a job of this process that has not started: the
+    caller claims the lease and runs it itself (a download, streamed to its client)."""
+    cleaned, archive_name = _admitted(kind, repository, params, user)
+    return jobs.create(
+        kind, repository, trigger=trigger, params=cleaned, user=user,
+        archive_name=archive_name, inline=True,
+    )  # fmt: skip
 
 
 def _admit(kind: str, repository: Repository, params: dict | None) -> tuple[dict, str]:

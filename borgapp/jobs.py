@@ -22,7 +22,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from borgapp import audit, borg, hooks, job_events, lease, operations, procs, vault
-from borgapp.errors import InvalidInput, OperationError
+from borgapp.errors import ClientGone, InvalidInput, OperationError
 from borgapp.models import Job, Repository
 
 LISTING_KINDS = (Job.Kind.CONTENTS, Job.Kind.DIFF)
@@ -229,6 +229,8 @@ def _outcome_of(exc: Exception, cancelled: bool) -> tuple[str, str, str]:
         return Job.Status.FAILED, exc.code, exc.message
     if isinstance(exc, InvalidInput):
         return Job.Status.FAILED, "invalid_input", str(exc)
+    if isinstance(exc, ClientGone):
+        return Job.Status.CANCELLED, exc.code, str(exc)
     if isinstance(exc, hooks.HookFailed) and exc.stopped:
         return Job.Status.CANCELLED, "cancelled", "Cancelled on request (during a before-hook)."
     if isinstance(exc, OperationError):
@@ -243,7 +245,7 @@ def _outcome_of(exc: Exception, cancelled: bool) -> tuple[str, str, str]:
     )
 
 
-def execute(job: Job, echo=None) -> Job:
+def execute(job: Job, echo=None, sink=None) -> Job:
     """Run a claimed job's operation and record its outcome. Never raises for borg errors."""
     job_events.started(job)
     progress = Progress(job, echo=echo)
@@ -252,7 +254,7 @@ def execute(job: Job, echo=None) -> Job:
     around = hooks.Hooks.of(job)
     try:
         around.before(should_stop=progress.should_stop)
-        outcome = operations.run(job, progress)
+        outcome = operations.run(job, progress, sink)
         result, payload, tail = outcome.result, outcome.payload, outcome.tail
         if outcome.warnings:
             status = Job.Status.WARNING

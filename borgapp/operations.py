@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from borgapp import borg, catalog, dumps, lease, listing, naming, params, validation, vault
-from borgapp.errors import OperationError
+from borgapp.errors import ClientGone, OperationError
 from borgapp.models import (
     Archive,
     ArchiveDiff,
@@ -64,8 +64,9 @@ class Context:
     """What an operation needs: its job, its repository, and a borg runner wired to the
     job's progress, cancel flag and deadline."""
 
-    def __init__(self, job: Job, progress):
+    def __init__(self, job: Job, progress, sink=None):
         self.job = job
+        self.sink = sink  # a download's pipe (downloads.Sink), in the process that asked
         self.repo: Repository | None = job.repository
         self.params = params.load(job.kind, job.params)  # the kind's dataclass (params.py)
         self.progress = progress
@@ -105,11 +106,11 @@ class Context:
         return Outcome(result=result, warnings=self.warnings, tail=self.tail, payload=payload)
 
 
-def run(job: Job, progress=None) -> Outcome:
+def run(job: Job, progress=None, sink=None) -> Outcome:
     operation = OPERATIONS.get(job.kind)
     if operation is None:
         raise OperationError(f"Unknown operation {job.kind!r}.")
-    ctx = Context(job, progress)
+    ctx = Context(job, progress, sink)
     if ctx.repo is None:
         raise OperationError("The job's repository no longer exists.", "repository_missing")
     return operation(ctx)
@@ -539,6 +540,38 @@ def op_extract(ctx: Context) -> Outcome:
     return ctx.outcome({"archive_name": archive.name, "target_path": str(target), "files": files})
 
 
+def op_download(ctx: Context) -> Outcome:
+    """Stream some paths of an archive as a tar into the download's pipe (its reader, in the
+    same process, turns it into a file, a tar or a compressed tar for the client)."""
+    archive = _archive(ctx)
+    sink = ctx.sink
+    if sink is None:
+        raise OperationError(
+            "A download runs only in the process that serves it; ask for it again.", "no_client"
+        )
+    paths = ctx.params.paths
+    try:
+        result = ctx.borg(borg.export_tar_cmd(ctx.repo.location, archive.name, paths, sink.fd))
+    except borg.BorgError:
+        if sink.gone.is_set():
+            raise ClientGone(sink.sent) from None
+        raise
+    finally:
+        sink.close_writer()
+    missing = [w for w in result.warnings if "never matched" in w]
+    if missing:
+        named = ", ".join(paths)
+        raise OperationError(
+            f"Not in archive {archive.name}: {named}.", "path_not_found",
+            result={"archive_name": archive.name, "paths": paths},
+        )  # fmt: skip
+    sink.drained.wait(timeout=30)
+    return ctx.outcome(
+        {"archive_name": archive.name, "paths": paths, "format": ctx.params.format,
+         "bytes": sink.sent}
+    )  # fmt: skip
+
+
 def op_delete(ctx: Context) -> Outcome:
     archive = _archive(ctx)
     ctx.borg(borg.delete_archive_cmd(ctx.repo.location, archive.name))
@@ -923,4 +956,5 @@ OPERATIONS = {
     Job.Kind.DIFF: op_diff,
     Job.Kind.VERIFY_RESTORE: op_verify_restore,
     Job.Kind.RESTORE_DATABASE: op_restore_database,
+    Job.Kind.DOWNLOAD: op_download,
 }

@@ -161,6 +161,31 @@ class Extract(Params):
         self.strip_components = whole_number(self.strip_components, "strip_components") or 0
 
 
+DOWNLOAD_FORMATS = ("auto", "file", "tar", "tar.gz", "tar.zst")
+MAX_DOWNLOAD_PATHS = 1000
+
+
+@dataclass
+class Download(Params):
+    """auto: one regular file comes as itself, anything else as a plain tar."""
+
+    archive: str = ""
+    paths: list = field(default_factory=list)
+    format: str = "auto"
+
+    def check(self) -> None:
+        if not isinstance(self.paths, list) or not self.paths:
+            raise InvalidInput("Name at least one path of the archive to download.")
+        if len(self.paths) > MAX_DOWNLOAD_PATHS:
+            raise InvalidInput(f"At most {MAX_DOWNLOAD_PATHS} paths in one download.")
+        self.paths = list(dict.fromkeys(validation.validate_archive_path(p) for p in self.paths))
+        self.format = self.format or "auto"
+        if self.format not in DOWNLOAD_FORMATS:
+            raise InvalidInput(f"Format must be one of: {', '.join(DOWNLOAD_FORMATS)}.")
+        if self.format == "file" and len(self.paths) != 1:
+            raise InvalidInput("Format 'file' takes exactly one path; use a tar for several.")
+
+
 @dataclass
 class VerifyRestore(Params):
     prefix: str = ""
@@ -225,6 +250,7 @@ SPECS = {
     Job.Kind.PRUNE: Prune,
     Job.Kind.CHECK: Check,
     Job.Kind.EXTRACT: Extract,
+    Job.Kind.DOWNLOAD: Download,
     Job.Kind.VERIFY_RESTORE: VerifyRestore,
     Job.Kind.DIFF: Diff,
     Job.Kind.MOUNT: Mount,

@@ -24,6 +24,7 @@ import io
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from gunicorn.workers.base import Worker
@@ -143,9 +144,16 @@ class Bounded:
                 await send(event)
             return
         environ = wsgi_environ(scope, b"".join(chunks))
+        # Set when the client closes its connection: a streamed answer (a download) stops
+        # instead of reading on for nobody (hypercorn drops what is sent after a close).
+        gone = environ["opscenter.client_gone"] = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, gone))
         loop = asyncio.get_running_loop()
-        # Without a started response hypercorn answers 500 when this returns or raises.
-        await loop.run_in_executor(self.pool, self._run, environ, loop, send)
+        try:
+            # Without a started response hypercorn answers 500 when this returns or raises.
+            await loop.run_in_executor(self.pool, self._run, environ, loop, send)
+        finally:
+            watcher.cancel()
 
     def _run(self, environ, loop, send):
         """In a pool thread: run the WSGI app and hand its answer to the event loop, one chunk
@@ -186,7 +194,10 @@ class Bounded:
             # two messages, and a client that already has its answer may close it there,
             # which hypercorn logs as a second, aborted request.
             held = None
+            gone = environ["opscenter.client_gone"]
             for chunk in result:
+                if gone.is_set():
+                    return  # nobody to send to; `close` below stops the producer
                 if chunk:
                     if held is not None:
                         write(held)
@@ -195,6 +206,12 @@ class Bounded:
             if hasattr(result, "close"):
                 result.close()
         write(held or b"", more_body=False)
+
+
+async def _watch_disconnect(receive, gone: threading.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 class HypercornWorker(Worker):

@@ -1,19 +1,24 @@
 """The resource API (`/api/v1/`). Reads come from the database only (PERF-01); every
 operation goes through `intake` and runs as a Job on a worker: the answer is 202 with the Job
-and a Location header. No request ever runs borg."""
+and a Location header. No request runs borg, but one: a download streams what borg reads to
+its client (borgapp.downloads), as a job of its own that holds the repository's lease."""
 
+from django.conf import settings
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, status, viewsets
 from rest_framework import serializers as drf_serializers
 from rest_framework.decorators import action
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 
-from borgapp import audit, intake, jobs, listing, scheduling, validation
+from borgapp import audit, downloads, intake, jobs, listing, scheduling, validation
 from borgapp.api import serializers as s
-from borgapp.api.errors import ApiError, body
+from borgapp.api.errors import ApiError, body, status_for_job_error
+from borgapp.errors import OperationError
 from borgapp.models import (
     Alert,
     Archive,
@@ -25,6 +30,7 @@ from borgapp.models import (
     RetentionPolicy,
     Schedule,
 )
+from borgapp.params import DOWNLOAD_FORMATS
 
 
 def accepted(request, job: Job) -> Response:
@@ -342,6 +348,15 @@ class ArchiveFilter(filters.FilterSet):
         fields = ["repository", "prefix", "after", "before", "checkpoint"]
 
 
+class DownloadNegotiation(DefaultContentNegotiation):
+    """A download's `format` is the file's (tar.gz, ...), not DRF's renderer override; its
+    errors are JSON like every other answer."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        json = next(r for r in renderers if r.format == "json")
+        return json, json.media_type
+
+
 class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Archive.objects.select_related("repository").order_by("-start", "-id")
     serializer_class = s.ArchiveSerializer
@@ -363,7 +378,38 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         "contents": "viewer",
         "diff": "viewer",
         "restore_database": "admin",  # it writes into a database server
+        "download": "operator",
     }
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("path", str, many=True, required=True,
+                             description="a path in the archive; repeat for a selection"),
+            OpenApiParameter("format", str, enum=[*DOWNLOAD_FORMATS],
+                             description="auto (default): one file as itself, else a tar"),
+        ],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+    )  # fmt: skip
+    @action(detail=True, methods=["get"], content_negotiation_class=DownloadNegotiation)
+    def download(self, request, pk=None):
+        """Stream files of this archive as borg reads them: one file as itself, a folder or a
+        selection as a tar (plain, gzip or zstd). Operators and admins."""
+        archive = self.get_object()
+        try:
+            download = downloads.begin(
+                archive,
+                request.query_params.getlist("path"),
+                request.query_params.get("format") or "auto",
+                trigger=Job.Trigger.API,
+                user=request.user,
+                lease_wait=settings.DOWNLOAD_LEASE_WAIT,
+                client_gone=request.META.get("opscenter.client_gone"),
+            )
+        except downloads.NotInArchive as exc:
+            raise ApiError("path_not_found", str(exc), 404) from None
+        except OperationError as exc:
+            raise ApiError(exc.code, str(exc), status_for_job_error(exc.code)) from None
+        return downloads.http_response(download)
 
     @extend_schema(request=s.RestoreDatabaseRequestSerializer, responses={202: s.JobSerializer})
     @action(detail=True, methods=["post"], url_path="restore-database")
