@@ -352,6 +352,7 @@ ARCHIVE_PAGES = [
     ("diff", "Compare with another archive", views.diff, "viewer", {}),
     ("extract", "Extract", views.extract, "operator", {}),
     ("download", "Download", views.download, "operator", {}),
+    ("restore", "Restore in place", views.restore_in_place, "admin", {}),
     ("mount", "Mount / unmount", views.mount, "operator", {}),
     ("restore-database", "Restore a database", views.restore_database, "admin", {}),
     ("delete-archive", "Delete", views.delete_archive, "admin", {}),

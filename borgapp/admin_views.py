@@ -379,6 +379,51 @@ def download(model_admin, request, pk):
     )  # fmt: skip
 
 
+class RestoreForm(forms.Form):
+    paths = LinesField(required=True, help_text="paths inside the archive, one per line")
+    target = forms.CharField(
+        initial="/",
+        help_text='"/" puts each path back where it was; another folder stands for "/"',
+    )
+    policy = forms.ChoiceField(
+        choices=[
+            ("keep", "keep files that exist (only missing ones are restored)"),
+            ("replace", "replace files that exist"),
+            ("if-different", "replace files whose type, size, time or link target differ"),
+        ],
+        initial="keep",
+    )
+
+
+def restore_in_place(model_admin, request, pk):
+    """First a preview (its job lists what would be created, replaced, kept, left alone and
+    blocked), then the restore from the job page's confirm button."""
+    require(request, "admin")
+    archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    form = RestoreForm(request.POST or None, initial={"paths": request.GET.getlist("path")})
+    if request.method == "POST" and form.is_valid():
+        confirmed = "confirm" in request.POST
+        params = {"archive": archive.name, **form.cleaned_data, "preview": not confirmed}
+        what = "Restore in place" if confirmed else "Restore preview"
+        response = start_or_error(
+            request, Job.Kind.RESTORE, archive.repository, params, f"{what} of {archive.name}"
+        )
+        if response:
+            return response
+    roots = ", ".join(str(r) for r in settings.INPLACE_ROOTS)
+    note = (
+        f"In-place roots: {roots}. Nothing is written yet: the preview job lists what would "
+        "happen, and its page has the button that restores."
+        if roots
+        else "Restores in place are off on this server: list the folders they may write in "
+        "with OPSCENTER_INPLACE_ROOTS."
+    )
+    return form_page(
+        request, model_admin, f"Restore {archive.name} in place", form, archive,
+        "Preview the restore", note,
+    )  # fmt: skip
+
+
 class RestoreDatabaseForm(forms.Form):
     database = forms.ChoiceField(help_text="the dumps this archive holds (SOURCE/DATABASE)")
     into = forms.CharField(
@@ -544,6 +589,8 @@ def contents(model_admin, request, pk):
         crumbs=crumbs_of(folder),
         can_extract=has_role(request.user, "operator"),
         download_url=reverse("admin:borgapp_archive_download", args=[archive.pk]),
+        restore_url=reverse("admin:borgapp_archive_restore", args=[archive.pk]),
+        can_restore=has_role(request.user, "admin"),
     )
 
 
@@ -624,6 +671,16 @@ def job_page(model_admin, request, pk):
             "pruned": job.result.get("pruned", []),
             "prune_url": reverse("admin:borgapp_repository_prune", args=[job.repository_id]),
         }
+    restore = None
+    if job.kind == Job.Kind.RESTORE and job.result.get("created"):
+        restore = {
+            "categories": [
+                (name, label, job.result.get(name, {})) for name, label in RESTORE_CATEGORIES
+            ],
+            "confirm": job.params.get("preview") and job.status == Job.Status.SUCCEEDED,
+            "url": reverse("admin:borgapp_archive_restore", args=[_archive_pk(job)]),
+            "paths": "\n".join(job.params.get("paths", [])),
+        }
     return render(
         request,
         model_admin,
@@ -633,12 +690,27 @@ def job_page(model_admin, request, pk):
         object=job,
         hint=errors.HINTS.get(job.error_code, ""),
         preview=preview,
+        restore=restore,
         can_cancel=has_role(request.user, "operator") and not job.is_finished,
         key_waiting=has_role(request.user, "admin") and jobs.key_waiting(job, request.user),
         api_url=reverse("job-detail", args=[job.pk]),
         summary=job_summary.summarize(job),
         expected_bytes=None if job.is_finished else job_summary.expected_bytes(job),
     )
+
+
+RESTORE_CATEGORIES = [
+    ("created", "Created"),
+    ("replaced", "Replaced"),
+    ("kept", "Kept as they are"),
+    ("left_alone", "Left alone (not in the archive)"),
+    ("blocked", "Blocked (not safe to write)"),
+]
+
+
+def _archive_pk(job: Job) -> int | None:
+    archive = Archive.objects.filter(repository_id=job.repository_id, name=job.archive_name)
+    return archive.values_list("pk", flat=True).first()
 
 
 def restored(model_admin, request, pk):

@@ -6,7 +6,7 @@ import os
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from borgapp import borg, proxy, scheduling
+from borgapp import borg, proxy, scheduling, validation
 from borgapp.operations import borg_config
 from opscenter.filemodes import sqlite_path
 
@@ -71,6 +71,28 @@ def data_dir_check(app_configs=None, **kwargs):
     if not os.access(data_dir, os.W_OK):
         return [Error(f"The data directory {data_dir} is not writable.", id="borgapp.E020")]
     return []
+
+
+@register(Tags.security)
+def inplace_roots_check(app_configs=None, **kwargs):
+    """A restore in place must never be able to write over the app's own data, borg's base
+    folder or a repository: an in-place root that holds one of them, or lies inside one, is
+    refused at start-up."""
+    protected = [settings.DATA_DIR, settings.BORG_BASE_DIR, *settings.REPOSITORY_ROOTS]
+    problems = []
+    for root in settings.INPLACE_ROOTS:
+        for folder in protected:
+            folder = os.path.realpath(folder)
+            if validation.is_within(root, folder) or validation.is_within(folder, root):
+                problems.append(
+                    Error(
+                        f"The in-place root {root} overlaps {folder}, where this app keeps its "
+                        "own data or repositories.",
+                        hint="Choose OPSCENTER_INPLACE_ROOTS that hold only data to restore.",
+                        id="borgapp.E030",
+                    )
+                )
+    return problems
 
 
 @register(Tags.security)

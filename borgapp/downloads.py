@@ -54,6 +54,7 @@ class Sink:
         self.drained = threading.Event()  # the reader saw the end of the stream
         self.complete = threading.Event()  # the client has all it asked for
         self.sent = 0
+        self.format = ""  # what the client gets: file, tar, tar.gz or tar.zst
         self._lock = threading.Lock()
         self._open = {"read": True, "write": True}
 
@@ -204,7 +205,7 @@ def _start(job: Job, client_gone: threading.Event) -> Download:
         _stop(job, sink, runner)
         raise
     as_file = whole_file and p["format"] in ("auto", "file")
-    fmt = "file" if as_file else ("tar" if p["format"] == "auto" else p["format"])
+    fmt = sink.format = "file" if as_file else ("tar" if p["format"] == "auto" else p["format"])
     if as_file:
         body = _file_body(first, peek, sink, stopped)
     else:

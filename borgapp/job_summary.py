@@ -22,9 +22,11 @@ LABELS = {
     "unique_compressed_size": "Size on disk", "mount_point": "Mount point",
     "location": "Location", "encryption_mode": "Encryption", "databases": "Databases dumped",
     "restored_into": "Restored into", "path": "Path in the archive",
+    "target": "Target", "policy": "Policy", "paths": "Paths selected", "format": "Format",
 }  # fmt: skip
 HIDDEN = {"archive_id", "repository_id", "unique_chunks", "total_chunks", "unique_size",
-          "total_compressed_size", "message", "sha256", "globs", "rules", "problems"}  # fmt: skip
+          "total_compressed_size", "message", "sha256", "globs", "rules", "problems",
+          "limit", "preview"}  # fmt: skip
 
 
 @dataclass
@@ -178,6 +180,17 @@ def _prune(r: dict) -> str:
     return f"Removed {count(pruned)} archive(s), kept {count(kept)}.{compacted}"
 
 
+def _restore(r: dict) -> str:
+    def n(name: str) -> str:
+        return count((r.get(name) or {}).get("count", 0))
+
+    done = f"{n('created')} created, {n('replaced')} replaced, {n('kept')} kept"
+    rest = f"{n('left_alone')} left alone, {n('blocked')} blocked"
+    if r.get("preview"):
+        return f"Preview of a restore into {r.get('target')}: would be {done}; {rest}."
+    return f"Restored into {r.get('target')}: {done}; {rest}."
+
+
 SENTENCES = {
     Job.Kind.BACKUP: _backup,
     Job.Kind.PRUNE: _prune,
@@ -213,6 +226,11 @@ SENTENCES = {
         f"Restored {r.get('source')}/{r.get('database')} of {r.get('archive_name')} into "
         f"{r.get('restored_into')}."
     ),
+    Job.Kind.DOWNLOAD: lambda r: (
+        f"Sent {human_bytes(r.get('bytes'))} of {r.get('archive_name')} "
+        f"({many(len(r.get('paths') or []), 'path')}, as {r.get('format')})."
+    ),
+    Job.Kind.RESTORE: lambda r: _restore(r),
     Job.Kind.INIT: lambda r: "The repository is ready for its first backup.",
     Job.Kind.IMPORT: lambda r: (
         f"The repository is ready: {many(r.get('archives'), 'archive')} found."

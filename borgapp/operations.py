@@ -15,12 +15,24 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
-from borgapp import borg, catalog, dumps, lease, listing, naming, params, validation, vault
+from borgapp import (
+    borg,
+    catalog,
+    dumps,
+    inplace,
+    lease,
+    listing,
+    naming,
+    params,
+    validation,
+    vault,
+)
 from borgapp.errors import ClientGone, OperationError
 from borgapp.models import (
     Archive,
@@ -508,14 +520,18 @@ def files_in(fd: int) -> int:
     return sum(len(names) for _, _, names, _ in os.fwalk(".", dir_fd=fd))
 
 
-def op_extract(ctx: Context) -> Outcome:
-    archive = _archive(ctx)
+def _require_safe_restore(ctx: Context, archive: Archive) -> None:
     if not archive.created_by_app and borg.version(ctx.config) < borg.SAFE_RESTORE_VERSION:
         raise OperationError(
             "Restoring an archive this app did not make needs borg 1.4.5 or newer "
             "(CVE-2026-62268).",
             "borg_too_old",
         )
+
+
+def op_extract(ctx: Context) -> Outcome:
+    archive = _archive(ctx)
+    _require_safe_restore(ctx, archive)
     target = prepare_empty_dir(ctx.params.target, settings.RESTORE_ROOTS, "Restore target")
     fd = hold_empty_dir(target, "Restore target")
     try:
@@ -567,9 +583,104 @@ def op_download(ctx: Context) -> Outcome:
         )  # fmt: skip
     sink.drained.wait(timeout=30)
     return ctx.outcome(
-        {"archive_name": archive.name, "paths": paths, "format": ctx.params.format,
+        {"archive_name": archive.name, "paths": paths, "format": sink.format or ctx.params.format,
          "bytes": sink.sent}
     )  # fmt: skip
+
+
+def op_restore(ctx: Context) -> Outcome:
+    """A restore in place (borgapp.inplace): a preview from the archive's listing, or borg
+    extracts into a private staging folder on the target's filesystem and each entry is moved
+    into place by the policy, never through a link. The report says what was created,
+    replaced, kept, left alone and blocked; a failure midway keeps what was already written."""
+    p = ctx.params
+    archive = _archive(ctx)
+    _require_safe_restore(ctx, archive)
+    root = params.inplace_root(p.target, p.paths[0])
+    require_private_path(root, "In-place root")
+    target_fd = open_dir_nofollow(p.target, "Target")
+    try:
+        if p.preview:
+            entries = _listed(ctx, archive, p.paths)
+            _require_listed(archive, p.paths, {entry.path for entry in entries})
+            report = inplace.preview(entries, target_fd, p.policy, p.paths)
+        else:
+            report = _restore_staged(ctx, archive, root, target_fd)
+    finally:
+        os.close(target_fd)
+    return ctx.outcome(
+        {"archive_name": archive.name, "target": p.target, "policy": p.policy,
+         "preview": p.preview, "paths": p.paths, **report.as_dict()}
+    )  # fmt: skip
+
+
+def open_dir_nofollow(path: str, what: str) -> int:
+    """Open an existing directory walking from / one name at a time, no link followed."""
+    fd = os.open("/", HELD_DIR_FLAGS)
+    try:
+        for name in Path(path).parts[1:]:
+            try:
+                child = os.open(name, HELD_DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                raise validation.InvalidInput(
+                    f"{what} {path!r}: {name!r} cannot be entered ({exc.strerror}; a link is "
+                    "never followed)."
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _listed(ctx: Context, archive: Archive, paths: list[str]) -> list:
+    """The archive's entries of the selection, times in UTC (the preview compares them)."""
+    entries = []
+
+    def collect(raw: bytes) -> None:
+        if raw.strip():
+            entries.append(inplace.entry_from_listing(json.loads(raw), UTC))
+
+    command = borg.list_items_cmd(ctx.repo.location, archive.name, paths)
+    ctx.borg(replace(command, extra_env={"TZ": "UTC"}), on_line=collect)
+    return entries
+
+
+def _require_listed(archive: Archive, paths: list[str], found: set[str]) -> None:
+    """Refuse, before anything is written, a selection with a path the archive lacks."""
+    # a folder borg stored no item for (above a source) is there when something below is
+    missing = [p for p in paths if p not in found and not any(f.startswith(p + "/") for f in found)]
+    if missing:
+        raise OperationError(
+            f"Not in archive {archive.name}: {', '.join(missing)}. Nothing was written.",
+            "path_not_found",
+        )
+
+
+def _staged_paths(fd: int) -> set[str]:
+    found = set()
+    for folder, dirs, files, _ in os.fwalk(".", dir_fd=fd):
+        for name in dirs + files:
+            found.add(os.path.normpath(os.path.join(folder, name)))
+    return found
+
+
+def _restore_staged(ctx: Context, archive: Archive, root: Path, target_fd: int):
+    p = ctx.params
+    staging = Path(tempfile.mkdtemp(prefix=inplace.STAGING_PREFIX.decode(), dir=root))
+    try:
+        fd = hold_empty_dir(staging, "Staging folder")
+        try:
+            command = borg.extract_cmd(ctx.repo.location, archive.name, str(staging), p.paths)
+            extracted = extract_into(ctx, fd, command)
+            if any("never matched" in warning for warning in extracted.warnings):
+                _require_listed(archive, p.paths, _staged_paths(fd))
+            return inplace.apply(fd, target_fd, p.policy, p.paths)
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def op_delete(ctx: Context) -> Outcome:
@@ -957,4 +1068,5 @@ OPERATIONS = {
     Job.Kind.VERIFY_RESTORE: op_verify_restore,
     Job.Kind.RESTORE_DATABASE: op_restore_database,
     Job.Kind.DOWNLOAD: op_download,
+    Job.Kind.RESTORE: op_restore,
 }

@@ -10,11 +10,12 @@ Rules that need the database (a retention policy exists, an archive is in the ca
 in intake; the ones here look at the values alone.
 """
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 from django.conf import settings
 
-from borgapp import naming, validation
+from borgapp import inplace, naming, validation
 from borgapp.borg import keep_flags
 from borgapp.errors import InvalidInput
 from borgapp.models import Job, Schedule
@@ -187,6 +188,67 @@ class Download(Params):
 
 
 @dataclass
+class Restore(Params):
+    """A restore in place: each path back where it was (target "/") or under another folder
+    that stands for "/", by a policy for what exists; a preview unless `preview` is false."""
+
+    archive: str = ""
+    paths: list = field(default_factory=list)
+    target: str = "/"
+    policy: str = "keep"
+    preview: bool = True
+
+    def check(self) -> None:
+        if not settings.INPLACE_ROOTS:
+            raise InvalidInput(
+                "Restores in place are off on this server: an admin lists the folders they "
+                "may write in with OPSCENTER_INPLACE_ROOTS."
+            )
+        if not isinstance(self.paths, list):
+            raise InvalidInput("paths must be a list of paths in the archive.")
+        self.paths = inplace.clean_selection(
+            [validation.validate_archive_path(p) for p in self.paths]
+        )
+        if self.policy not in inplace.POLICIES:
+            raise InvalidInput(f"Policy must be one of: {', '.join(inplace.POLICIES)}.")
+        self.target = validation.absolute_path(self.target or "/", "Target")
+        self.preview = self.preview not in (False, "false", "0", 0)
+        roots = {str(inplace_root(self.target, p)) for p in self.paths}
+        if len(roots) > 1:
+            raise InvalidInput(
+                "Restore paths of one in-place root at a time (these fall under "
+                f"{', '.join(sorted(roots))})."
+            )
+
+
+def destination(target: str, path: str) -> str:
+    return os.path.join(target, path)
+
+
+def inplace_root(target: str, path: str):
+    """The in-place root a restored path lands under; refused when there is none, or when it
+    would write into the app's own data, borg's base folder or a repository."""
+    where = destination(target, path)
+    # By names alone: what lies below may be links, which the restore never follows
+    # (borgapp.inplace), and a selected path that is now a link is still a place to restore.
+    root = next((r for r in settings.INPLACE_ROOTS if validation.is_within(where, r)), None)
+    if root is None:
+        allowed = ", ".join(str(r) for r in settings.INPLACE_ROOTS)
+        raise InvalidInput(
+            f"Restore destination {where} is not under an in-place root ({allowed})."
+        )
+    protected = [settings.DATA_DIR, settings.BORG_BASE_DIR, *settings.REPOSITORY_ROOTS]
+    for folder in protected:
+        folder = os.path.realpath(folder)
+        if validation.is_within(where, folder) or validation.is_within(folder, where):
+            raise InvalidInput(
+                f"Restore destination {where} overlaps {folder}, which this app keeps its "
+                "own data or repositories in; restore elsewhere."
+            )
+    return root
+
+
+@dataclass
 class VerifyRestore(Params):
     prefix: str = ""
     sample_files: int = SAMPLE_FILES
@@ -251,6 +313,7 @@ SPECS = {
     Job.Kind.CHECK: Check,
     Job.Kind.EXTRACT: Extract,
     Job.Kind.DOWNLOAD: Download,
+    Job.Kind.RESTORE: Restore,
     Job.Kind.VERIFY_RESTORE: VerifyRestore,
     Job.Kind.DIFF: Diff,
     Job.Kind.MOUNT: Mount,

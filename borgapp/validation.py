@@ -63,6 +63,16 @@ def validate_existing_archive_name(value: str) -> str:
     return value
 
 
+def absolute_path(value: str, what: str) -> str:
+    """An absolute path without '..', normalised ('/srv//data/' is '/srv/data')."""
+    return os.path.normpath(_validate_abs_path(value, what))
+
+
+def is_within(path, folder) -> bool:
+    """Whether `path` is `folder` or below it, by their names alone (no link followed)."""
+    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(folder))
+
+
 def _validate_abs_path(value: str, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{what} is required.")

@@ -169,9 +169,7 @@ def test_selection_is_one_tar(repo, roots, tmp_path):
     top = awkward_tree(tmp_path / "src")
     archive = repo.archives.get(name=backup(top))
     paths = [str(top / "hard-1").lstrip("/"), str(top / "a/b").lstrip("/")]
-    response = client_for("admin").get(
-        f"/api/v1/archives/{archive.pk}/download/", {"path": paths}
-    )
+    response = client_for("admin").get(f"/api/v1/archives/{archive.pk}/download/", {"path": paths})
     assert response.status_code == 200
     assert response["Content-Disposition"].endswith('-selection.tar"')
     with tarfile.open(fileobj=io.BytesIO(body(response))) as tar:
@@ -225,10 +223,10 @@ def test_busy_repository_answers_409(repo, roots, tmp_path, settings):
     holder = jobs.create(Job.Kind.CHECK, repo, trigger="cli", inline=True)
     assert jobs.claim(holder)
     assert Repository.objects.get(pk=repo.pk).lease_job_id == holder.pk
-    assert holder.worker_pid == os.getpid() and procs.alive(holder.worker_pid, holder.worker_started)
-    answer = client_for("operator").get(
-        f"/api/v1/archives/{archive.pk}/download/", {"path": "srv"}
+    assert holder.worker_pid == os.getpid() and procs.alive(
+        holder.worker_pid, holder.worker_started
     )
+    answer = client_for("operator").get(f"/api/v1/archives/{archive.pk}/download/", {"path": "srv"})
     assert answer.status_code == 409
     assert f"busy with job {holder.pk}" in answer.json()["message"]
     refused = Job.objects.filter(kind="download").get()

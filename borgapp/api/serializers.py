@@ -491,6 +491,25 @@ class ExtractRequestSerializer(serializers.Serializer):
     strip_components = serializers.IntegerField(required=False, default=0, min_value=0)
 
 
+class RestoreRequestSerializer(serializers.Serializer):
+    paths = serializers.ListField(
+        child=serializers.CharField(trim_whitespace=False), min_length=1,
+        help_text="paths inside the archive (files or folders)",
+    )  # fmt: skip
+    target = serializers.CharField(
+        required=False, default="/",
+        help_text='the folder that stands for "/": "/" puts each path back where it was',
+    )  # fmt: skip
+    policy = serializers.ChoiceField(
+        choices=["keep", "replace", "if-different"], default="keep",
+        help_text="for files that exist: keep them, replace them, or replace those whose "
+        "type, size, modification time or link target differ",
+    )  # fmt: skip
+    preview = serializers.BooleanField(
+        default=True, help_text="true (default): only list what would happen; false: restore"
+    )
+
+
 class RestoreDatabaseRequestSerializer(serializers.Serializer):
     database = serializers.CharField(help_text="SOURCE/DATABASE, as the backup's result lists it")
     into = serializers.CharField(

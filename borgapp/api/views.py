@@ -379,6 +379,7 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         "diff": "viewer",
         "restore_database": "admin",  # it writes into a database server
         "download": "operator",
+        "restore": "admin",  # it writes over live folders
     }
 
     @extend_schema(
@@ -410,6 +411,18 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         except OperationError as exc:
             raise ApiError(exc.code, str(exc), status_for_job_error(exc.code)) from None
         return downloads.http_response(download)
+
+    @extend_schema(request=s.RestoreRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def restore(self, request, pk=None):
+        """Restore paths in place (admins): first with `preview` true (the default), whose job
+        lists what would be created, replaced, kept, left alone and blocked; then the same
+        request with `preview` false."""
+        archive = self.get_object()
+        data = s.RestoreRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = {"archive": archive.name, **data.validated_data}
+        return _start(request, Job.Kind.RESTORE, archive.repository, params)
 
     @extend_schema(request=s.RestoreDatabaseRequestSerializer, responses={202: s.JobSerializer})
     @action(detail=True, methods=["post"], url_path="restore-database")
