@@ -12,6 +12,7 @@ the job ends as cancelled and the lease is free again within moments.
 """
 
 import os
+import re
 import select
 import tarfile
 import threading
@@ -52,6 +53,7 @@ class Sink:
         self.read_fd, self.fd = os.pipe()
         self.gone = threading.Event()  # the reader stopped before the end: borg must stop
         self.drained = threading.Event()  # the reader saw the end of the stream
+        self.over = threading.Event()  # either of the two: nothing more will be read
         self.complete = threading.Event()  # the client has all it asked for
         self.sent = 0
         self.format = ""  # what the client gets: file, tar, tar.gz or tar.zst
@@ -63,6 +65,14 @@ class Sink:
             if self._open[end]:
                 self._open[end] = False
                 os.close(fd)
+
+    def mark_drained(self) -> None:
+        self.drained.set()
+        self.over.set()
+
+    def mark_gone(self) -> None:
+        self.gone.set()
+        self.over.set()
 
     def close_writer(self) -> None:
         self._close("write", self.fd)
@@ -238,7 +248,7 @@ def _first_member(peek: _Peek) -> tarfile.TarInfo | None:
 
 def _no_stream(job: Job, sink: Sink, runner: threading.Thread) -> Exception:
     """borg wrote nothing to download: why, from the job's end."""
-    sink.drained.set()
+    sink.mark_drained()
     _drain(sink)
     runner.join(END_WAIT)
     job.refresh_from_db()
@@ -253,7 +263,7 @@ def _drain(sink: Sink) -> None:
     borg's scan of the rest of the archive), so borg ends normally."""
     while os.read(sink.read_fd, CHUNK):
         pass
-    sink.drained.set()
+    sink.mark_drained()
     sink.close_reader()
 
 
@@ -264,7 +274,7 @@ def _stop(job: Job, sink: Sink, runner: threading.Thread) -> None:
     if sink.complete.is_set():
         return
     if not sink.drained.is_set():
-        sink.gone.set()
+        sink.mark_gone()
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
         sink.close_reader()
     runner.join(END_WAIT)
@@ -320,17 +330,20 @@ def _tar_body(fmt: str, peek: _Peek, sink: Sink, stopped) -> Iterator[bytes]:
         data = read_chunk(sink.read_fd, stopped)
     if stopped():
         return
-    sink.drained.set()
+    sink.mark_drained()
     if packer:
         yield packer.flush()
 
 
+UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f\x7f:\\/<>"|?*]')
+
+
 def _filename(job: Job, fmt: str) -> str:
+    """A name every browser and system keeps as it is (archive names hold ':')."""
     paths = job.params["paths"]
     base = paths[0].rsplit("/", 1)[-1] if len(paths) == 1 else "selection"
-    if fmt == "file":
-        return base
-    return f"{job.archive_name}-{base}.{fmt}"
+    name = base if fmt == "file" else f"{job.archive_name}-{base}.{fmt}"
+    return UNSAFE_IN_NAMES.sub("-", name)
 
 
 def http_response(download: Download) -> StreamingHttpResponse:

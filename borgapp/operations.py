@@ -581,7 +581,11 @@ def op_download(ctx: Context) -> Outcome:
             f"Not in archive {archive.name}: {named}.", "path_not_found",
             result={"archive_name": archive.name, "paths": paths},
         )  # fmt: skip
-    sink.drained.wait(timeout=30)
+    # borg has written everything; the reader may still be sending its last bytes, or the
+    # client may have left with them unread (borg finished into the pipe's buffer)
+    sink.over.wait(timeout=60)
+    if not sink.drained.is_set():
+        raise ClientGone(sink.sent)
     return ctx.outcome(
         {"archive_name": archive.name, "paths": paths, "format": sink.format or ctx.params.format,
          "bytes": sink.sent}

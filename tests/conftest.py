@@ -1,8 +1,12 @@
 """Fixtures and hooks only; the plain helpers the test modules share are in tests/helpers.py."""
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -40,19 +44,21 @@ def _fresh_cache():
 def roots(tmp_path, settings):
     """Allowed roots and a private BORG_BASE_DIR for one test, in-process and for children."""
     base = tmp_path
-    paths = {name: base / name for name in ("repos", "restore", "mnt", "borgbase")}
+    paths = {name: base / name for name in ("repos", "restore", "mnt", "borgbase", "inplace")}
     for path in paths.values():
         path.mkdir()
     settings.REPOSITORY_ROOTS = [paths["repos"]]
     settings.RESTORE_ROOTS = [paths["restore"]]
     settings.MOUNT_ROOTS = [paths["mnt"]]
     settings.BORG_BASE_DIR = paths["borgbase"]
+    settings.INPLACE_ROOTS = [paths["inplace"]]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BORG_", "OPSCENTER_"))}
     env.update(
         OPSCENTER_DATA_DIR=str(django_settings.DATA_DIR),
         OPSCENTER_REPOSITORY_ROOTS=str(paths["repos"]),
         OPSCENTER_RESTORE_ROOTS=str(paths["restore"]),
         OPSCENTER_MOUNT_ROOTS=str(paths["mnt"]),
+        OPSCENTER_INPLACE_ROOTS=str(paths["inplace"]),
         BORG_BASE_DIR=str(paths["borgbase"]),
         DATABASE_URL=f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
         BORG_ENCRYPTION_KEY=",".join(django_settings.BORG_ENCRYPTION_KEYS),
@@ -60,7 +66,10 @@ def roots(tmp_path, settings):
         BORG_GRACE_SIGINT="10",
         BORG_GRACE_SIGTERM="5",
     )
-    return Roots(base, paths["repos"], paths["restore"], paths["mnt"], paths["borgbase"], env)
+    return Roots(
+        base, paths["repos"], paths["restore"], paths["mnt"], paths["borgbase"], env,
+        paths["inplace"],
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -189,3 +198,61 @@ def _plain_static_storage(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+# --- a loopback sshd for remote repositories ----------------------------------------------------
+
+SSHD = "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A loopback sshd (127.0.0.1, a free port) whose one key may run only `borg serve`
+    restricted to its repos folder; `rsh` is the ssh command that reaches it."""
+    if not os.path.exists(SSHD) or os.getuid() != 0:
+        pytest.skip("needs openssh-server and root (make test installs it)")
+    home = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", home / name], check=True
+        )
+    borg_bin = ROOT / ".venv" / "bin" / "borg"
+    client_pub = (home / "client_key.pub").read_text().strip()
+    (home / "authorized_keys").write_text(
+        f'command="{borg_bin} serve --restrict-to-path {home}/repos",restrict {client_pub}\n'
+    )
+    (home / "repos").mkdir()
+    port = free_port()
+    config = home / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home}/host_key\n"
+        f"PidFile {home}/sshd.pid\nAuthorizedKeysFile {home}/authorized_keys\n"
+        "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\n"
+        "ClientAliveInterval 2\nClientAliveCountMax 3\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    host_pub = (home / "host_key.pub").read_text().split()
+    (home / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    rsh = (
+        "ssh -oBatchMode=yes -oStrictHostKeyChecking=yes "
+        f"-oUserKnownHostsFile={home}/known_hosts -i {home}/client_key"
+    )
+    yield {"port": port, "home": home, "rsh": rsh}
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(home, ignore_errors=True)

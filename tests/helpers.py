@@ -40,6 +40,7 @@ class Roots:
     mnt: Path
     borg_base: Path
     env: dict
+    inplace: Path | None = None  # the in-place root (OPSCENTER_INPLACE_ROOTS)
 
 
 # --- management commands, in-process and as child processes --------------------------------------

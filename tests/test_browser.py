@@ -441,3 +441,77 @@ def test_database_and_hook_pages_look_finished(page, web_server, roots, tmp_path
     page.goto(f"{url}/admin/borgapp/archive/{archive.pk}/restore-database/")
     expect(page.locator("select[name=database]")).to_contain_text("crm/main")
     looks_right(page, "restore-database", width)
+
+
+@pytest.mark.parametrize("width", [1440, 1024])
+def test_downloads_and_a_restore_in_place_from_the_tree(
+    page, web_server, cluster, roots, tmp_path, width
+):
+    """Issue 14 in Chromium: a file and a folder downloaded from the archive's tree equal
+    what was backed up; a selection restored in place, preview first, then confirmed."""
+    import io
+    import tarfile
+
+    from playwright.sync_api import expect
+
+    from tests.helpers import cli
+
+    url, _ = web_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    User.objects.create_superuser("boss", password="boss-password-123")
+    live = write_files(
+        roots.inplace / "srv" / "www",
+        {"index.html": "<h1>home</h1>", "img/logo.svg": "<svg/>", "img/photo.jpg": "jpeg"},
+    )
+    passfile = write_files(tmp_path / "secret", {"pw": PASSPHRASE}) / "pw"
+    assert cli("borg_init", "main", "--location", roots.repos / "main",
+               "--passphrase-file", passfile).code == 0  # fmt: skip
+    assert cli("borg_backup", "main", "--source", live, "--prefix", "www").code == 0
+    archive = Archive.objects.get()
+    assert cli("borg_contents", "main", archive.name).code == 0
+    (live / "index.html").write_text("<h1>defaced</h1>")
+    (live / "img" / "photo.jpg").unlink()
+
+    login(page, url, "boss", "boss-password-123")
+    folder = str(live).lstrip("/")
+    page.goto(f"{url}/admin/borgapp/archive/{archive.pk}/contents/?path={folder}")
+    expect(page.locator("#contents")).to_contain_text("index.html")
+    looks_right(page, "tree-with-downloads", width)
+
+    row = page.locator("#contents tr", has_text="index.html")
+    with page.expect_download() as file_download:
+        row.get_by_role("link", name="file").click()
+    got = file_download.value
+    assert got.suggested_filename == "index.html"
+    assert Path(got.path()).read_bytes() == b"<h1>home</h1>"
+
+    with page.expect_download() as folder_download:
+        page.locator("#contents tr", has_text="img/").get_by_role("link", name=".tar.gz").click()
+    got = folder_download.value
+    assert got.suggested_filename == f"{archive.name.replace(':', '-')}-img.tar.gz"
+    with tarfile.open(fileobj=io.BytesIO(Path(got.path()).read_bytes()), mode="r:gz") as tar:
+        assert tar.extractfile(f"{folder}/img/photo.jpg").read() == b"jpeg"
+    downloads = Job.objects.filter(kind="download")
+    assert downloads.count() == 2
+    assert {job.requested_by.username for job in downloads} == {"boss"}
+
+    # tick two entries, restore them in place: preview, then confirm
+    page.locator("#contents tr", has_text="index.html").locator("input[type=checkbox]").check()
+    page.locator("#contents tr", has_text="img/").locator("input[type=checkbox]").check()
+    page.click("#restore-selected")
+    expect(page.locator("textarea[name=paths]")).to_have_value(f"{folder}/img\n{folder}/index.html")
+    page.select_option("select[name=policy]", "if-different")
+    looks_right(page, "restore-form", width)
+    page.click("input[type=submit]")
+    wait_for_job(page)
+    expect(page.locator("#job-summary")).to_contain_text("would be 1 created, 1 replaced")
+    expect(page.locator("#restore-report tr[data-category=created]")).to_contain_text("1")
+    looks_right(page, "restore-preview", width)
+    assert (live / "index.html").read_text() == "<h1>defaced</h1>"  # not yet
+    page.click("#restore-confirm input[type=submit]")
+    wait_for_job(page)
+    expect(page.locator("#job-summary")).to_contain_text("Restored into /: 1 created, 1 replaced")
+    looks_right(page, "restore-done", width)
+    assert (live / "index.html").read_text() == "<h1>home</h1>"
+    assert (live / "img" / "photo.jpg").read_text() == "jpeg"
