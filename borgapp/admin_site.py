@@ -4,8 +4,9 @@ day's jobs, stored size over time), drawn from the catalog only."""
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.exceptions import ValidationError
+from django.urls import path
 
-from borgapp import alerts, audit, health, listing, throttle
+from borgapp import admin_recovery, alerts, audit, health, listing, recovery, throttle
 from borgapp.models import Alert, WorkerHeartbeat
 from borgapp.roles import has_role
 
@@ -91,8 +92,18 @@ class OpsAdminSite(admin.AdminSite):
             "worker_silent": alerts.worker_silent(),
             "listing_usage": listing.usage(),
             "can_operate": has_role(request.user, "operator"),
+            "is_admin": has_role(request.user, "admin"),
         }
+        if context["is_admin"]:
+            context["not_in_a_kit"] = recovery.repositories_not_in_a_kit()
         apps = self.get_app_list(request)
         context["managed_apps"] = [app for app in apps if app["app_label"] != "django_q"]
         context["queue_app"] = next((app for app in apps if app["app_label"] == "django_q"), None)
         return super().index(request, {**context, **(extra_context or {})})
+
+    def get_urls(self):
+        def kit_page(request):
+            return admin_recovery.export_page(request, self)
+
+        kit = path("recovery-kit/", self.admin_view(kit_page), name="recovery_kit")
+        return [kit, *super().get_urls()]

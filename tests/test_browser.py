@@ -474,6 +474,12 @@ def test_downloads_and_a_restore_in_place_from_the_tree(
     (live / "img" / "photo.jpg").unlink()
 
     login(page, url, "boss", "boss-password-123")
+    # no recovery kit yet: the dashboard says so and links to the page that exports one
+    expect(page.locator("#recovery-kit-reminder")).to_contain_text("1 repository is in no")
+    looks_right(page, "dashboard-kit-reminder", width)
+    page.locator("#recovery-kit-reminder a").click()
+    expect(page.locator("input[name=again]")).to_be_visible()
+    looks_right(page, "recovery-kit", width)
     folder = str(live).lstrip("/")
     page.goto(f"{url}/admin/borgapp/archive/{archive.pk}/contents/?path={folder}")
     expect(page.locator("#contents")).to_contain_text("index.html")

@@ -2,66 +2,12 @@
 beyond 127.0.0.1): the full cycle works, and an unknown host key fails fast (REL-05)."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from borgapp import borg
 from tests.helpers import PASSPHRASE, ROOT, cli, write_files
-
-SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if not os.path.exists(SSHD) or os.getuid() != 0:
-        pytest.skip("needs openssh-server and root (make test installs it)")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", home / name], check=True
-        )
-    borg_bin = ROOT / ".venv" / "bin" / "borg"
-    client_pub = (home / "client_key.pub").read_text().strip()
-    (home / "authorized_keys").write_text(
-        f'command="{borg_bin} serve --restrict-to-path {home}/repos",restrict {client_pub}\n'
-    )
-    (home / "repos").mkdir()
-    port = free_port()
-    config = home / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home}/host_key\n"
-        f"PidFile {home}/sshd.pid\nAuthorizedKeysFile {home}/authorized_keys\n"
-        "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "StrictModes no\nPermitRootLogin prohibit-password\n"
-        "ClientAliveInterval 2\nClientAliveCountMax 3\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    host_pub = (home / "host_key.pub").read_text().split()
-    (home / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    yield {"port": port, "home": home}
-    proc.terminate()
-    proc.wait(timeout=10)
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def rsh(sshd, known_hosts):
