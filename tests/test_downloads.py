@@ -247,6 +247,10 @@ def test_command_line_download(repo, roots, tmp_path):
     again = cli("borg_download", "main", name, path, "--output", out)
     assert again.code == 2 and "exists" in again.err
 
+    to_device = cli("borg_download", "main", name, path, "--output", "/dev/null")
+    assert to_device.code == 0, to_device.err
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")  # not replaced
+
     missing = cli("borg_download", "main", name, "srv/nothing", "--output", tmp_path / "x")
     assert missing.code == 2 and "Not in archive" in missing.err
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.partial").exists()

@@ -1,4 +1,5 @@
 import os
+import stat
 import sys
 import time
 
@@ -85,6 +86,7 @@ class Output:
 
     def __init__(self, path: str, force: bool):
         self.path = path
+        self.device = False  # a device or pipe opened here, closed at the end
         if path == "-":
             if sys.stdout.isatty():
                 raise CommandError(
@@ -92,6 +94,16 @@ class Output:
                     returncode=EXIT_FAILED,
                 )
             self.fd, self.partial = sys.stdout.fileno(), None
+            return
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            # a device or a pipe (/dev/null, a FIFO): written as it is, never replaced
+            try:
+                self.fd, self.partial = os.open(path, os.O_WRONLY), None
+                self.device = True
+            except OSError as exc:
+                raise CommandError(
+                    f"Cannot write {path}: {exc.strerror}.", returncode=EXIT_FAILED
+                ) from None
             return
         if os.path.lexists(path) and not force:
             raise CommandError(
@@ -112,12 +124,19 @@ class Output:
             view = view[os.write(self.fd, view) :]
 
     def keep(self) -> None:
+        self._close_device()
         if self.partial is not None:
             os.close(self.fd)
             os.replace(self.partial, self.path)
             self.partial = None
 
+    def _close_device(self) -> None:
+        if self.device:
+            os.close(self.fd)
+            self.device = False
+
     def discard(self) -> None:
+        self._close_device()
         if self.partial is not None:
             os.close(self.fd)
             os.unlink(self.partial)
