@@ -33,6 +33,8 @@ from hypercorn.config import Config
 from hypercorn.logging import Logger
 
 MAX_BODY = 16 * 1024 * 1024  # bytes; the API takes small JSON bodies
+# Seconds a client may take nothing of an answer (a stalled download) before it counts as gone.
+SEND_TIMEOUT = float(os.environ.get("WEB_SEND_TIMEOUT", "60"))
 
 
 class AccessLog(Logger):
@@ -165,7 +167,14 @@ class Bounded:
                 for message in messages:
                     await send(message)
 
-            asyncio.run_coroutine_threadsafe(in_order(), loop).result()
+            sending = asyncio.run_coroutine_threadsafe(in_order(), loop)
+            try:
+                sending.result(timeout=SEND_TIMEOUT)
+            except TimeoutError:
+                # The client takes nothing for this long: it is treated as gone, so that a
+                # stalled download holds neither this thread nor its repository's lease.
+                sending.cancel()
+                environ["opscenter.client_gone"].set()
 
         def start_response(status, headers, exc_info=None):
             if exc_info and response.get("sent"):

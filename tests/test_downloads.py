@@ -304,3 +304,43 @@ def test_client_that_leaves_stops_borg_and_frees_the_lease(repo, roots, tmp_path
     job = wait_for(lambda: Job.objects.filter(pk=running.pk).exclude(status="running").first())
     assert job.status == "cancelled"
     assert job.error_code == "client_gone"
+
+
+@pytest.fixture
+def short_send_timeout(roots):
+    """The served app counts a client that takes nothing for 2 s as gone (default 60)."""
+    roots.env["WEB_SEND_TIMEOUT"] = "2"
+
+
+def test_client_that_stalls_is_let_go(repo, roots, tmp_path, short_send_timeout, web_server):
+    """A client that keeps its connection but reads nothing must not hold a web thread and
+    the repository's lease (a backup waits behind it) for ever."""
+    from rest_framework.authtoken.models import Token
+
+    from borgapp.models import Job, Repository
+    from tests.helpers import staff
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "large.bin", "wb") as handle:
+        for _ in range(24):
+            handle.write(os.urandom(2**22))
+    archive = repo.archives.get(name=backup(src))
+    token = Token.objects.create(user=staff("operator")).key
+    base, _log = web_server
+    host, port = base.split("//")[1].split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    path = str(src / "large.bin").lstrip("/")
+    sock.sendall(
+        f"GET /api/v1/archives/{archive.pk}/download/?path={path} HTTP/1.1\r\n"
+        f"Host: {host}\r\nAuthorization: Token {token}\r\n\r\n".encode()
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    running = wait_for(lambda: Job.objects.filter(kind="download", status="running").first())
+    # the socket stays open and unread: within the send timeout and a little more, let go
+    wait_for(lambda: Repository.objects.get(pk=repo.pk).lease_job_id is None, timeout=20)
+    wait_for(lambda: not borg_running(roots), timeout=10)
+    job = wait_for(lambda: Job.objects.filter(pk=running.pk).exclude(status="running").first())
+    assert (job.status, job.error_code) == ("cancelled", "client_gone")
+    sock.close()
