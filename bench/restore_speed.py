@@ -9,9 +9,10 @@ then per round (medians printed):
                                                               it: Django's start, the job row,
                                                               the lease, the held target) and
                    the job's own duration (borg's part and the app's checks around it)
-  bare export      borg export-tar REPO::A - > /dev/null
+  bare export      borg export-tar REPO::A - > /dev/null, and through `| cat > /dev/null`
+                   (what a pipe to any reader costs, the app's included)
   app download     GET /api/v1/archives/ID/download/?path=..&format=tar to the last byte,
-                   from the app as `make run` serves it (gunicorn, hypercorn)
+                   from the app as `make run` serves it (gunicorn, hypercorn), read by curl
 
 Then an archive of --files small files: the time to the first byte of one file's download
 (the first file of the archive and the last one borg reaches), over the same server.
@@ -149,6 +150,28 @@ def fetch(url: str, token: str, first_byte_only: bool = False) -> tuple[float, f
     return first, time.perf_counter() - start, total
 
 
+def export_through_cat(app: App, location: str) -> None:
+    """borg export-tar REPO::A - | cat > /dev/null, without a shell."""
+    with open(os.devnull, "wb") as sink:
+        cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=sink)
+        subprocess.run([BORG, "export-tar", location, "-"], stdout=cat.stdin,
+                       env=app.borg_env(), check=True)  # fmt: skip
+        cat.stdin.close()
+        cat.wait()
+
+
+def curl(url: str, token: str) -> float:
+    """The whole download to /dev/null with curl (a client that costs little CPU: the
+    machine's cores go to borg and the server, as on a real server with a remote client)."""
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{time_total} %{size_download}",
+         "-H", f"Authorization: Token {token}", url],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    curl.size = int(out[1])
+    return float(out[0])
+
+
 def idle(base: str, token: str) -> None:
     """Wait until no job runs: a single file's download answers before borg has read to the
     archive's end, and the next download of the repository would wait for its lease."""
@@ -195,7 +218,7 @@ def run(app: App, work: Path, args) -> None:
     folder = str(src).lstrip("/")
     url = f"{base}/api/v1/archives/{archive_id(app, name)}/download/?path={folder}&format=tar"
     figures = {key: [] for key in ("bare_extract", "app_extract", "app_job", "bare_export",
-                                   "app_download")}  # fmt: skip
+                                   "bare_export_cat", "app_download")}  # fmt: skip
     for round_no in range(args.rounds):
         bare_dir = work / f"bare-{round_no}"
         bare_dir.mkdir()
@@ -212,8 +235,8 @@ def run(app: App, work: Path, args) -> None:
             figures["bare_export"].append(timed(lambda s=sink: subprocess.run(
                 [BORG, "export-tar", location, "-"], stdout=s, env=app.borg_env(),
                 check=True)))  # fmt: skip
-        _, last, size = fetch(url, token)
-        figures["app_download"].append(last)
+        figures["bare_export_cat"].append(timed(lambda: export_through_cat(app, location)))
+        figures["app_download"].append(curl(url, token))
     med = {key: statistics.median(values) for key, values in figures.items()}
     print(f"tree: {args.size_mb} MiB in {args.size_mb} files; {args.rounds} rounds (medians)")
     print(f"  bare borg extract          {med['bare_extract']:7.2f} s")
@@ -223,8 +246,12 @@ def run(app: App, work: Path, args) -> None:
           f"ratio {med['app_job'] / med['bare_extract']:.3f}")  # fmt: skip
     print(f"  bare borg export-tar       {med['bare_export']:7.2f} s")
     print(
+        f"  bare export-tar | cat      {med['bare_export_cat']:7.2f} s  (any reader of borg's "
+        "stream pays for this pipe)"
+    )
+    print(
         f"  app download (HTTP, tar)   {med['app_download']:7.2f} s  "
-        f"ratio {med['app_download'] / med['bare_export']:.3f}  ({size / 2**20:,.0f} MiB)"
+        f"ratio {med['app_download'] / med['bare_export']:.3f}  ({curl.size / 2**20:,.0f} MiB)"
     )
 
     many = work / "src" / "srv" / "many"

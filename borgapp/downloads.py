@@ -11,6 +11,7 @@ When the client goes, the pipe's reading end is closed: borg's next write fails 
 the job ends as cancelled and the lease is free again within moments.
 """
 
+import fcntl
 import os
 import re
 import select
@@ -31,7 +32,8 @@ from borgapp import intake, jobs
 from borgapp.errors import Conflict, InvalidInput, OperationError, TooMany
 from borgapp.models import Archive, Job, Repository
 
-CHUNK = 1 << 16
+CHUNK = 1 << 20  # bytes per read and per send: fewer hand-overs to the event loop
+PIPE_SIZE = 1 << 20  # the pipe borg writes into (Linux's default of 64 KiB means 16x the reads)
 POLL = 0.5  # seconds between looks at whether the client is still there
 END_WAIT = 30.0  # seconds the reader waits for borg to end after the stream is closed
 CONTENT_TYPES = {
@@ -51,6 +53,10 @@ class Sink:
 
     def __init__(self):
         self.read_fd, self.fd = os.pipe()
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:  # above /proc/sys/fs/pipe-max-size for this user: keep the default
+            pass
         self.gone = threading.Event()  # the reader stopped before the end: borg must stop
         self.drained = threading.Event()  # the reader saw the end of the stream
         self.over = threading.Event()  # either of the two: nothing more will be read
