@@ -9,12 +9,12 @@ export OPSCENTER_DATA_DIR ?= $(CURDIR)/var
 # borgbackup 1.4.5 builds from source; mount needs FUSE 3; database sources need their dump
 # and restore tools. Tests use sshd (remote repositories), curl (the integration guide's
 # walk-through), PostgreSQL and MariaDB servers (started by the tests on loopback), and the
-# browser tests drive Debian's chromium.
+# browser tests drive Debian's chromium; acl's setfacl/getfacl check that restores keep ACLs.
 BUILD_PACKAGES := pkg-config build-essential libssl-dev liblz4-dev libzstd-dev libxxhash-dev \
 	libacl1-dev libfuse3-dev fuse3 python3-venv python3-dev \
 	postgresql-client mariadb-client sqlite3
 TEST_PACKAGES := openssh-server openssh-client curl chromium fonts-dejavu-core \
-	postgresql mariadb-server
+	postgresql mariadb-server acl
 
 .PHONY: run test lint format install install-dev setup image clean
 

@@ -127,6 +127,7 @@ class App:
 
 
 def timed(func) -> float:
+    os.sync()  # the previous run's writes are on disk before this one is timed
     start = time.perf_counter()
     func()
     return time.perf_counter() - start
@@ -226,6 +227,7 @@ def run(app: App, work: Path, args) -> None:
             [BORG, "extract", location], cwd=d, env=app.borg_env(), check=True)))  # fmt: skip
         shutil.rmtree(bare_dir)
         target = app.restore / f"app-{round_no}"
+        os.sync()
         start = time.perf_counter()
         out = json.loads(app.manage("borg_extract", "bench", name, "--target", target, "--json"))
         figures["app_extract"].append(time.perf_counter() - start)
@@ -236,6 +238,7 @@ def run(app: App, work: Path, args) -> None:
                 [BORG, "export-tar", location, "-"], stdout=s, env=app.borg_env(),
                 check=True)))  # fmt: skip
         figures["bare_export_cat"].append(timed(lambda: export_through_cat(app, location)))
+        os.sync()
         figures["app_download"].append(curl(url, token))
     med = {key: statistics.median(values) for key, values in figures.items()}
     print(f"tree: {args.size_mb} MiB in {args.size_mb} files; {args.rounds} rounds (medians)")

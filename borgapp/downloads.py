@@ -63,6 +63,7 @@ class Sink:
         self.complete = threading.Event()  # the client has all it asked for
         self.sent = 0
         self.format = ""  # what the client gets: file, tar, tar.gz or tar.zst
+        self.why_stopped = ""  # when the reader stopped early for another reason than a client
         self._lock = threading.Lock()
         self._open = {"read": True, "write": True}
 
@@ -167,9 +168,11 @@ def begin(
     NotInArchive, Conflict (busy), TooMany (no slot) or OperationError (borg failed); nothing
     is left running then."""
     params = {"archive": archive.name, "paths": paths, "format": fmt}
-    job = intake.prepare(Job.Kind.DOWNLOAD, archive.repository, params, trigger=trigger, user=user)
-    slots.take()
+    slots.take()  # before the job is recorded: a refusal here leaves no job waiting
     try:
+        job = intake.prepare(
+            Job.Kind.DOWNLOAD, archive.repository, params, trigger=trigger, user=user
+        )
         _claim(job, lease_wait)
     except BaseException:
         slots.give_back()
@@ -217,7 +220,8 @@ def _start(job: Job, client_gone: threading.Event) -> Download:
             raise InvalidInput(
                 f"{p['paths'][0]} is a folder or a link, not a file: download it as a tar."
             )
-    except BaseException:
+    except BaseException as exc:
+        sink.why_stopped = f"The download was refused before it was sent: {exc}"
         _stop(job, sink, runner)
         raise
     as_file = whole_file and p["format"] in ("auto", "file")

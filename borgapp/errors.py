@@ -37,9 +37,9 @@ class OperationError(Exception):
 class ClientGone(OperationError):
     """A download's client closed the connection: borg was stopped, nothing failed."""
 
-    def __init__(self, sent: int):
+    def __init__(self, sent: int, why: str = ""):
         super().__init__(
-            f"The client closed the connection after {sent:,} bytes; borg was stopped.",
+            why or f"The client closed the connection after {sent:,} bytes; borg was stopped.",
             "client_gone",
         )
         self.sent = sent

@@ -570,7 +570,7 @@ def op_download(ctx: Context) -> Outcome:
         result = ctx.borg(borg.export_tar_cmd(ctx.repo.location, archive.name, paths, sink.fd))
     except borg.BorgError:
         if sink.gone.is_set():
-            raise ClientGone(sink.sent) from None
+            raise ClientGone(sink.sent, sink.why_stopped) from None
         raise
     finally:
         sink.close_writer()
@@ -585,7 +585,7 @@ def op_download(ctx: Context) -> Outcome:
     # client may have left with them unread (borg finished into the pipe's buffer)
     sink.over.wait(timeout=60)
     if not sink.drained.is_set():
-        raise ClientGone(sink.sent)
+        raise ClientGone(sink.sent, sink.why_stopped)
     return ctx.outcome(
         {"archive_name": archive.name, "paths": paths, "format": sink.format or ctx.params.format,
          "bytes": sink.sent}

@@ -179,7 +179,7 @@ def test_selection_is_one_tar(repo, roots, tmp_path):
     assert not any(n.endswith("big.bin") for n in names)
 
 
-def test_refusals_are_clear_and_leave_nothing_running(repo, roots, tmp_path):
+def test_refusals_are_clear_and_leave_nothing_running(repo, roots, tmp_path, settings):
     from borgapp.models import Job
 
     top = awkward_tree(tmp_path / "src")
@@ -198,6 +198,8 @@ def test_refusals_are_clear_and_leave_nothing_running(repo, roots, tmp_path):
     folder_as_file = operator.get(url, {"path": str(top).lstrip("/"), "format": "file"})
     assert folder_as_file.status_code == 400
     assert "download it as a tar" in folder_as_file.json()["message"]
+    refused = wait_for(lambda: Job.objects.filter(kind="download", status="cancelled").first())
+    assert refused.error_message.startswith("The download was refused before it was sent")
 
     for query, words in [
         ({}, "at least one path"),
@@ -207,6 +209,11 @@ def test_refusals_are_clear_and_leave_nothing_running(repo, roots, tmp_path):
         answer = operator.get(url, query)
         assert answer.status_code == 400, query
         assert words in answer.json()["message"]
+    settings.DOWNLOAD_SLOTS = 0  # every download place of this process taken
+    made = Job.objects.count()
+    full = operator.get(url, {"path": "srv"})
+    assert full.status_code == 429 and "OPSCENTER_DOWNLOAD_SLOTS" in full.json()["message"]
+    assert Job.objects.count() == made  # refused before any job was recorded
     repo.refresh_from_db()
     assert repo.lease_job_id is None
     assert not Job.objects.filter(kind="download", status__in=["queued", "running"]).exists()

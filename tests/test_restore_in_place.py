@@ -5,6 +5,7 @@ pointing outside; bad requests refused with nothing written."""
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -34,6 +35,8 @@ def live(tmp_path, settings, repo):
         (app / rel).write_bytes(data)
         os.utime(app / rel, (1_700_000_000, 1_700_000_000))
     os.chmod(app / "conf/app.ini", 0o640)
+    # an ACL the restore must keep: the file's extra reader (make test installs acl)
+    subprocess.run(["setfacl", "-m", "u:1234:r", app / "data/notes.txt"], check=True)
     settings.INPLACE_ROOTS = [root]
     result = cli("borg_backup", "main", "--source", app, "--json")
     assert result.code == 0, result.err
@@ -111,6 +114,9 @@ def test_the_restore_does_what_its_preview_said(live, policy):
     if policy != "keep":
         assert oct(os.stat(app / "conf/app.ini").st_mode & 0o777) == "0o640"
         assert int(os.stat(app / "data/notes.txt").st_mtime) == 1_700_000_000
+        acl = subprocess.run(["getfacl", "-cn", app / "data/notes.txt"], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        assert "user:1234:r--" in acl
     staging = [n for n in os.listdir(live["root"]) if n.startswith(".opscenter-restore-")]
     assert staging == []
 
