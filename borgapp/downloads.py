@@ -169,6 +169,7 @@ def begin(
     is left running then."""
     params = {"archive": archive.name, "paths": paths, "format": fmt}
     slots.take()  # before the job is recorded: a refusal here leaves no job waiting
+    job = None
     try:
         job = intake.prepare(
             Job.Kind.DOWNLOAD, archive.repository, params, trigger=trigger, user=user
@@ -176,6 +177,8 @@ def begin(
         _claim(job, lease_wait)
     except BaseException:
         slots.give_back()
+        if job is not None:
+            jobs.cancel(job)  # Ctrl-C while it waited: it never started (no-op once ended)
         raise
     return _start(job, client_gone or threading.Event())  # the job's thread gives it back
 
