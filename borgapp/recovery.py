@@ -46,6 +46,7 @@ END_RE = re.compile(rb"--- end of kit; sha256 of the lines above: ([0-9a-f]{64})
 KDF = {"kdf": "argon2id", "memory_cost": 64 * 1024, "iterations": 3, "lanes": 4}
 CIPHER = "aes-256-gcm"
 MIN_PASSPHRASE = 12
+KEY_EXPORT_DEADLINE = 120  # seconds: an unreachable host fails the export, not hangs it
 MAX_KIT_BYTES = 64 * 1024 * 1024
 # What an opened header may ask for: the key derivation runs before the header is
 # authenticated, so a forged header must not make it take a machine's memory or an hour.
@@ -321,7 +322,10 @@ def export_key(repo: Repository, config: borg.BorgConfig, passphrase: str | None
         return None
     try:
         validation.validate_location(repo.location, settings.REPOSITORY_ROOTS)
-        result = borg.run(borg.key_export_cmd(repo.location), config, passphrase=passphrase)
+        result = borg.run(
+            borg.key_export_cmd(repo.location), config, passphrase=passphrase,
+            deadline=KEY_EXPORT_DEADLINE,
+        )  # fmt: skip
     except (borg.BorgError, validation.InvalidInput) as exc:
         raise KitError(
             f"Could not export the key of repository {repo.name}: {exc} No kit was written."
