@@ -11,6 +11,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, Max, Q, Subquery
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -20,6 +21,7 @@ from borgapp import (
     audit,
     dumps,
     errors,
+    fleet,
     health,
     hooks,
     intake,
@@ -36,6 +38,7 @@ from borgapp.models import (
     AuditEvent,
     Channel,
     DatabaseSource,
+    Host,
     Job,
     Mount,
     Repository,
@@ -456,6 +459,54 @@ class DatabaseSourceForm(forms.ModelForm):
         return super().save(commit)
 
 
+@admin.register(Host)
+class HostAdmin(RoleAdmin):
+    """The fleet's hosts: adding one (or asking for a new token) shows its one-time
+    enrollment token on the next page, once; revoking one refuses its agent at once."""
+
+    list_display = ["name", "state", "last_seen", "address", "agent_version", "borg_version"]
+    readonly_fields = ["state", "last_seen", "address", "agent_version", "borg_version",
+                       "created_at"]  # fmt: skip
+    actions = ["new_token", "revoke_hosts"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["name", *self.readonly_fields] if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            request.host_token = fleet.issue_token(obj)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return self._token_page(request, obj, request.host_token)
+
+    def _token_page(self, request, host, token):
+        context = {**self.admin_site.each_context(request), "title": f"Enroll {host.name}",
+                   "host": host, "token": token, "opts": self.opts,
+                   "center": request.build_absolute_uri("/").rstrip("/")}  # fmt: skip
+        response = TemplateResponse(request, "admin/borgapp/host_token.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Issue a new enrollment token (ends the agent's credential)")
+    def new_token(self, request, queryset):
+        if not has_role(request.user, "admin"):
+            raise PermissionDenied
+        if queryset.count() != 1:
+            self.message_user(request, "Choose one host.", messages.ERROR)
+            return None
+        host = queryset.get()
+        return self._token_page(request, host, fleet.issue_token(host))
+
+    @admin.action(description="Revoke: refuse the agent from now on")
+    def revoke_hosts(self, request, queryset):
+        if not has_role(request.user, "admin"):
+            raise PermissionDenied
+        for host in queryset:
+            fleet.revoke(host)
+        self.message_user(request, f"Revoked {queryset.count()} host(s).")
+
+
 @admin.register(DatabaseSource)
 class DatabaseSourceAdmin(RoleAdmin):
     """Admins write them; viewers see where they are, never a password."""
@@ -607,7 +658,8 @@ class ScheduleAdmin(RoleAdmin):
     ]  # fmt: skip
     actions = ["run_now", "prune_dry_run", "pause_day", "resume"]
     fieldsets = [
-        (None, {"fields": ["name", "repositories", "operation", "enabled", "paused_until"]}),
+        (None, {"fields": ["name", "repositories", "host", "operation", "enabled",
+                           "paused_until"]}),
         ("When", {"fields": ["cron", "timezone", "cron_description", "next_run", "next_five"]}),
         # Each operation's own fields: the form shows those of the chosen operation only
         # (schedule_form.js; without scripts every set stays visible and the others are unused)

@@ -878,6 +878,28 @@ def _handle_line(raw: bytes, messages: list[dict], tail: deque, on_event) -> Non
         on_event(event)
 
 
+def progress_of(event: dict, fields: dict) -> bool:
+    """Update a job's progress `fields` from one `--log-json` event; False if it says none
+    (the center's jobs and the agents read borg's progress alike)."""
+    kind = event.get("type")
+    if kind == "archive_progress" and not event.get("finished"):
+        fields.update(
+            progress_bytes=event.get("original_size"),
+            progress_files=event.get("nfiles"),
+            progress_path=(event.get("path") or "")[:4000],
+        )
+    elif kind == "progress_percent" and not event.get("finished"):
+        total, current = event.get("total"), event.get("current")
+        if total:
+            fields["progress_percent"] = round(100.0 * (current or 0) / total, 1)
+        fields["progress_message"] = (event.get("message") or "")[:500]
+    elif kind == "progress_message" and event.get("message"):
+        fields["progress_message"] = event["message"][:500]
+    else:
+        return False
+    return True
+
+
 # --- small helpers used by the operations --------------------------------------------------
 
 

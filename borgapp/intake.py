@@ -87,22 +87,48 @@ def start(
     inline: bool = False,
     echo=None,
     audit_refusal: bool = True,
+    host=None,
 ) -> Job:
-    """Record an operation on a repository and run it (inline) or queue it (worker). A
-    refusal (bad input, a conflict) is audited too (its caller may record it its own way)."""
+    """Record an operation on a repository and run it (inline) or queue it (worker), or for
+    a `host`, queue it for that host's agent. A refusal (bad input, a conflict) is audited
+    too (its caller may record it its own way)."""
     cleaned, archive_name = _admitted(kind, repository, params, user, audit_refusal)
+    if host is not None:
+        _check_host_job(kind, cleaned, host, inline)
+        options_host = {"host": host}
+    else:
+        options_host = {}
     options = {
         "trigger": trigger,
         "params": cleaned,
         "user": user,
         "schedule": schedule,
         "archive_name": archive_name,
+        **options_host,
     }
     if inline:
         job = jobs.create(kind, repository, inline=True, **options)
         return jobs.run_inline(job, echo=echo)
     with transaction.atomic():
         return jobs.submit(kind, repository, **options)
+
+
+HOST_KINDS = (Job.Kind.BACKUP,)  # what agents run so far (issue 15 is being built)
+
+
+def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
+    if host.state != host.State.ACTIVE:
+        raise validation.InvalidInput(
+            f"Host {host.name} is {host.get_state_display().lower()}: its agent takes no jobs."
+        )
+    if kind not in HOST_KINDS or inline:
+        raise validation.InvalidInput(
+            f"A {kind} job cannot run on host {host.name} yet: agents run backups only."
+        )
+    if cleaned.get("databases"):
+        raise validation.InvalidInput(
+            f"Database dumps on host {host.name} are not supported yet: back up its files."
+        )
 
 
 def _admitted(kind, repository, params, user, audit_refusal=True) -> tuple[dict, str]:

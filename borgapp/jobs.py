@@ -78,9 +78,11 @@ def enqueue(job: Job) -> Job:
 
 
 def submit(kind, repository, **kwargs) -> Job:
-    """Create a job and queue it for a worker."""
+    """Create a job and queue it for a worker; a job of a host waits for that host's agent,
+    which asks for it (borgapp.fleet)."""
     job = create(kind, repository, **kwargs)
-    transaction.on_commit(lambda: enqueue(job))
+    if job.host_id is None:
+        transaction.on_commit(lambda: enqueue(job))
     return job
 
 
@@ -96,8 +98,9 @@ def _dispatch_quietly(repository_id: int) -> None:
         log.exception("Dispatching the next job on repository %s failed", repository_id)
 
 
-def claim(job: Job) -> bool:
-    """Take the repository's lease for `job` and mark it running. False if busy."""
+def claim(job: Job, owner: dict | None = None) -> bool:
+    """Take the repository's lease for `job` and mark it running. False if busy. `owner`:
+    who runs it, when not this process (an agent: its host's name, no pid here)."""
     now = timezone.now()
     # Unmounting never opens the repository, so it does not wait behind anything.
     repo_id = None if job.kind == Job.Kind.UMOUNT else job.repository_id
@@ -114,13 +117,13 @@ def claim(job: Job) -> bool:
         # holder's end to commit, so this start is never recorded before that end (`now`,
         # read before the wait, could be; CI saw one repository's job times overlap).
         began = timezone.now()
+        runner = owner or {
+            "worker_host": procs.HOST,
+            "worker_pid": os.getpid(),
+            "worker_started": procs.start_ticks(os.getpid()),
+        }
         started = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
-            status=Job.Status.RUNNING,
-            started_at=began,
-            heartbeat_at=began,
-            worker_host=procs.HOST,
-            worker_pid=os.getpid(),
-            worker_started=procs.start_ticks(os.getpid()),
+            status=Job.Status.RUNNING, started_at=began, heartbeat_at=began, **runner
         )
         if not started:
             transaction.set_rollback(True)
@@ -150,8 +153,9 @@ def _waiting(repository_id: int):
     due = Q(not_before__isnull=True) | Q(not_before__lte=timezone.now())
     listing_last = Case(When(kind__in=LISTING_KINDS, then=1), default=0)
     return Job.objects.filter(
-        due, repository_id=repository_id, status=Job.Status.QUEUED, inline=False
-    ).order_by(listing_last, "created_at", "id")
+        due, repository_id=repository_id, status=Job.Status.QUEUED, inline=False,
+        host__isnull=True,  # a host's jobs wait for its agent
+    ).order_by(listing_last, "created_at", "id")  # fmt: skip
 
 
 def dispatch_next(repository_id: int) -> None:
@@ -186,21 +190,7 @@ class Progress:
         Job.objects.filter(pk=self.job.pk).update(borg_pid=pid, borg_started=procs.start_ticks(pid))
 
     def on_event(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "archive_progress" and not event.get("finished"):
-            self.fields.update(
-                progress_bytes=event.get("original_size"),
-                progress_files=event.get("nfiles"),
-                progress_path=(event.get("path") or "")[:4000],
-            )
-        elif kind == "progress_percent" and not event.get("finished"):
-            total, current = event.get("total"), event.get("current")
-            if total:
-                self.fields["progress_percent"] = round(100.0 * (current or 0) / total, 1)
-            self.fields["progress_message"] = (event.get("message") or "")[:500]
-        elif kind == "progress_message" and event.get("message"):
-            self.fields["progress_message"] = event["message"][:500]
-        else:
+        if not borg.progress_of(event, self.fields):
             return
         if self.echo:
             self.echo(self.fields)
@@ -365,6 +355,7 @@ def retry_if_transient(job: Job) -> Job | None:
         params=job.params,
         schedule=job.schedule,
         archive_name=job.archive_name,
+        host=job.host,
         attempt=job.attempt + 1,
         retry_of=job,
         not_before=timezone.now() + timedelta(seconds=wait),
@@ -374,8 +365,8 @@ def retry_if_transient(job: Job) -> Job | None:
 def run_queued(job_id: int) -> None:
     """Worker entry: run the job if its repository is free; otherwise leave it queued."""
     job = Job.objects.filter(pk=job_id).first()
-    if job is None or job.status != Job.Status.QUEUED:
-        return
+    if job is None or job.status != Job.Status.QUEUED or job.host_id is not None:
+        return  # a host's job runs on its agent only, never on a worker of the center
     if yields_to_another(job):
         dispatch_next(job.repository_id)  # this one is dispatched again when that one ends
         return

@@ -405,6 +405,36 @@ class DatabaseSource(models.Model):
             raise ValidationError(errors)
 
 
+class Host(models.Model):
+    """A machine whose data is backed up by its own agent (issue 15). The agent connects out
+    to the center, takes the jobs of its host and runs borg there. Jobs and schedules without
+    a host run on the center itself (the built-in local host)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting for its agent to enroll"
+        ACTIVE = "active", "Active"
+        REVOKED = "revoked", "Revoked"
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    # Only hashes are kept: the one-time enrollment token (shown once, expires) and the
+    # agent's own credential, which the agent keeps (0600) on its host.
+    token_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+    token_expires = models.DateTimeField(null=True, blank=True, editable=False)
+    credential_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+    last_seen = models.DateTimeField(null=True, blank=True, editable=False)
+    address = models.CharField(max_length=64, blank=True, default="", editable=False)
+    agent_version = models.CharField(max_length=40, blank=True, default="", editable=False)
+    borg_version = models.CharField(max_length=40, blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
 class Schedule(models.Model):
     """What to run, on which repositories, and when. Each row is mirrored into exactly one
     django-q2 schedule (`scheduling.mirror`); every run makes one Job per repository."""
@@ -423,6 +453,10 @@ class Schedule(models.Model):
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_name_field])
     repositories = models.ManyToManyField(Repository, related_name="schedules")
+    host = models.ForeignKey(
+        Host, null=True, blank=True, on_delete=models.PROTECT, related_name="schedules",
+        help_text="the machine whose data this backs up (empty: this ops center's own)",
+    )  # fmt: skip
     operation = models.CharField(max_length=20, choices=Operation.choices)
     cron = models.CharField(
         max_length=100,
@@ -694,6 +728,10 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL)
+    # A job of a host runs on that host's agent only; without a host, on the center.
+    host = models.ForeignKey(
+        Host, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
     params = models.JSONField(default=dict, blank=True)
     inline = models.BooleanField(
         default=False, help_text="Run in the requesting process (CLI), not by a worker."

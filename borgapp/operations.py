@@ -200,7 +200,7 @@ def op_backup(ctx: Context) -> Outcome:
     if catalog.borg_checkpoint(name):
         raise validation.InvalidInput("Archive names must not end in '.checkpoint'.")
     if p.sources:
-        _require_a_source(p.sources)
+        validation.require_a_source(p.sources)
     with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
         paths, excludes, dumping = list(p.sources), list(p.excludes), None
         if p.databases:
@@ -241,33 +241,39 @@ def op_backup(ctx: Context) -> Outcome:
             "dump_failed",
             result={"databases": dumping.result(), "problems": problems},
         )
-    archive = created.get("archive") or {}
-    stats = archive.get("stats") or {}
-    catalog.store_repository_stats(repo, created)
-    final_name = catalog.record_created(repo, {"name": name, **archive}, comment=p.comment)
+    result = record_backup(repo, name, created, p.comment)
     repo.refresh_from_db(fields=["catalog_stale"])
     if repo.catalog_stale:
         # an earlier run ended early: record what it left (checkpoints) from borg itself
         sync_catalog(ctx, stoppable=False)
+    if dumping is not None:
+        result["databases"] = dumping.result()
+    return ctx.outcome(result)
+
+
+def record_backup(repo: Repository, name: str, created: dict, comment: str) -> dict:
+    """What `borg create --json` said, written to the catalog; the backup job's result. Also
+    for a backup an agent ran on its host (borgapp.fleet)."""
+    archive = created.get("archive") or {}
+    stats = archive.get("stats") or {}
+    catalog.store_repository_stats(repo, created)
+    final_name = catalog.record_created(repo, {"name": name, **archive}, comment=comment)
     original, compressed, dedup = (
         stats.get("original_size"),
         stats.get("compressed_size"),
         stats.get("deduplicated_size"),
     )
-    return ctx.outcome(
-        {
-            "archive_name": final_name,
-            "archive_id": archive.get("id", ""),
-            "original_size": original,
-            "compressed_size": compressed,
-            "deduplicated_size": dedup,
-            "nfiles": stats.get("nfiles"),
-            "compression_ratio": _ratio(original, compressed),
-            "deduplication_ratio": _ratio(original, dedup),
-            "duration": archive.get("duration"),
-            **({"databases": dumping.result()} if dumping is not None else {}),
-        }
-    )
+    return {
+        "archive_name": final_name,
+        "archive_id": archive.get("id", ""),
+        "original_size": original,
+        "compressed_size": compressed,
+        "deduplicated_size": dedup,
+        "nfiles": stats.get("nfiles"),
+        "compression_ratio": _ratio(original, compressed),
+        "deduplication_ratio": _ratio(original, dedup),
+        "duration": archive.get("duration"),
+    }
 
 
 def _dumps_of(p, scratch: Path) -> dumps.Dumps:
@@ -303,21 +309,6 @@ def op_restore_database(ctx: Context) -> Outcome:
             source, database, Path(scratch), into=p.into, force=p.force, feed=feed
         )
     return ctx.outcome({"archive_name": archive.name, "path": path, **restored})
-
-
-def _require_a_source(sources: list[str]) -> None:
-    """Fail before borg runs when no source exists: borg would only warn, store an empty
-    archive that counts as the last backup, and a typo in a schedule would mean silent empty
-    archives every night. Some missing is borg's warning (the job ends as a warning)."""
-    missing = [path for path in sources if not os.path.lexists(path)]
-    if missing and len(missing) == len(sources):
-        listed = ", ".join(missing)
-        raise OperationError(
-            f"None of the sources exists ({listed}): nothing was backed up and no archive "
-            "was made. Check the paths for a typo.",
-            "sources_missing",
-            result={"missing_sources": missing},
-        )
 
 
 def _ratio(numerator, denominator):

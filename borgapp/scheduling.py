@@ -224,9 +224,10 @@ def start_runs(
                 trigger=trigger,
                 user=user,
                 schedule=schedule,
-                inline=inline,
+                inline=inline and schedule.host_id is None,
                 echo=echo,
                 audit_refusal=False,  # the skip below is audited
+                host=schedule.host,  # a host's backups run on its agent
             )
         except (InvalidInput, Conflict) as exc:
             job = record_skip(schedule, repository, kind, trigger, str(exc), user)

@@ -12,7 +12,7 @@ import shutil
 from argparse import ArgumentTypeError
 from pathlib import Path
 
-from borgapp.errors import InvalidInput
+from borgapp.errors import InvalidInput, OperationError
 
 ARCHIVE_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 CHECKPOINT_SUFFIX_RE = re.compile(r"\.checkpoint(\.\d+)?$")
@@ -383,3 +383,18 @@ def validate_database_name(value) -> str:
             "with . or -."
         )
     return value
+
+
+def require_a_source(sources: list[str]) -> None:
+    """Fail before borg runs when no source exists: borg would only warn, store an empty
+    archive that counts as the last backup, and a typo in a schedule would mean silent empty
+    archives every night. Some missing is borg's warning (the job ends as a warning)."""
+    missing = [path for path in sources if not os.path.lexists(path)]
+    if missing and len(missing) == len(sources):
+        listed = ", ".join(missing)
+        raise OperationError(
+            f"None of the sources exists ({listed}): nothing was backed up and no archive "
+            "was made. Check the paths for a typo.",
+            "sources_missing",
+            result={"missing_sources": missing},
+        )

@@ -184,6 +184,13 @@ INPLACE_ROOTS = [Path(p).resolve() for p in _inplace.split(":") if p]
 # (each holds a thread and its repository's lease), and how long one waits for a busy lease.
 DOWNLOAD_SLOTS = env.int("OPSCENTER_DOWNLOAD_SLOTS", default=4)
 DOWNLOAD_LEASE_WAIT = env.float("OPSCENTER_DOWNLOAD_LEASE_WAIT", default=5.0)
+# The fleet (issue 15): an enrollment token's life (seconds); how long an agent's poll waits
+# for a job, how often it looks meanwhile, and how many agents one web process lets wait at once
+# (a waiting poll holds a thread: the others are told to ask again shortly).
+HOST_TOKEN_TTL = env.int("OPSCENTER_HOST_TOKEN_TTL", default=24 * 3600)
+AGENT_POLL_WAIT = env.float("OPSCENTER_AGENT_POLL_WAIT", default=20.0)
+AGENT_POLL_INTERVAL = env.float("OPSCENTER_AGENT_POLL_INTERVAL", default=0.5)
+AGENT_POLL_WAITERS = env.int("OPSCENTER_AGENT_POLL_WAITERS", default=4)
 
 # Signal ladder for cancel and deadlines (REL-04): seconds after SIGINT, then after SIGTERM.
 BORG_GRACE_SIGINT = env.float("BORG_GRACE_SIGINT", default=60.0)

@@ -9,6 +9,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/", include("borgapp.api.urls")),
+    path("agent/v1/", include("borgapp.api.agent")),  # the fleet's agents (borgapp.fleet)
     path("metrics", metrics.metrics_view, name="metrics"),
     path("healthz", metrics.healthz_view, name="healthz"),
     # the integration guide's readers look for the API documentation at /docs

@@ -1,6 +1,10 @@
-from borgapp import params
-from borgapp.management.commands._base import JobCommand
-from borgapp.models import Job
+import time
+
+from django.core.management.base import CommandError
+
+from borgapp import intake, jobs, params
+from borgapp.management.commands._base import EXIT_FAILED, JobCommand
+from borgapp.models import Host, Job
 
 
 class Command(JobCommand):
@@ -20,6 +24,10 @@ class Command(JobCommand):
         parser.add_argument("--comment", default="")
         parser.add_argument("--one-file-system", action="store_true")
         parser.add_argument("--checkpoint-interval", type=int)
+        parser.add_argument(
+            "--host", help="a host of the fleet: its agent backs up the sources there (this "
+            "command waits for it)",
+        )  # fmt: skip
 
     def start(self, options, echo):
         params = {
@@ -35,4 +43,22 @@ class Command(JobCommand):
                 "databases",
             )
         }
+        if options["host"]:
+            return self.on_host(options["host"], options["name"], params)
         return self.run_kind(Job.Kind.BACKUP, options["name"], params, echo)
+
+    def on_host(self, host_name: str, name: str, params: dict) -> Job:
+        host = Host.objects.filter(name=host_name).first()
+        if host is None:
+            raise CommandError(f"No host named {host_name!r}.", returncode=EXIT_FAILED)
+        job = intake.start(
+            Job.Kind.BACKUP, self.repository(name), params, trigger=Job.Trigger.CLI, host=host
+        )
+        try:
+            while not job.is_finished:
+                time.sleep(0.5)
+                job.refresh_from_db()
+        except KeyboardInterrupt:
+            jobs.cancel(job)
+            raise
+        return job

@@ -1,0 +1,196 @@
+"""The ops center's agent: one process on each backed-up host. It connects out to the center
+(no port open on the host), asks for its host's next job, runs borg there through the
+project's one door to borg (`borgapp.borg`: argv as data, the passphrase through a pipe,
+`--log-json` progress, the signal ladder), reports progress at most once a second (a cancel
+comes back in the answer) and then the outcome. It needs Python and borg on the host, and
+none of the center's database or broker: it imports no Django.
+
+  python -m agent enroll --center URL --data DIR < token    (exchange a one-time token)
+  python -m agent run --data DIR [--once]                     (serve the host's jobs)
+
+The data folder (0700) keeps the credential (0600) and borg's own base folder. The job's
+passphrase is never written anywhere: it lives in this process while borg runs.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from borgapp import borg, validation
+from borgapp.errors import OperationError
+
+VERSION = "0.1"
+PROGRESS_EVERY = 1.0  # seconds between progress reports (REL-07)
+RETRY = 5.0  # seconds before asking again after the center could not be reached
+
+
+class Refused(Exception):
+    """The center refused the agent (401): a wrong, used or revoked token or credential."""
+
+
+class Center:
+    def __init__(self, url: str, credential: str = ""):
+        self.url = url.rstrip("/")
+        self.credential = credential
+
+    def post(self, path: str, data: dict, timeout: float = 30.0) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if self.credential:
+            headers["Authorization"] = f"Agent {self.credential}"
+        request = urllib.request.Request(
+            f"{self.url}/agent/v1/{path}", json.dumps(data).encode(), headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                raw = answer.read()
+                return answer.status, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                raise Refused(f"the center refused this agent ({path})") from None
+            return exc.code, {}
+
+
+def private_folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def config_of(data: Path) -> borg.BorgConfig:
+    return borg.BorgConfig(
+        binary=os.environ.get("BORG_BINARY", "borg"),
+        base_dir=str(private_folder(data / "borg")),
+        rsh=os.environ.get("BORG_RSH", "ssh -oBatchMode=yes -oServerAliveInterval=10"),
+        remote_path=os.environ.get("BORG_REMOTE_PATH", ""),
+    )
+
+
+def enroll(args) -> int:
+    token = sys.stdin.readline().strip()
+    data = private_folder(Path(args.data))
+    config = config_of(data)
+    version = ".".join(map(str, borg.version(config)))
+    center = Center(args.center)
+    try:
+        status, answer = center.post(
+            "enroll", {"token": token, "agent_version": VERSION, "borg_version": version}
+        )
+    except Refused:
+        print("The center refused the token (wrong, expired, used or revoked).", file=sys.stderr)
+        return 2
+    if status != 200:
+        print(f"The center answered {status}.", file=sys.stderr)
+        return 2
+    secret = data / "credential"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(answer["credential"] + "\n")
+    (data / "agent.json").write_text(json.dumps({"center": args.center, "host": answer["host"]}))
+    print(f"Enrolled as host {answer['host']}.")
+    return 0
+
+
+def run(args) -> int:
+    data = Path(args.data)
+    settings = json.loads((data / "agent.json").read_text())
+    center = Center(settings["center"], (data / "credential").read_text().strip())
+    config = config_of(data)
+    while True:
+        try:
+            status, answer = center.post("poll", {"wait": args.wait}, timeout=args.wait + 30)
+        except Refused as exc:
+            print(f"Stopping: {exc}.", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the center is unreachable for now: ask again
+            print(f"The center could not be reached ({exc}); trying again.", file=sys.stderr)
+            time.sleep(RETRY)
+            continue
+        if status == 200 and answer.get("job"):
+            report = execute(center, answer["job"], config)
+            center.post(f"jobs/{answer['job']['id']}/done", report)
+            if args.once:
+                return 0
+        elif status != 204:
+            time.sleep(RETRY)
+
+
+class Reporter:
+    """Progress to the center at most once a second; the answer says whether to stop."""
+
+    def __init__(self, center: Center, job_id: int):
+        self.center, self.job_id = center, job_id
+        self.fields: dict = {}
+        self.last = 0.0
+        self.cancel = False
+
+    def on_event(self, event: dict) -> None:
+        if borg.progress_of(event, self.fields):
+            self.send()
+
+    def send(self) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        try:
+            _, answer = self.center.post(f"jobs/{self.job_id}/progress", {"fields": self.fields})
+        except (OSError, Refused):
+            return  # the next report tries again; the job goes on
+        self.cancel = bool(answer.get("cancel"))
+
+    def should_stop(self) -> bool:
+        self.send()
+        return self.cancel
+
+
+def execute(center: Center, job: dict, config: borg.BorgConfig) -> dict:
+    """Run one backup of this host and say how it ended (borg's JSON for the catalog)."""
+    p = job["params"]
+    reporter = Reporter(center, job["id"])
+    config = replace(config, lock_wait=int(job.get("lock_wait") or config.lock_wait))
+    with tempfile.TemporaryDirectory(prefix="opscenter-agent-") as scratch:
+        try:
+            validation.require_a_source(p["sources"])
+            excludes, exclude_file = p.get("excludes") or [], None
+            if excludes:
+                exclude_file = str(borg.write_exclude_file(Path(scratch), excludes))
+            command = borg.create_cmd(
+                job["repository"]["location"], job["archive"], p["sources"],
+                compression=p.get("compression") or "lz4", exclude_file=exclude_file,
+                one_file_system=bool(p.get("one_file_system")),
+                checkpoint_interval=p.get("checkpoint_interval"), comment=p.get("comment") or "",
+            )  # fmt: skip
+            result = borg.run(
+                command, config, passphrase=job.get("passphrase"),
+                on_event=reporter.on_event, should_stop=reporter.should_stop,
+                deadline=float(job.get("deadline") or 86400),
+            )  # fmt: skip
+        except borg.BorgError as exc:
+            outcome = "cancelled" if reporter.cancel else "failed"
+            return {"outcome": outcome, "code": exc.code, "error": exc.message, "tail": exc.tail}
+        except OperationError as exc:
+            return {"outcome": "failed", "code": exc.code, "error": str(exc), "result": exc.result}
+    outcome = "warning" if result.warning else "succeeded"
+    return {"outcome": outcome, "created": result.json(), "warnings": result.warnings,
+            "tail": result.tail}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m agent", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("enroll", help="exchange a one-time token (read from stdin)")
+    one.add_argument("--center", required=True, help="the ops center's URL")
+    one.add_argument("--data", required=True, help="this agent's private folder")
+    serve = sub.add_parser("run", help="serve this host's jobs")
+    serve.add_argument("--data", required=True)
+    serve.add_argument("--wait", type=float, default=20.0, help="seconds a poll may wait")
+    serve.add_argument("--once", action="store_true", help="stop after one job (tests)")
+    args = parser.parse_args()
+    sys.exit(enroll(args) if args.command == "enroll" else run(args))

@@ -1,0 +1,245 @@
+"""The fleet: hosts whose own agents run their jobs (issue 15).
+
+An admin adds a host and gets a one-time enrollment token (shown once, kept only as a hash,
+expiring). On the host, the agent exchanges it for a credential of its own (kept 0600 there,
+only its hash here). The agent connects out to the center and asks for its host's next job;
+the answer is the one place a job's passphrase travels. It runs borg there through the same
+door (`borgapp.borg`), reports progress at most once a second (and learns of a cancel in the
+answer), and reports the outcome, which is recorded here as a job run on the center would be.
+Revoking a host ends its credential at once.
+"""
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from borgapp import audit, jobs, naming, operations, validation
+from borgapp.errors import Conflict
+from borgapp.models import Host, Job
+
+PROGRESS_FIELDS = ("progress_bytes", "progress_files", "progress_path", "progress_message",
+                   "progress_percent")  # fmt: skip
+OUTCOMES = {"succeeded": Job.Status.SUCCEEDED, "warning": Job.Status.WARNING,
+            "failed": Job.Status.FAILED, "cancelled": Job.Status.CANCELLED}  # fmt: skip
+SEEN_EVERY = 10.0  # seconds between writes of a host's last_seen
+
+
+class NoSuchJob(Exception):
+    """Not a running job of this host (whoever's it is: the agent is told no more)."""
+
+
+class NotAuthorized(Exception):
+    """A token or credential that opens nothing (the agent API answers 401, saying no more)."""
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- hosts and their secrets ------------------------------------------------------------------
+
+
+def add_host(name: str) -> tuple[Host, str]:
+    """A new host waiting for its agent, and its enrollment token (shown once)."""
+    validation.validate_name(name, "Host name")
+    if Host.objects.filter(name=name).exists():
+        raise Conflict(f"A host named {name!r} exists already.")
+    host = Host.objects.create(name=name)
+    token = issue_token(host)
+    return host, token
+
+
+def issue_token(host: Host) -> str:
+    """A new one-time enrollment token for the host (a re-enrollment ends its credential)."""
+    token = secrets.token_urlsafe(32)
+    Host.objects.filter(pk=host.pk).update(
+        token_hash=digest(token),
+        token_expires=timezone.now() + timedelta(seconds=settings.HOST_TOKEN_TTL),
+        credential_hash="",
+        state=Host.State.PENDING,
+    )
+    host.refresh_from_db()
+    audit.record("host_token", host.name, outcome="success")
+    return token
+
+
+def revoke(host: Host) -> None:
+    """End the host's access now: its credential and any token stop working."""
+    Host.objects.filter(pk=host.pk).update(
+        state=Host.State.REVOKED, credential_hash="", token_hash="", token_expires=None
+    )
+    host.refresh_from_db()
+    audit.record("host_revoke", host.name, outcome="success")
+
+
+def enroll(token: str, *, address: str, agent_version: str, borg_version: str):
+    """Exchange a valid enrollment token for the agent's credential: (host, credential)."""
+    if not isinstance(token, str) or not token:
+        raise NotAuthorized
+    with transaction.atomic():
+        host = Host.objects.filter(token_hash=digest(token)).first()
+        if host is None or host.state == Host.State.REVOKED:
+            raise NotAuthorized
+        if host.token_expires is None or host.token_expires < timezone.now():
+            raise NotAuthorized
+        credential = secrets.token_urlsafe(32)
+        # one use: the update only succeeds while the token is still the host's
+        taken = Host.objects.filter(pk=host.pk, token_hash=digest(token)).update(
+            token_hash="",
+            token_expires=None,
+            credential_hash=digest(credential),
+            state=Host.State.ACTIVE,
+            last_seen=timezone.now(),
+            address=address[:64],
+            agent_version=str(agent_version)[:40],
+            borg_version=str(borg_version)[:40],
+        )
+        if not taken:
+            raise NotAuthorized
+    host.refresh_from_db()
+    audit.record("host_enroll", host.name, outcome="success", actor=f"agent:{host.name}")
+    return host, credential
+
+
+def authenticate(credential: str, address: str = "") -> Host:
+    """The active host this credential belongs to (its last_seen kept fresh)."""
+    if not isinstance(credential, str) or not credential:
+        raise NotAuthorized
+    host = Host.objects.filter(credential_hash=digest(credential)).first()
+    if host is None or host.state != Host.State.ACTIVE:
+        raise NotAuthorized
+    if not hmac.compare_digest(host.credential_hash, digest(credential)):
+        raise NotAuthorized
+    now = timezone.now()
+    if host.last_seen is None or (now - host.last_seen).total_seconds() >= SEEN_EVERY:
+        Host.objects.filter(pk=host.pk).update(last_seen=now, address=address[:64])
+    return host
+
+
+# --- handing jobs out ---------------------------------------------------------------------------
+
+
+class _Waiters:
+    """Agents one web process lets wait for a job at once: a long poll holds a thread, and
+    the admin and the API must keep theirs. The others are told to ask again shortly."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.count >= settings.AGENT_POLL_WAITERS:
+                return False
+            self.count += 1
+            return True
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.count -= 1
+
+
+waiters = _Waiters()
+
+
+def next_job(host: Host, wait: float) -> Job | None:
+    """The host's next due job, claimed (its repository's lease taken for the agent), waiting
+    up to `wait` seconds for one; None when there is none."""
+    deadline = time.monotonic() + wait
+    waiting = wait > 0 and waiters.take()
+    try:
+        while True:
+            job = _claim_one(host)
+            if job is not None or not waiting or time.monotonic() >= deadline:
+                return job
+            time.sleep(settings.AGENT_POLL_INTERVAL)
+    finally:
+        if waiting:
+            waiters.give_back()
+
+
+def _claim_one(host: Host) -> Job | None:
+    due = Job.objects.filter(host=host, status=Job.Status.QUEUED).exclude(
+        not_before__gt=timezone.now()
+    )
+    owner = {"worker_host": f"agent:{host.name}", "worker_pid": None, "worker_started": None}
+    for job in due.order_by("created_at", "id")[:10]:
+        if jobs.claim(job, owner=owner):
+            return job
+    return None
+
+
+def handout(job: Job) -> dict:
+    """What the agent needs to run the job: the only answer that carries its passphrase."""
+    p = job.params
+    name = p.get("archive") or naming.archive_name_for(p.get("prefix") or "backup")
+    Job.objects.filter(pk=job.pk).update(archive_name=name)
+    repo = job.repository
+    return {
+        "id": job.pk,
+        "kind": job.kind,
+        "repository": {"name": repo.name, "location": repo.location},
+        "archive": name,
+        "params": {
+            key: p.get(key)
+            for key in (
+                "sources",
+                "excludes",
+                "compression",
+                "one_file_system",
+                "checkpoint_interval",
+                "comment",
+            )
+        },  # fmt: skip
+        "passphrase": repo.get_passphrase(),
+        "lock_wait": settings.BORG_LOCK_WAIT,
+        "deadline": settings.JOB_DEADLINE,
+    }
+
+
+def running_job(host: Host, job_id) -> Job:
+    """The host's own running job with this id (any other: not found, whoever's it is)."""
+    job = Job.objects.filter(pk=job_id, host=host, status=Job.Status.RUNNING).first()
+    if job is None:
+        raise NoSuchJob(job_id)
+    return job
+
+
+def progress(job: Job, fields: dict) -> bool:
+    """Write what the agent reported (at most once a second, the agent's part); True when a
+    cancel was asked for."""
+    update = {key: fields[key] for key in PROGRESS_FIELDS if key in fields}
+    if isinstance(update.get("progress_path"), str):
+        update["progress_path"] = update["progress_path"][:4000]
+    if isinstance(update.get("progress_message"), str):
+        update["progress_message"] = update["progress_message"][:500]
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now(), **update)
+    return Job.objects.filter(pk=job.pk, cancel_requested=True).exists()
+
+
+def finish(job: Job, report: dict) -> Job:
+    """Record the outcome the agent reported, as if the job had run here: a backup's archive
+    goes into the catalog from borg's own JSON, then `jobs.end` (lease, events, audit)."""
+    status = OUTCOMES.get(report.get("outcome"), Job.Status.FAILED)
+    tail = "\n".join(str(line) for line in (report.get("tail") or []))[-8000:]
+    result, message, code = {}, str(report.get("error") or "")[:2000], ""
+    if status in Job.OK:
+        created = report.get("created") or {}
+        result = operations.record_backup(
+            job.repository, job.archive_name, created, job.params.get("comment", "")
+        )
+        if status == Job.Status.WARNING:
+            message = "; ".join(map(str, report.get("warnings") or []))[:2000] or message
+    else:
+        code = str(report.get("code") or status)[:40]
+        result = report.get("result") if isinstance(report.get("result"), dict) else {}
+    jobs.end(job, status, result=result, error_code=code, error_message=message, log_tail=tail)
+    job.refresh_from_db()
+    return job

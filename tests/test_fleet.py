@@ -1,0 +1,173 @@
+"""The fleet's first part (issue 15): hosts enroll with a one-time token, agents run as their
+own processes with their own data folders, take only their host's backups, run borg there and
+report; the passphrase travels only in the answer that hands a job to its agent."""
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.helpers import ROOT, cli, stop_process, wait_for, write_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BORG = str(ROOT / ".venv" / "bin" / "borg")
+CANARY = "canary-Passphrase-7f3c91"
+
+
+def post(client, path, data, credential=None):
+    headers = {"HTTP_AUTHORIZATION": f"Agent {credential}"} if credential else {}
+    return client.post(f"/agent/v1/{path}", json.dumps(data), "application/json", **headers)
+
+
+def test_tokens_and_credentials(client):
+    from borgapp import fleet
+    from borgapp.models import Host
+
+    host, token = fleet.add_host("web1")
+    assert host.state == "pending" and token not in host.token_hash
+    refused = post(client, "enroll", {"token": "not-the-token"})
+    assert refused.status_code == 401
+    Host.objects.filter(pk=host.pk).update(token_expires=timezone.now() - timedelta(seconds=1))
+    expired = post(client, "enroll", {"token": token})
+    assert expired.status_code == 401 and expired.json() == refused.json()  # says no more
+    token = fleet.issue_token(host)
+    answer = post(client, "enroll", {"token": token, "agent_version": "t", "borg_version": "1"})
+    assert answer.status_code == 200
+    credential = answer.json()["credential"]
+    assert answer["Cache-Control"] == "no-store"
+    host.refresh_from_db()
+    assert host.state == "active" and host.credential_hash == fleet.digest(credential)
+    assert post(client, "enroll", {"token": token}).status_code == 401  # used once
+    assert post(client, "poll", {"wait": 0}, credential).status_code == 204
+    assert post(client, "poll", {"wait": 0}, "a-guess").status_code == 401
+    assert (
+        client.get("/api/v1/repositories/", HTTP_AUTHORIZATION=f"Agent {credential}").status_code
+        == 401
+    )
+    assert (
+        client.get("/api/v1/repositories/", HTTP_AUTHORIZATION=f"Token {credential}").status_code
+        == 401
+    )
+    fleet.revoke(host)
+    assert post(client, "poll", {"wait": 0}, credential).status_code == 401
+    assert post(client, "enroll", {"token": token}).status_code == 401
+
+
+def test_a_hosts_job_is_never_run_by_the_center(repo, roots, tmp_path):
+    from borgapp import fleet, intake, jobs
+    from borgapp.models import Job
+
+    host, _ = fleet.add_host("web1")
+    refused = cli("borg_backup", "main", "--source", tmp_path, "--host", "web1")
+    assert refused.code == 2 and "waiting for its agent" in refused.err.lower()
+    host.state = "active"
+    host.save()
+    job = intake.start("backup", repo, {"sources": [str(tmp_path)]}, trigger="cli", host=host)
+    jobs.run_queued(job.pk)  # what a worker of the center would do with it
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED
+    jobs.dispatch_next(repo.pk)
+    assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
+    with pytest.raises(Exception, match="agents run backups only"):
+        intake.start("check", repo, {}, trigger="cli", host=host)
+
+
+def agent_env():
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+           "BORG_BINARY": BORG, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    return env
+
+
+def start_agent(url, name, data, log):
+    from borgapp import fleet
+
+    _, token = fleet.add_host(name)
+    enrolled = subprocess.run(
+        [sys.executable, "-m", "agent", "enroll", "--center", url, "--data", data],
+        input=token + "\n", env=agent_env(), cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert oct(os.stat(data / "credential").st_mode & 0o777) == "0o600"
+    handle = open(log, "wb")  # noqa: SIM115 (the agent writes to it while it runs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--data", data, "--wait", "2"],
+        env=agent_env(), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_agents_back_up_their_own_hosts(roots, tmp_path, web_server, settings):
+    """Two agents, each its own process, data folder and identity, back up their own sources
+    at once; each archive holds its host's files only; the canary passphrase is nowhere on
+    the agents' side."""
+    from borgapp import intake
+    from borgapp.models import Archive, Host, Job, Repository
+
+    url, _ = web_server
+    passfile = write_files(tmp_path / "secret", {"pw": CANARY}) / "pw"
+    made = cli("borg_init", "fleet", "--location", roots.repos / "fleet",
+               "--passphrase-file", passfile)  # fmt: skip
+    assert made.code == 0, made.err
+    repo = Repository.objects.get(name="fleet")
+    agents, made_jobs = {}, {}
+    for name in ("web1", "db1"):
+        data = tmp_path / f"agent-{name}"
+        src = write_files(tmp_path / f"host-{name}" / "srv", {f"{name}.txt": f"data of {name}",
+                                                              "common/x.conf": name})  # fmt: skip
+        agents[name] = (start_agent(url, name, data, tmp_path / f"{name}.log"), data, src)
+    try:
+        for name, (_, _, src) in agents.items():
+            host = Host.objects.get(name=name)
+            assert host.state == "active" and host.borg_version.startswith("1.")
+            made_jobs[name] = intake.start("backup", repo, {"sources": [str(src)],
+                                           "prefix": name}, trigger="cli", host=host)  # fmt: skip
+        for name, job in made_jobs.items():
+            done = wait_for(lambda j=job: Job.objects.filter(pk=j.pk, status__in=["succeeded",
+                            "failed", "warning"]).first(), timeout=120)  # fmt: skip
+            assert done.status == "succeeded", (done.error_message, done.log_tail)
+            assert done.worker_host == f"agent:{name}"
+            archive = Archive.objects.get(name=done.result["archive_name"])
+            assert archive.nfiles == 2
+            env = {**roots.env, "BORG_PASSPHRASE": CANARY}
+            listed = subprocess.run(
+                [BORG, "list", "--short", f"{repo.location}::{archive.name}"],
+                env=env, capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert f"{name}.txt" in listed
+            other = "db1" if name == "web1" else "web1"
+            assert f"{other}.txt" not in listed
+    finally:
+        for proc, _, _ in agents.values():
+            stop_process(proc)
+    repo.refresh_from_db()
+    assert repo.lease_job_id is None
+    for name, (_, data, _) in agents.items():
+        for folder, _, files in os.walk(data):
+            for file in files:
+                path = os.path.join(folder, file)
+                if os.path.isfile(path):
+                    with open(path, "rb") as handle:
+                        assert CANARY.encode() not in handle.read(), path
+        assert CANARY.encode() not in (tmp_path / f"{name}.log").read_bytes()
+
+
+def test_admin_adds_a_host_and_sees_its_token_once(client):
+    import re
+
+    from borgapp.models import Host
+    from tests.helpers import staff
+
+    client.force_login(staff("admin"))
+    page = client.post("/admin/borgapp/host/add/", {"name": "files1"})
+    assert page.status_code == 200 and "no-store" in page["Cache-Control"]
+    token = re.search(r'<code id="host-token">([^<]+)</code>', page.content.decode()).group(1)
+    host = Host.objects.get(name="files1")
+    assert host.state == "pending" and token not in host.token_hash
+    assert token not in client.get(f"/admin/borgapp/host/{host.pk}/change/").content.decode()
+    assert post(client, "enroll", {"token": token}).status_code == 200
+    client.force_login(staff("viewer"))
+    assert client.post("/admin/borgapp/host/add/", {"name": "nope"}).status_code == 403
