@@ -14,7 +14,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from borgapp import health, notifications
-from borgapp.models import Alert, Job, Repository, Schedule, WorkerHeartbeat
+from borgapp.models import Alert, Host, Job, Repository, Schedule, WorkerHeartbeat
 
 log = logging.getLogger(__name__)
 RATED_KINDS = ["backup", "prune", "compact", "check", "verify_restore"]
@@ -103,7 +103,21 @@ def conditions(now=None) -> dict[tuple[str, int | None], str]:
             if seen
             else "No worker has ever ticked although schedules are enabled: "
         ) + "scheduled jobs are not running. Start it with `manage.py worker`."
+    silent_hosts = hosts_silent(now)
+    if silent_hosts:
+        found[(Alert.Kind.HOST_SILENT, None)] = (
+            "No word from the agent of " + ", ".join(silent_hosts)
+            + f" for over {_hours(timedelta(seconds=settings.HOST_SILENT_AFTER))}: "
+            "their backups are not running. Check the agent (systemctl status) and the network."
+        )  # fmt: skip
     return found
+
+
+def hosts_silent(now=None) -> list[str]:
+    """Active hosts whose agent has not asked the center for anything for a while."""
+    since = (now or timezone.now()) - timedelta(seconds=settings.HOST_SILENT_AFTER)
+    silent = Host.objects.filter(state=Host.State.ACTIVE, last_seen__lt=since)
+    return list(silent.order_by("name").values_list("name", flat=True))
 
 
 def _complete_archives(repo: Repository):

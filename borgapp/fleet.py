@@ -23,6 +23,7 @@ from django.utils import timezone
 from borgapp import audit, jobs, naming, operations, validation
 from borgapp.errors import Conflict
 from borgapp.models import Host, Job
+from borgapp.reconcile import LOST
 
 PROGRESS_FIELDS = ("progress_bytes", "progress_files", "progress_path", "progress_message",
                    "progress_percent")  # fmt: skip
@@ -205,16 +206,21 @@ def handout(job: Job) -> dict:
 
 
 def running_job(host: Host, job_id) -> Job:
-    """The host's own running job with this id (any other: not found, whoever's it is)."""
-    job = Job.objects.filter(pk=job_id, host=host, status=Job.Status.RUNNING).first()
-    if job is None:
+    """The host's own running job with this id, or one marked lost while its agent was out
+    of touch (its late report is still recorded, not repeated). Any other: not found."""
+    job = Job.objects.filter(pk=job_id, host=host).first()
+    lost = job is not None and job.status == Job.Status.INTERRUPTED and job.error_code == LOST
+    if job is None or not (job.status == Job.Status.RUNNING or lost):
         raise NoSuchJob(job_id)
     return job
 
 
 def progress(job: Job, fields: dict) -> bool:
     """Write what the agent reported (at most once a second, the agent's part); True when a
-    cancel was asked for."""
+    cancel was asked for, or when the job was marked lost meanwhile (its lease may be
+    another job's by now: borg must stop)."""
+    if job.status != Job.Status.RUNNING:
+        return True
     update = {key: fields[key] for key in PROGRESS_FIELDS if key in fields}
     if isinstance(update.get("progress_path"), str):
         update["progress_path"] = update["progress_path"][:4000]
@@ -240,6 +246,7 @@ def finish(job: Job, report: dict) -> Job:
     else:
         code = str(report.get("code") or status)[:40]
         result = report.get("result") if isinstance(report.get("result"), dict) else {}
-    jobs.end(job, status, result=result, error_code=code, error_message=message, log_tail=tail)
+    jobs.end(job, status, only_from=job.status, result=result, error_code=code,
+             error_message=message, log_tail=tail)  # fmt: skip
     job.refresh_from_db()
     return job

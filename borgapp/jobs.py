@@ -403,12 +403,14 @@ def cancel(job: Job) -> Job:
     return job
 
 
-def mark_interrupted(job: Job, reason: str, status: str = Job.Status.INTERRUPTED) -> None:
+def mark_interrupted(
+    job: Job, reason: str, status: str = Job.Status.INTERRUPTED, code: str = ""
+) -> None:
     """Record that a running job's process died or was stopped, stop a borg it left behind,
     and free its lease."""
     if job.worker_host == procs.HOST:
         procs.stop_orphan(job.borg_pid, job.borg_started)
-    end(job, status, error_code=str(status), error_message=reason)
+    end(job, status, error_code=code or str(status), error_message=reason)
 
 
 def _key_fresh_since():

@@ -26,8 +26,16 @@ def holder_is_dead(job: Job) -> bool:
         return not holds_mount(job)
     if job.worker_host == procs.HOST and not procs.alive(job.worker_pid, job.worker_started):
         return True
-    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER)
+    grace = settings.AGENT_JOB_GRACE if run_by_agent(job) else settings.JOB_STALE_AFTER
+    stale = timezone.now() - timedelta(seconds=grace)
     return job.heartbeat_at is not None and job.heartbeat_at < stale
+
+
+AGENT_PREFIX = "agent:"  # a job's worker_host when a host's agent runs it
+
+
+def run_by_agent(job: Job) -> bool:
+    return job.worker_host.startswith(AGENT_PREFIX)
 
 
 def free_lease(job: Job) -> bool:

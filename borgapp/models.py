@@ -889,6 +889,7 @@ class Alert(models.Model):
         CHECK_AGE = "check_age", "Last successful check too old"
         JOB_OVERRUN = "job_overrun", "A job runs far longer than usual"
         WORKER = "worker", "Worker heartbeat stale"
+        HOST_SILENT = "host_silent", "A host's agent is silent"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     repository = models.ForeignKey(

@@ -13,6 +13,8 @@ from django.utils import timezone
 from borgapp import jobs, lease, procs
 from borgapp.models import Job, Mount, Repository
 
+LOST = "host_lost"  # the error code of a host's job whose agent went silent
+
 
 def dispatch_due() -> int:
     """Hand retries whose wait is over to the workers (run by the maintenance task)."""
@@ -32,9 +34,19 @@ def repair() -> dict:
     finished jobs are released, and free repositories get their waiting jobs dispatched."""
     interrupted = 0
     for job in Job.objects.filter(status=Job.Status.RUNNING):
-        if lease.holder_is_dead(job):
+        if not lease.holder_is_dead(job):
+            continue
+        if lease.run_by_agent(job):
+            name = job.worker_host.removeprefix(lease.AGENT_PREFIX)
+            jobs.mark_interrupted(
+                job,
+                f"The agent of host {name} stopped reporting. If borg finished meanwhile, its "
+                "report is still recorded when the agent is back.",
+                code=LOST,
+            )
+        else:
             jobs.mark_interrupted(job, "Its process ended before the job finished.")
-            interrupted += 1
+        interrupted += 1
     # Command-line jobs whose command died while waiting for the repository.
     for job in Job.objects.filter(status=Job.Status.QUEUED, inline=True, worker_host=procs.HOST):
         if not procs.alive(job.worker_pid, job.worker_started):

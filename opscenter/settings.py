@@ -191,6 +191,10 @@ HOST_TOKEN_TTL = env.int("OPSCENTER_HOST_TOKEN_TTL", default=24 * 3600)
 AGENT_POLL_WAIT = env.float("OPSCENTER_AGENT_POLL_WAIT", default=20.0)
 AGENT_POLL_INTERVAL = env.float("OPSCENTER_AGENT_POLL_INTERVAL", default=0.5)
 AGENT_POLL_WAITERS = env.int("OPSCENTER_AGENT_POLL_WAITERS", default=4)
+# A host's running job whose agent has not reported for this long is marked lost (its lease
+# freed; a late report is still recorded), and a host silent this long raises an alert.
+AGENT_JOB_GRACE = env.int("OPSCENTER_AGENT_JOB_GRACE", default=120)
+HOST_SILENT_AFTER = env.int("OPSCENTER_HOST_SILENT_AFTER", default=900)
 
 # Signal ladder for cancel and deadlines (REL-04): seconds after SIGINT, then after SIGTERM.
 BORG_GRACE_SIGINT = env.float("BORG_GRACE_SIGINT", default=60.0)

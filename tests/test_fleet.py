@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tests.helpers import ROOT, cli, stop_process, wait_for, write_files
+from tests.helpers import PASSPHRASE, ROOT, cli, stop_process, wait_for, write_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BORG = str(ROOT / ".venv" / "bin" / "borg")
@@ -171,3 +171,97 @@ def test_admin_adds_a_host_and_sees_its_token_once(client):
     assert post(client, "enroll", {"token": token}).status_code == 200
     client.force_login(staff("viewer"))
     assert client.post("/admin/borgapp/host/add/", {"name": "nope"}).status_code == 403
+
+
+def test_a_late_report_of_a_lost_job_is_recorded_once(roots, tmp_path, client, settings):
+    """The link was down while borg finished: the job was marked lost (its lease freed),
+    then the agent's report arrives. The archive is recorded once, the job ends succeeded,
+    and the same report again is refused."""
+    from borgapp import borg, fleet, intake, operations, reconcile
+    from borgapp.models import Archive, Job, Repository
+
+    made = cli("borg_init", "r", "--location", roots.repos / "r", "--passphrase-file",
+               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
+    assert made.code == 0, made.err
+    repo = Repository.objects.get(name="r")
+    host, token = fleet.add_host("web1")
+    credential = post(client, "enroll", {"token": token}).json()["credential"]
+    host.refresh_from_db()
+    src = write_files(tmp_path / "src", {"a.txt": "a"})
+    job = intake.start("backup", repo, {"sources": [str(src)]}, trigger="cli", host=host)
+    handed = post(client, "poll", {"wait": 0}, credential).json()["job"]
+    assert handed["id"] == job.pk and handed["passphrase"] == PASSPHRASE
+    settings.AGENT_JOB_GRACE = 0
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=5))
+    reconcile.repair()
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == ("interrupted", "host_lost")
+    assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    # what the agent ran meanwhile, through the same door
+    command = borg.create_cmd(repo.location, handed["archive"], [str(src)])
+    created = borg.run(command, operations.borg_config(), passphrase=handed["passphrase"])
+    report = {"outcome": "succeeded", "created": created.json(), "tail": []}
+    assert post(client, f"jobs/{job.pk}/done", report, credential).status_code == 200
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.result["archive_name"] == handed["archive"]
+    assert Archive.objects.filter(repository=repo, name=handed["archive"]).count() == 1
+    again = post(client, f"jobs/{job.pk}/done", report, credential)
+    assert again.status_code == 404
+    other, other_token = fleet.add_host("db1")
+    other_credential = post(client, "enroll", {"token": other_token}).json()["credential"]
+    assert post(client, f"jobs/{job.pk}/progress", {}, other_credential).status_code == 404
+
+
+def test_silent_host_raises_an_alert(settings):
+    from borgapp import alerts, fleet
+    from borgapp.models import Host
+
+    host, _ = fleet.add_host("far1")
+    Host.objects.filter(pk=host.pk).update(
+        state="active", last_seen=timezone.now() - timedelta(hours=2)
+    )
+    settings.HOST_SILENT_AFTER = 900
+    found = alerts.conditions()
+    reason = found[("host_silent", None)]
+    assert "far1" in reason and "15 minutes" in reason
+
+
+def test_cancel_reaches_a_running_agent_job(roots, tmp_path, web_server):
+    """A cancel asked for at the center stops borg on the host within seconds; the agent
+    goes on serving and its next backup succeeds."""
+    import time
+
+    from borgapp import intake, jobs
+    from borgapp.models import Host, Job, Repository
+    from tests.helpers import SLOW
+
+    url, _ = web_server
+    made = cli("borg_init", "r", "--location", roots.repos / "r", "--passphrase-file",
+               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
+    assert made.code == 0, made.err
+    repo = Repository.objects.get(name="r")
+    src = tmp_path / "src"
+    src.mkdir()
+    for index in range(8):
+        (src / f"big-{index}.bin").write_bytes(os.urandom(8 * 2**20))
+    proc = start_agent(url, "web1", tmp_path / "agent", tmp_path / "agent.log")
+    try:
+        host = Host.objects.get(name="web1")
+        job = intake.start("backup", repo, {"sources": [str(src)], "compression": SLOW},
+                           trigger="cli", host=host)  # fmt: skip
+        wait_for(lambda: Job.objects.filter(pk=job.pk, status="running",
+                                            progress_bytes__gt=0).exists(), timeout=60)  # fmt: skip
+        asked = time.monotonic()
+        jobs.cancel(job)
+        done = wait_for(lambda: Job.objects.filter(pk=job.pk).exclude(status="running").first(),
+                        timeout=30)  # fmt: skip
+        assert done.status == "cancelled", (done.status, done.error_message)
+        assert time.monotonic() - asked < 10
+        assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+        small = write_files(tmp_path / "small", {"a.txt": "a"})
+        again = intake.start("backup", repo, {"sources": [str(small)]}, trigger="cli", host=host)
+        ended = wait_for(lambda: Job.objects.filter(pk=again.pk).exclude(
+            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        assert ended.status == "succeeded", ended.error_message
+    finally:
+        stop_process(proc)
