@@ -63,11 +63,30 @@ def private_folder(path: Path) -> Path:
     return path
 
 
+def ssh_key(data: Path) -> str:
+    """The agent's own ssh key (made once): the repository server limits it to appending to
+    its repository (the center writes that authorized_keys line)."""
+    key = private_folder(data / "ssh") / "id_ed25519"
+    if not key.exists():
+        made = borg.run_program(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "opscenter-agent",
+             "-f", str(key)],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, timeout=30,
+        )  # fmt: skip
+        if made.rc != 0:
+            return ""  # no ssh here: local repositories still work
+    return (data / "ssh" / "id_ed25519.pub").read_text().strip()
+
+
 def config_of(data: Path) -> borg.BorgConfig:
+    rsh = os.environ.get("BORG_RSH", "ssh -oBatchMode=yes -oServerAliveInterval=10")
+    key = data / "ssh" / "id_ed25519"
+    if key.exists():  # its own key, and only it
+        rsh += f" -i {key} -oIdentitiesOnly=yes"
     return borg.BorgConfig(
         binary=os.environ.get("BORG_BINARY", "borg"),
         base_dir=str(private_folder(data / "borg")),
-        rsh=os.environ.get("BORG_RSH", "ssh -oBatchMode=yes -oServerAliveInterval=10"),
+        rsh=rsh,
         remote_path=os.environ.get("BORG_REMOTE_PATH", ""),
     )
 
@@ -78,10 +97,13 @@ def enroll(args) -> int:
     config = config_of(data)
     version = ".".join(map(str, borg.version(config)))
     center = Center(args.center)
+    public_key = ssh_key(data)
     try:
         status, answer = center.post(
-            "enroll", {"token": token, "agent_version": VERSION, "borg_version": version}
-        )
+            "enroll",
+            {"token": token, "agent_version": VERSION, "borg_version": version,
+             "ssh_public_key": public_key},
+        )  # fmt: skip
     except Refused:
         print("The center refused the token (wrong, expired, used or revoked).", file=sys.stderr)
         return 2

@@ -466,7 +466,20 @@ class HostAdmin(RoleAdmin):
 
     list_display = ["name", "state", "last_seen", "address", "agent_version", "borg_version"]
     readonly_fields = ["state", "last_seen", "address", "agent_version", "borg_version",
-                       "created_at"]  # fmt: skip
+                       "created_at", "append_only_lines"]  # fmt: skip
+
+    @admin.display(description="append-only ssh lines")
+    def append_only_lines(self, obj):
+        """For each ssh repository, the authorized_keys line for the repository server that
+        lets this host's agent only append to it."""
+        if obj is None or not obj.ssh_public_key:
+            return "– (the agent sends its ssh key when it enrolls)"
+        repos = Repository.objects.filter(location__startswith="ssh://").order_by("name")
+        lines = [(r.name, fleet.authorized_keys_line(obj, r.location)) for r in repos]
+        if not lines:
+            return "– (no ssh repository)"
+        return format_html_join("", "<p>{}:<br><code>{}</code></p>", lines)
+
     actions = ["new_token", "revoke_hosts"]
 
     def get_readonly_fields(self, request, obj=None):

@@ -11,7 +11,9 @@ Revoking a host ends its credential at once.
 
 import hashlib
 import hmac
+import re
 import secrets
+import shlex
 import threading
 import time
 from datetime import timedelta
@@ -80,7 +82,25 @@ def revoke(host: Host) -> None:
     audit.record("host_revoke", host.name, outcome="success")
 
 
-def enroll(token: str, *, address: str, agent_version: str, borg_version: str):
+SSH_KEY_RE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}(?:==?)?(?: [\w.@-]{0,100})?$")
+
+
+def authorized_keys_line(host: Host, location: str) -> str:
+    """The line for the repository server's authorized_keys that lets the host's agent only
+    append to this one repository: it can add archives, and what it deletes or prunes stays
+    recoverable until the center's own key compacts (see the README's Fleet section)."""
+    if not host.ssh_public_key:
+        raise validation.InvalidInput(f"Host {host.name} has sent no ssh key (enroll it again).")
+    match = validation.SSH_RE.match(validation.validate_location(location))
+    if match is None:
+        raise validation.InvalidInput(f"{location} is not an ssh:// repository.")
+    path = match["path"]
+    command = f"borg serve --append-only --restrict-to-repository {shlex.quote(path)}"
+    return f'command="{command}",restrict {host.ssh_public_key}'
+
+
+def enroll(token: str, *, address: str, agent_version: str, borg_version: str,
+           ssh_public_key: str = ""):  # fmt: skip
     """Exchange a valid enrollment token for the agent's credential: (host, credential)."""
     if not isinstance(token, str) or not token:
         raise NotAuthorized
@@ -101,6 +121,7 @@ def enroll(token: str, *, address: str, agent_version: str, borg_version: str):
             address=address[:64],
             agent_version=str(agent_version)[:40],
             borg_version=str(borg_version)[:40],
+            ssh_public_key=ssh_public_key if SSH_KEY_RE.match(ssh_public_key or "") else "",
         )
         if not taken:
             raise NotAuthorized

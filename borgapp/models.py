@@ -426,6 +426,9 @@ class Host(models.Model):
     address = models.CharField(max_length=64, blank=True, default="", editable=False)
     agent_version = models.CharField(max_length=40, blank=True, default="", editable=False)
     borg_version = models.CharField(max_length=40, blank=True, default="", editable=False)
+    # The agent's own ssh key (made at enrollment): the center writes the authorized_keys line
+    # that limits it to appending to one repository (borgapp.fleet.authorized_keys_line).
+    ssh_public_key = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

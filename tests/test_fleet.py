@@ -82,7 +82,7 @@ def agent_env():
     return env
 
 
-def start_agent(url, name, data, log):
+def start_agent(url, name, data, log, rsh=None):
     from borgapp import fleet
 
     _, token = fleet.add_host(name)
@@ -94,9 +94,10 @@ def start_agent(url, name, data, log):
     assert enrolled.returncode == 0, enrolled.stderr
     assert oct(os.stat(data / "credential").st_mode & 0o777) == "0o600"
     handle = open(log, "wb")  # noqa: SIM115 (the agent writes to it while it runs)
+    env = {**agent_env(), **({"BORG_RSH": rsh} if rsh else {})}
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--data", data, "--wait", "2"],
-        env=agent_env(), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
@@ -265,3 +266,58 @@ def test_cancel_reaches_a_running_agent_job(roots, tmp_path, web_server):
         assert ended.status == "succeeded", ended.error_message
     finally:
         stop_process(proc)
+
+
+def test_an_agents_key_only_appends_to_its_repository(roots, tmp_path, web_server, sshd, settings):
+    """The agent makes its ssh key at enrollment; the center writes the authorized_keys line
+    that limits it to `borg serve --append-only --restrict-to-repository`. With it the host
+    backs up, but cannot delete the repository or reach another one; the center's own key
+    still prunes."""
+    from borgapp import fleet, intake
+    from borgapp.models import Host, Job, Repository
+
+    url, _ = web_server
+    settings.BORG_RSH = sshd["rsh"]
+    location = f"ssh://root@127.0.0.1:{sshd['port']}{sshd['home']}/repos/fleet"
+    made = cli("borg_init", "fleet", "--location", location, "--passphrase-file",
+               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
+    assert made.code == 0, made.err
+    repo = Repository.objects.get(name="fleet")
+    data = tmp_path / "agent"
+    known = f"-oStrictHostKeyChecking=yes -oUserKnownHostsFile={sshd['home']}/known_hosts"
+    proc = start_agent(url, "web1", data, tmp_path / "agent.log",
+                       rsh=f"ssh -oBatchMode=yes {known}")  # fmt: skip
+    try:
+        host = Host.objects.get(name="web1")
+        assert host.ssh_public_key.startswith("ssh-ed25519 ")
+        line = fleet.authorized_keys_line(host, location)
+        assert line.startswith('command="borg serve --append-only --restrict-to-repository ')
+        assert cli("borg_host", "ssh-line", "web1", "fleet").out.strip() == line
+        with open(sshd["home"] / "authorized_keys", "a") as handle:
+            handle.write(line.replace("borg serve", f"{BORG} serve") + "\n")
+        src = write_files(tmp_path / "src", {"a.txt": "appended"})
+        job = intake.start("backup", repo, {"sources": [str(src)], "prefix": "web1"},
+                           trigger="cli", host=host)  # fmt: skip
+        done = wait_for(lambda: Job.objects.filter(pk=job.pk).exclude(
+            status__in=["queued", "running"]).first(), timeout=120)  # fmt: skip
+        assert done.status == "succeeded", (done.error_message, done.log_tail)
+    finally:
+        stop_process(proc)
+    as_host = {**roots.env, "BORG_PASSPHRASE": PASSPHRASE,
+               "BORG_RSH": f"ssh -oBatchMode=yes {known} -i {data}/ssh/id_ed25519 "
+                           "-oIdentitiesOnly=yes"}  # fmt: skip
+    gone = subprocess.run([BORG, "delete", "--force", location], env=as_host,
+                          capture_output=True, text=True, input="YES\n")  # fmt: skip
+    assert gone.returncode != 0  # the repository itself cannot be deleted in append-only mode
+    assert "append-only" in gone.stderr.lower() or "append_only" in gone.stderr.lower(), gone.stderr
+    still = subprocess.run([BORG, "list", location], env=as_host, capture_output=True)
+    assert still.returncode == 0
+    elsewhere = location.replace("/repos/fleet", "/repos/other")
+    refused = subprocess.run([BORG, "init", "-e", "none", elsewhere], env=as_host,
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode != 0  # restricted to its one repository
+    assert "not allowed" in refused.stderr.lower() or "restrict" in refused.stderr.lower(), (
+        refused.stderr
+    )
+    pruned = cli("borg_prune", "fleet", "--prefix", "web1", "--keep-within", "1H", "--json")
+    assert pruned.code == 0, pruned.err

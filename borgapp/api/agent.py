@@ -67,6 +67,7 @@ def enroll(request, data):
         address=_address(request),
         agent_version=str(data.get("agent_version", "")),
         borg_version=str(data.get("borg_version", "")),
+        ssh_public_key=str(data.get("ssh_public_key", "")),
     )
     return _no_store(JsonResponse({"host": host.name, "credential": credential}))
 

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from borgapp import fleet, validation
 from borgapp.errors import Conflict
 from borgapp.management.commands._base import EXIT_FAILED
-from borgapp.models import Host
+from borgapp.models import Host, Repository
 
 
 class Command(BaseCommand):
@@ -23,6 +23,12 @@ class Command(BaseCommand):
         token.add_argument("name")
         revoke = sub.add_parser("revoke", help="end the host's access now")
         revoke.add_argument("name")
+        keys = sub.add_parser(
+            "ssh-line", help="the authorized_keys line that lets the host only append to an "
+            "ssh repository",
+        )  # fmt: skip
+        keys.add_argument("name")
+        keys.add_argument("repository", help="an ssh:// repository of the center")
         listing = sub.add_parser("list")
         listing.add_argument("--json", action="store_true")
 
@@ -39,6 +45,12 @@ class Command(BaseCommand):
                 raise CommandError(f"No host named {options['name']!r}.", returncode=EXIT_FAILED)
             if action == "token":
                 return self._token(host, fleet.issue_token(host))
+            if action == "ssh-line":
+                repo = Repository.objects.filter(name=options["repository"]).first()
+                if repo is None:
+                    raise validation.InvalidInput(f"No repository named {options['repository']!r}.")
+                self.stdout.write(fleet.authorized_keys_line(host, repo.location))
+                return None
             fleet.revoke(host)
             self.stdout.write(f"Host {host.name} revoked: its agent is refused from now on.")
         except (validation.InvalidInput, Conflict) as exc:
