@@ -15,6 +15,7 @@ passphrase is never written anywhere: it lives in this process while borg runs.
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -135,8 +136,16 @@ def run(args) -> int:
             time.sleep(RETRY)
             continue
         if status == 200 and answer.get("job"):
-            report = execute(center, answer["job"], config)
-            center.post(f"jobs/{answer['job']['id']}/done", report)
+            job_id = answer["job"]["id"]
+            try:
+                report = execute(center, answer["job"], config)
+            except (SystemExit, KeyboardInterrupt):
+                # stopped (systemctl stop, Ctrl-C): borg was already stopped politely by
+                # the door to borg; say so, so the center frees the lease at once
+                center.post(f"jobs/{job_id}/done", {"outcome": "interrupted",
+                            "code": "interrupted", "error": "The agent was stopped."})  # fmt: skip
+                raise
+            center.post(f"jobs/{job_id}/done", report)
             if args.once:
                 return 0
         elif status != 204:
@@ -215,4 +224,9 @@ def main() -> None:
     serve.add_argument("--wait", type=float, default=20.0, help="seconds a poll may wait")
     serve.add_argument("--once", action="store_true", help="stop after one job (tests)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _terminate)  # a clean stop: borg is stopped, not orphaned
     sys.exit(enroll(args) if args.command == "enroll" else run(args))
+
+
+def _terminate(signo, frame):
+    raise SystemExit(128 + signo)

@@ -30,7 +30,8 @@ from borgapp.reconcile import LOST
 PROGRESS_FIELDS = ("progress_bytes", "progress_files", "progress_path", "progress_message",
                    "progress_percent")  # fmt: skip
 OUTCOMES = {"succeeded": Job.Status.SUCCEEDED, "warning": Job.Status.WARNING,
-            "failed": Job.Status.FAILED, "cancelled": Job.Status.CANCELLED}  # fmt: skip
+            "failed": Job.Status.FAILED, "cancelled": Job.Status.CANCELLED,
+            "interrupted": Job.Status.INTERRUPTED}  # fmt: skip
 SEEN_EVERY = 10.0  # seconds between writes of a host's last_seen
 
 

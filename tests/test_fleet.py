@@ -321,3 +321,53 @@ def test_an_agents_key_only_appends_to_its_repository(roots, tmp_path, web_serve
     )
     pruned = cli("borg_prune", "fleet", "--prefix", "web1", "--keep-within", "1H", "--json")
     assert pruned.code == 0, pruned.err
+
+
+def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, web_server):
+    """systemctl stop (SIGTERM) of an agent mid-backup: borg is stopped on the host, the job
+    ends interrupted at once (lease free), nothing is recorded; a restarted agent's next
+    backup succeeds. A killed agent (SIGKILL) says nothing: its job is marked lost after the
+    grace, tested above with the late report."""
+    import signal
+
+    from borgapp import intake
+    from borgapp.models import Archive, Host, Job, Repository
+    from tests.helpers import SLOW, borg_processes_by_repo
+
+    url, _ = web_server
+    made = cli("borg_init", "r", "--location", roots.repos / "r", "--passphrase-file",
+               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
+    assert made.code == 0, made.err
+    repo = Repository.objects.get(name="r")
+    src = tmp_path / "src"
+    src.mkdir()
+    for index in range(8):
+        (src / f"big-{index}.bin").write_bytes(os.urandom(8 * 2**20))
+    data = tmp_path / "agent"
+    proc = start_agent(url, "web1", data, tmp_path / "agent.log")
+    host = Host.objects.get(name="web1")
+    job = intake.start("backup", repo, {"sources": [str(src)], "compression": SLOW},
+                       trigger="cli", host=host)  # fmt: skip
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status="running",
+                                        progress_bytes__gt=0).exists(), timeout=60)  # fmt: skip
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    where = str(roots.repos / "r")
+    assert borg_processes_by_repo([where])[where] == []
+    job.refresh_from_db()
+    assert job.status == "interrupted" and "stopped" in job.error_message
+    assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    assert not Archive.objects.filter(repository=repo, is_checkpoint=False).exists()
+    handle = open(tmp_path / "agent2.log", "wb")  # noqa: SIM115
+    again = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--data", data, "--wait", "2"],
+        env=agent_env(), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        small = write_files(tmp_path / "small", {"a.txt": "a"})
+        second = intake.start("backup", repo, {"sources": [str(small)]}, trigger="cli", host=host)
+        ended = wait_for(lambda: Job.objects.filter(pk=second.pk).exclude(
+            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        assert ended.status == "succeeded", ended.error_message
+    finally:
+        stop_process(again)
