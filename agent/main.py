@@ -125,6 +125,9 @@ def run(args) -> int:
     settings = json.loads((data / "agent.json").read_text())
     center = Center(settings["center"], (data / "credential").read_text().strip())
     config = config_of(data)
+    roots = [Path(r).resolve() for r in args.restore_root] or [
+        private_folder(data / "restore").resolve()
+    ]
     while True:
         try:
             status, answer = center.post("poll", {"wait": args.wait}, timeout=args.wait + 30)
@@ -138,7 +141,7 @@ def run(args) -> int:
         if status == 200 and answer.get("job"):
             job_id = answer["job"]["id"]
             try:
-                report = execute(center, answer["job"], config)
+                report = execute(center, answer["job"], config, roots)
             except (SystemExit, KeyboardInterrupt):
                 # stopped (systemctl stop, Ctrl-C): borg was already stopped politely by
                 # the door to borg; say so, so the center frees the lease at once
@@ -181,11 +184,60 @@ class Reporter:
         return self.cancel
 
 
-def execute(center: Center, job: dict, config: borg.BorgConfig) -> dict:
+def execute(center: Center, job: dict, config: borg.BorgConfig, roots: list[Path]) -> dict:
+    """Run one job of this host and say how it ended."""
+    config = replace(config, lock_wait=int(job.get("lock_wait") or config.lock_wait))
+    if job["kind"] == "extract":
+        return extract(center, job, config, roots)
+    return backup(center, job, config)
+
+
+def run_borg(command: borg.Command, config, job: dict, reporter: "Reporter") -> borg.Result:
+    return borg.run(
+        command, config, passphrase=job.get("passphrase"), on_event=reporter.on_event,
+        should_stop=reporter.should_stop, deadline=float(job.get("deadline") or 86400),
+    )  # fmt: skip
+
+
+def failed(exc: Exception, reporter: "Reporter") -> dict:
+    if isinstance(exc, borg.BorgError):
+        outcome = "cancelled" if reporter.cancel else "failed"
+        return {"outcome": outcome, "code": exc.code, "error": exc.message, "tail": exc.tail}
+    return {"outcome": "failed", "code": getattr(exc, "code", "invalid_input"),
+            "error": str(exc), "result": getattr(exc, "result", {})}  # fmt: skip
+
+
+def extract(center: Center, job: dict, config, roots: list[Path]) -> dict:
+    """Restore paths of an archive into a new or empty folder on this host, under one of the
+    agent's own restore roots (the center cannot choose a place outside them)."""
+    p = job["params"]
+    reporter = Reporter(center, job["id"])
+    try:
+        target = Path(validation.require_under_roots(p["target"], roots, "Restore target"))
+        if target.is_symlink() or (target.exists() and any(target.iterdir())):
+            raise OperationError(f"Restore target {target} is not a new or empty folder.")
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            command = borg.extract_cmd(
+                job["repository"]["location"], job["archive"], str(target), p.get("paths"),
+                strip_components=int(p.get("strip_components") or 0),
+            )  # fmt: skip
+            result = run_borg(replace(command, cwd_fd=fd), config, job, reporter)
+            files = sum(len(names) for _, _, names, _ in os.fwalk(".", dir_fd=fd))
+        finally:
+            os.close(fd)
+    except (borg.BorgError, OperationError, validation.InvalidInput, OSError) as exc:
+        return failed(exc, reporter)
+    outcome = "warning" if result.warning else "succeeded"
+    return {"outcome": outcome, "files": files, "warnings": result.warnings,
+            "tail": result.tail}  # fmt: skip
+
+
+def backup(center: Center, job: dict, config) -> dict:
     """Run one backup of this host and say how it ended (borg's JSON for the catalog)."""
     p = job["params"]
     reporter = Reporter(center, job["id"])
-    config = replace(config, lock_wait=int(job.get("lock_wait") or config.lock_wait))
     with tempfile.TemporaryDirectory(prefix="opscenter-agent-") as scratch:
         try:
             validation.require_a_source(p["sources"])
@@ -198,16 +250,9 @@ def execute(center: Center, job: dict, config: borg.BorgConfig) -> dict:
                 one_file_system=bool(p.get("one_file_system")),
                 checkpoint_interval=p.get("checkpoint_interval"), comment=p.get("comment") or "",
             )  # fmt: skip
-            result = borg.run(
-                command, config, passphrase=job.get("passphrase"),
-                on_event=reporter.on_event, should_stop=reporter.should_stop,
-                deadline=float(job.get("deadline") or 86400),
-            )  # fmt: skip
-        except borg.BorgError as exc:
-            outcome = "cancelled" if reporter.cancel else "failed"
-            return {"outcome": outcome, "code": exc.code, "error": exc.message, "tail": exc.tail}
-        except OperationError as exc:
-            return {"outcome": "failed", "code": exc.code, "error": str(exc), "result": exc.result}
+            result = run_borg(command, config, job, reporter)
+        except (borg.BorgError, OperationError) as exc:
+            return failed(exc, reporter)
     outcome = "warning" if result.warning else "succeeded"
     return {"outcome": outcome, "created": result.json(), "warnings": result.warnings,
             "tail": result.tail}  # fmt: skip
@@ -223,6 +268,10 @@ def main() -> None:
     serve.add_argument("--data", required=True)
     serve.add_argument("--wait", type=float, default=20.0, help="seconds a poll may wait")
     serve.add_argument("--once", action="store_true", help="stop after one job (tests)")
+    serve.add_argument(
+        "--restore-root", action="append", default=[],
+        help="a folder restores may write in (repeatable; default: DATA/restore)",
+    )  # fmt: skip
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminate)  # a clean stop: borg is stopped, not orphaned
     sys.exit(enroll(args) if args.command == "enroll" else run(args))

@@ -32,6 +32,11 @@ PROGRESS_FIELDS = ("progress_bytes", "progress_files", "progress_path", "progres
 OUTCOMES = {"succeeded": Job.Status.SUCCEEDED, "warning": Job.Status.WARNING,
             "failed": Job.Status.FAILED, "cancelled": Job.Status.CANCELLED,
             "interrupted": Job.Status.INTERRUPTED}  # fmt: skip
+HANDED_PARAMS = {
+    Job.Kind.BACKUP: ("sources", "excludes", "compression", "one_file_system",
+                      "checkpoint_interval", "comment"),
+    Job.Kind.EXTRACT: ("target", "paths", "strip_components"),
+}  # fmt: skip
 SEEN_EVERY = 10.0  # seconds between writes of a host's last_seen
 
 
@@ -202,25 +207,18 @@ def _claim_one(host: Host) -> Job | None:
 def handout(job: Job) -> dict:
     """What the agent needs to run the job: the only answer that carries its passphrase."""
     p = job.params
-    name = p.get("archive") or naming.archive_name_for(p.get("prefix") or "backup")
-    Job.objects.filter(pk=job.pk).update(archive_name=name)
+    if job.kind == Job.Kind.BACKUP:
+        name = p.get("archive") or naming.archive_name_for(p.get("prefix") or "backup")
+        Job.objects.filter(pk=job.pk).update(archive_name=name)
+    else:
+        name = job.archive_name
     repo = job.repository
     return {
         "id": job.pk,
         "kind": job.kind,
         "repository": {"name": repo.name, "location": repo.location},
         "archive": name,
-        "params": {
-            key: p.get(key)
-            for key in (
-                "sources",
-                "excludes",
-                "compression",
-                "one_file_system",
-                "checkpoint_interval",
-                "comment",
-            )
-        },  # fmt: skip
+        "params": {key: p.get(key) for key in HANDED_PARAMS[job.kind]},
         "passphrase": repo.get_passphrase(),
         "lock_wait": settings.BORG_LOCK_WAIT,
         "deadline": settings.JOB_DEADLINE,
@@ -258,14 +256,18 @@ def finish(job: Job, report: dict) -> Job:
     status = OUTCOMES.get(report.get("outcome"), Job.Status.FAILED)
     tail = "\n".join(str(line) for line in (report.get("tail") or []))[-8000:]
     result, message, code = {}, str(report.get("error") or "")[:2000], ""
-    if status in Job.OK:
+    if status in Job.OK and job.kind == Job.Kind.BACKUP:
         created = report.get("created") or {}
         result = operations.record_backup(
             job.repository, job.archive_name, created, job.params.get("comment", "")
         )
-        if status == Job.Status.WARNING:
-            message = "; ".join(map(str, report.get("warnings") or []))[:2000] or message
-    else:
+    elif status in Job.OK:  # an extract: where, and how many files (the agent counted)
+        files = report.get("files")
+        result = {"archive_name": job.archive_name, "target_path": job.params.get("target"),
+                  "files": files if isinstance(files, int) else None}  # fmt: skip
+    if status == Job.Status.WARNING:
+        message = "; ".join(map(str, report.get("warnings") or []))[:2000] or message
+    if status not in Job.OK:
         code = str(report.get("code") or status)[:40]
         result = report.get("result") if isinstance(report.get("result"), dict) else {}
     jobs.end(job, status, only_from=job.status, result=result, error_code=code,

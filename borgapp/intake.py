@@ -92,6 +92,8 @@ def start(
     """Record an operation on a repository and run it (inline) or queue it (worker), or for
     a `host`, queue it for that host's agent. A refusal (bad input, a conflict) is audited
     too (its caller may record it its own way)."""
+    if host is not None and kind == Job.Kind.EXTRACT:
+        params = {**(params or {}), "on_host": True}  # the target is on the host
     cleaned, archive_name = _admitted(kind, repository, params, user, audit_refusal)
     if host is not None:
         _check_host_job(kind, cleaned, host, inline)
@@ -113,7 +115,7 @@ def start(
         return jobs.submit(kind, repository, **options)
 
 
-HOST_KINDS = (Job.Kind.BACKUP,)  # what agents run so far (issue 15 is being built)
+HOST_KINDS = (Job.Kind.BACKUP, Job.Kind.EXTRACT)  # what agents run so far (issue 15)
 
 
 def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
@@ -123,7 +125,8 @@ def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
         )
     if kind not in HOST_KINDS or inline:
         raise validation.InvalidInput(
-            f"A {kind} job cannot run on host {host.name} yet: agents run backups only."
+            f"A {kind} job cannot run on host {host.name} yet: agents run backups and "
+            "extracts only."
         )
     if cleaned.get("databases"):
         raise validation.InvalidInput(

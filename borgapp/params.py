@@ -155,9 +155,13 @@ class Extract(Params):
     target: str = ""
     paths: list = field(default_factory=list)
     strip_components: int = 0
+    on_host: bool = False  # run by a host's agent: the target is there, under its own roots
 
     def check(self) -> None:
-        validation.require_under_roots(self.target or "/", settings.RESTORE_ROOTS, "Target")
+        if self.on_host:
+            self.target = validation.absolute_path(self.target or "", "Target")
+        else:
+            validation.require_under_roots(self.target or "/", settings.RESTORE_ROOTS, "Target")
         self.paths = [validation.validate_archive_path(x) for x in self.paths]
         self.strip_components = whole_number(self.strip_components, "strip_components") or 0
 

@@ -72,7 +72,7 @@ def test_a_hosts_job_is_never_run_by_the_center(repo, roots, tmp_path):
     assert job.status == Job.Status.QUEUED
     jobs.dispatch_next(repo.pk)
     assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
-    with pytest.raises(Exception, match="agents run backups only"):
+    with pytest.raises(Exception, match="agents run backups and extracts only"):
         intake.start("check", repo, {}, trigger="cli", host=host)
 
 
@@ -141,6 +141,24 @@ def test_agents_back_up_their_own_hosts(roots, tmp_path, web_server, settings):
             assert f"{name}.txt" in listed
             other = "db1" if name == "web1" else "web1"
             assert f"{other}.txt" not in listed
+        # restores run on the right host, into its agent's own restore root only
+        web1 = Host.objects.get(name="web1")
+        archive = Job.objects.get(pk=made_jobs["web1"].pk).result["archive_name"]
+        target = tmp_path / "agent-web1" / "restore" / "back"
+        restore = intake.start("extract", repo, {"archive": archive, "target": str(target)},
+                               trigger="cli", host=web1)  # fmt: skip
+        ended = wait_for(lambda: Job.objects.filter(pk=restore.pk).exclude(
+            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        assert ended.status == "succeeded", ended.error_message
+        assert ended.result["files"] == 2 and ended.worker_host == "agent:web1"
+        src = agents["web1"][2]
+        assert (target / str(src).lstrip("/") / "web1.txt").read_text() == "data of web1"
+        outside = intake.start("extract", repo, {"archive": archive, "target": "/etc/nope"},
+                               trigger="cli", host=web1)  # fmt: skip
+        refused = wait_for(lambda: Job.objects.filter(pk=outside.pk).exclude(
+            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        assert refused.status == "failed" and "not under an allowed root" in refused.error_message
+        assert not os.path.exists("/etc/nope")
     finally:
         for proc, _, _ in agents.values():
             stop_process(proc)

@@ -6,13 +6,14 @@ import json
 import os
 import signal
 import sys
+import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from borgapp import intake, validation
+from borgapp import intake, jobs, validation
 from borgapp.errors import Conflict
 from borgapp.job_summary import summarize
-from borgapp.models import Job, Repository
+from borgapp.models import Host, Job, Repository
 from borgapp.units import human_bytes
 from borgapp.vault import VaultError
 
@@ -53,6 +54,21 @@ class JobCommand(BaseCommand):
         return intake.start(
             kind, self.repository(name), params, trigger=Job.Trigger.CLI, inline=True, echo=echo
         )
+
+    def run_on_host(self, kind: str, name: str, params: dict, host_name: str) -> Job:
+        """Queue the job for a host's agent, then wait here until it has ended."""
+        host = Host.objects.filter(name=host_name).first()
+        if host is None:
+            raise CommandError(f"No host named {host_name!r}.", returncode=EXIT_FAILED)
+        job = intake.start(kind, self.repository(name), params, trigger=Job.Trigger.CLI, host=host)
+        try:
+            while not job.is_finished:
+                time.sleep(0.5)
+                job.refresh_from_db()
+        except KeyboardInterrupt:
+            jobs.cancel(job)
+            raise
+        return job
 
     def handle(self, *args, **options):
         # SIGTERM becomes an exception, so borg is stopped politely and the job recorded.

@@ -1,10 +1,6 @@
-import time
-
-from django.core.management.base import CommandError
-
-from borgapp import intake, jobs, params
-from borgapp.management.commands._base import EXIT_FAILED, JobCommand
-from borgapp.models import Host, Job
+from borgapp import params
+from borgapp.management.commands._base import JobCommand
+from borgapp.models import Job
 
 
 class Command(JobCommand):
@@ -44,21 +40,5 @@ class Command(JobCommand):
             )
         }
         if options["host"]:
-            return self.on_host(options["host"], options["name"], params)
+            return self.run_on_host(Job.Kind.BACKUP, options["name"], params, options["host"])
         return self.run_kind(Job.Kind.BACKUP, options["name"], params, echo)
-
-    def on_host(self, host_name: str, name: str, params: dict) -> Job:
-        host = Host.objects.filter(name=host_name).first()
-        if host is None:
-            raise CommandError(f"No host named {host_name!r}.", returncode=EXIT_FAILED)
-        job = intake.start(
-            Job.Kind.BACKUP, self.repository(name), params, trigger=Job.Trigger.CLI, host=host
-        )
-        try:
-            while not job.is_finished:
-                time.sleep(0.5)
-                job.refresh_from_db()
-        except KeyboardInterrupt:
-            jobs.cancel(job)
-            raise
-        return job

@@ -12,6 +12,9 @@ class Command(JobCommand):
         parser.add_argument("paths", nargs="*", help="paths inside the archive (default: all)")
         parser.add_argument("--target", required=True, help="under an allowed restore root")
         parser.add_argument("--strip-components", type=int, default=0)
+        parser.add_argument(
+            "--host", help="restore on that host of the fleet (its agent; TARGET is there)"
+        )
 
     def start(self, options, echo):
         params = {
@@ -20,4 +23,6 @@ class Command(JobCommand):
             "paths": options["paths"],
             "strip_components": options["strip_components"],
         }
+        if options["host"]:
+            return self.run_on_host(Job.Kind.EXTRACT, options["name"], params, options["host"])
         return self.run_kind(Job.Kind.EXTRACT, options["name"], params, echo)
