@@ -15,6 +15,7 @@ passphrase is never written anywhere: it lives in this process while borg runs.
 import argparse
 import json
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -129,6 +130,7 @@ def run(args) -> int:
         private_folder(data / "restore").resolve()
     ]
     while True:
+        asked = time.monotonic()
         try:
             status, answer = center.post("poll", {"wait": args.wait}, timeout=args.wait + 30)
         except Refused as exc:
@@ -153,6 +155,10 @@ def run(args) -> int:
                 return 0
         elif status != 204:
             time.sleep(RETRY)
+        elif time.monotonic() - asked < args.wait / 2:
+            # the center did not let this poll wait (its waiting places were taken): ask
+            # again a little later, at a random moment, never in a tight loop
+            time.sleep(random.uniform(1.0, 3.0))
 
 
 class Reporter:
