@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import zstandard
-from django.conf import settings
 from django.db import connection
 from django.http import StreamingHttpResponse
 from django.utils.http import content_disposition_header
@@ -31,6 +30,7 @@ from django.utils.http import content_disposition_header
 from borgapp import intake, jobs
 from borgapp.errors import Conflict, InvalidInput, OperationError, TooMany
 from borgapp.models import Archive, Job, Repository
+from borgapp.places import Places
 
 CHUNK = 1 << 20  # bytes per read and per send: fewer hand-overs to the event loop
 PIPE_SIZE = 1 << 20  # the pipe borg writes into (Linux's default of 64 KiB means 16x the reads)
@@ -88,28 +88,16 @@ class Sink:
         self._close("read", self.read_fd)
 
 
-class _Slots:
-    """Downloads this process serves at once (each holds a thread and a lease)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def take(self) -> None:
-        with self.lock:
-            if self.count >= settings.DOWNLOAD_SLOTS:
-                raise TooMany(
-                    f"{self.count} downloads are running in this server process already; "
-                    "try again when one has finished (OPSCENTER_DOWNLOAD_SLOTS)."
-                )
-            self.count += 1
-
-    def give_back(self) -> None:
-        with self.lock:
-            self.count -= 1
+# Downloads this process serves at once (each holds a thread and a lease).
+slots = Places("DOWNLOAD_SLOTS")
 
 
-slots = _Slots()
+def _take_slot() -> None:
+    if not slots.take():
+        raise TooMany(
+            f"{slots.count} downloads are running in this server process already; try again "
+            "when one has finished (OPSCENTER_DOWNLOAD_SLOTS)."
+        )
 
 
 class _Peek:
@@ -168,7 +156,7 @@ def begin(
     NotInArchive, Conflict (busy), TooMany (no slot) or OperationError (borg failed); nothing
     is left running then."""
     params = {"archive": archive.name, "paths": paths, "format": fmt}
-    slots.take()  # before the job is recorded: a refusal here leaves no job waiting
+    _take_slot()  # before the job is recorded: a refusal here leaves no job waiting
     job = None
     try:
         job = intake.prepare(

@@ -14,7 +14,6 @@ import hmac
 import re
 import secrets
 import shlex
-import threading
 import time
 from datetime import timedelta
 
@@ -25,6 +24,7 @@ from django.utils import timezone
 from borgapp import audit, jobs, naming, operations, validation
 from borgapp.errors import Conflict
 from borgapp.models import Host, Job
+from borgapp.places import Places
 from borgapp.reconcile import LOST
 
 PROGRESS_FIELDS = ("progress_bytes", "progress_files", "progress_path", "progress_message",
@@ -154,27 +154,9 @@ def authenticate(credential: str, address: str = "") -> Host:
 # --- handing jobs out ---------------------------------------------------------------------------
 
 
-class _Waiters:
-    """Agents one web process lets wait for a job at once: a long poll holds a thread, and
-    the admin and the API must keep theirs. The others are told to ask again shortly."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def take(self) -> bool:
-        with self.lock:
-            if self.count >= settings.AGENT_POLL_WAITERS:
-                return False
-            self.count += 1
-            return True
-
-    def give_back(self) -> None:
-        with self.lock:
-            self.count -= 1
-
-
-waiters = _Waiters()
+# Agents one web process lets wait for a job at once: a long poll holds a thread, and the admin
+# and the API must keep theirs. The others are told to ask again shortly.
+waiters = Places("AGENT_POLL_WAITERS")
 
 
 def next_job(host: Host, wait: float) -> Job | None:

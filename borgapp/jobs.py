@@ -11,7 +11,6 @@ job never occupies a worker.
 
 import logging
 import os
-import threading
 import time
 from datetime import timedelta
 
@@ -24,6 +23,7 @@ from django_q.tasks import async_task
 from borgapp import audit, borg, hooks, job_events, lease, operations, procs, vault
 from borgapp.errors import ClientGone, InvalidInput, OperationError
 from borgapp.models import Job, Repository
+from borgapp.places import Places
 
 LISTING_KINDS = (Job.Kind.CONTENTS, Job.Kind.DIFF)
 log = logging.getLogger(__name__)
@@ -461,27 +461,9 @@ def expire_exported_keys() -> int:
 # --- waiting for a job in a request ----------------------------------------------------------
 
 
-class _Waiters:
-    """The requests of this process that wait for their job, at most SEED_WAITERS: waiting
-    must never take every thread that serves the admin and the API."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def take(self) -> bool:
-        with self.lock:
-            if self.count >= settings.SEED_WAITERS:
-                return False
-            self.count += 1
-            return True
-
-    def give_back(self) -> None:
-        with self.lock:
-            self.count -= 1
-
-
-waiters = _Waiters()
+# The requests of this process that wait for their job: waiting must never take every thread
+# that serves the admin and the API.
+waiters = Places("SEED_WAITERS")
 WAIT_POLL = 0.2  # seconds between looks at the job row
 
 

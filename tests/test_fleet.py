@@ -76,6 +76,24 @@ def test_a_hosts_job_is_never_run_by_the_center(repo, roots, tmp_path):
         intake.start("check", repo, {}, trigger="cli", host=host)
 
 
+def a_repository(roots, tmp_path):
+    from borgapp.models import Repository
+
+    made = cli("borg_init", "r", "--location", roots.repos / "r", "--passphrase-file",
+               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
+    assert made.code == 0, made.err
+    return Repository.objects.get(name="r")
+
+
+def slow_source(tmp_path):
+    """64 MiB that do not compress: with lzma a backup runs for seconds (time to act)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for index in range(8):
+        (src / f"big-{index}.bin").write_bytes(os.urandom(8 * 2**20))
+    return src
+
+
 def agent_env():
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
            "BORG_BINARY": BORG, "PYTHONPATH": str(ROOT)}  # fmt: skip
@@ -199,10 +217,7 @@ def test_a_late_report_of_a_lost_job_is_recorded_once(roots, tmp_path, client, s
     from borgapp import borg, fleet, intake, operations, reconcile
     from borgapp.models import Archive, Job, Repository
 
-    made = cli("borg_init", "r", "--location", roots.repos / "r", "--passphrase-file",
-               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
-    assert made.code == 0, made.err
-    repo = Repository.objects.get(name="r")
+    repo = a_repository(roots, tmp_path)
     host, token = fleet.add_host("web1")
     credential = post(client, "enroll", {"token": token}).json()["credential"]
     host.refresh_from_db()
@@ -255,14 +270,8 @@ def test_cancel_reaches_a_running_agent_job(roots, tmp_path, web_server):
     from tests.helpers import SLOW
 
     url, _ = web_server
-    made = cli("borg_init", "r", "--location", roots.repos / "r", "--passphrase-file",
-               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
-    assert made.code == 0, made.err
-    repo = Repository.objects.get(name="r")
-    src = tmp_path / "src"
-    src.mkdir()
-    for index in range(8):
-        (src / f"big-{index}.bin").write_bytes(os.urandom(8 * 2**20))
+    repo = a_repository(roots, tmp_path)
+    src = slow_source(tmp_path)
     proc = start_agent(url, "web1", tmp_path / "agent", tmp_path / "agent.log")
     try:
         host = Host.objects.get(name="web1")
@@ -353,14 +362,8 @@ def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, we
     from tests.helpers import SLOW, borg_processes_by_repo
 
     url, _ = web_server
-    made = cli("borg_init", "r", "--location", roots.repos / "r", "--passphrase-file",
-               write_files(tmp_path / "s", {"pw": PASSPHRASE}) / "pw")  # fmt: skip
-    assert made.code == 0, made.err
-    repo = Repository.objects.get(name="r")
-    src = tmp_path / "src"
-    src.mkdir()
-    for index in range(8):
-        (src / f"big-{index}.bin").write_bytes(os.urandom(8 * 2**20))
+    repo = a_repository(roots, tmp_path)
+    src = slow_source(tmp_path)
     data = tmp_path / "agent"
     proc = start_agent(url, "web1", data, tmp_path / "agent.log")
     host = Host.objects.get(name="web1")
