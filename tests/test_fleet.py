@@ -94,6 +94,16 @@ def slow_source(tmp_path):
     return src
 
 
+def ended_job(job, timeout=60):
+    """The job once its agent has reported its end."""
+    from borgapp.models import Job
+
+    return wait_for(
+        lambda: Job.objects.filter(pk=job.pk).exclude(status__in=["queued", "running"]).first(),
+        timeout=timeout,
+    )
+
+
 def agent_env():
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
            "BORG_BINARY": BORG, "PYTHONPATH": str(ROOT)}  # fmt: skip
@@ -145,8 +155,7 @@ def test_agents_back_up_their_own_hosts(roots, tmp_path, web_server, settings):
             made_jobs[name] = intake.start("backup", repo, {"sources": [str(src)],
                                            "prefix": name}, trigger="cli", host=host)  # fmt: skip
         for name, job in made_jobs.items():
-            done = wait_for(lambda j=job: Job.objects.filter(pk=j.pk, status__in=["succeeded",
-                            "failed", "warning"]).first(), timeout=120)  # fmt: skip
+            done = ended_job(job, timeout=120)
             assert done.status == "succeeded", (done.error_message, done.log_tail)
             assert done.worker_host == f"agent:{name}"
             archive = Archive.objects.get(name=done.result["archive_name"])
@@ -165,16 +174,14 @@ def test_agents_back_up_their_own_hosts(roots, tmp_path, web_server, settings):
         target = tmp_path / "agent-web1" / "restore" / "back"
         restore = intake.start("extract", repo, {"archive": archive, "target": str(target)},
                                trigger="cli", host=web1)  # fmt: skip
-        ended = wait_for(lambda: Job.objects.filter(pk=restore.pk).exclude(
-            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        ended = ended_job(restore, timeout=60)
         assert ended.status == "succeeded", ended.error_message
         assert ended.result["files"] == 2 and ended.worker_host == "agent:web1"
         src = agents["web1"][2]
         assert (target / str(src).lstrip("/") / "web1.txt").read_text() == "data of web1"
         outside = intake.start("extract", repo, {"archive": archive, "target": "/etc/nope"},
                                trigger="cli", host=web1)  # fmt: skip
-        refused = wait_for(lambda: Job.objects.filter(pk=outside.pk).exclude(
-            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        refused = ended_job(outside, timeout=60)
         assert refused.status == "failed" and "not under an allowed root" in refused.error_message
         assert not os.path.exists("/etc/nope")
     finally:
@@ -288,8 +295,7 @@ def test_cancel_reaches_a_running_agent_job(roots, tmp_path, web_server):
         assert Repository.objects.get(pk=repo.pk).lease_job_id is None
         small = write_files(tmp_path / "small", {"a.txt": "a"})
         again = intake.start("backup", repo, {"sources": [str(small)]}, trigger="cli", host=host)
-        ended = wait_for(lambda: Job.objects.filter(pk=again.pk).exclude(
-            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        ended = ended_job(again, timeout=60)
         assert ended.status == "succeeded", ended.error_message
     finally:
         stop_process(proc)
@@ -301,7 +307,7 @@ def test_an_agents_key_only_appends_to_its_repository(roots, tmp_path, web_serve
     backs up, but cannot delete the repository or reach another one; the center's own key
     still prunes."""
     from borgapp import fleet, intake
-    from borgapp.models import Host, Job, Repository
+    from borgapp.models import Host, Repository
 
     url, _ = web_server
     settings.BORG_RSH = sshd["rsh"]
@@ -325,8 +331,7 @@ def test_an_agents_key_only_appends_to_its_repository(roots, tmp_path, web_serve
         src = write_files(tmp_path / "src", {"a.txt": "appended"})
         job = intake.start("backup", repo, {"sources": [str(src)], "prefix": "web1"},
                            trigger="cli", host=host)  # fmt: skip
-        done = wait_for(lambda: Job.objects.filter(pk=job.pk).exclude(
-            status__in=["queued", "running"]).first(), timeout=120)  # fmt: skip
+        done = ended_job(job, timeout=120)
         assert done.status == "succeeded", (done.error_message, done.log_tail)
     finally:
         stop_process(proc)
@@ -387,8 +392,7 @@ def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, we
     try:
         small = write_files(tmp_path / "small", {"a.txt": "a"})
         second = intake.start("backup", repo, {"sources": [str(small)]}, trigger="cli", host=host)
-        ended = wait_for(lambda: Job.objects.filter(pk=second.pk).exclude(
-            status__in=["queued", "running"]).first(), timeout=60)  # fmt: skip
+        ended = ended_job(second, timeout=60)
         assert ended.status == "succeeded", ended.error_message
     finally:
         stop_process(again)
