@@ -11,6 +11,7 @@ Revoking a host ends its credential at once.
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import shlex
@@ -18,7 +19,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from borgapp import audit, jobs, naming, operations, validation
@@ -27,8 +28,13 @@ from borgapp.models import Host, Job
 from borgapp.places import Places
 from borgapp.reconcile import LOST
 
-PROGRESS_FIELDS = ("progress_bytes", "progress_files", "progress_path", "progress_message",
-                   "progress_percent")  # fmt: skip
+# Progress an agent may report: each field's type and its bound (characters, or largest value).
+PROGRESS_FIELDS = {
+    "progress_bytes": (int, 2**62), "progress_files": (int, 2**62),
+    "progress_percent": ((int, float), 100.0),
+    "progress_path": (str, 4000), "progress_message": (str, 500),
+}  # fmt: skip
+MAX_RESULT = 64 * 1024  # bytes of JSON an agent's failure report may leave on the job
 OUTCOMES = {"succeeded": Job.Status.SUCCEEDED, "warning": Job.Status.WARNING,
             "failed": Job.Status.FAILED, "cancelled": Job.Status.CANCELLED,
             "interrupted": Job.Status.INTERRUPTED}  # fmt: skip
@@ -223,11 +229,12 @@ def progress(job: Job, fields: dict) -> bool:
     another job's by now: borg must stop)."""
     if job.status != Job.Status.RUNNING:
         return True
-    update = {key: fields[key] for key in PROGRESS_FIELDS if key in fields}
-    if isinstance(update.get("progress_path"), str):
-        update["progress_path"] = update["progress_path"][:4000]
-    if isinstance(update.get("progress_message"), str):
-        update["progress_message"] = update["progress_message"][:500]
+    update = {}
+    for key, (kind, limit) in PROGRESS_FIELDS.items():
+        value = fields.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            continue  # what an agent sends is checked like any input: a wrong type is dropped
+        update[key] = value[:limit] if isinstance(value, str) else min(max(value, 0), limit)
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now(), **update)
     return Job.objects.filter(pk=job.pk, cancel_requested=True).exists()
 
@@ -235,24 +242,40 @@ def progress(job: Job, fields: dict) -> bool:
 def finish(job: Job, report: dict) -> Job:
     """Record the outcome the agent reported, as if the job had run here: a backup's archive
     goes into the catalog from borg's own JSON, then `jobs.end` (lease, events, audit)."""
-    status = OUTCOMES.get(report.get("outcome"), Job.Status.FAILED)
-    tail = "\n".join(str(line) for line in (report.get("tail") or []))[-8000:]
+    outcome = report.get("outcome")
+    status = OUTCOMES.get(outcome if isinstance(outcome, str) else "", Job.Status.FAILED)
+    tail = "\n".join(str(line) for line in _listed(report, "tail"))[-8000:]
     result, message, code = {}, str(report.get("error") or "")[:2000], ""
     if status in Job.OK and job.kind == Job.Kind.BACKUP:
-        created = report.get("created") or {}
-        result = operations.record_backup(
-            job.repository, job.archive_name, created, job.params.get("comment", "")
-        )
+        created = report.get("created")
+        try:
+            if not isinstance(created, dict) or not isinstance(created.get("archive"), dict):
+                raise ValueError("no archive in the report")
+            result = operations.record_backup(
+                job.repository, job.archive_name, created, job.params.get("comment", "")
+            )
+        except (TypeError, ValueError, AttributeError, DatabaseError) as exc:
+            # a report that cannot be read is the agent's failure, never the center's 500
+            status, code = Job.Status.FAILED, "bad_report"
+            message = f"The agent's report could not be recorded ({exc}); run a sync."[:2000]
+            report = {}
     elif status in Job.OK:  # an extract: where, and how many files (the agent counted)
         files = report.get("files")
         result = {"archive_name": job.archive_name, "target_path": job.params.get("target"),
                   "files": files if isinstance(files, int) else None}  # fmt: skip
     if status == Job.Status.WARNING:
-        message = "; ".join(map(str, report.get("warnings") or []))[:2000] or message
-    if status not in Job.OK:
+        message = "; ".join(map(str, _listed(report, "warnings")))[:2000] or message
+    if status not in Job.OK and not code:
         code = str(report.get("code") or status)[:40]
-        result = report.get("result") if isinstance(report.get("result"), dict) else {}
+        found = report.get("result")
+        keep = isinstance(found, dict) and len(json.dumps(found, default=str)) <= MAX_RESULT
+        result = found if keep else {}
     jobs.end(job, status, only_from=job.status, result=result, error_code=code,
              error_message=message, log_tail=tail)  # fmt: skip
     job.refresh_from_db()
     return job
+
+
+def _listed(report: dict, key: str) -> list:
+    value = report.get(key)
+    return value if isinstance(value, list) else []

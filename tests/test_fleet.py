@@ -396,3 +396,39 @@ def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, we
         assert ended.status == "succeeded", ended.error_message
     finally:
         stop_process(again)
+
+
+def test_what_an_agent_sends_is_checked_like_any_input(roots, tmp_path, client):
+    """Wrong types in progress and outcome reports: never a 500, nothing stored that does
+    not fit, and a backup report without borg's archive fails its job with the reason."""
+    from borgapp import fleet, intake
+    from borgapp.models import Job
+
+    repo = a_repository(roots, tmp_path)
+    host, token = fleet.add_host("web1")
+    credential = post(client, "enroll", {"token": token}).json()["credential"]
+    host.refresh_from_db()
+    job = intake.start("backup", repo, {"sources": [str(tmp_path)]}, trigger="cli", host=host)
+    assert post(client, "poll", {"wait": 0}, credential).status_code == 200
+    odd = {"progress_bytes": "lots", "progress_files": -5, "progress_path": ["x"] * 3,
+           "progress_percent": 1e9, "progress_message": "m" * 10_000}  # fmt: skip
+    answer = post(client, f"jobs/{job.pk}/progress", {"fields": odd}, credential)
+    assert answer.status_code == 200 and answer.json() == {"cancel": False}
+    job.refresh_from_db()
+    assert job.progress_bytes is None and job.progress_files == 0
+    assert job.progress_percent == 100.0 and len(job.progress_message) == 500
+    assert post(client, "poll", {"wait": "soon"}, credential).status_code == 400
+    bad = post(client, f"jobs/{job.pk}/done", {"outcome": ["succeeded"], "tail": 7,
+                                              "created": "yes"}, credential)  # fmt: skip
+    assert bad.status_code == 200 and bad.json() == {"status": "failed"}
+    job.refresh_from_db()
+    assert job.status == "failed"
+    lying = intake.start("backup", repo, {"sources": [str(tmp_path)]}, trigger="cli", host=host)
+    assert post(client, "poll", {"wait": 0}, credential).status_code == 200
+    answer = post(client, f"jobs/{lying.pk}/done", {"outcome": "succeeded", "created": []},
+                  credential)  # fmt: skip
+    assert answer.json() == {"status": "failed"}
+    lying.refresh_from_db()
+    assert lying.error_code == "bad_report" and "could not be recorded" in lying.error_message
+    assert Job.objects.filter(status="running").count() == 0
+    assert post(client, "jobs/999999/done", {}, credential).status_code == 404
