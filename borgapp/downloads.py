@@ -249,7 +249,6 @@ def _first_member(peek: _Peek) -> tarfile.TarInfo | None:
 
 def _no_stream(job: Job, sink: Sink, runner: threading.Thread) -> Exception:
     """borg wrote nothing to download: why, from the job's end."""
-    sink.mark_drained()
     _drain(sink)
     runner.join(END_WAIT)
     job.refresh_from_db()

@@ -97,16 +97,13 @@ def start(
     cleaned, archive_name = _admitted(kind, repository, params, user, audit_refusal)
     if host is not None:
         _check_host_job(kind, cleaned, host, inline)
-        options_host = {"host": host}
-    else:
-        options_host = {}
     options = {
         "trigger": trigger,
         "params": cleaned,
         "user": user,
         "schedule": schedule,
         "archive_name": archive_name,
-        **options_host,
+        **({"host": host} if host is not None else {}),
     }
     if inline:
         job = jobs.create(kind, repository, inline=True, **options)
