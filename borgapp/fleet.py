@@ -178,6 +178,24 @@ def next_job(host: Host, wait: float) -> Job | None:
             waiters.give_back()
 
 
+def park_key(host: Host) -> str:
+    """What a waiting poll of this host waits on in the web server (opscenter/serving.py)."""
+    return f"host:{host.pk}"
+
+
+def ready_keys(keys: set[str]) -> set[str]:
+    """Of the waiting polls' keys, those whose host has a job due now: one query for all the
+    agents a web process holds waiting (the server asks every PARKING_INTERVAL)."""
+    ids = {int(key[5:]) for key in keys if key.startswith("host:") and key[5:].isdigit()}
+    due = (
+        Job.objects.filter(host_id__in=ids, status=Job.Status.QUEUED)
+        .exclude(not_before__gt=timezone.now())
+        .values_list("host_id", flat=True)
+        .distinct()
+    )
+    return {f"host:{pk}" for pk in due}
+
+
 def _claim_one(host: Host) -> Job | None:
     due = Job.objects.filter(host=host, status=Job.Status.QUEUED).exclude(
         not_before__gt=timezone.now()

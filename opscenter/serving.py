@@ -49,8 +49,8 @@ class AccessLog(Logger):
         return atoms
 
 
-def _empty_response(status):
-    headers = [(b"content-length", b"0"), (b"connection", b"close")]
+def _empty_response(status, close=True):
+    headers = [(b"content-length", b"0")] + ([(b"connection", b"close")] if close else [])
     return (
         {"type": "http.response.start", "status": status, "headers": headers},
         {"type": "http.response.body", "body": b"", "more_body": False},
@@ -97,12 +97,14 @@ class Bounded:
     threads that live as long as the process (so Django keeps its database connections, as
     under gthread). Requests beyond `threads` wait in the event loop, holding no thread."""
 
-    def __init__(self, wsgi_app, threads, body_timeout, max_body=MAX_BODY):
+    def __init__(self, wsgi_app, threads, body_timeout, max_body=MAX_BODY, ready=None,
+                 interval=0.5):  # fmt: skip
         self.app = wsgi_app
         self.threads = threads
         self.body_timeout = body_timeout
         self.max_body = max_body
         self.pool = None
+        self.parking = Parking(ready, interval, lambda: self.pool) if ready else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -145,15 +147,35 @@ class Bounded:
             for event in _empty_response(408):
                 await send(event)
             return
-        environ = wsgi_environ(scope, b"".join(chunks))
+        body = b"".join(chunks)
         # Set when the client closes its connection: a streamed answer (a download) stops
         # instead of reading on for nobody (hypercorn drops what is sent after a close).
-        gone = environ["opscenter.client_gone"] = threading.Event()
+        gone = threading.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, gone))
         loop = asyncio.get_running_loop()
+        deadline = None
         try:
-            # Without a started response hypercorn answers 500 when this returns or raises.
-            await loop.run_in_executor(self.pool, self._run, environ, loop, send)
+            while True:
+                environ = wsgi_environ(scope, body)
+                environ["opscenter.client_gone"] = gone
+                # the app may answer "nothing yet" and wait here (below)
+                environ["opscenter.park"] = self.parking is not None
+                # Without a started response hypercorn answers 500 when this returns or raises.
+                parked = await loop.run_in_executor(self.pool, self._run, environ, loop, send)
+                if parked is None:
+                    return
+                key, seconds = parked
+                deadline = deadline or loop.time() + seconds
+                if gone.is_set() or loop.time() >= deadline:
+                    break
+                # Nothing for this client yet: it waits here, holding no thread, until the
+                # app's `ready` check says its key has something, or its time is up; then
+                # the same request runs again.
+                await self.parking.wait(key, deadline, watcher)
+                if gone.is_set() or loop.time() >= deadline:
+                    break
+            for event in _empty_response(204, close=False):
+                await send(event)
         finally:
             watcher.cancel()
 
@@ -179,6 +201,10 @@ class Bounded:
         def start_response(status, headers, exc_info=None):
             if exc_info and response.get("sent"):
                 raise exc_info[1].with_traceback(exc_info[2])
+            park = _park_of(headers)
+            if park is not None:
+                response["park"] = park
+                return write
             response["start"] = {
                 "type": "http.response.start",
                 "status": int(status.split(" ", 1)[0]),
@@ -197,6 +223,10 @@ class Bounded:
             emit(response["start"], body)
 
         result = self.app(environ, start_response)
+        if "park" in response:  # nothing is sent: the request waits in the event loop
+            if hasattr(result, "close"):
+                result.close()
+            return response["park"]
         try:
             # One chunk held back, so that the last one also ends the response (and a
             # one-chunk answer goes out with its head): hypercorn reads the socket between
@@ -217,10 +247,80 @@ class Bounded:
         write(held or b"", more_body=False)
 
 
+PARK_HEADER = "x-opscenter-park"  # "<key> <seconds>": the app's "nothing yet, let me wait"
+MAX_PARK = 300.0  # seconds a request may wait in the event loop, whatever the app asks
+
+
+def _park_of(headers) -> tuple[str, float] | None:
+    for name, value in headers:
+        if name.lower() == PARK_HEADER:
+            key, _, seconds = value.partition(" ")
+            try:
+                return key, min(max(float(seconds), 0.0), MAX_PARK)
+            except ValueError:
+                return None
+    return None
+
+
+class Parking:
+    """Requests waiting in the event loop for something to happen to their key (an agent's
+    long poll waits for its host's next job). While any wait, one check every `interval`
+    seconds asks the app which of their keys are ready (`ready(keys) -> keys`, one database
+    query, in a pool thread); those requests run again. A hundred waiting agents cost one
+    query per interval and no thread."""
+
+    def __init__(self, ready, interval: float, pool_of):
+        self.ready, self.interval, self.pool_of = ready, interval, pool_of
+        self.waiting: dict[str, set[asyncio.Future]] = {}
+        self.checker: asyncio.Task | None = None
+
+    async def wait(self, key: str, deadline: float, also: asyncio.Task) -> None:
+        """Until the key is ready, the deadline passes or `also` (the client leaving) ends."""
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+        self.waiting.setdefault(key, set()).add(woken)
+        if self.checker is None or self.checker.done():
+            self.checker = asyncio.create_task(self._check())
+        try:
+            await asyncio.wait({woken, also}, timeout=max(deadline - loop.time(), 0),
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            futures = self.waiting.get(key, set())
+            futures.discard(woken)
+            if not futures:
+                self.waiting.pop(key, None)
+
+    async def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.waiting:
+            await asyncio.sleep(self.interval)
+            keys = set(self.waiting)
+            try:
+                ready = await loop.run_in_executor(self.pool_of(), self.ready, keys)
+            except Exception as exc:  # the database is away: the waits end at their deadline
+                print(f"parking check failed: {exc!r}", file=sys.stderr)
+                continue
+            for key in set(ready) & keys:
+                for woken in self.waiting.get(key, ()):
+                    if not woken.done():
+                        woken.set_result(None)
+
+
 async def _watch_disconnect(receive, gone: threading.Event) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     gone.set()
+
+
+def _parking_settings():
+    """The app's `ready` check for waiting requests and its interval, when the app served is
+    this project (Django is set up by then); none for any other WSGI app."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    if not settings.configured or not getattr(settings, "PARKING_READY", ""):
+        return None, 0.5
+    return import_string(settings.PARKING_READY), settings.PARKING_INTERVAL
 
 
 class HypercornWorker(Worker):
@@ -281,7 +381,9 @@ class HypercornWorker(Worker):
         if self.cfg.is_ssl:
             self.log.error("TLS belongs to the reverse proxy in front; remove certfile/keyfile")
             sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops
-        app = Bounded(self.wsgi, threads=self.cfg.threads, body_timeout=self.cfg.keepalive)
+        ready, interval = _parking_settings()
+        app = Bounded(self.wsgi, threads=self.cfg.threads, body_timeout=self.cfg.keepalive,
+                      ready=ready, interval=interval)  # fmt: skip
         try:
             self.loop.run_until_complete(
                 serve(

@@ -185,12 +185,16 @@ INPLACE_ROOTS = [Path(p).resolve() for p in _inplace.split(":") if p]
 DOWNLOAD_SLOTS = env.int("OPSCENTER_DOWNLOAD_SLOTS", default=4)
 DOWNLOAD_LEASE_WAIT = env.float("OPSCENTER_DOWNLOAD_LEASE_WAIT", default=5.0)
 # The fleet (issue 15): an enrollment token's life (seconds); how long an agent's poll waits
-# for a job, how often it looks meanwhile, and how many agents one web process lets wait at once
-# (a waiting poll holds a thread: the others are told to ask again shortly).
+# for a job, and how often the waiting polls' hosts are checked for one. Served as `make run`
+# serves (opscenter/serving.py), a waiting poll holds no thread, and one query per interval
+# checks all of a process's waiting hosts at once (PARKING_READY). Under any other server a
+# poll waits in a thread: at most AGENT_POLL_WAITERS per process, the others ask again later.
 HOST_TOKEN_TTL = env.int("OPSCENTER_HOST_TOKEN_TTL", default=24 * 3600)
 AGENT_POLL_WAIT = env.float("OPSCENTER_AGENT_POLL_WAIT", default=20.0)
-AGENT_POLL_INTERVAL = env.float("OPSCENTER_AGENT_POLL_INTERVAL", default=0.5)
+AGENT_POLL_INTERVAL = env.float("OPSCENTER_AGENT_POLL_INTERVAL", default=0.25)
 AGENT_POLL_WAITERS = env.int("OPSCENTER_AGENT_POLL_WAITERS", default=4)
+PARKING_READY = "borgapp.fleet.ready_keys"
+PARKING_INTERVAL = AGENT_POLL_INTERVAL
 # A host's running job whose agent has not reported for this long is marked lost (its lease
 # freed; a late report is still recorded), and a host silent this long raises an alert.
 AGENT_JOB_GRACE = env.int("OPSCENTER_AGENT_JOB_GRACE", default=120)

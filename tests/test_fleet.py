@@ -432,3 +432,68 @@ def test_what_an_agent_sends_is_checked_like_any_input(roots, tmp_path, client):
     assert lying.error_code == "bad_report" and "could not be recorded" in lying.error_message
     assert Job.objects.filter(status="running").count() == 0
     assert post(client, "jobs/999999/done", {}, credential).status_code == 404
+
+
+@pytest.fixture
+def two_threads(roots):
+    """A web server with two threads per process (listed before web_server, which reads it)."""
+    roots.env["WEB_THREADS"] = "2"
+
+
+def test_waiting_agents_hold_no_thread(roots, tmp_path, two_threads, web_server):
+    """Twelve agents long-polling a server of 2 processes x 2 threads: the API still answers
+    at once (a waiting poll holds no thread), a job made for one host reaches its agent within
+    a second or so, and the others wait on until their time is up, then hear 204."""
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from borgapp import fleet, intake
+    from borgapp.models import Host
+
+    url, _ = web_server
+    repo = a_repository(roots, tmp_path)
+
+    def call(path, data, credential=None, timeout=30):
+        headers = {"Content-Type": "application/json"}
+        if credential:
+            headers["Authorization"] = f"Agent {credential}"
+        request = urllib.request.Request(f"{url}/agent/v1/{path}", json.dumps(data).encode(),
+                                         headers, method="POST")  # fmt: skip
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            raw = answer.read()
+            return answer.status, json.loads(raw) if raw else {}
+
+    credentials = {}
+    for index in range(12):
+        _, token = fleet.add_host(f"h{index}")
+        credentials[f"h{index}"] = call("enroll", {"token": token})[1]["credential"]
+    answers = {}
+
+    def poll(name):
+        began = time.monotonic()
+        answers[name] = (*call("poll", {"wait": 8}, credentials[name]), time.monotonic() - began)
+
+    polls = [threading.Thread(target=poll, args=(name,)) for name in credentials]
+    for thread in polls:
+        thread.start()
+    time.sleep(1.5)  # all twelve are waiting now
+    began = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/api/v1/repositories/", timeout=10)
+    assert refused.value.code == 401 and time.monotonic() - began < 2.0
+    made = time.monotonic()
+    job = intake.start("backup", repo, {"sources": [str(tmp_path)]}, trigger="cli",
+                       host=Host.objects.get(name="h7"))  # fmt: skip
+    wait_for(lambda: "h7" in answers, timeout=5)
+    status, answer, _ = answers["h7"]
+    assert status == 200 and answer["job"]["id"] == job.pk
+    assert time.monotonic() - made < 2.5
+    assert len(answers) == 1  # the others are still waiting
+    for thread in polls:
+        thread.join(timeout=20)
+    assert {name: status for name, (status, _, _) in answers.items() if name != "h7"} == {
+        name: 204 for name in credentials if name != "h7"
+    }
+    assert all(7 < took < 12 for name, (_, _, took) in answers.items() if name != "h7")

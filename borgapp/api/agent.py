@@ -14,6 +14,8 @@ from django.views.decorators.http import require_POST
 from borgapp import audit, fleet
 from borgapp.api.errors import body
 
+PARK_HEADER = "X-Opscenter-Park"  # read by opscenter/serving.py, never sent to the client
+
 
 class BadRequest(Exception):
     pass
@@ -79,7 +81,16 @@ def poll(request, data):
         wait = min(float(data.get("wait", settings.AGENT_POLL_WAIT)), settings.AGENT_POLL_WAIT)
     except (TypeError, ValueError):
         raise BadRequest("wait must be a number of seconds.") from None
-    job = fleet.next_job(host, max(wait, 0.0))
+    wait = max(wait, 0.0)
+    if request.META.get("opscenter.park"):
+        # the web server lets the poll wait without a thread, and asks again when it is due
+        job = fleet.next_job(host, 0)
+        if job is None:
+            nothing = HttpResponse(status=204)
+            nothing[PARK_HEADER] = f"{fleet.park_key(host)} {wait}"
+            return nothing
+    else:
+        job = fleet.next_job(host, wait)
     if job is None:
         return HttpResponse(status=204)
     return _no_store(JsonResponse({"job": fleet.handout(job)}))
