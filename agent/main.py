@@ -13,10 +13,12 @@ passphrase is never written anywhere: it lives in this process while borg runs.
 """
 
 import argparse
+import getpass
 import json
 import os
 import random
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -261,7 +263,8 @@ def backup(center: Center, job: dict, config) -> dict:
             return failed(exc, reporter)
     outcome = "warning" if result.warning else "succeeded"
     return {"outcome": outcome, "created": result.json(), "warnings": result.warnings,
-            "tail": result.tail}  # fmt: skip
+            "tail": result.tail, "hostname": socket.gethostname(),
+            "username": getpass.getuser()}  # fmt: skip
 
 
 def main() -> None:

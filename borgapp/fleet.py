@@ -266,9 +266,10 @@ def finish(job: Job, report: dict) -> Job:
         try:
             if not isinstance(created, dict) or not isinstance(created.get("archive"), dict):
                 raise ValueError("no archive in the report")
-            result = operations.record_backup(
-                job.repository, job.archive_name, created, job.params.get("comment", "")
-            )
+            made_on = (_text(report.get("hostname"), 255) or job.host.name,
+                       _text(report.get("username"), 64) or "")  # fmt: skip
+            result = operations.record_backup(job.repository, job.archive_name, created,
+                                              job.params.get("comment", ""), made_on)  # fmt: skip
         except (TypeError, ValueError, AttributeError, DatabaseError) as exc:
             # a report that cannot be read is the agent's failure, never the center's 500
             status, code = Job.Status.FAILED, "bad_report"
@@ -289,6 +290,10 @@ def finish(job: Job, report: dict) -> Job:
              error_message=message, log_tail=tail)  # fmt: skip
     job.refresh_from_db()
     return job
+
+
+def _text(value, limit: int) -> str:
+    return value[:limit] if isinstance(value, str) else ""
 
 
 def _listed(report: dict, key: str) -> list:

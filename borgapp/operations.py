@@ -251,13 +251,15 @@ def op_backup(ctx: Context) -> Outcome:
     return ctx.outcome(result)
 
 
-def record_backup(repo: Repository, name: str, created: dict, comment: str) -> dict:
+def record_backup(repo: Repository, name: str, created: dict, comment: str, made_on=None) -> dict:
     """What `borg create --json` said, written to the catalog; the backup job's result. Also
     for a backup an agent ran on its host (borgapp.fleet)."""
     archive = created.get("archive") or {}
     stats = archive.get("stats") or {}
     catalog.store_repository_stats(repo, created)
-    final_name = catalog.record_created(repo, {"name": name, **archive}, comment=comment)
+    final_name = catalog.record_created(
+        repo, {"name": name, **archive}, comment=comment, made_on=made_on
+    )
     original, compressed, dedup = (
         stats.get("original_size"),
         stats.get("compressed_size"),

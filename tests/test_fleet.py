@@ -241,11 +241,15 @@ def test_a_late_report_of_a_lost_job_is_recorded_once(roots, tmp_path, client, s
     # what the agent ran meanwhile, through the same door
     command = borg.create_cmd(repo.location, handed["archive"], [str(src)])
     created = borg.run(command, operations.borg_config(), passphrase=handed["passphrase"])
-    report = {"outcome": "succeeded", "created": created.json(), "tail": []}
+    report = {"outcome": "succeeded", "created": created.json(), "tail": [],
+              "hostname": "web1.example.net", "username": "backup"}  # fmt: skip
     assert post(client, f"jobs/{job.pk}/done", report, credential).status_code == 200
     job.refresh_from_db()
     assert job.status == "succeeded" and job.result["archive_name"] == handed["archive"]
     assert Archive.objects.filter(repository=repo, name=handed["archive"]).count() == 1
+    # the catalog says where borg ran: on the host, not on the center
+    recorded = Archive.objects.get(repository=repo, name=handed["archive"])
+    assert (recorded.hostname, recorded.username) == ("web1.example.net", "backup")
     again = post(client, f"jobs/{job.pk}/done", report, credential)
     assert again.status_code == 404
     other, other_token = fleet.add_host("db1")
