@@ -26,6 +26,32 @@
 # The web app listens on 0.0.0.0:8000 so that the container's port can be published; its own
 # timeouts close slow and idle clients, but in production publish it only to a reverse proxy
 # (nginx, Caddy) that terminates TLS and buffers requests, and set OPSCENTER_TRUSTED_PROXIES.
+#
+# The agent (README: Fleet), a second, small image from the same file: borg and `python -m agent`
+# with nothing of the center (no Django, no database tools, no FUSE; pyfuse3 is left out, so
+# `borg mount` is not there):
+#   docker build --target agent -t opscenter-agent .
+# It runs as root, so that it can read every file it backs up, with the host's folders mounted
+# read-only at the same paths that the center's sources name (an archive keeps the path the
+# agent saw). Mount folders below the container's own system folders, not over them: /home,
+# /srv, /var/lib/app or /etc/nginx are fine, / or /etc or /usr are not (back those up with the
+# systemd unit, agent/opscenter-agent.service, instead). The /data volume is the agent's own
+# folder (0700): its credential (0600), borg's cache and security folder, its ssh key, and
+# ssh's known_hosts for ssh repositories (/data/ssh/known_hosts, see ssh_config.d below).
+#   enroll once, with the host's one-time token (`manage.py borg_host add NAME`) on stdin:
+#     echo TOKEN | docker run --rm -i -v opscenter-agent:/data opscenter-agent \
+#       enroll --center https://opscenter.example --data /data
+#   the repository server's host key, once per ssh repository server:
+#     docker run --rm -v opscenter-agent:/data --entrypoint sh opscenter-agent \
+#       -c 'ssh-keyscan -t ed25519 backup.example >>/data/ssh/known_hosts'
+#   then serve the host's jobs (the default command is `run --data /data`); an extract writes
+#   only under --restore-root folders (default /data/restore, inside the volume):
+#     docker run --init -d --restart unless-stopped --stop-timeout 120 --hostname "$(hostname)" \
+#       -v opscenter-agent:/data -v /home:/home:ro -v /srv:/srv:ro -v /var/restore:/var/restore \
+#       opscenter-agent run --data /data --restore-root /var/restore
+# --stop-timeout: on SIGTERM the agent stops borg politely and tells the center that the job
+# was interrupted, which can take longer than the 10 s `docker stop` waits by default.
+# --hostname: borg records the host's name in each archive (a container's own is random).
 
 # CI substitutes a local base (localhost/bookworm-python:latest, made with debootstrap) that has
 # Debian's python3 in /usr/bin and an EXTERNALLY-MANAGED marker: everything goes into /opt/venv.
@@ -56,8 +82,70 @@ COPY requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install -r /tmp/requirements.txt \
  && /opt/venv/bin/borg --version
 
-# --- final: runtime libraries, the venv and the source; no compiler ---------------------------
-FROM ${BASE_IMAGE}
+# --- agent-venv: the builder's venv cut down to borg and what borg itself requires ----------
+# Everything else goes: the center's packages (Django, ...), pyfuse3 and its own (the agent never
+# mounts), pip. borg is not compiled again: this stage starts from the builder's layers.
+FROM builder AS agent-venv
+RUN cd /opt/venv/bin \
+ && norm() { tr '[:upper:]' '[:lower:]' | sed -E 's/[-_.]+/-/g'; } \
+ && keep=" borgbackup " todo=borgbackup \
+ && while [ -n "$todo" ]; do \
+      deps=$(./pip show $todo | sed -n 's/^Requires: //p' | tr ',' '\n' | norm); todo=""; \
+      for d in $deps; do \
+        case $keep in *" $d "*) ;; *) keep="$keep$d " todo="$todo $d" ;; esac; \
+      done; \
+    done \
+ && drop=$(./pip list --format=freeze | sed 's/==.*//' | norm | while read -r name; do \
+      case "$keep pip " in *" $name "*) ;; *) echo "$name" ;; esac; done) \
+ && echo "agent venv keeps:$keep" \
+ && ./pip uninstall -y -q $drop \
+ && ./python -m pip uninstall -y -q pip \
+ && ./borg --version \
+ && if ./python -c 'import django' 2>/dev/null; then echo "Django is still there" >&2; exit 1; fi
+
+# --- agent: the fleet's agent, `python -m agent` (usage at the top of this file) --------------
+FROM ${BASE_IMAGE} AS agent
+
+ENV DEBIAN_FRONTEND=noninteractive
+# The shared libraries borg links against, ssh (and ssh-keygen, for the agent's own key) for ssh
+# repositories, CA certificates for an HTTPS center. python3 only if the base lacks one.
+RUN command -v python3 >/dev/null || extra=python3; \
+    apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libssl3 liblz4-1 libzstd1 libxxhash0 libacl1 openssh-client ca-certificates $extra \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+
+# ssh's own known_hosts would be root's home, outside the volume: keep it with the agent's key.
+RUN printf '%s\n' '# opscenter-agent: the repository servers this agent trusts live in its volume' \
+      'UserKnownHostsFile /data/ssh/known_hosts' >/etc/ssh/ssh_config.d/opscenter-agent.conf \
+ && mkdir -m 0700 /data
+
+COPY --from=agent-venv /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    BORG_BINARY=/opt/venv/bin/borg
+
+WORKDIR /app
+# The agent and the modules of borgapp it imports, none of which imports Django (bin/build-image
+# checks that the agent finds every project module it imports, function-level ones included).
+COPY agent/ /app/agent/
+COPY borgapp/__init__.py borgapp/borg.py borgapp/validation.py borgapp/errors.py \
+     borgapp/procs.py /app/borgapp/
+RUN python -m agent --help >/dev/null && borg --version
+
+VOLUME ["/data"]
+# root: the agent reads every file it backs up (mounted read-only) and writes restores as their
+# owners had them.
+USER root
+ENTRYPOINT ["python", "-m", "agent"]
+CMD ["run", "--data", "/data"]
+
+# --- final (the default target, keep it last): the center -------------------------------------
+# Runtime libraries, the venv and the source; no compiler.
+FROM ${BASE_IMAGE} AS center
 
 ENV DEBIAN_FRONTEND=noninteractive
 # Shared libraries borg and pyfuse3 link against, fusermount3 for `borg mount`, ssh for remote
