@@ -27,12 +27,15 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from borgapp import borg, validation
+from borgapp import borg, procs, validation
 from borgapp.errors import OperationError
 
 VERSION = "0.1"
 PROGRESS_EVERY = 1.0  # seconds between progress reports (REL-07)
 RETRY = 5.0  # seconds before asking again after the center could not be reached
+# A progress report waits this long at most: borg's output is read meanwhile, so a center out
+# of reach must not hold borg up for long.
+PROGRESS_TIMEOUT = 5.0
 
 
 class Refused(Exception):
@@ -131,46 +134,128 @@ def run(args) -> int:
     roots = [Path(r).resolve() for r in args.restore_root] or [
         private_folder(data / "restore").resolve()
     ]
-    while True:
-        asked = time.monotonic()
-        try:
-            status, answer = center.post("poll", {"wait": args.wait}, timeout=args.wait + 30)
-        except Refused as exc:
-            print(f"Stopping: {exc}.", file=sys.stderr)
-            return 2
-        except OSError as exc:  # the center is unreachable for now: ask again
-            print(f"The center could not be reached ({exc}); trying again.", file=sys.stderr)
-            time.sleep(RETRY)
-            continue
-        if status == 200 and answer.get("job"):
-            job_id = answer["job"]["id"]
-            try:
-                report = execute(center, answer["job"], config, roots)
-            except (SystemExit, KeyboardInterrupt):
-                # stopped (systemctl stop, Ctrl-C): borg was already stopped politely by
-                # the door to borg; say so, so the center frees the lease at once
-                center.post(f"jobs/{job_id}/done", {"outcome": "interrupted",
-                            "code": "interrupted", "error": "The agent was stopped."})  # fmt: skip
-                raise
-            center.post(f"jobs/{job_id}/done", report)
-            if args.once:
+    try:
+        recover(center, data)
+        while True:
+            if serve_one(center, data, config, roots, args) and args.once:
                 return 0
-        elif status != 204:
-            time.sleep(RETRY)
-        elif time.monotonic() - asked < args.wait / 2:
-            # the center did not let this poll wait (its waiting places were taken): ask
-            # again a little later, at a random moment, never in a tight loop
-            time.sleep(random.uniform(1.0, 3.0))
+    except Refused as exc:
+        print(f"Stopping: {exc}.", file=sys.stderr)
+        return 2
+
+
+def serve_one(center: Center, data: Path, config, roots, args) -> bool:
+    """One poll, and the job it brings (if any) run and reported: True when one came."""
+    asked = time.monotonic()
+    try:
+        status, answer = center.post("poll", {"wait": args.wait}, timeout=args.wait + 30)
+    except OSError as exc:  # the center is unreachable for now: ask again
+        print(f"The center could not be reached ({exc}); trying again.", file=sys.stderr)
+        time.sleep(RETRY)
+        return False
+    if status == 200 and answer.get("job"):
+        job_id = answer["job"]["id"]
+        remember(data, RUNNING, {"job": job_id})
+        try:
+            report = execute(center, answer["job"], config, roots, data)
+        except (SystemExit, KeyboardInterrupt):
+            # stopped (systemctl stop, Ctrl-C): borg was already stopped politely by the
+            # door to borg; say so, so the center frees the lease at once
+            stopped = {"outcome": "interrupted", "code": "interrupted",
+                       "error": "The agent was stopped."}  # fmt: skip
+            deliver(center, data, job_id, stopped, tries=1)
+            raise
+        deliver(center, data, job_id, report)
+        return True
+    if status != 204:
+        time.sleep(RETRY)
+    elif time.monotonic() - asked < args.wait / 2:
+        # the center did not let this poll wait (its waiting places were taken): ask again
+        # a little later, at a random moment, never in a tight loop
+        time.sleep(random.uniform(1.0, 3.0))
+    return False
+
+
+# --- what survives the agent: its running borg and its undelivered report -------------------
+
+RUNNING = "running.json"  # the job in hand, and its borg's pid once started
+PENDING = "report.json"  # an outcome the center has not acknowledged yet (no secret in it)
+
+
+def remember(data: Path, name: str, value: dict) -> None:
+    """Write a small state file atomically, 0600."""
+    fd, temporary = tempfile.mkstemp(dir=data, prefix=f".{name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(value, handle)
+    os.replace(temporary, data / name)
+
+
+def recalled(data: Path, name: str) -> dict | None:
+    try:
+        value = json.loads((data / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def forget(data: Path, name: str) -> None:
+    (data / name).unlink(missing_ok=True)
+
+
+def deliver(center: Center, data: Path, job_id: int, report: dict, tries: int = 0) -> bool:
+    """Tell the center how the job ended, again and again while it cannot be reached (a backup
+    that finished while the link was down is recorded when it is back, not run again). The
+    report waits on disk meanwhile, so a restarted agent delivers it too. `tries`: give up
+    after this many attempts (0: never), leaving it on disk."""
+    remember(data, PENDING, {"job": job_id, "report": report})
+    forget(data, RUNNING)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            status, _ = center.post(f"jobs/{job_id}/done", report)
+        except OSError as exc:
+            status = f"unreachable ({exc})"
+        if status in (200, 404):  # recorded, or no longer the center's to record
+            forget(data, PENDING)
+            return True
+        if tries and attempt >= tries:
+            return False
+        print(f"The outcome of job {job_id} is not delivered yet ({status}); trying again.",
+              file=sys.stderr)  # fmt: skip
+        time.sleep(RETRY)
+
+
+def recover(center: Center, data: Path) -> None:
+    """At start: what an agent that was killed (kill -9, a crash, the OOM killer) left. Its
+    borg may still run on (borg runs in a session of its own): it is stopped, so that it
+    holds no repository lock, and its job is reported interrupted at once rather than
+    after the center's grace period. An outcome not yet delivered is delivered."""
+    pending = recalled(data, PENDING)
+    if pending is not None:  # first: a real outcome beats "interrupted"
+        deliver(center, data, pending["job"], pending["report"])
+    left = recalled(data, RUNNING)
+    if left is not None:
+        procs.stop_orphan(left.get("borg_pid"), left.get("borg_started"))
+        error = ("The agent stopped without warning (killed or crashed) while the job ran; "
+                 "the borg it left was stopped when the agent started again.")  # fmt: skip
+        report = {"outcome": "interrupted", "code": "agent_restarted", "error": error}
+        deliver(center, data, left["job"], report)
 
 
 class Reporter:
     """Progress to the center at most once a second; the answer says whether to stop."""
 
-    def __init__(self, center: Center, job_id: int):
-        self.center, self.job_id = center, job_id
+    def __init__(self, center: Center, job_id: int, data: Path):
+        self.center, self.job_id, self.data = center, job_id, data
         self.fields: dict = {}
         self.last = 0.0
         self.cancel = False
+
+    def on_start(self, pid: int) -> None:
+        """borg runs: remember it, so that an agent killed meanwhile stops it when back."""
+        remember(self.data, RUNNING, {"job": self.job_id, "borg_pid": pid,
+                                      "borg_started": procs.start_ticks(pid)})  # fmt: skip
 
     def on_event(self, event: dict) -> None:
         if borg.progress_of(event, self.fields):
@@ -182,7 +267,9 @@ class Reporter:
             return
         self.last = now
         try:
-            _, answer = self.center.post(f"jobs/{self.job_id}/progress", {"fields": self.fields})
+            _, answer = self.center.post(
+                f"jobs/{self.job_id}/progress", {"fields": self.fields}, timeout=PROGRESS_TIMEOUT
+            )
         except (OSError, Refused):
             return  # the next report tries again; the job goes on
         self.cancel = bool(answer.get("cancel"))
@@ -192,18 +279,21 @@ class Reporter:
         return self.cancel
 
 
-def execute(center: Center, job: dict, config: borg.BorgConfig, roots: list[Path]) -> dict:
+def execute(center: Center, job: dict, config: borg.BorgConfig, roots: list[Path],
+            data: Path) -> dict:  # fmt: skip
     """Run one job of this host and say how it ended."""
     config = replace(config, lock_wait=int(job.get("lock_wait") or config.lock_wait))
+    reporter = Reporter(center, job["id"], data)
     if job["kind"] == "extract":
-        return extract(center, job, config, roots)
-    return backup(center, job, config)
+        return extract(reporter, job, config, roots)
+    return backup(reporter, job, config)
 
 
 def run_borg(command: borg.Command, config, job: dict, reporter: "Reporter") -> borg.Result:
     return borg.run(
         command, config, passphrase=job.get("passphrase"), on_event=reporter.on_event,
-        should_stop=reporter.should_stop, deadline=float(job.get("deadline") or 86400),
+        on_start=reporter.on_start, should_stop=reporter.should_stop,
+        deadline=float(job.get("deadline") or 86400),
     )  # fmt: skip
 
 
@@ -215,11 +305,10 @@ def failed(exc: Exception, reporter: "Reporter") -> dict:
             "error": str(exc), "result": getattr(exc, "result", {})}  # fmt: skip
 
 
-def extract(center: Center, job: dict, config, roots: list[Path]) -> dict:
+def extract(reporter: Reporter, job: dict, config, roots: list[Path]) -> dict:
     """Restore paths of an archive into a new or empty folder on this host, under one of the
     agent's own restore roots (the center cannot choose a place outside them)."""
     p = job["params"]
-    reporter = Reporter(center, job["id"])
     try:
         target = Path(validation.require_under_roots(p["target"], roots, "Restore target"))
         if target.is_symlink() or (target.exists() and any(target.iterdir())):
@@ -242,10 +331,9 @@ def extract(center: Center, job: dict, config, roots: list[Path]) -> dict:
             "tail": result.tail}  # fmt: skip
 
 
-def backup(center: Center, job: dict, config) -> dict:
+def backup(reporter: Reporter, job: dict, config) -> dict:
     """Run one backup of this host and say how it ended (borg's JSON for the catalog)."""
     p = job["params"]
-    reporter = Reporter(center, job["id"])
     with tempfile.TemporaryDirectory(prefix="opscenter-agent-") as scratch:
         try:
             validation.require_a_source(p["sources"])

@@ -388,11 +388,7 @@ def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, we
     assert job.status == "interrupted" and "stopped" in job.error_message
     assert Repository.objects.get(pk=repo.pk).lease_job_id is None
     assert not Archive.objects.filter(repository=repo, is_checkpoint=False).exists()
-    handle = open(tmp_path / "agent2.log", "wb")  # noqa: SIM115
-    again = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--data", data, "--wait", "2"],
-        env=agent_env(), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    again = restart_agent(data, tmp_path / "agent2.log")
     try:
         small = write_files(tmp_path / "small", {"a.txt": "a"})
         second = intake.start("backup", repo, {"sources": [str(small)]}, trigger="cli", host=host)
@@ -501,3 +497,162 @@ def test_waiting_agents_hold_no_thread(roots, tmp_path, two_threads, web_server)
         name: 204 for name in credentials if name != "h7"
     }
     assert all(7 < took < 12 for name, (_, _, took) in answers.items() if name != "h7")
+
+
+def test_a_killed_agent_stops_its_orphaned_borg_when_it_starts_again(roots, tmp_path, web_server):
+    """kill -9 of an agent mid-backup: its borg runs on (own session), holding the lock. The
+    agent started again stops that borg, reports the job interrupted at once (not after the
+    grace period), and its next backup succeeds; nothing is recorded twice."""
+    import signal
+
+    from borgapp import intake
+    from borgapp.models import Archive, Host, Job, Repository
+    from tests.helpers import SLOW, borg_processes_by_repo
+
+    url, _ = web_server
+    repo = a_repository(roots, tmp_path)
+    src = slow_source(tmp_path)
+    data = tmp_path / "agent"
+    proc = start_agent(url, "web1", data, tmp_path / "agent.log")
+    host = Host.objects.get(name="web1")
+    job = intake.start("backup", repo, {"sources": [str(src)], "compression": SLOW},
+                       trigger="cli", host=host)  # fmt: skip
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status="running",
+                                        progress_bytes__gt=0).exists(), timeout=60)  # fmt: skip
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    where = str(roots.repos / "r")
+    assert borg_processes_by_repo([where])[where], "borg ran on without its agent"
+    assert Job.objects.get(pk=job.pk).status == "running"
+    again = restart_agent(data, tmp_path / "agent2.log")
+    try:
+        ended = ended_job(job, timeout=30)
+        assert (ended.status, ended.error_code) == ("interrupted", "agent_restarted")
+        assert borg_processes_by_repo([where])[where] == []
+        assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+        small = write_files(tmp_path / "small", {"a.txt": "a"})
+        second = intake.start("backup", repo, {"sources": [str(small)]}, trigger="cli", host=host)
+        done = ended_job(second, timeout=90)
+        assert done.status == "succeeded", (done.error_message, done.log_tail)
+    finally:
+        stop_process(again)
+    assert Archive.objects.filter(repository=repo, is_checkpoint=False).count() == 1
+    assert not (data / "running.json").exists() and not (data / "report.json").exists()
+
+
+def restart_agent(data, log):
+    handle = open(log, "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--data", data, "--wait", "2"],
+        env=agent_env(), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+class Link:
+    """A TCP link between the agents and the center that a test can cut and restore."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target = ("127.0.0.1", target_port)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.conns: list = []
+        self.listener = None
+        self.restore()
+
+    def restore(self):
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self):
+        import socket
+
+        self.listener.close()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self.conns = []
+
+    def _accept(self, listener):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.close()
+                except OSError:
+                    pass
+
+
+def test_a_backup_that_ends_while_the_link_is_down_is_recorded_once(
+    roots, tmp_path, web_server, settings
+):
+    """The link to the center is cut mid-backup: borg finishes on the host, the center marks
+    the job lost after its grace (the lease freed). When the link is back the agent delivers
+    the outcome it kept: the archive is recorded once, the job ends succeeded, and the next
+    backup runs normally."""
+    from borgapp import intake, reconcile
+    from borgapp.models import Archive, Host, Job, Repository
+    from tests.helpers import borg_processes_by_repo
+
+    url, _ = web_server
+    link = Link(int(url.rsplit(":", 1)[1]))
+    repo = a_repository(roots, tmp_path)
+    src = slow_source(tmp_path)
+    data = tmp_path / "agent"
+    proc = start_agent(f"http://127.0.0.1:{link.port}", "web1", data, tmp_path / "agent.log")
+    host = Host.objects.get(name="web1")
+    try:
+        job = intake.start("backup", repo, {"sources": [str(src)], "compression": "zstd,3"},
+                           trigger="cli", host=host)  # fmt: skip
+        wait_for(lambda: Job.objects.filter(pk=job.pk, status="running").exists(), timeout=60)
+        link.cut()
+        where = str(roots.repos / "r")
+        wait_for(lambda: not borg_processes_by_repo([where])[where], timeout=120)
+        wait_for((data / "report.json").exists, timeout=30)  # the outcome waits on the host
+        assert Job.objects.get(pk=job.pk).status == "running"  # the center has heard nothing
+        settings.AGENT_JOB_GRACE = 0
+        Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=5))
+        reconcile.repair()
+        assert Job.objects.get(pk=job.pk).error_code == "host_lost"
+        assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+        link.restore()
+        done = wait_for(lambda: Job.objects.filter(pk=job.pk, status="succeeded").first(),
+                        timeout=30)  # fmt: skip
+        assert (
+            Archive.objects.filter(repository=repo, name=done.result["archive_name"]).count() == 1
+        )
+        assert not (data / "report.json").exists()
+        small = write_files(tmp_path / "small", {"a.txt": "a"})
+        second = intake.start("backup", repo, {"sources": [str(small)]}, trigger="cli", host=host)
+        assert ended_job(second, timeout=90).status == "succeeded"
+    finally:
+        stop_process(proc)
+        link.cut()
+    assert Archive.objects.filter(repository=repo, is_checkpoint=False).count() == 2
