@@ -106,6 +106,15 @@ def authorized_keys_line(host: Host, location: str) -> str:
     if match is None:
         raise validation.InvalidInput(f"{location} is not an ssh:// repository.")
     path = match["path"]
+    if path.startswith(("/./", "/~/")):
+        # borg serve reads these relative to the account's home, where the forced command
+        # runs; its --restrict-to-repository takes a plain path, so it gets the relative one
+        path = path[3:]
+    elif path.startswith("/~"):
+        raise validation.InvalidInput(
+            f"{location}: name the repository by an absolute path, or relative to the "
+            "account's home (/./PATH or /~/PATH), for its authorized_keys line."
+        )
     command = f"borg serve --append-only --restrict-to-repository {shlex.quote(path)}"
     return f'command="{command}",restrict {host.ssh_public_key}'
 

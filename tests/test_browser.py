@@ -521,3 +521,50 @@ def test_downloads_and_a_restore_in_place_from_the_tree(
     looks_right(page, "restore-done", width)
     assert (live / "index.html").read_text() == "<h1>home</h1>"
     assert (live / "img" / "photo.jpg").read_text() == "jpeg"
+
+
+@pytest.mark.parametrize("width", [1440, 1024])
+def test_a_host_added_in_the_admin_and_its_agent_enrolled(page, web_server, roots, tmp_path,
+                                                          width):  # fmt: skip
+    """Issue 15 in Chromium: Add host shows the one-time token and the commands to run on the
+    host; an agent enrolled with them shows up active with its borg version; the host's page
+    gives the append-only line for an ssh repository; the token is never shown again."""
+    import subprocess
+    import sys
+
+    from playwright.sync_api import expect
+
+    from borgapp.models import Host
+    from tests.test_fleet import agent_env
+
+    url, _ = web_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    User.objects.create_superuser("boss", password="boss-password-123")
+    Repository.objects.create(name="offsite", location="ssh://backup@vault.example:22/./web1",
+                              state="ready")  # fmt: skip
+    login(page, url, "boss", "boss-password-123")
+    page.goto(f"{url}/admin/borgapp/host/add/")
+    page.fill("input[name=name]", "web1")
+    page.click("input[name=_save]")
+    token = page.locator("#host-token").inner_text().strip()
+    expect(page.locator("#host-enroll")).to_contain_text(f"echo '{token}' | python3 -m agent")
+    looks_right(page, "host-token", width)
+    enrolled = subprocess.run(
+        [sys.executable, "-m", "agent", "enroll", "--center", url, "--data", tmp_path / "agent"],
+        input=token + "\n", env=agent_env(), cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    page.goto(f"{url}/admin/borgapp/host/")
+    row = page.locator("#result_list tr", has_text="web1")
+    expect(row).to_contain_text("Active")
+    expect(row).to_contain_text("1.4.5")
+    looks_right(page, "hosts", width)
+    row.get_by_role("link", name="web1").click()
+    expect(page.locator(".field-append_only_lines")).to_contain_text(
+        'command="borg serve --append-only --restrict-to-repository web1",restrict ssh-ed25519'
+    )
+    assert token not in page.content()
+    looks_right(page, "host", width)
+    assert Host.objects.get(name="web1").state == "active"

@@ -656,3 +656,25 @@ def test_a_backup_that_ends_while_the_link_is_down_is_recorded_once(
         stop_process(proc)
         link.cut()
     assert Archive.objects.filter(repository=repo, is_checkpoint=False).count() == 2
+
+
+def test_append_only_line_names_the_path_borg_serve_compares():
+    """borg serve resolves /./PATH and /~/PATH against the account's home (where the forced
+    command runs) and compares the realpath of --restrict-to-repository with the result: the
+    line gets the home-relative path, or the repository would be refused to its own host."""
+    from borgapp import fleet, validation
+    from borgapp.models import Host
+
+    key = "ssh-ed25519 " + "A" * 68 + " opscenter-agent"
+    host = Host(name="web1", ssh_public_key=key)
+    expected = {
+        "ssh://b@vault:22/srv/borg/web1": "/srv/borg/web1",
+        "ssh://b@vault:22/./borg/web1": "borg/web1",
+        "ssh://b@vault:22/~/borg/web1": "borg/web1",
+    }
+    for location, path in expected.items():
+        line = fleet.authorized_keys_line(host, location)
+        assert line == (f'command="borg serve --append-only --restrict-to-repository {path}",'
+                        f"restrict {key}")  # fmt: skip
+    with pytest.raises(validation.InvalidInput, match="absolute path"):
+        fleet.authorized_keys_line(host, "ssh://b@vault:22/~backup/web1")
