@@ -14,15 +14,20 @@ passphrase is never written anywhere: it lives in this process while borg runs.
 
 import argparse
 import getpass
+import http.client
 import json
 import os
 import random
+import select
 import signal
 import socket
+import ssl
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -62,6 +67,59 @@ class Center:
             if exc.code == 401:
                 raise Refused(f"the center refused this agent ({path})") from None
             return exc.code, {}
+
+    def upload(self, path: str, chunks, timeout: float = 120.0) -> tuple[int, dict]:
+        """Send `chunks` as the body as they come (chunked: no length, no copy). The center
+        may answer before the end (410: its client left): the upload stops there, rather
+        than push the rest into a connection nobody reads (http.client would only look
+        for the answer after the whole body)."""
+        parts = urllib.parse.urlsplit(f"{self.url}/agent/v1/{path}")
+        https = parts.scheme == "https"
+        connection = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(
+            parts.hostname, parts.port, timeout=timeout
+        )
+        try:
+            connection.putrequest("POST", parts.path)
+            for name, value in (("Content-Type", "application/x-tar"),
+                                ("Transfer-Encoding", "chunked"),
+                                ("Authorization", f"Agent {self.credential}")):  # fmt: skip
+                connection.putheader(name, value)
+            connection.endheaders()
+            sock = connection.sock
+            for chunk in chunks:
+                if not _send_unless_answered(sock, b"%x\r\n%b\r\n" % (len(chunk), chunk), timeout):
+                    break
+            else:
+                _send_unless_answered(sock, b"0\r\n\r\n", timeout)
+            sock.setblocking(True)
+            sock.settimeout(timeout)
+            answer = connection.getresponse()
+            raw = answer.read()
+        finally:
+            connection.close()
+        if answer.status == 401:
+            raise Refused(f"the center refused this agent ({path})")
+        try:
+            return answer.status, json.loads(raw) if raw else {}
+        except ValueError:
+            return answer.status, {}
+
+
+def _send_unless_answered(sock, data: bytes, timeout: float) -> bool:
+    """Send all of `data`, unless the other side answers first (False then)."""
+    sock.setblocking(False)
+    view = memoryview(data)
+    while view:
+        readable, writable, _ = select.select([sock], [sock], [], timeout)
+        if readable:
+            return False
+        if not writable:
+            raise TimeoutError(f"the center took nothing for {timeout:.0f} s")
+        try:
+            view = view[sock.send(view[:65536]) :]
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            continue
+    return True
 
 
 def private_folder(path: Path) -> Path:
@@ -286,6 +344,8 @@ def execute(center: Center, job: dict, config: borg.BorgConfig, roots: list[Path
     reporter = Reporter(center, job["id"], data)
     if job["kind"] == "extract":
         return extract(reporter, job, config, roots)
+    if job["kind"] == "download":
+        return download(reporter, job, config)
     return backup(reporter, job, config)
 
 
@@ -328,6 +388,62 @@ def extract(reporter: Reporter, job: dict, config, roots: list[Path]) -> dict:
         return failed(exc, reporter)
     outcome = "warning" if result.warning else "succeeded"
     return {"outcome": outcome, "files": files, "warnings": result.warnings,
+            "tail": result.tail}  # fmt: skip
+
+
+UPLOAD_CHUNK = 1 << 20  # bytes read from borg's pipe and sent at once
+
+
+def download(reporter: Reporter, job: dict, config) -> dict:
+    """Paths of an archive as borg's tar, uploaded to the center as borg writes it (the
+    center relays it to the client waiting there). Back-pressure all the way: a slow client
+    slows the upload, the pipe fills, borg waits. If the client leaves, the upload is
+    refused (410), the pipe is closed and borg's next write fails."""
+    p = job["params"]
+    read_fd, write_fd = os.pipe()
+    sent: dict = {}
+
+    def chunks():
+        while data := os.read(read_fd, UPLOAD_CHUNK):
+            yield data
+
+    def upload():
+        try:
+            sent["status"], answer = reporter.center.upload(f"jobs/{job['id']}/stream", chunks())
+            sent["bytes"] = answer.get("received")
+        except (OSError, Refused) as exc:
+            sent["status"] = f"the upload failed ({exc})"
+        finally:
+            os.close(read_fd)  # borg's next write fails if the upload stopped early
+
+    uploading = threading.Thread(target=upload, name="upload", daemon=True)
+    uploading.start()
+    try:
+        command = borg.export_tar_cmd(
+            job["repository"]["location"], job["archive"], p["paths"], write_fd
+        )
+        result = run_borg(command, config, job, reporter)
+    except borg.BorgError as exc:
+        result, error = None, exc
+    finally:
+        os.close(write_fd)  # the end of the tar for the upload
+        uploading.join()
+    status = sent.get("status")
+    if status == 410:
+        return {"outcome": "cancelled", "code": "client_gone",
+                "error": "The client left before the download's end."}  # fmt: skip
+    if result is None:
+        return failed(error, reporter)
+    if status != 200:
+        error = f"The center did not take the download: {status}."
+        return {"outcome": "failed", "code": "upload_failed", "error": error,
+                "tail": result.tail}  # fmt: skip
+    missing = [w for w in result.warnings if "never matched" in w]
+    if missing:
+        return {"outcome": "failed", "code": "path_not_found",
+                "error": f"Not in archive {job['archive']}: {', '.join(p['paths'])}."}  # fmt: skip
+    outcome = "warning" if result.warning else "succeeded"
+    return {"outcome": outcome, "bytes": sent.get("bytes"), "warnings": result.warnings,
             "tail": result.tail}  # fmt: skip
 
 

@@ -23,15 +23,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import zstandard
+from django.conf import settings
 from django.db import connection
 from django.http import StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
-from borgapp import intake, jobs
+from borgapp import intake, jobs, relay
 from borgapp.errors import Conflict, InvalidInput, OperationError, TooMany
 from borgapp.models import Archive, Job, Repository
 from borgapp.places import Places
 
+CLIENT_GONE = "client_gone"
 CHUNK = 1 << 20  # bytes per read and per send: fewer hand-overs to the event loop
 PIPE_SIZE = 1 << 20  # the pipe borg writes into (Linux's default of 64 KiB means 16x the reads)
 POLL = 0.5  # seconds between looks at whether the client is still there
@@ -150,25 +152,29 @@ def begin(
     user=None,
     lease_wait: float | None = None,
     client_gone: threading.Event | None = None,
+    host=None,
 ) -> Download:
     """Check the request, take the repository's lease (waiting up to `lease_wait` seconds,
     for ever with None), start borg and read the stream's first header. Raises InvalidInput,
     NotInArchive, Conflict (busy), TooMany (no slot) or OperationError (borg failed); nothing
-    is left running then."""
+    is left running then. With a `host`, borg runs there: the job waits for the host's agent
+    (which takes the lease), and its upload is relayed here as it arrives (borgapp.relay)."""
     params = {"archive": archive.name, "paths": paths, "format": fmt}
     _take_slot()  # before the job is recorded: a refusal here leaves no job waiting
     job = None
     try:
         job = intake.prepare(
-            Job.Kind.DOWNLOAD, archive.repository, params, trigger=trigger, user=user
+            Job.Kind.DOWNLOAD, archive.repository, params, trigger=trigger, user=user, host=host
         )
-        _claim(job, lease_wait)
+        if host is None:
+            _claim(job, lease_wait)
     except BaseException:
         slots.give_back()
         if job is not None:
             jobs.cancel(job)  # Ctrl-C while it waited: it never started (no-op once ended)
         raise
-    return _start(job, client_gone or threading.Event())  # the job's thread gives it back
+    # the job's thread gives the slot back
+    return _start(job, client_gone or threading.Event(), relayed=host is not None)
 
 
 def _claim(job: Job, wait: float | None) -> None:
@@ -192,9 +198,10 @@ def _claim(job: Job, wait: float | None) -> None:
         time.sleep(0.2)
 
 
-def _start(job: Job, client_gone: threading.Event) -> Download:
+def _start(job: Job, client_gone: threading.Event, relayed: bool = False) -> Download:
     sink = Sink()
-    runner = threading.Thread(target=_run, args=(job, sink), name=f"download-{job.pk}")
+    runner = threading.Thread(target=_relay_run if relayed else _run, args=(job, sink),
+                              name=f"download-{job.pk}")  # fmt: skip
     runner.start()
 
     def stopped() -> bool:
@@ -240,6 +247,65 @@ def _run(job: Job, sink: Sink) -> None:
         connection.close()  # this thread's own connection
 
 
+def _relay_run(job: Job, sink: Sink) -> None:
+    """A host's download, in a thread of its own: what the host's agent uploads is written
+    into the pipe the client's thread reads; the agent's report ends the job."""
+    listener = relay.listen(job.pk)
+    try:
+        conn = relay.accept(listener, settings.DOWNLOAD_AGENT_WAIT, sink.gone)
+        if conn is None:
+            wait = settings.DOWNLOAD_AGENT_WAIT
+            why = (
+                "The download was stopped before the host's agent began."
+                if sink.gone.is_set()
+                else f"The agent of host {job.host.name} did not begin within {wait:.0f} s: "
+                "is it running? (see the host's last seen)"
+            )
+            code = CLIENT_GONE if sink.gone.is_set() else "host_unavailable"
+            status = Job.Status.CANCELLED if sink.gone.is_set() else Job.Status.FAILED
+            for was in (Job.Status.QUEUED, Job.Status.RUNNING):
+                jobs.end(job, status, only_from=was, error_code=code, error_message=why)
+            return
+        with conn:
+            _copy(conn, sink)
+        ended = _ended(job, END_WAIT)
+        if ended is None and sink.gone.is_set():  # the agent is silent: end it here
+            jobs.end(job, Job.Status.CANCELLED, error_code=CLIENT_GONE,
+                     error_message="The client left before the download's end.")  # fmt: skip
+    finally:
+        relay.close(listener, job.pk)
+        sink.close_writer()
+        slots.give_back()
+        connection.close()  # this thread's own connection
+
+
+def _copy(conn, sink: Sink) -> None:
+    """The upload's bytes into the client's pipe until its end, or until the client's side
+    is closed (the upload then fails, and the agent stops borg)."""
+    while data := conn.recv(CHUNK):
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(sink.fd, view) :]
+        except BrokenPipeError:
+            return
+
+
+def _ended(job: Job, wait: float) -> Job | None:
+    """The job once it has ended (its agent reported), or None after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        found = (
+            Job.objects.filter(pk=job.pk)
+            .exclude(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+            .first()
+        )
+        if found is not None:
+            return found
+        time.sleep(0.2)
+    return None
+
+
 def _first_member(peek: _Peek) -> tarfile.TarInfo | None:
     try:
         return tarfile.open(fileobj=peek, mode="r|").next()
@@ -275,7 +341,10 @@ def _stop(job: Job, sink: Sink, runner: threading.Thread) -> None:
         return
     if not sink.drained.is_set():
         sink.mark_gone()
-        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
+        # why, kept for whoever ends it (an agent, for a host's download, only sees a cancel)
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            cancel_requested=True, error_code=CLIENT_GONE
+        )
         sink.close_reader()
     runner.join(END_WAIT)
 
@@ -283,6 +352,17 @@ def _stop(job: Job, sink: Sink, runner: threading.Thread) -> None:
 def _guarded(body, job: Job, sink: Sink, runner: threading.Thread) -> Iterator[bytes]:
     try:
         yield from body
+        if sink.format != "file":
+            # A tar has no length to check: its end is sent only once the job says borg read
+            # everything. A failure midway breaks the connection instead (the web server
+            # sends no last chunk), so a client never takes a cut tar for a whole one.
+            runner.join(END_WAIT)
+            job.refresh_from_db()
+            if job.status not in Job.OK:
+                raise OperationError(
+                    f"The download broke off: {job.error_message or job.status}",
+                    job.error_code or "download_failed",
+                )
     finally:
         _stop(job, sink, runner)
 

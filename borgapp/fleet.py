@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from borgapp import audit, jobs, naming, operations, validation
+from borgapp import audit, jobs, naming, operations, relay, validation
 from borgapp.errors import Conflict
 from borgapp.models import Host, Job
 from borgapp.places import Places
@@ -41,8 +41,11 @@ HANDED_PARAMS = {
     Job.Kind.BACKUP: ("sources", "excludes", "compression", "one_file_system",
                       "checkpoint_interval", "comment"),
     Job.Kind.EXTRACT: ("target", "paths", "strip_components"),
+    Job.Kind.DOWNLOAD: ("paths",),
 }  # fmt: skip
 SEEN_EVERY = 10.0  # seconds between writes of a host's last_seen
+CANCEL_REASONS = {"client_gone": "The client left before the download's end."}
+RELAY_CHUNK = 1 << 20  # bytes of an agent's upload passed on at once
 
 
 class NoSuchJob(Exception):
@@ -284,12 +287,20 @@ def finish(job: Job, report: dict) -> Job:
             status, code = Job.Status.FAILED, "bad_report"
             message = f"The agent's report could not be recorded ({exc}); run a sync."[:2000]
             report = {}
+    elif status in Job.OK and job.kind == Job.Kind.DOWNLOAD:  # bytes borg's tar held
+        sent = report.get("bytes")
+        result = {"archive_name": job.archive_name, "paths": job.params.get("paths"),
+                  "format": job.params.get("format"),
+                  "bytes": sent if isinstance(sent, int) else None}  # fmt: skip
     elif status in Job.OK:  # an extract: where, and how many files (the agent counted)
         files = report.get("files")
         result = {"archive_name": job.archive_name, "target_path": job.params.get("target"),
                   "files": files if isinstance(files, int) else None}  # fmt: skip
     if status == Job.Status.WARNING:
         message = "; ".join(map(str, _listed(report, "warnings")))[:2000] or message
+    if status == Job.Status.CANCELLED and job.error_code:
+        # the center asked for the stop and said why (a download's client left): its reason
+        code, message = job.error_code, CANCEL_REASONS.get(job.error_code, message)
     if status not in Job.OK and not code:
         code = str(report.get("code") or status)[:40]
         found = report.get("result")
@@ -299,6 +310,29 @@ def finish(job: Job, report: dict) -> Job:
              error_message=message, log_tail=tail)  # fmt: skip
     job.refresh_from_db()
     return job
+
+
+class ClientGone(Exception):
+    """The client of a relayed download left: the agent must stop borg."""
+
+
+def relay_upload(job: Job, upload, wait: float = 5.0) -> int | None:
+    """Pass what the agent uploads for a download to the client that waits for it (in this
+    or another web process of this server), as it arrives. None: nobody waits for it."""
+    deadline = time.monotonic() + wait
+    while (conn := relay.connect(job.pk)) is None:  # the client's side may be a moment late
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+    sent = 0
+    with conn:
+        while data := upload.read(RELAY_CHUNK):
+            try:
+                conn.sendall(data)
+            except OSError:
+                raise ClientGone from None
+            sent += len(data)
+    return sent
 
 
 def _text(value, limit: int) -> str:

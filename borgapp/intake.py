@@ -112,7 +112,7 @@ def start(
         return jobs.submit(kind, repository, **options)
 
 
-HOST_KINDS = (Job.Kind.BACKUP, Job.Kind.EXTRACT)  # what agents run so far (issue 15)
+HOST_KINDS = (Job.Kind.BACKUP, Job.Kind.EXTRACT, Job.Kind.DOWNLOAD)  # what agents run so far
 
 
 def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
@@ -122,8 +122,8 @@ def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
         )
     if kind not in HOST_KINDS or inline:
         raise validation.InvalidInput(
-            f"A {kind} job cannot run on host {host.name} yet: agents run backups and "
-            "extracts only."
+            f"A {kind} job cannot run on host {host.name} yet: agents run backups, "
+            "extracts and downloads only."
         )
     if cleaned.get("databases"):
         raise validation.InvalidInput(
@@ -141,10 +141,16 @@ def _admitted(kind, repository, params, user, audit_refusal=True) -> tuple[dict,
         raise
 
 
-def prepare(kind: str, repository: Repository, params: dict, *, trigger: str, user=None) -> Job:
+def prepare(kind: str, repository: Repository, params: dict, *, trigger: str, user=None,
+            host=None) -> Job:  # fmt: skip
     """Check a request and record it as a job of this process that has not started: the
-    caller claims the lease and runs it itself (a download, streamed to its client)."""
+    caller claims the lease and runs it itself (a download, streamed to its client). With a
+    `host`, the job waits for that host's agent instead, which claims and runs it."""
     cleaned, archive_name = _admitted(kind, repository, params, user)
+    if host is not None:
+        _check_host_job(kind, cleaned, host, inline=False)
+        return jobs.create(kind, repository, trigger=trigger, params=cleaned, user=user,
+                           archive_name=archive_name, host=host)  # fmt: skip
     return jobs.create(
         kind, repository, trigger=trigger, params=cleaned, user=user,
         archive_name=archive_name, inline=True,

@@ -22,6 +22,7 @@ event loop (bounded in time too) before the request takes one of the `threads`.
 import asyncio
 import io
 import os
+import re
 import signal
 import sys
 import threading
@@ -91,6 +92,44 @@ def wsgi_environ(scope, body: bytes) -> dict:
     return environ
 
 
+class Upload:
+    """A request's body read as it arrives, from a pool thread: each read waits in the event
+    loop for the next chunk, at most `timeout` seconds. A client that leaves or stalls makes
+    the read fail (OSError), never look like the body's end."""
+
+    def __init__(self, receive, loop, timeout: float):
+        self.receive, self.loop, self.timeout = receive, loop, timeout
+        self.buffer = b""
+        self.done = False
+
+    def _next(self) -> None:
+        waiting = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(self.receive(), self.timeout), self.loop
+        )
+        try:
+            message = waiting.result()
+        except TimeoutError:
+            raise OSError(f"the upload stalled for {self.timeout:.0f} s") from None
+        if message["type"] == "http.disconnect":
+            raise OSError("the client closed the connection before the end of its upload")
+        self.buffer += message.get("body", b"")
+        self.done = not message.get("more_body")
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or not self.buffer):
+            self._next()
+        if size < 0:
+            size = len(self.buffer)
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def readline(self, size: int = -1) -> bytes:  # Django's request wraps what it is given
+        while not self.done and b"\n" not in self.buffer and (size < 0 or len(self.buffer) < size):
+            self._next()
+        end = self.buffer.find(b"\n") + 1 or len(self.buffer)
+        return self.read(end if size < 0 else min(end, size))
+
+
 class Bounded:
     """An ASGI app around a WSGI app. A request's body is read in the event loop within
     `body_timeout` seconds (408 otherwise), then the WSGI app runs in a pool of `threads`
@@ -98,8 +137,9 @@ class Bounded:
     under gthread). Requests beyond `threads` wait in the event loop, holding no thread."""
 
     def __init__(self, wsgi_app, threads, body_timeout, max_body=MAX_BODY, ready=None,
-                 interval=0.5):  # fmt: skip
+                 interval=0.5, streamed=""):  # fmt: skip
         self.app = wsgi_app
+        self.streamed = re.compile(streamed) if streamed else None
         self.threads = threads
         self.body_timeout = body_timeout
         self.max_body = max_body
@@ -127,6 +167,9 @@ class Bounded:
                 return
 
     async def _http(self, scope, receive, send):
+        if self.streamed and self.streamed.match(scope["path"]) and scope["method"] == "POST":
+            await self._streamed(scope, receive, send)
+            return
         chunks, size = [], 0
         try:
             async with asyncio.timeout(self.body_timeout):
@@ -178,6 +221,17 @@ class Bounded:
                 await send(event)
         finally:
             watcher.cancel()
+
+    async def _streamed(self, scope, receive, send):
+        """A request whose body the app reads as it arrives (an agent's upload of a download,
+        relayed to the client as it comes): no size limit, and each read waits at most
+        SEND_TIMEOUT seconds for the next bytes."""
+        loop = asyncio.get_running_loop()
+        environ = wsgi_environ(scope, b"")
+        environ["wsgi.input"] = Upload(receive, loop, SEND_TIMEOUT)
+        environ["opscenter.client_gone"] = threading.Event()
+        environ["opscenter.park"] = False
+        await loop.run_in_executor(self.pool, self._run, environ, loop, send)
 
     def _run(self, environ, loop, send):
         """In a pool thread: run the WSGI app and hand its answer to the event loop, one chunk
@@ -312,15 +366,17 @@ async def _watch_disconnect(receive, gone: threading.Event) -> None:
     gone.set()
 
 
-def _parking_settings():
-    """The app's `ready` check for waiting requests and its interval, when the app served is
-    this project (Django is set up by then); none for any other WSGI app."""
+def _app_settings():
+    """The app's `ready` check for waiting requests and its interval, and the paths whose
+    bodies are read as they arrive, when the app served is this project (Django is set up by
+    then); none for any other WSGI app."""
     from django.conf import settings
     from django.utils.module_loading import import_string
 
     if not settings.configured or not getattr(settings, "PARKING_READY", ""):
-        return None, 0.5
-    return import_string(settings.PARKING_READY), settings.PARKING_INTERVAL
+        return None, 0.5, ""
+    ready = import_string(settings.PARKING_READY)
+    return ready, settings.PARKING_INTERVAL, settings.STREAMED_UPLOADS
 
 
 class HypercornWorker(Worker):
@@ -381,9 +437,9 @@ class HypercornWorker(Worker):
         if self.cfg.is_ssl:
             self.log.error("TLS belongs to the reverse proxy in front; remove certfile/keyfile")
             sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops
-        ready, interval = _parking_settings()
+        ready, interval, streamed = _app_settings()
         app = Bounded(self.wsgi, threads=self.cfg.threads, body_timeout=self.cfg.keepalive,
-                      ready=ready, interval=interval)  # fmt: skip
+                      ready=ready, interval=interval, streamed=streamed)  # fmt: skip
         try:
             self.loop.run_until_complete(
                 serve(

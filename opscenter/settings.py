@@ -195,6 +195,11 @@ AGENT_POLL_INTERVAL = env.float("OPSCENTER_AGENT_POLL_INTERVAL", default=0.25)
 AGENT_POLL_WAITERS = env.int("OPSCENTER_AGENT_POLL_WAITERS", default=4)
 PARKING_READY = "borgapp.fleet.ready_keys"
 PARKING_INTERVAL = AGENT_POLL_INTERVAL
+# An agent's upload of a download it runs: read as it arrives and relayed to the client that
+# waits for it (borgapp.relay), never held whole in memory.
+STREAMED_UPLOADS = r"^/agent/v1/jobs/\d+/stream$"
+# How long a download that runs on a host waits for the host's agent to start sending.
+DOWNLOAD_AGENT_WAIT = env.float("OPSCENTER_DOWNLOAD_AGENT_WAIT", default=60.0)
 # A host's running job whose agent has not reported for this long is marked lost (its lease
 # freed; a late report is still recorded), and a host silent this long raises an alert.
 AGENT_JOB_GRACE = env.int("OPSCENTER_AGENT_JOB_GRACE", default=120)

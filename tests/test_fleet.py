@@ -72,7 +72,7 @@ def test_a_hosts_job_is_never_run_by_the_center(repo, roots, tmp_path):
     assert job.status == Job.Status.QUEUED
     jobs.dispatch_next(repo.pk)
     assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
-    with pytest.raises(Exception, match="agents run backups and extracts only"):
+    with pytest.raises(Exception, match="agents run backups, extracts and downloads only"):
         intake.start("check", repo, {}, trigger="cli", host=host)
 
 
@@ -678,3 +678,100 @@ def test_append_only_line_names_the_path_borg_serve_compares():
                         f"restrict {key}")  # fmt: skip
     with pytest.raises(validation.InvalidInput, match="absolute path"):
         fleet.authorized_keys_line(host, "ssh://b@vault:22/~backup/web1")
+
+
+@pytest.fixture
+def short_agent_wait(roots):
+    """Downloads wait 4 s for a host's agent (listed before web_server, which reads it)."""
+    roots.env["OPSCENTER_DOWNLOAD_AGENT_WAIT"] = "4"
+
+
+def test_a_download_runs_on_its_host_and_is_relayed(roots, tmp_path, short_agent_wait,
+                                                    web_server, settings):  # fmt: skip
+    """A download with a host: borg runs on that host's agent, which uploads the tar as borg
+    writes it; the center relays it to the client as it arrives. Files and folders come back
+    byte for byte (API and CLI); a missing path is a 404; a host whose agent is not running
+    is a 504 after the wait; a client that leaves stops borg on the host and frees the
+    repository."""
+    import io
+    import socket
+    import tarfile
+    import urllib.request
+
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    from borgapp import intake
+    from borgapp.models import Archive, Host, Job, Repository
+    from tests.helpers import borg_processes_by_repo
+
+    url, _ = web_server
+    settings.DOWNLOAD_AGENT_WAIT = 4
+    repo = a_repository(roots, tmp_path)
+    big = os.urandom(3 * 2**20 + 17)
+    src = write_files(tmp_path / "host" / "srv" / "app", {"conf/app.ini": "x=1",
+                                                          "data/notes.txt": "notes"})  # fmt: skip
+    (src / "data" / "blob.bin").write_bytes(big)
+    (src / "data" / "huge.bin").write_bytes(os.urandom(48 * 2**20))
+    proc = start_agent(url, "web1", tmp_path / "agent", tmp_path / "agent.log")
+    host = Host.objects.get(name="web1")
+    key = Token.objects.create(user=User.objects.create_superuser("boss", password="x" * 20)).key
+    try:
+        made = intake.start("backup", repo, {"sources": [str(src)]}, trigger="cli", host=host)
+        assert ended_job(made, timeout=120).status == "succeeded"
+        archive = Archive.objects.get(repository=repo)
+        folder = str(src).lstrip("/")
+
+        def get(query, timeout=60):
+            request = urllib.request.Request(
+                f"{url}/api/v1/archives/{archive.pk}/download/?{query}",
+                headers={"Authorization": f"Token {key}"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as answer:
+                    return answer.status, answer.headers, answer.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.headers, exc.read()
+
+        status, headers, body = get(f"path={folder}/data&format=tar.gz&host=web1")
+        assert status == 200, body[:500]
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+            assert tar.extractfile(f"{folder}/data/blob.bin").read() == big
+            assert tar.extractfile(f"{folder}/data/notes.txt").read() == b"notes"
+        job = Job.objects.get(pk=int(headers["X-Opscenter-Job"]))
+        assert job.status == "succeeded" and job.worker_host == "agent:web1"
+        assert job.host_id == host.pk and job.result["bytes"] > len(big)
+        status, headers, body = get(f"path={folder}/data/blob.bin&host=web1")
+        assert status == 200 and body == big and headers["Content-Length"] == str(len(big))
+        status, _, body = get(f"path={folder}/nothing-here&host=web1")
+        assert status == 404 and json.loads(body)["error"] == "path_not_found"
+        assert get(f"path={folder}/data&host=nobody")[0] == 400
+
+        out = tmp_path / "notes.txt"
+        done = cli("borg_download", "r", archive.name, f"{folder}/data/notes.txt", "--host",
+                   "web1", "--output", out)  # fmt: skip
+        assert done.code == 0, done.err
+        assert out.read_bytes() == b"notes"
+
+        # a client that reads a little, then leaves: borg stops on the host, the lease is free
+        where = str(roots.repos / "r")
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                f"GET /api/v1/archives/{archive.pk}/download/?path={folder}/data/huge.bin"
+                f"&host=web1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {key}\r\n\r\n".encode()
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        gone = wait_for(lambda: Job.objects.filter(kind="download", status="cancelled").first(),
+                        timeout=60)  # fmt: skip
+        assert gone.error_code == "client_gone"
+        wait_for(lambda: not borg_processes_by_repo([where])[where], timeout=30)
+        assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    finally:
+        stop_process(proc)
+    # an agent that is not running: the client hears so after the wait, nothing stays queued
+    status, _, body = get(f"path={folder}/data/notes.txt&host=web1", timeout=30)
+    assert status == 504 and json.loads(body)["error"] == "host_unavailable"
+    assert not Job.objects.filter(status__in=["queued", "running"]).exists()
+    assert Repository.objects.get(pk=repo.pk).lease_job_id is None
+    assert Host.objects.get(name="web1").state == "active"

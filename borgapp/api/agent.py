@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 
 from borgapp import audit, fleet
 from borgapp.api.errors import body
+from borgapp.models import Job
 
 PARK_HEADER = "X-Opscenter-Park"  # read by opscenter/serving.py, never sent to the client
 
@@ -109,6 +110,32 @@ def done(request, data, job_id):
     return JsonResponse({"status": job.status})
 
 
+@csrf_exempt
+@require_POST
+def stream(request, job_id):
+    """The agent's upload of a download it runs (borg's tar, chunked, read as it arrives):
+    relayed to the client that waits for it. 410 when that client has left (the agent stops
+    borg), 409 when no client waits for it."""
+    try:
+        job = fleet.running_job(_host(request), job_id)
+        if job.kind != Job.Kind.DOWNLOAD or job.status != Job.Status.RUNNING:
+            raise fleet.NoSuchJob(job_id)
+        sent = fleet.relay_upload(job, request.META["wsgi.input"])
+    except fleet.NotAuthorized:
+        audit.record_attempt("agent_auth", request.path, outcome="refused",
+                             message="no such token or credential")  # fmt: skip
+        return JsonResponse(body("not_authorized", "Not authorized."), status=401)
+    except fleet.NoSuchJob:
+        return JsonResponse(body("not_found", "No such running download of this host."), 404)
+    except fleet.ClientGone:
+        return JsonResponse(body("client_gone", "The client left: stop."), status=410)
+    except OSError as exc:  # the upload itself broke off (the agent left or stalled)
+        return JsonResponse(body("upload_broken", str(exc)), status=400)
+    if sent is None:
+        return JsonResponse(body("no_client", "No client waits for this download."), 409)
+    return JsonResponse({"received": sent})
+
+
 def _no_store(response):
     response["Cache-Control"] = "no-store"  # a credential or a passphrase is in it
     return response
@@ -119,4 +146,5 @@ urlpatterns = [
     path("poll", poll),
     path("jobs/<int:job_id>/progress", progress),
     path("jobs/<int:job_id>/done", done),
+    path("jobs/<int:job_id>/stream", stream),
 ]

@@ -43,6 +43,8 @@ def status_for_job_error(code: str) -> int:
         return 400
     if code == "not_found":
         return 404
+    if code == "host_unavailable":  # the host's agent did not answer in time
+        return 504
     return 502
 
 

@@ -25,6 +25,7 @@ from borgapp.models import (
     ArchiveDiffItem,
     AuditEvent,
     DatabaseSource,
+    Host,
     Job,
     Repository,
     RetentionPolicy,
@@ -388,6 +389,8 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
                              description="a path in the archive; repeat for a selection"),
             OpenApiParameter("format", str, enum=[*DOWNLOAD_FORMATS],
                              description="auto (default): one file as itself, else a tar"),
+            OpenApiParameter("host", str, description="run borg on this host's agent (its "
+                             "repository may be reachable only from there)"),
         ],
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
     )  # fmt: skip
@@ -396,6 +399,11 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         """Stream files of this archive as borg reads them: one file as itself, a folder or a
         selection as a tar (plain, gzip or zstd). Operators and admins."""
         archive = self.get_object()
+        host = None
+        if request.query_params.get("host"):
+            host = Host.objects.filter(name=request.query_params["host"]).first()
+            if host is None:
+                raise ApiError("invalid_input", "No host of that name.", 400)
         try:
             download = downloads.begin(
                 archive,
@@ -405,6 +413,7 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
                 user=request.user,
                 lease_wait=settings.DOWNLOAD_LEASE_WAIT,
                 client_gone=request.META.get("opscenter.client_gone"),
+                host=host,
             )
         except downloads.NotInArchive as exc:
             raise ApiError("path_not_found", str(exc), 404) from None

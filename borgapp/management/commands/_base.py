@@ -55,11 +55,15 @@ class JobCommand(BaseCommand):
             kind, self.repository(name), params, trigger=Job.Trigger.CLI, inline=True, echo=echo
         )
 
-    def run_on_host(self, kind: str, name: str, params: dict, host_name: str) -> Job:
-        """Queue the job for a host's agent, then wait here until it has ended."""
+    def host(self, host_name: str) -> Host:
         host = Host.objects.filter(name=host_name).first()
         if host is None:
             raise CommandError(f"No host named {host_name!r}.", returncode=EXIT_FAILED)
+        return host
+
+    def run_on_host(self, kind: str, name: str, params: dict, host_name: str) -> Job:
+        """Queue the job for a host's agent, then wait here until it has ended."""
+        host = self.host(host_name)
         job = intake.start(kind, self.repository(name), params, trigger=Job.Trigger.CLI, host=host)
         try:
             while not job.is_finished:

@@ -28,6 +28,10 @@ class Command(JobCommand):
             "--output", "-o", default="-", help="a new file (default: standard output)"
         )
         parser.add_argument("--force", action="store_true", help="replace an existing file")
+        parser.add_argument(
+            "--host", help="run borg on this host's agent (its repository may be reachable "
+            "only from there); the bytes are relayed through the center",
+        )  # fmt: skip
 
     def start(self, options, echo):
         repo = self.repository(options["name"])
@@ -38,10 +42,11 @@ class Command(JobCommand):
                 "(run borg_sync if it is new).",
                 returncode=EXIT_FAILED,
             )
+        host = self.host(options["host"]) if options["host"] else None
         target = Output(options["output"], options["force"])
         try:
             streamed = downloads.begin(
-                archive, options["paths"], options["format"], trigger=Job.Trigger.CLI
+                archive, options["paths"], options["format"], trigger=Job.Trigger.CLI, host=host
             )
         except OperationError as exc:
             target.discard()
@@ -52,6 +57,9 @@ class Command(JobCommand):
         try:
             for chunk in streamed.body:
                 target.write(chunk)
+        except OperationError as exc:  # it broke off midway: nothing is kept
+            target.discard()
+            raise CommandError(str(exc), returncode=EXIT_FAILED) from None
         except BaseException:
             target.discard()
             raise
