@@ -25,6 +25,7 @@ from borgapp import (
     borg,
     catalog,
     dumps,
+    heldir,
     inplace,
     lease,
     listing,
@@ -434,75 +435,10 @@ def prepare_empty_dir(path: str, roots: list[Path], what: str) -> Path:
     return validation.require_under_roots(str(target), roots, what)
 
 
-# A restore target (and the verify-restore sandbox) is held open from its check to borg's
-# end: borg starts in the directory that was checked, by descriptor (borg.Command.cwd_fd).
-# That is not enough alone: borg joins os.getcwd() with every item's path and walks that
-# path again for each file it writes, so whoever can rename an entry in a directory on the
-# way could still swap the target for a symbolic link while borg runs. Every directory from
-# / to the target must therefore be changeable by root or this app's user only.
-
-HELD_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def require_private_path(path: Path, what: str) -> None:
-    """Every directory on the resolved `path`, and `path` itself, is a directory only root
-    or this user can change: owned by one of them and not writable by group or others, or
-    sticky (like /tmp) with the next entry owned by one of them."""
-    import stat
-
-    trusted = {0, os.geteuid()}
-    hint = "restore into a directory no other user can write in (chmod go-w, owner this user)"
-    parent, parent_stat = Path("/"), os.lstat("/")
-    for name in path.parts[1:]:
-        here = parent / name
-        here_stat = os.lstat(here)
-        if not stat.S_ISDIR(here_stat.st_mode):
-            raise validation.InvalidInput(f"{what} {str(path)!r}: {here} is not a directory.")
-        private = parent_stat.st_uid in trusted and not parent_stat.st_mode & 0o022
-        sticky = parent_stat.st_mode & stat.S_ISVTX and here_stat.st_uid in trusted
-        if not (private or (sticky and parent_stat.st_uid in trusted)):
-            raise validation.InvalidInput(
-                f"{what} {str(path)!r}: other users can rename entries in {parent}, and so "
-                f"redirect what borg writes; {hint}."
-            )
-        parent, parent_stat = here, here_stat
-    if parent_stat.st_uid not in trusted or parent_stat.st_mode & 0o022:
-        raise validation.InvalidInput(
-            f"{what} {str(path)!r} can be written in by other users; {hint}."
-        )
-
-
-def hold_empty_dir(path: Path, what: str, *, dir_fd: int | None = None) -> int:
-    """Open the checked directory (no symbolic link followed) and check it through the
-    descriptor: empty, private all the way, and still what `path` names. The caller closes
-    the descriptor."""
-    fd = os.open(path, HELD_DIR_FLAGS, dir_fd=dir_fd)
-    try:
-        if dir_fd is None:
-            require_private_path(path, what)
-            if not same_dir(path, fd):
-                raise validation.InvalidInput(f"{what} {str(path)!r} changed while checked.")
-        if os.listdir(fd):
-            raise validation.InvalidInput(f"{what} {str(path)!r} is not empty.")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def same_dir(path: Path, fd: int) -> bool:
-    try:
-        now = os.lstat(path)
-    except OSError:
-        return False
-    held = os.fstat(fd)
-    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
-
-
 def make_held_dir(parent_fd: int, name: str) -> int:
     """A new private directory inside a held one, itself held."""
     os.mkdir(name, 0o700, dir_fd=parent_fd)
-    return hold_empty_dir(Path(name), "Sandbox", dir_fd=parent_fd)
+    return heldir.hold_empty_dir(Path(name), "Sandbox", dir_fd=parent_fd)
 
 
 def extract_into(ctx: Context, fd: int, command: borg.Command) -> borg.Result:
@@ -526,7 +462,7 @@ def op_extract(ctx: Context) -> Outcome:
     archive = _archive(ctx)
     _require_safe_restore(ctx, archive)
     target = prepare_empty_dir(ctx.params.target, settings.RESTORE_ROOTS, "Restore target")
-    fd = hold_empty_dir(target, "Restore target")
+    fd = heldir.hold_empty_dir(target, "Restore target")
     try:
         command = borg.extract_cmd(
             ctx.repo.location,
@@ -537,7 +473,7 @@ def op_extract(ctx: Context) -> Outcome:
         )
         extract_into(ctx, fd, command)
         files = files_in(fd)
-        if not same_dir(target, fd):
+        if not heldir.same_dir(target, fd):
             raise OperationError(
                 f"The restore target {target} was moved or replaced while borg ran; the "
                 f"restored files are in the directory that was checked, now "
@@ -594,12 +530,12 @@ def op_restore(ctx: Context) -> Outcome:
     archive = _archive(ctx)
     _require_safe_restore(ctx, archive)
     root = params.inplace_root(p.target, p.paths[0])
-    require_private_path(root, "In-place root")
-    target_fd = open_dir_nofollow(p.target, "Target")
+    heldir.require_private_path(root, "In-place root")
+    target_fd = heldir.open_dir_nofollow(p.target, "Target")
     try:
         if p.preview:
             entries = _listed(ctx, archive, p.paths)
-            _require_listed(archive, p.paths, {entry.path for entry in entries})
+            heldir.require_listed(archive.name, p.paths, {entry.path for entry in entries})
             report = inplace.preview(entries, target_fd, p.policy, p.paths)
         else:
             report = _restore_staged(ctx, archive, root, target_fd)
@@ -609,26 +545,6 @@ def op_restore(ctx: Context) -> Outcome:
         {"archive_name": archive.name, "target": p.target, "policy": p.policy,
          "preview": p.preview, "paths": p.paths, **report.as_dict()}
     )  # fmt: skip
-
-
-def open_dir_nofollow(path: str, what: str) -> int:
-    """Open an existing directory walking from / one name at a time, no link followed."""
-    fd = os.open("/", HELD_DIR_FLAGS)
-    try:
-        for name in Path(path).parts[1:]:
-            try:
-                child = os.open(name, HELD_DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                raise validation.InvalidInput(
-                    f"{what} {path!r}: {name!r} cannot be entered ({exc.strerror}; a link is "
-                    "never followed)."
-                ) from None
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _listed(ctx: Context, archive: Archive, paths: list[str]) -> list:
@@ -644,35 +560,16 @@ def _listed(ctx: Context, archive: Archive, paths: list[str]) -> list:
     return entries
 
 
-def _require_listed(archive: Archive, paths: list[str], found: set[str]) -> None:
-    """Refuse, before anything is written, a selection with a path the archive lacks."""
-    # a folder borg stored no item for (above a source) is there when something below is
-    missing = [p for p in paths if p not in found and not any(f.startswith(p + "/") for f in found)]
-    if missing:
-        raise OperationError(
-            f"Not in archive {archive.name}: {', '.join(missing)}. Nothing was written.",
-            "path_not_found",
-        )
-
-
-def _staged_paths(fd: int) -> set[str]:
-    found = set()
-    for folder, dirs, files, _ in os.fwalk(".", dir_fd=fd):
-        for name in dirs + files:
-            found.add(os.path.normpath(os.path.join(folder, name)))
-    return found
-
-
 def _restore_staged(ctx: Context, archive: Archive, root: Path, target_fd: int):
     p = ctx.params
     staging = Path(tempfile.mkdtemp(prefix=inplace.STAGING_PREFIX.decode(), dir=root))
     try:
-        fd = hold_empty_dir(staging, "Staging folder")
+        fd = heldir.hold_empty_dir(staging, "Staging folder")
         try:
             command = borg.extract_cmd(ctx.repo.location, archive.name, str(staging), p.paths)
             extracted = extract_into(ctx, fd, command)
             if any("never matched" in warning for warning in extracted.warnings):
-                _require_listed(archive, p.paths, _staged_paths(fd))
+                heldir.require_listed(archive.name, p.paths, heldir.staged_paths(fd))
             return inplace.apply(fd, target_fd, p.policy, p.paths)
         finally:
             os.close(fd)
@@ -911,10 +808,10 @@ def _compare_files(ctx: Context, archive: Archive, sample: list[str]) -> list:
     root = Path(settings.RESTORE_ROOTS[0]) / ".verify"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     root = validation.require_under_roots(str(root), settings.RESTORE_ROOTS, "Sandbox")
-    require_private_path(root, "Sandbox")
+    heldir.require_private_path(root, "Sandbox")
     sandbox = Path(tempfile.mkdtemp(prefix=f"job-{ctx.job.pk}-", dir=root))
     try:
-        sandbox_fd = hold_empty_dir(sandbox, "Sandbox")
+        sandbox_fd = heldir.hold_empty_dir(sandbox, "Sandbox")
         try:
             return _compare_sample(ctx, archive, sample, sandbox, sandbox_fd)
         finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from borgapp import borg, operations
+from borgapp import borg, heldir
 from borgapp.models import Job
 from tests.helpers import cli, write_files
 
@@ -135,7 +135,7 @@ def test_borg_starts_in_the_checked_directory_even_if_its_path_is_swapped(
     intruder could rename in the root), the swap before borg's start changes nothing."""
     restore, outside = arena
     restore.chmod(0o777)
-    monkeypatch.setattr(operations, "require_private_path", lambda *a: None, raising=False)
+    monkeypatch.setattr(heldir, "require_private_path", lambda *a: None)
     target = restore / "t"
     swaps = swap_before_extract(monkeypatch, lambda: as_intruder(intruder, SWAP, target, outside))
     result = cli("borg_extract", "main", archive, "--target", target, "--json")
