@@ -26,7 +26,7 @@ def ended(job: Job) -> None:
     audit.job_finished(job)
     try:  # telling people must never break the job's record
         notifications.job_finished(job)
-        alerts.evaluate()
+        alerts.evaluate(repository_id=job.repository_id)
     except Exception:
         log.exception("Notifications after job %s failed", job.pk)
 

@@ -430,3 +430,37 @@ def test_a_test_email_that_goes_nowhere_says_so(client, settings):
                          follow=True)  # fmt: skip
     said = [str(m) for m in answer.context["messages"]]
     assert said and "not sent anywhere" in said[0] and ": sent." not in said[0]
+
+
+def test_a_jobs_end_looks_at_its_own_repository_only():
+    """A job's end re-evaluates the alerts its repository (and no repository) can have, not
+    every repository's: the work does not grow with the fleet (it cost half a second of CPU
+    per job at 100 repositories), and another repository's firing alert is left as it is,
+    neither resolved nor duplicated."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from borgapp import jobs
+
+    def queries_for_a_jobs_end(repo):
+        job = Job.objects.create(kind="backup", repository=repo, trigger="api", status="running")
+        with CaptureQueriesContext(connection) as seen:
+            jobs.end(job, Job.Status.SUCCEEDED)
+        return len(seen)
+
+    first = ready_repo("first")
+    fresh_archive(first)
+    alone = queries_for_a_jobs_end(first)
+    others = [ready_repo(f"other-{index}") for index in range(30)]
+    for repo in others:
+        fresh_archive(repo, hours=24 * 30)  # their last backup is a month old: overdue
+    alerts.evaluate()  # the periodic pass sees them all
+    firing = set(Alert.objects.filter(state="firing").values_list("kind", "repository_id"))
+    assert {("overdue", repo.pk) for repo in others} <= firing
+    assert queries_for_a_jobs_end(first) == alone
+    assert set(Alert.objects.filter(state="firing").values_list("kind", "repository_id")) == firing
+    # the repository of the job is looked at: its own new condition fires at its job's end
+    late = others[0]
+    Alert.objects.filter(repository=late).delete()
+    queries_for_a_jobs_end(late)
+    assert Alert.objects.filter(kind="overdue", repository=late, state="firing").count() == 1
