@@ -19,6 +19,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -30,9 +31,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import replace
+from datetime import UTC
 from pathlib import Path
 
-from borgapp import borg, procs, validation
+from borgapp import borg, heldir, inplace, procs, validation
 from borgapp.errors import OperationError
 
 VERSION = "0.1"
@@ -215,7 +217,8 @@ def serve_one(center: Center, data: Path, config, roots, args) -> bool:
         job_id = answer["job"]["id"]
         remember(data, RUNNING, {"job": job_id})
         try:
-            report = execute(center, answer["job"], config, roots, data)
+            inplace_roots = tuple(Path(r).resolve() for r in args.inplace_root)
+            report = execute(center, answer["job"], config, roots, data, inplace_roots)
         except (SystemExit, KeyboardInterrupt):
             # stopped (systemctl stop, Ctrl-C): borg was already stopped politely by the
             # door to borg; say so, so the center frees the lease at once
@@ -338,7 +341,7 @@ class Reporter:
 
 
 def execute(center: Center, job: dict, config: borg.BorgConfig, roots: list[Path],
-            data: Path) -> dict:  # fmt: skip
+            data: Path, inplace_roots: tuple = ()) -> dict:  # fmt: skip
     """Run one job of this host and say how it ended."""
     config = replace(config, lock_wait=int(job.get("lock_wait") or config.lock_wait))
     reporter = Reporter(center, job["id"], data)
@@ -346,12 +349,16 @@ def execute(center: Center, job: dict, config: borg.BorgConfig, roots: list[Path
         return extract(reporter, job, config, roots)
     if job["kind"] == "download":
         return download(reporter, job, config)
+    if job["kind"] == "restore":
+        return restore_in_place(reporter, job, config, inplace_roots)
     return backup(reporter, job, config)
 
 
-def run_borg(command: borg.Command, config, job: dict, reporter: "Reporter") -> borg.Result:
+def run_borg(command: borg.Command, config, job: dict, reporter: "Reporter",
+             on_line=None) -> borg.Result:  # fmt: skip
     return borg.run(
         command, config, passphrase=job.get("passphrase"), on_event=reporter.on_event,
+        on_line=on_line,
         on_start=reporter.on_start, should_stop=reporter.should_stop,
         deadline=float(job.get("deadline") or 86400),
     )  # fmt: skip
@@ -389,6 +396,75 @@ def extract(reporter: Reporter, job: dict, config, roots: list[Path]) -> dict:
     outcome = "warning" if result.warning else "succeeded"
     return {"outcome": outcome, "files": files, "warnings": result.warnings,
             "tail": result.tail}  # fmt: skip
+
+
+def restore_in_place(reporter: Reporter, job: dict, config, roots: tuple) -> dict:
+    """Paths of an archive back where they were on this host (or under a folder that stands
+    for "/"), by the job's policy for what exists, only under the agent's own in-place roots
+    (`--inplace-root`; none: refused). A preview lists what would be created, replaced,
+    kept, left alone and blocked; otherwise borg extracts into a private staging folder in
+    the root and each entry is moved into place, never through a link (borgapp.inplace)."""
+    p = job["params"]
+    paths, policy, archive = p["paths"], p["policy"], job["archive"]
+    location = job["repository"]["location"]
+    try:
+        where = os.path.join(p["target"], paths[0])
+        root = next((r for r in roots if validation.is_within(where, str(r))), None)
+        if root is None:
+            allowed = ", ".join(map(str, roots)) or "none: start the agent with --inplace-root"
+            raise validation.InvalidInput(
+                f"Restore destination {where} is not under an in-place root of this agent "
+                f"({allowed})."
+            )
+        own = str(reporter.data.resolve())
+        if validation.is_within(where, own) or validation.is_within(own, where):
+            raise validation.InvalidInput(
+                f"Restore destination {where} overlaps the agent's own data folder {own}."
+            )
+        heldir.require_private_path(root, "In-place root")
+        target_fd = heldir.open_dir_nofollow(p["target"], "Target")
+        try:
+            if p.get("preview", True):
+                entries = []
+
+                def collect(raw: bytes) -> None:
+                    if raw.strip():
+                        entries.append(inplace.entry_from_listing(json.loads(raw), UTC))
+
+                command = borg.list_items_cmd(location, archive, paths)
+                run_borg(replace(command, extra_env={"TZ": "UTC"}), config, job, reporter,
+                         on_line=collect)  # fmt: skip
+                heldir.require_listed(archive, paths, {entry.path for entry in entries})
+                report = inplace.preview(entries, target_fd, policy, paths)
+            else:
+                report = _staged_restore(reporter, job, config, root, target_fd)
+        finally:
+            os.close(target_fd)
+    except inplace.ApplyFailed as exc:
+        return {"outcome": "failed", "code": exc.code, "error": exc.message,
+                "result": {"report": exc.report.as_dict()}}  # fmt: skip
+    except (borg.BorgError, OperationError, validation.InvalidInput, OSError) as exc:
+        return failed(exc, reporter)
+    return {"outcome": "succeeded", "report": report.as_dict()}
+
+
+def _staged_restore(reporter: Reporter, job: dict, config, root: Path, target_fd: int):
+    p = job["params"]
+    staging = Path(tempfile.mkdtemp(prefix=inplace.STAGING_PREFIX.decode(), dir=root))
+    try:
+        fd = heldir.hold_empty_dir(staging, "Staging folder")
+        try:
+            command = borg.extract_cmd(
+                job["repository"]["location"], job["archive"], str(staging), p["paths"]
+            )
+            extracted = run_borg(replace(command, cwd_fd=fd), config, job, reporter)
+            if any("never matched" in warning for warning in extracted.warnings):
+                heldir.require_listed(job["archive"], p["paths"], heldir.staged_paths(fd))
+            return inplace.apply(fd, target_fd, p["policy"], p["paths"])
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 UPLOAD_CHUNK = 1 << 20  # bytes read from borg's pipe and sent at once
@@ -481,6 +557,10 @@ def main() -> None:
     serve.add_argument("--data", required=True)
     serve.add_argument("--wait", type=float, default=20.0, help="seconds a poll may wait")
     serve.add_argument("--once", action="store_true", help="stop after one job (tests)")
+    serve.add_argument(
+        "--inplace-root", action="append", default=[],
+        help="a folder restores in place may write over (repeatable; default: none, refused)",
+    )  # fmt: skip
     serve.add_argument(
         "--restore-root", action="append", default=[],
         help="a folder restores may write in (repeatable; default: DATA/restore)",

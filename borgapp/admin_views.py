@@ -33,6 +33,7 @@ from borgapp.models import (
     ArchiveDiffItem,
     ArchiveItem,
     DatabaseSource,
+    Host,
     Job,
     Repository,
     RetentionPolicy,
@@ -393,6 +394,14 @@ class RestoreForm(forms.Form):
         ],
         initial="keep",
     )
+    host = forms.ModelChoiceField(
+        queryset=Host.objects.filter(state=Host.State.ACTIVE).order_by("name"),
+        to_field_name="name",
+        required=False,
+        empty_label="this server",
+        help_text="where to restore: this server, or a host (by its agent, under the folders "
+        "its --inplace-root options allow)",
+    )
 
 
 def restore_in_place(model_admin, request, pk):
@@ -403,11 +412,14 @@ def restore_in_place(model_admin, request, pk):
     form = RestoreForm(request.POST or None, initial={"paths": request.GET.getlist("path")})
     if request.method == "POST" and form.is_valid():
         confirmed = "confirm" in request.POST
-        params = {"archive": archive.name, **form.cleaned_data, "preview": not confirmed}
+        chosen = dict(form.cleaned_data)
+        host = chosen.pop("host")
+        params = {"archive": archive.name, **chosen, "preview": not confirmed}
         what = "Restore in place" if confirmed else "Restore preview"
         response = start_or_error(
-            request, Job.Kind.RESTORE, archive.repository, params, f"{what} of {archive.name}"
-        )
+            request, Job.Kind.RESTORE, archive.repository, params, f"{what} of {archive.name}",
+            host=host,
+        )  # fmt: skip
         if response:
             return response
     roots = ", ".join(str(r) for r in settings.INPLACE_ROOTS)
@@ -415,8 +427,8 @@ def restore_in_place(model_admin, request, pk):
         f"In-place roots: {roots}. Nothing is written yet: the preview job lists what would "
         "happen, and its page has the button that restores."
         if roots
-        else "Restores in place are off on this server: list the folders they may write in "
-        "with OPSCENTER_INPLACE_ROOTS."
+        else "Restores in place are off on this server (list the folders they may write in "
+        "with OPSCENTER_INPLACE_ROOTS); a host's agent restores under its --inplace-root folders."
     )
     return form_page(
         request, model_admin, f"Restore {archive.name} in place", form, archive,

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from borgapp import audit, jobs, naming, operations, relay, validation
+from borgapp import audit, inplace, jobs, naming, operations, relay, validation
 from borgapp.errors import Conflict
 from borgapp.models import Host, Job
 from borgapp.places import Places
@@ -42,6 +42,7 @@ HANDED_PARAMS = {
                       "checkpoint_interval", "comment"),
     Job.Kind.EXTRACT: ("target", "paths", "strip_components"),
     Job.Kind.DOWNLOAD: ("paths",),
+    Job.Kind.RESTORE: ("target", "paths", "policy", "preview"),
 }  # fmt: skip
 SEEN_EVERY = 10.0  # seconds between writes of a host's last_seen
 CANCEL_REASONS = {"client_gone": "The client left before the download's end."}
@@ -292,6 +293,11 @@ def finish(job: Job, report: dict) -> Job:
         result = {"archive_name": job.archive_name, "paths": job.params.get("paths"),
                   "format": job.params.get("format"),
                   "bytes": sent if isinstance(sent, int) else None}  # fmt: skip
+    elif status in Job.OK and job.kind == Job.Kind.RESTORE:  # what was (or would be) done
+        p = job.params
+        result = {"archive_name": job.archive_name, "target": p.get("target"),
+                  "policy": p.get("policy"), "preview": p.get("preview"), "paths": p.get("paths"),
+                  **_restore_report(report.get("report"))}  # fmt: skip
     elif status in Job.OK:  # an extract: where, and how many files (the agent counted)
         files = report.get("files")
         result = {"archive_name": job.archive_name, "target_path": job.params.get("target"),
@@ -333,6 +339,28 @@ def relay_upload(job: Job, upload, wait: float = 5.0) -> int | None:
                 raise ClientGone from None
             sent += len(data)
     return sent
+
+
+def _restore_report(found) -> dict:
+    """A restore's report as the agent sent it, kept only in the shape the pages read."""
+    if not isinstance(found, dict) or len(json.dumps(found, default=str)) > MAX_RESULT:
+        return {}
+    kept = {}
+    for category in inplace.CATEGORIES:
+        part = found.get(category)
+        if not isinstance(part, dict) or not isinstance(part.get("count"), int):
+            continue
+        items = [
+            {"path": str(item.get("path", ""))[:4000],
+             **({"reason": str(item["reason"])[:500]} if item.get("reason") else {})}
+            for item in _listed(part, "items")
+            if isinstance(item, dict)
+        ]  # fmt: skip
+        more = part.get("more") if isinstance(part.get("more"), int) else 0
+        kept[category] = {"count": part["count"], "items": items, "more": more}
+    if isinstance(found.get("limit"), int):
+        kept["limit"] = found["limit"]
+    return kept
 
 
 def _text(value, limit: int) -> str:

@@ -92,7 +92,7 @@ def start(
     """Record an operation on a repository and run it (inline) or queue it (worker), or for
     a `host`, queue it for that host's agent. A refusal (bad input, a conflict) is audited
     too (its caller may record it its own way)."""
-    if host is not None and kind == Job.Kind.EXTRACT:
+    if host is not None and kind in (Job.Kind.EXTRACT, Job.Kind.RESTORE):
         params = {**(params or {}), "on_host": True}  # the target is on the host
     cleaned, archive_name = _admitted(kind, repository, params, user, audit_refusal)
     if host is not None:
@@ -112,7 +112,8 @@ def start(
         return jobs.submit(kind, repository, **options)
 
 
-HOST_KINDS = (Job.Kind.BACKUP, Job.Kind.EXTRACT, Job.Kind.DOWNLOAD)  # what agents run so far
+# what agents run so far
+HOST_KINDS = (Job.Kind.BACKUP, Job.Kind.EXTRACT, Job.Kind.DOWNLOAD, Job.Kind.RESTORE)
 
 
 def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
@@ -123,7 +124,7 @@ def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
     if kind not in HOST_KINDS or inline:
         raise validation.InvalidInput(
             f"A {kind} job cannot run on host {host.name} yet: agents run backups, "
-            "extracts and downloads only."
+            "extracts, downloads and restores in place only."
         )
     if cleaned.get("databases"):
         raise validation.InvalidInput(

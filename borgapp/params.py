@@ -201,9 +201,10 @@ class Restore(Params):
     target: str = "/"
     policy: str = "keep"
     preview: bool = True
+    on_host: bool = False  # run by a host's agent: its own in-place roots decide, there
 
     def check(self) -> None:
-        if not settings.INPLACE_ROOTS:
+        if not settings.INPLACE_ROOTS and not self.on_host:
             raise InvalidInput(
                 "Restores in place are off on this server: an admin lists the folders they "
                 "may write in with OPSCENTER_INPLACE_ROOTS."
@@ -217,6 +218,8 @@ class Restore(Params):
             raise InvalidInput(f"Policy must be one of: {', '.join(inplace.POLICIES)}.")
         self.target = validation.absolute_path(self.target or "/", "Target")
         self.preview = self.preview not in (False, "false", "0", 0)
+        if self.on_host:
+            return
         roots = {str(inplace_root(self.target, p)) for p in self.paths}
         if len(roots) > 1:
             raise InvalidInput(

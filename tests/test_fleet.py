@@ -72,7 +72,9 @@ def test_a_hosts_job_is_never_run_by_the_center(repo, roots, tmp_path):
     assert job.status == Job.Status.QUEUED
     jobs.dispatch_next(repo.pk)
     assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
-    with pytest.raises(Exception, match="agents run backups, extracts and downloads only"):
+    with pytest.raises(
+        Exception, match="agents run backups, extracts, downloads and restores in place only"
+    ):
         intake.start("check", repo, {}, trigger="cli", host=host)
 
 
@@ -110,7 +112,7 @@ def agent_env():
     return env
 
 
-def start_agent(url, name, data, log, rsh=None):
+def start_agent(url, name, data, log, rsh=None, options=()):
     from borgapp import fleet
 
     _, token = fleet.add_host(name)
@@ -124,7 +126,7 @@ def start_agent(url, name, data, log, rsh=None):
     handle = open(log, "wb")  # noqa: SIM115 (the agent writes to it while it runs)
     env = {**agent_env(), **({"BORG_RSH": rsh} if rsh else {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--data", data, "--wait", "2"],
+        [sys.executable, "-m", "agent", "run", "--data", data, "--wait", "2", *options],
         env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -759,7 +761,8 @@ def test_a_download_runs_on_its_host_and_is_relayed(roots, tmp_path, short_agent
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(
                 f"GET /api/v1/archives/{archive.pk}/download/?path={folder}/data/huge.bin"
-                f"&host=web1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {key}\r\n\r\n".encode()
+                f"&host=web1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Token {key}\r\n\r\n".encode()
             )
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         gone = wait_for(lambda: Job.objects.filter(kind="download", status="cancelled").first(),
@@ -775,3 +778,73 @@ def test_a_download_runs_on_its_host_and_is_relayed(roots, tmp_path, short_agent
     assert not Job.objects.filter(status__in=["queued", "running"]).exists()
     assert Repository.objects.get(pk=repo.pk).lease_job_id is None
     assert Host.objects.get(name="web1").state == "active"
+
+
+def test_a_restore_in_place_runs_on_its_host(roots, tmp_path, web_server, settings):
+    """A restore in place with a host: the agent previews, then restores, under its own
+    --inplace-root folders only (the center's do not count); the report comes back to the
+    job like a restore of the center's own."""
+    from django.contrib.auth.models import User
+
+    from borgapp import intake
+    from borgapp.models import Archive, Host, Job
+    from tests.helpers import client_for
+
+    url, _ = web_server
+    settings.INPLACE_ROOTS = []  # the center allows no restore in place of its own
+    repo = a_repository(roots, tmp_path)
+    hostroot = tmp_path / "hostroot"
+    live = write_files(hostroot / "srv" / "www", {"index.html": "<h1>home</h1>",
+                                                  "img/logo.svg": "<svg/>"})  # fmt: skip
+    proc = start_agent(url, "web1", tmp_path / "agent", tmp_path / "agent.log",
+                       options=["--inplace-root", str(hostroot)])  # fmt: skip
+    host = Host.objects.get(name="web1")
+    try:
+        made = intake.start("backup", repo, {"sources": [str(live)]}, trigger="cli", host=host)
+        assert ended_job(made, timeout=120).status == "succeeded"
+        archive = Archive.objects.get(repository=repo)
+        (live / "index.html").write_text("<h1>defaced</h1>")
+        (live / "img" / "logo.svg").unlink()
+        folder = str(live).lstrip("/")
+        admin = client_for("admin")
+        asked = {"paths": [folder], "policy": "if-different", "host": "web1"}
+        answer = admin.post(f"/api/v1/archives/{archive.pk}/restore/", asked, format="json")
+        assert answer.status_code == 202, answer.content
+        preview = ended_job(Job.objects.get(pk=answer.json()["id"]), timeout=60)
+        assert preview.status == "succeeded", preview.error_message
+        assert preview.worker_host == "agent:web1" and preview.result["preview"] is True
+        assert preview.result["created"]["count"] == 1
+        assert [item["path"] for item in preview.result["replaced"]["items"]] == [
+            f"{folder}/index.html"
+        ]
+        assert (live / "index.html").read_text() == "<h1>defaced</h1>"  # nothing written yet
+        answer = admin.post(f"/api/v1/archives/{archive.pk}/restore/",
+                            {**asked, "preview": False}, format="json")  # fmt: skip
+        done = ended_job(Job.objects.get(pk=answer.json()["id"]), timeout=60)
+        assert done.status == "succeeded", done.error_message
+        assert (done.result["created"]["count"], done.result["replaced"]["count"]) == (1, 1)
+        assert (live / "index.html").read_text() == "<h1>home</h1>"
+        assert (live / "img" / "logo.svg").read_text() == "<svg/>"
+        assert not list(hostroot.glob("srv/.opscenter-restore-*"))  # no staging left
+        outside = cli("borg_restore", "r", archive.name, folder, "--target", str(tmp_path / "x"),
+                      "--host", "web1", "--yes")  # fmt: skip
+        assert outside.code != 0 and "not under an in-place root of this agent" in outside.err
+        unknown = admin.post(f"/api/v1/archives/{archive.pk}/restore/",
+                             {**asked, "host": "nobody"}, format="json")  # fmt: skip
+        assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_input"
+        # the admin: the form names the host, and the preview's confirm button keeps it
+        from django.test import Client
+        from django.urls import reverse
+
+        page = Client()
+        page.force_login(User.objects.create_superuser("boss", password="x" * 20))
+        form = {"paths": folder, "target": "/", "policy": "keep", "host": "web1"}
+        page.post(reverse("admin:borgapp_archive_restore", args=[archive.pk]), form)
+        queued = Job.objects.filter(kind="restore").latest("pk")
+        assert queued.host_id == host.pk and queued.params["preview"] is True
+        shown = ended_job(queued, timeout=60)
+        assert shown.status == "succeeded", shown.error_message
+        job_page = page.get(reverse("admin:borgapp_job_change", args=[shown.pk])).content.decode()
+        assert '<input type="hidden" name="host" value="web1">' in job_page
+    finally:
+        stop_process(proc)

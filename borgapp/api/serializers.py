@@ -444,6 +444,9 @@ class JobListSerializer(serializers.Serializer):
 
 
 class BackupRequestSerializer(serializers.Serializer):
+    host = serializers.CharField(
+        required=False, help_text="run it on this host's agent (its files are there)"
+    )
     sources = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     databases = serializers.ListField(
         child=serializers.CharField(), required=False, default=list,
@@ -486,12 +489,18 @@ class CheckRequestSerializer(serializers.Serializer):
 
 
 class ExtractRequestSerializer(serializers.Serializer):
+    host = serializers.CharField(
+        required=False, help_text="run it on this host's agent (its files are there)"
+    )
     target = serializers.CharField()
     paths = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     strip_components = serializers.IntegerField(required=False, default=0, min_value=0)
 
 
 class RestoreRequestSerializer(serializers.Serializer):
+    host = serializers.CharField(
+        required=False, help_text="run it on this host's agent (its files are there)"
+    )
     paths = serializers.ListField(
         child=serializers.CharField(trim_whitespace=False), min_length=1,
         help_text="paths inside the archive (files or folders)",

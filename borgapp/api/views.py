@@ -41,8 +41,21 @@ def accepted(request, job: Job) -> Response:
 
 
 def _start(request, kind, repository, params):
-    job = intake.start(kind, repository, params, trigger=Job.Trigger.API, user=request.user)
+    host = _host(params.pop("host", None))
+    job = intake.start(
+        kind, repository, params, trigger=Job.Trigger.API, user=request.user, host=host
+    )
     return accepted(request, job)
+
+
+def _host(name: str | None):
+    """The host a job is to run on (its agent), by name; None: the center."""
+    if not name:
+        return None
+    host = Host.objects.filter(name=name).first()
+    if host is None:
+        raise ApiError("invalid_input", "No host of that name.", 400)
+    return host
 
 
 class JobFilter(filters.FilterSet):
@@ -399,11 +412,7 @@ class ArchiveViewSet(ArchiveContentsMixin, mixins.DestroyModelMixin, viewsets.Re
         """Stream files of this archive as borg reads them: one file as itself, a folder or a
         selection as a tar (plain, gzip or zstd). Operators and admins."""
         archive = self.get_object()
-        host = None
-        if request.query_params.get("host"):
-            host = Host.objects.filter(name=request.query_params["host"]).first()
-            if host is None:
-                raise ApiError("invalid_input", "No host of that name.", 400)
+        host = _host(request.query_params.get("host"))
         try:
             download = downloads.begin(
                 archive,

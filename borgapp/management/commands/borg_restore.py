@@ -31,6 +31,9 @@ class Command(JobCommand):
             help="for files that exist (default: keep)",
         )  # fmt: skip
         parser.add_argument("--yes", action="store_true", help="restore, not only preview")
+        parser.add_argument(
+            "--host", help="restore on this host, by its agent (under its --inplace-root folders)"
+        )
 
     def start(self, options, echo):
         params = {
@@ -40,6 +43,8 @@ class Command(JobCommand):
             "policy": options["policy"],
             "preview": not options["yes"],
         }
+        if options["host"]:
+            return self.run_on_host(Job.Kind.RESTORE, options["name"], params, options["host"])
         return self.run_kind(Job.Kind.RESTORE, options["name"], params, echo)
 
     def describe(self, job):
