@@ -339,12 +339,24 @@ def extract(model_admin, request, pk):
     )
 
 
+def host_field(help_text: str) -> forms.ModelChoiceField:
+    """Where a job runs: this server (empty) or an active host, by its agent."""
+    return forms.ModelChoiceField(
+        queryset=Host.objects.filter(state=Host.State.ACTIVE).order_by("name"),
+        to_field_name="name", required=False, empty_label="this server", help_text=help_text,
+    )  # fmt: skip
+
+
 class DownloadForm(forms.Form):
     paths = LinesField(required=True, help_text="paths inside the archive, one per line")
     format = forms.ChoiceField(
         choices=[(f, f) for f in params.DOWNLOAD_FORMATS], initial="auto",
         help_text="auto: one file as itself, a folder or several paths as a plain tar",
     )  # fmt: skip
+    host = host_field(
+        "where borg reads the repository: this server, or a host that reaches it (its agent "
+        "sends the files through this server)"
+    )
 
 
 def download(model_admin, request, pk):
@@ -355,14 +367,16 @@ def download(model_admin, request, pk):
     paths = request.GET.getlist("path")
     form = DownloadForm(request.POST or None, initial={"paths": paths})
     wanted = None
+    host = None
     if request.method == "POST" and form.is_valid():
         wanted = form.cleaned_data["paths"], form.cleaned_data["format"]
+        host = form.cleaned_data["host"]
     elif request.method == "GET" and paths:
         wanted = paths, request.GET.get("format") or "auto"
     if wanted is not None:
         try:
             streamed = downloads.begin(
-                archive, *wanted, trigger=Job.Trigger.ADMIN, user=request.user,
+                archive, *wanted, trigger=Job.Trigger.ADMIN, user=request.user, host=host,
                 lease_wait=settings.DOWNLOAD_LEASE_WAIT,
                 client_gone=request.META.get("opscenter.client_gone"),
             )  # fmt: skip
@@ -394,13 +408,9 @@ class RestoreForm(forms.Form):
         ],
         initial="keep",
     )
-    host = forms.ModelChoiceField(
-        queryset=Host.objects.filter(state=Host.State.ACTIVE).order_by("name"),
-        to_field_name="name",
-        required=False,
-        empty_label="this server",
-        help_text="where to restore: this server, or a host (by its agent, under the folders "
-        "its --inplace-root options allow)",
+    host = host_field(
+        "where to restore: this server, or a host (by its agent, under the folders its "
+        "--inplace-root options allow)"
     )
 
 

@@ -754,6 +754,17 @@ def test_a_download_runs_on_its_host_and_is_relayed(roots, tmp_path, short_agent
                    "web1", "--output", out)  # fmt: skip
         assert done.code == 0, done.err
         assert out.read_bytes() == b"notes"
+        # the admin's Download page: a host field; the answer streams as it is relayed
+        from django.test import Client
+        from django.urls import reverse
+
+        page = Client()
+        page.force_login(User.objects.get(username="boss"))
+        answer = page.post(reverse("admin:borgapp_archive_download", args=[archive.pk]),
+                           {"paths": f"{folder}/data/notes.txt", "format": "auto",
+                            "host": "web1"})  # fmt: skip
+        assert answer.status_code == 200 and b"".join(answer.streaming_content) == b"notes"
+        assert Job.objects.get(pk=int(answer["X-Opscenter-Job"])).worker_host == "agent:web1"
 
         # a client that reads a little, then leaves: borg stops on the host, the lease is free
         where = str(roots.repos / "r")
