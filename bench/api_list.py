@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +24,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import free_port, stop
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PASSPHRASE = "bench passphrase"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def manage(args, env, **kwargs):
@@ -149,12 +143,7 @@ def main() -> None:
             time.sleep(0.5)
     finally:
         for proc in (web, worker):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop(proc)
     borg_env = {
         "PATH": os.environ["PATH"],
         "BORG_BASE_DIR": str(work / "data" / "borg"),

@@ -25,7 +25,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BORG = str(ROOT / ".venv" / "bin" / "borg")
@@ -46,12 +47,6 @@ def pg_bin(name: str) -> str:
     if not found:
         sys.exit("PostgreSQL's server is missing (make test installs it).")
     return found[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_postgres(base: Path) -> int:

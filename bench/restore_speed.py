@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,16 +34,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import free_port, wait_until_up
+
 ROOT = Path(__file__).resolve().parent.parent
 BORG = str(ROOT / ".venv" / "bin" / "borg")
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PASSPHRASE = "bench passphrase"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_tree(top: Path, size_mb: int) -> None:
@@ -109,15 +104,7 @@ class App:
             "print(Token.objects.create(user=u).key)",
         ).split()[-1]  # fmt: skip
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/api/v1/", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_up(base)
         return base, token
 
     def stop(self) -> None:

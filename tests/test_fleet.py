@@ -361,18 +361,13 @@ def test_an_agents_key_only_appends_to_its_repository(roots, tmp_path, web_serve
     assert pruned.code == 0, pruned.err
 
 
-def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, web_server):
-    """systemctl stop (SIGTERM) of an agent mid-backup: borg is stopped on the host, the job
-    ends interrupted at once (lease free), nothing is recorded; a restarted agent's next
-    backup succeeds. A killed agent (SIGKILL) says nothing: its job is marked lost after the
-    grace, tested above with the late report."""
-    import signal
-
+def agent_mid_backup(roots, tmp_path, url):
+    """An agent (web1) whose backup of 64 MiB with lzma is running and has sent progress:
+    (repository, agent's data folder, agent process, host, job)."""
     from borgapp import intake
-    from borgapp.models import Archive, Host, Job, Repository
-    from tests.helpers import SLOW, borg_processes_by_repo
+    from borgapp.models import Host, Job
+    from tests.helpers import SLOW
 
-    url, _ = web_server
     repo = a_repository(roots, tmp_path)
     src = slow_source(tmp_path)
     data = tmp_path / "agent"
@@ -382,6 +377,20 @@ def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, we
                        trigger="cli", host=host)  # fmt: skip
     wait_for(lambda: Job.objects.filter(pk=job.pk, status="running",
                                         progress_bytes__gt=0).exists(), timeout=60)  # fmt: skip
+    return repo, data, proc, host, job
+
+
+def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, web_server):
+    """systemctl stop (SIGTERM) of an agent mid-backup: borg is stopped on the host, the job
+    ends interrupted at once (lease free), nothing is recorded; a restarted agent's next
+    backup succeeds. A killed agent (SIGKILL) is the next test."""
+    import signal
+
+    from borgapp import intake
+    from borgapp.models import Archive, Repository
+    from tests.helpers import borg_processes_by_repo
+
+    repo, data, proc, host, job = agent_mid_backup(roots, tmp_path, web_server[0])
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     where = str(roots.repos / "r")
@@ -508,19 +517,10 @@ def test_a_killed_agent_stops_its_orphaned_borg_when_it_starts_again(roots, tmp_
     import signal
 
     from borgapp import intake
-    from borgapp.models import Archive, Host, Job, Repository
-    from tests.helpers import SLOW, borg_processes_by_repo
+    from borgapp.models import Archive, Job, Repository
+    from tests.helpers import borg_processes_by_repo
 
-    url, _ = web_server
-    repo = a_repository(roots, tmp_path)
-    src = slow_source(tmp_path)
-    data = tmp_path / "agent"
-    proc = start_agent(url, "web1", data, tmp_path / "agent.log")
-    host = Host.objects.get(name="web1")
-    job = intake.start("backup", repo, {"sources": [str(src)], "compression": SLOW},
-                       trigger="cli", host=host)  # fmt: skip
-    wait_for(lambda: Job.objects.filter(pk=job.pk, status="running",
-                                        progress_bytes__gt=0).exists(), timeout=60)  # fmt: skip
+    repo, data, proc, host, job = agent_mid_backup(roots, tmp_path, web_server[0])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     where = str(roots.repos / "r")
