@@ -347,7 +347,25 @@ def host_field(help_text: str) -> forms.ModelChoiceField:
     )  # fmt: skip
 
 
-class DownloadForm(forms.Form):
+class HostChoice(forms.Form):
+    """A form with a `host` field shown only when there is a host to choose."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.fields["host"].queryset.exists():
+            del self.fields["host"]
+
+    def clean(self):
+        asked = self.data.get("host")
+        if asked and "host" not in self.fields:  # never run on this server what was for a host
+            raise forms.ValidationError(f"Host {asked} is not active: nothing was started.")
+        return super().clean()
+
+    def chosen_host(self):
+        return self.cleaned_data.pop("host", None)
+
+
+class DownloadForm(HostChoice):
     paths = LinesField(required=True, help_text="paths inside the archive, one per line")
     format = forms.ChoiceField(
         choices=[(f, f) for f in params.DOWNLOAD_FORMATS], initial="auto",
@@ -369,8 +387,8 @@ def download(model_admin, request, pk):
     wanted = None
     host = None
     if request.method == "POST" and form.is_valid():
+        host = form.chosen_host()
         wanted = form.cleaned_data["paths"], form.cleaned_data["format"]
-        host = form.cleaned_data["host"]
     elif request.method == "GET" and paths:
         wanted = paths, request.GET.get("format") or "auto"
     if wanted is not None:
@@ -394,7 +412,7 @@ def download(model_admin, request, pk):
     )  # fmt: skip
 
 
-class RestoreForm(forms.Form):
+class RestoreForm(HostChoice):
     paths = LinesField(required=True, help_text="paths inside the archive, one per line")
     target = forms.CharField(
         initial="/",
@@ -422,9 +440,8 @@ def restore_in_place(model_admin, request, pk):
     form = RestoreForm(request.POST or None, initial={"paths": request.GET.getlist("path")})
     if request.method == "POST" and form.is_valid():
         confirmed = "confirm" in request.POST
-        chosen = dict(form.cleaned_data)
-        host = chosen.pop("host")
-        params = {"archive": archive.name, **chosen, "preview": not confirmed}
+        host = form.chosen_host()
+        params = {"archive": archive.name, **form.cleaned_data, "preview": not confirmed}
         what = "Restore in place" if confirmed else "Restore preview"
         response = start_or_error(
             request, Job.Kind.RESTORE, archive.repository, params, f"{what} of {archive.name}",

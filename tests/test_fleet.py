@@ -859,3 +859,26 @@ def test_a_restore_in_place_runs_on_its_host(roots, tmp_path, web_server, settin
         assert '<input type="hidden" name="host" value="web1">' in job_page
     finally:
         stop_process(proc)
+
+
+def test_a_hosts_restore_is_never_confirmed_onto_the_center(roots, tmp_path, client):
+    """The confirm button of a host's preview names the host; if the host was revoked
+    meanwhile (and no host is active, so the form shows no host field), the confirm is
+    refused with the reason: it never runs on this server instead."""
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    from borgapp import fleet
+    from borgapp.models import Archive, Job
+
+    repo = a_repository(roots, tmp_path)
+    archive = Archive.objects.create(repository=repo, name="www-1", borg_id="1" * 64)
+    host, _ = fleet.add_host("web1")
+    fleet.revoke(host)
+    client.force_login(User.objects.create_superuser("boss", password="x" * 20))
+    url = reverse("admin:borgapp_archive_restore", args=[archive.pk])
+    form = {"paths": "srv/www", "target": "/", "policy": "keep", "host": "web1", "confirm": "1"}
+    page = client.post(url, form)
+    assert page.status_code == 200
+    assert "Host web1 is not active: nothing was started." in page.content.decode()
+    assert not Job.objects.filter(kind="restore").exists()
