@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -131,30 +132,40 @@ def start_agent(url, name, data, log, rsh=None, options=()):
     )  # fmt: skip
 
 
-def test_agents_back_up_their_own_hosts(roots, tmp_path, web_server, settings):
-    """Two agents, each its own process, data folder and identity, back up their own sources
-    at once; each archive holds its host's files only; the canary passphrase is nowhere on
-    the agents' side."""
-    from borgapp import intake
+def test_agents_back_up_their_own_hosts(roots, tmp_path, web_server, sshd, settings):
+    """Three agents, each its own process, data folder and identity, back up their own
+    sources at once, two into a local repository and one into an ssh repository through its
+    own append-only key; each archive holds its host's files only; the canary passphrase is
+    nowhere on the agents' side."""
+    from borgapp import fleet, intake
     from borgapp.models import Archive, Host, Job, Repository
 
     url, _ = web_server
+    settings.BORG_RSH = sshd["rsh"]  # the center's own key, for the ssh repository's init
     passfile = write_files(tmp_path / "secret", {"pw": CANARY}) / "pw"
-    made = cli("borg_init", "fleet", "--location", roots.repos / "fleet",
-               "--passphrase-file", passfile)  # fmt: skip
-    assert made.code == 0, made.err
+    offsite = f"ssh://root@127.0.0.1:{sshd['port']}{sshd['home']}/repos/offsite"
+    for name, location in (("fleet", roots.repos / "fleet"), ("offsite", offsite)):
+        made = cli("borg_init", name, "--location", location, "--passphrase-file", passfile)
+        assert made.code == 0, made.err
     repo = Repository.objects.get(name="fleet")
+    repos = {"web1": repo, "db1": repo, "mail1": Repository.objects.get(name="offsite")}
+    known = f"-oStrictHostKeyChecking=yes -oUserKnownHostsFile={sshd['home']}/known_hosts"
     agents, made_jobs = {}, {}
-    for name in ("web1", "db1"):
+    for name in repos:
         data = tmp_path / f"agent-{name}"
         src = write_files(tmp_path / f"host-{name}" / "srv", {f"{name}.txt": f"data of {name}",
                                                               "common/x.conf": name})  # fmt: skip
-        agents[name] = (start_agent(url, name, data, tmp_path / f"{name}.log"), data, src)
+        proc = start_agent(url, name, data, tmp_path / f"{name}.log",
+                           rsh=f"ssh -oBatchMode=yes {known}")  # fmt: skip
+        agents[name] = (proc, data, src)
+    line = fleet.authorized_keys_line(Host.objects.get(name="mail1"), offsite)
+    with open(sshd["home"] / "authorized_keys", "a") as handle:
+        handle.write(line.replace("borg serve", f"{BORG} serve") + "\n")
     try:
         for name, (_, _, src) in agents.items():
             host = Host.objects.get(name=name)
             assert host.state == "active" and host.borg_version.startswith("1.")
-            made_jobs[name] = intake.start("backup", repo, {"sources": [str(src)],
+            made_jobs[name] = intake.start("backup", repos[name], {"sources": [str(src)],
                                            "prefix": name}, trigger="cli", host=host)  # fmt: skip
         for name, job in made_jobs.items():
             done = ended_job(job, timeout=120)
@@ -162,14 +173,13 @@ def test_agents_back_up_their_own_hosts(roots, tmp_path, web_server, settings):
             assert done.worker_host == f"agent:{name}"
             archive = Archive.objects.get(name=done.result["archive_name"])
             assert archive.nfiles == 2
-            env = {**roots.env, "BORG_PASSPHRASE": CANARY}
+            env = {**roots.env, "BORG_PASSPHRASE": CANARY, "BORG_RSH": sshd["rsh"]}
             listed = subprocess.run(
-                [BORG, "list", "--short", f"{repo.location}::{archive.name}"],
+                [BORG, "list", "--short", f"{repos[name].location}::{archive.name}"],
                 env=env, capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
             assert f"{name}.txt" in listed
-            other = "db1" if name == "web1" else "web1"
-            assert f"{other}.txt" not in listed
+            assert all(f"{other}.txt" not in listed for other in repos if other != name)
         # restores run on the right host, into its agent's own restore root only
         web1 = Host.objects.get(name="web1")
         archive = Job.objects.get(pk=made_jobs["web1"].pk).result["archive_name"]
@@ -361,6 +371,24 @@ def test_an_agents_key_only_appends_to_its_repository(roots, tmp_path, web_serve
     assert pruned.code == 0, pruned.err
 
 
+def processes_under(root: int) -> list[int]:
+    """A process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def agent_mid_backup(roots, tmp_path, url):
     """An agent (web1) whose backup of 64 MiB with lzma is running and has sent progress:
     (repository, agent's data folder, agent process, host, job)."""
@@ -391,6 +419,12 @@ def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, we
     from tests.helpers import borg_processes_by_repo
 
     repo, data, proc, host, job = agent_mid_backup(roots, tmp_path, web_server[0])
+    # while borg runs: the passphrase is in no argv and no environment, agent's or borg's
+    family = processes_under(proc.pid)
+    assert len(family) >= 2  # the agent and its borg
+    for pid in family:
+        for part in ("cmdline", "environ"):
+            assert PASSPHRASE.encode() not in Path(f"/proc/{pid}/{part}").read_bytes(), (pid, part)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     where = str(roots.repos / "r")
