@@ -30,6 +30,21 @@ def _read_stat(pid: int) -> tuple[str, list[str]] | None:
     return text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
 
 
+def descendants(root: int) -> list[int]:
+    """A process and all processes below it (children, their children...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        stat = _read_stat(int(entry)) if entry.isdigit() else None
+        if stat is not None:
+            children.setdefault(int(stat[1][1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def start_ticks(pid: int | None) -> int | None:
     """The process's start time in clock ticks since boot (stable for its whole life)."""
     stat = _read_stat(pid) if pid else None

@@ -371,24 +371,6 @@ def test_an_agents_key_only_appends_to_its_repository(roots, tmp_path, web_serve
     assert pruned.code == 0, pruned.err
 
 
-def processes_under(root: int) -> list[int]:
-    """A process and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def agent_mid_backup(roots, tmp_path, url):
     """An agent (web1) whose backup of 64 MiB with lzma is running and has sent progress:
     (repository, agent's data folder, agent process, host, job)."""
@@ -414,13 +396,13 @@ def test_stopping_an_agent_mid_backup_leaves_nothing_running(roots, tmp_path, we
     backup succeeds. A killed agent (SIGKILL) is the next test."""
     import signal
 
-    from borgapp import intake
+    from borgapp import intake, procs
     from borgapp.models import Archive, Repository
     from tests.helpers import borg_processes_by_repo
 
     repo, data, proc, host, job = agent_mid_backup(roots, tmp_path, web_server[0])
     # while borg runs: the passphrase is in no argv and no environment, agent's or borg's
-    family = processes_under(proc.pid)
+    family = procs.descendants(proc.pid)
     assert len(family) >= 2  # the agent and its borg
     for pid in family:
         for part in ("cmdline", "environ"):
