@@ -263,15 +263,19 @@ SCHEDULE_RETRY_WAIT = env.int("OPSCENTER_SCHEDULE_RETRY_WAIT", default=60)
 
 # --- django-q2 (REL-09) ---------------------------------------------------------------------
 
+# The queue between the doors and the workers: the database itself (django-q2's ORM broker)
+# by default; OPSCENTER_REDIS_URL (redis://host:6379/0) puts it in Redis for a fleet.
+REDIS_URL = env.str("OPSCENTER_REDIS_URL", default="")
 Q_CLUSTER = {
     "name": "opscenter",
-    "orm": "default",
+    **({"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}),
     "workers": env.int("OPSCENTER_WORKERS", default=2),
     # The job's own deadline stops borg with the signal ladder first; django-q2's timeout
     # (which kills the worker and would leave borg running) is only a last resort after it.
     "timeout": JOB_DEADLINE + 3600,
     # The ORM broker hands a task out again once `retry` passes, even while it runs: make it
-    # longer than any job plus its wait in the queue.
+    # longer than any job plus its wait in the queue. Redis hands a task out once (no receipt,
+    # `retry` unused): if its worker dies before the job starts, `reconcile` queues it again.
     "retry": JOB_DEADLINE + 12 * 3600,
     "max_attempts": 1,
     "ack_failures": True,
