@@ -2,11 +2,11 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings as django_settings
@@ -14,7 +14,16 @@ from django.conf import settings as django_settings
 # helpers.py asserts (make_repo): rewritten as in a test module, so a failure shows its values
 pytest.register_assert_rewrite("tests.helpers")
 
-from tests.helpers import PASSPHRASE, ROOT, Roots, cli, spawn_manage, stop_process  # noqa: E402
+from tests.backends import free_port, wait_for_port  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    PASSPHRASE,
+    ROOT,
+    Roots,
+    cli,
+    empty_queue,
+    spawn_manage,
+    stop_process,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +49,23 @@ def _fresh_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _empty_queue():
+    """With Redis as the broker the queue lives outside the test database: each test begins
+    with it empty, as it begins with the ORM broker's table empty."""
+    if django_settings.REDIS_URL:
+        empty_queue()
+
+
+def child_database_url() -> str:
+    """The database pytest-django made (test_<NAME> on PostgreSQL), for child processes."""
+    db = django_settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user, password = quote(db["USER"], safe=""), quote(db["PASSWORD"], safe="")
+    return f"postgres://{user}:{password}@{db['HOST']}:{db['PORT']}/{quote(db['NAME'])}"
+
+
 @pytest.fixture
 def roots(tmp_path, settings):
     """Allowed roots and a private BORG_BASE_DIR for one test, in-process and for children."""
@@ -60,7 +86,8 @@ def roots(tmp_path, settings):
         OPSCENTER_MOUNT_ROOTS=str(paths["mnt"]),
         OPSCENTER_INPLACE_ROOTS=str(paths["inplace"]),
         BORG_BASE_DIR=str(paths["borgbase"]),
-        DATABASE_URL=f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
+        DATABASE_URL=child_database_url(),
+        OPSCENTER_REDIS_URL=django_settings.REDIS_URL,
         BORG_ENCRYPTION_KEY=",".join(django_settings.BORG_ENCRYPTION_KEYS),
         OPSCENTER_ALERT_WATCH_THREAD="0",
         BORG_GRACE_SIGINT="10",
@@ -123,36 +150,48 @@ def pytest_collection_modifyitems(items):
 def pytest_runtest_makereport(item, call):
     """A failed test that ran a worker shows the worker's log beside its traceback."""
     report = yield
-    log = getattr(item, "worker_log", None)
-    if report.failed and log is not None and log.exists():
-        report.sections.append(("worker log", log.read_text(errors="replace")[-20000:]))
+    for log in getattr(item, "worker_logs", []) if report.failed else []:
+        if log.exists():
+            report.sections.append((log.name, log.read_text(errors="replace")[-20000:]))
     return report
 
 
 @pytest.fixture
-def cluster(roots, tmp_path, request):
-    """The worker as `make run` starts it; its log is shown when the test fails."""
-    env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as handle:
-        proc = spawn_manage(["worker"], env, stdout=handle, stderr=subprocess.STDOUT)
-    request.node.worker_log = log
-    yield proc
-    stop_process(proc)
+def workers(roots, tmp_path, request):
+    """Starts the worker as `make run` starts it, once per call (a restart, or several side by
+    side); their logs are shown when the test fails, and they are stopped after it."""
+    started = []
+    request.node.worker_logs = []
+
+    def start() -> subprocess.Popen:
+        env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
+        log = tmp_path / f"worker-{len(started) + 1}.log"
+        with open(log, "wb") as handle:
+            proc = spawn_manage(["worker"], env, stdout=handle, stderr=subprocess.STDOUT)
+        started.append(proc)
+        request.node.worker_logs.append(log)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            stop_process(proc)
+
+
+@pytest.fixture
+def cluster(workers):
+    """The worker as `make run` starts it."""
+    return workers()
 
 
 @pytest.fixture
 def web_server(roots, tmp_path):
     """The web app as `make run` serves it (gunicorn, its config), on a free loopback port,
     on the test database. Yields (base URL, path of its log)."""
-    import socket
-    import time
     import urllib.error
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = tmp_path / "web.log"
     static = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "collectstatic", "--noinput", "-v0"],
@@ -170,7 +209,14 @@ def web_server(roots, tmp_path):
                 "--config",
                 "opscenter/gunicorn.conf.py",
             ],
-            env={**roots.env, "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": "2"},
+            env={
+                **roots.env,
+                "GUNICORN_BIND": f"127.0.0.1:{port}",
+                "WEB_WORKERS": "2",
+                # at the end of a test, requests still waiting (an agent's poll, the guide's
+                # calls) would hold the stop for gunicorn's whole 20 s
+                "GUNICORN_CMD_ARGS": "--graceful-timeout 2",
+            },
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=handle,
@@ -205,12 +251,6 @@ def _plain_static_storage(settings):
 SSHD = "/usr/sbin/sshd"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """A loopback sshd (127.0.0.1, a free port) whose one key may run only `borg serve`
@@ -239,13 +279,7 @@ def sshd(tmp_path_factory):
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_for_port(port, timeout=10)
     host_pub = (home / "host_key.pub").read_text().split()
     (home / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     rsh = (

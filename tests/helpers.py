@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django_q.brokers import get_broker
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -199,6 +203,20 @@ def staff(role: str | None, superuser=False) -> User:
     if role:
         user.groups.add(Group.objects.get(name=role))
     return user
+
+
+def queued_tasks() -> list[dict]:
+    """The tasks waiting in django-q2's queue (read, not taken), whichever broker holds it."""
+    broker = get_broker()
+    if settings.REDIS_URL:
+        payloads = broker.connection.lrange(broker.list_key, 0, -1)
+    else:
+        payloads = OrmQ.objects.filter(key=broker.list_key).values_list("payload", flat=True)
+    return [SignedPackage.loads(payload) for payload in payloads]
+
+
+def empty_queue() -> None:
+    get_broker().purge_queue()
 
 
 def worker_runs(job_id):

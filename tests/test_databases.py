@@ -2,11 +2,9 @@
 on loopback with a private data directory and a random port), real SQLite files, real borg.
 Dumps stream into the archive under write load; restores bring back every committed row."""
 
-import glob
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -16,54 +14,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.db import connection
 
 from borgapp.models import DatabaseSource, Job
+from tests.backends import free_port, postgres_server
 from tests.helpers import cli, write_files
 
 pytestmark = pytest.mark.django_db
 PG_PASSWORD = "pg-secret-Ωmega:with\\colon"  # pgpass escaping is exercised too
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        pytest.fail("PostgreSQL's server is missing: `make test` installs it")
-    return found[-1]
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """A PostgreSQL server of our own: password sign-in on 127.0.0.1 only."""
-    base = Path(tempfile.mkdtemp(prefix="opscenter-pg-"))
-    data, pwfile = base / "data", base / "pw"
-    pwfile.write_text(PG_PASSWORD + "\n")
-    shutil.chown(base, "postgres")
-    shutil.chown(pwfile, "postgres")
-    port = free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_postgres, pg_bin("initdb"), "-D", str(data), "-U", "admin", "-A", "scram-sha-256",
-         f"--pwfile={pwfile}", "--no-sync"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    subprocess.run(
-        [*as_postgres, pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
-         f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        yield {"port": port, "dsn": {"host": "127.0.0.1", "port": port, "user": "admin",
-                                     "password": PG_PASSWORD}}  # fmt: skip
-    finally:
-        subprocess.run([*as_postgres, pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)  # fmt: skip
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres_server(PG_PASSWORD) as dsn:
+        yield {"port": dsn["port"], "dsn": dsn}
 
 
 def pg(dsn: dict, dbname: str = "postgres"):
@@ -503,11 +468,12 @@ def test_verify_restore_restores_each_dump_into_a_scratch_database(repo, postgre
     assert failed.code == 2 and "tables missing from the dump: public.added_later" in failed.err
 
 
+@pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="restores the suite's own SQLite file with sqlite3"
+)
 def test_the_ops_center_backs_up_its_own_database_and_it_restores(repo, tmp_path):
     """Its own database is a source like any other (here the suite's SQLite file), and the
     dump restores with plain borg and sqlite3 when the ops center itself is gone."""
-    from django.db import connection
-
     from borgapp import dumps
 
     added = cli("borg_database", "add-self")

@@ -20,8 +20,10 @@ from tests.helpers import (
     ROOT,
     SLOW,
     borg_processes_by_repo,
+    empty_queue,
     make_repo,
     manage,
+    queued_tasks,
     random_tree,
     spawn_manage,
     stop_process,
@@ -67,19 +69,16 @@ def test_lease_of_a_dead_holder_is_taken_over(roots, passfile):
 
 
 def test_busy_worker_job_stays_queued_and_is_dispatched_on_release(roots, passfile):
-    from django_q.models import OrmQ
-
     repo = make_repo(roots, passfile, "r1")
     holder = jobs.create("info", repo, trigger="cli", inline=True)
     assert jobs.claim(holder)
     queued = intake.start("info", repo, {}, trigger="api")
-    OrmQ.objects.all().delete()
+    empty_queue()
     jobs.run_queued(queued.pk)  # what a worker does: busy, so it returns at once
     queued.refresh_from_db()
     assert queued.status == "queued"
     jobs.execute(holder)
-    tasks = [task.task for task in OrmQ.objects.all()]
-    assert [t["args"] for t in tasks] == [(queued.pk,)]  # only the job id travels
+    assert [t["args"] for t in queued_tasks()] == [(queued.pk,)]  # only the job id travels
 
 
 def test_cancel_of_a_queued_job(roots, passfile):

@@ -15,7 +15,6 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 from django_q.brokers import get_broker
-from django_q.models import OrmQ
 from django_q.models import Schedule as QSchedule
 from django_q.scheduler import scheduler
 
@@ -28,10 +27,10 @@ from tests.helpers import (
     borg_processes_by_repo,
     cli,
     client_for,
+    empty_queue,
     make_repo,
+    queued_tasks,
     random_tree,
-    spawn_manage,
-    stop_process,
     wait_for,
     write_files,
 )
@@ -56,8 +55,8 @@ def time_travel(schedule, ago=timedelta(days=3)):
     )
 
 
-def queued_tasks():
-    return [q.task["func"] for q in OrmQ.objects.all()]
+def queued_funcs():
+    return [task["func"] for task in queued_tasks()]
 
 
 def test_a_new_schedule_gets_one_mirror_and_no_run(roots, passfile, tmp_path):
@@ -134,16 +133,16 @@ def test_after_days_of_downtime_a_schedule_runs_once(roots, passfile, tmp_path):
         "hourly", "--repository", "main", "--operation", "compact", "--cron", "0 * * * *"
     )
     time_travel(schedule, timedelta(days=3))  # 72 missed slots
-    OrmQ.objects.all().delete()
+    empty_queue()
     broker = get_broker()
     scheduler(broker=broker)
     scheduler(broker=broker)
-    assert queued_tasks().count(scheduling.TASK) == 1
+    assert queued_funcs().count(scheduling.TASK) == 1
     assert mirror_of(schedule).next_run > timezone.now()
     scheduling.run_due(schedule.pk)  # what the worker does with that task
     assert Job.objects.filter(schedule=schedule).count() == 1
     scheduler(broker=broker)
-    assert queued_tasks().count(scheduling.TASK) == 1  # nothing more until the next slot
+    assert queued_funcs().count(scheduling.TASK) == 1  # nothing more until the next slot
 
 
 def test_a_run_whose_previous_run_is_still_queued_is_skipped_and_recorded(
@@ -317,31 +316,14 @@ def test_verify_restore_passes_then_names_a_changed_file_and_a_damaged_one(
 # --- a real django-q2 cluster ------------------------------------------------------------------
 
 
-@pytest.fixture
-def worker(roots):
-    """Start (and restart) the real worker: `manage.py worker` runs django-q2's qcluster."""
-    started = []
-
-    def start():
-        env = {**roots.env, "OPSCENTER_WORKERS": "2", "OPSCENTER_Q_POLL": "0.2"}
-        proc = spawn_manage(["worker"], env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            stop_process(proc)
-
-
 @pytest.mark.slow
-def test_a_due_schedule_runs_through_a_real_qcluster_once(roots, passfile, tmp_path, worker):
+def test_a_due_schedule_runs_through_a_real_qcluster_once(roots, passfile, tmp_path, workers):
     make_repo(roots, passfile, "main")
     src = random_tree(tmp_path / "src", 3, 10_000)
     schedule = add("nightly", "--repository", "main", "--operation", "backup",
                    "--cron", "0 2 * * *", "--source", src, "--prefix", "nightly")  # fmt: skip
     time_travel(schedule)
-    worker()
+    workers()
     # django-q2's scheduler looks every 30 s
     job = wait_for(
         lambda: Job.objects.filter(schedule=schedule, status__in=Job.FINISHED).first(),
@@ -361,7 +343,7 @@ def test_a_due_schedule_runs_through_a_real_qcluster_once(roots, passfile, tmp_p
 
 @pytest.mark.slow
 def test_one_schedule_on_two_repositories_runs_in_parallel_two_on_one_never(
-    roots, passfile, tmp_path, worker
+    roots, passfile, tmp_path, workers
 ):
     for name in ("a", "b"):
         make_repo(roots, passfile, name)
@@ -389,7 +371,7 @@ def test_one_schedule_on_two_repositories_runs_in_parallel_two_on_one_never(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    worker()
+    workers()
     try:
         made = scheduling.run_due(both.pk)["jobs"]
         wait_for(
@@ -411,7 +393,7 @@ def test_one_schedule_on_two_repositories_runs_in_parallel_two_on_one_never(
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_scheduled_backup(roots, passfile, tmp_path, worker):
+def test_worker_killed_mid_scheduled_backup(roots, passfile, tmp_path, workers):
     """REL-01, REL-09, REL-14: kill -9 of the whole worker mid-backup; the run ends
     interrupted, no second borg starts for it, the next scheduled run succeeds."""
     repo = make_repo(roots, passfile, "main")
@@ -420,7 +402,7 @@ def test_worker_killed_mid_scheduled_backup(roots, passfile, tmp_path, worker):
                    "--cron", "0 2 * * *", "--source", src, "--prefix", "nightly",
                    "--compression", SLOW)  # fmt: skip
     time_travel(schedule)
-    cluster = worker()
+    cluster = workers()
     running = wait_for(
         lambda: Job.objects.filter(
             schedule=schedule, status="running", borg_pid__isnull=False
@@ -430,7 +412,7 @@ def test_worker_killed_mid_scheduled_backup(roots, passfile, tmp_path, worker):
     )
     os.killpg(cluster.pid, signal.SIGKILL)  # sentinel, workers, everything but borg's session
     cluster.wait()
-    worker()  # the restart reconciles: the run is interrupted, its borg stopped
+    workers()  # the restart reconciles: the run is interrupted, its borg stopped
     wait_for(lambda: Job.objects.get(pk=running.pk).status == "interrupted", 60, 0.5)
     wait_for(lambda: not borg_processes_by_repo([repo.location])[repo.location], 60, 0.2)
     for path in src.iterdir():
