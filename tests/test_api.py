@@ -456,6 +456,26 @@ def test_a_nul_byte_in_a_path_is_a_400_not_a_500(admin_client, settings, tmp_pat
     assert not Job.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)  # PostgreSQL refuses such a value: no test transaction
+def test_values_the_database_cannot_hold_are_invalid_input(roots):
+    """Found by schemathesis on PostgreSQL (make test's second pass): a NUL character in a
+    looked-up name and a time zone offset past PostgreSQL's ±15:59 were 500s there; SQLite
+    takes both and finds nothing. Neither is ever a server error."""
+    client = client_for("admin")
+    Repository.objects.create(name="main", location=str(roots.repos / "main"), state="ready")
+    responses = [
+        client.post("/api/v1/schedules/", {"name": "s", "repositories": ["ma\x00in"],
+                    "operation": "check", "cron": "0 3 * * *"}, format="json"),
+        client.get("/api/v1/alerts/", {"after": "2024-07-16T18:48:30+16:01"}),
+        client.get("/api/v1/repositories/ma%00in/"),
+    ]  # fmt: skip
+    for response in responses:
+        assert response.status_code in (200, 400, 404), response.content
+        if response.status_code != 200:
+            assert response.json()["error"] in ("invalid_input", "not_found")
+    assert not Schedule.objects.exists()
+
+
 def test_the_client_behind_a_trusted_proxy_is_the_one_throttled_and_audited(settings):
     from borgapp.models import AuditEvent
 

@@ -2,6 +2,7 @@
 `fields` for invalid input. Raw borg output never reaches a client."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
 from django.db.models import ProtectedError
 from django.http import Http404
 from rest_framework import exceptions
@@ -60,6 +61,12 @@ def handler(exc, context):
         return Response(body("conflict", str(exc)), status=409)
     if isinstance(exc, Forbidden):
         return Response(body("permission_denied", str(exc)), status=403)
+    if isinstance(exc, DataError):
+        # A value from the request that the database cannot even compare: on PostgreSQL a NUL
+        # character in text, a time zone offset or a number out of its range (SQLite takes
+        # them and finds nothing). Every route and filter that looks a value up meets it.
+        message = "A value is out of range or holds a character that cannot be stored."
+        return Response(body("invalid_input", message), status=400)
     if isinstance(exc, ProtectedError):
         users = sorted({str(obj) for obj in exc.protected_objects})[:10]
         message = f"Still in use by: {', '.join(users)}. Change or remove those first."
