@@ -51,8 +51,10 @@ def repair() -> dict:
     for job in Job.objects.filter(status=Job.Status.QUEUED, inline=True, worker_host=procs.HOST):
         if not procs.alive(job.worker_pid, job.worker_started):
             jobs.cancel(job)
-    # Mounts recorded here that are gone (a reboot, an unmount outside the app).
-    vanished = [m for m in Mount.objects.all() if not os.path.ismount(m.mountpoint)]
+    # Mounts made on this machine that are gone (a reboot, an unmount outside the app). A
+    # mount made by another machine of the center is not visible here: that one judges it.
+    here = Mount.objects.filter(Q(job__isnull=True) | Q(job__worker_host=procs.HOST))
+    vanished = [m for m in here if not os.path.ismount(m.mountpoint)]
     for mount in vanished:
         mount.delete()
     released = 0

@@ -313,6 +313,20 @@ def test_reconcile_clears_mounts_that_vanished(roots, passfile):
     assert not Mount.objects.exists()
 
 
+def test_reconcile_leaves_the_mounts_of_another_machine_alone(roots, passfile):
+    """With workers on several machines, a mount is only visible on the machine that made it:
+    another one must not take it for gone and free the repository borg still has locked."""
+    from borgapp.models import Mount
+
+    repo = make_repo(roots, passfile, "r1")
+    elsewhere = jobs.create("mount", repo, trigger="api")
+    assert jobs.claim(elsewhere, owner={"worker_host": "other-machine/4026531836"})
+    Job.objects.filter(pk=elsewhere.pk).update(status="succeeded")
+    Mount.objects.create(repository=repo, mountpoint=str(roots.mnt / "there"), job=elsewhere)
+    assert reconcile.repair()["mounts_cleared"] == 0
+    assert Repository.objects.get(pk=repo.pk).lease_job_id == elsewhere.pk
+
+
 def test_worker_start_reconciles_dead_jobs(roots, passfile):
     repo = make_repo(roots, passfile, "r1")
     stale = jobs.create("backup", repo, trigger="schedule")
