@@ -194,9 +194,20 @@ def op_info(ctx: Context) -> Outcome:
 # --- backup and retention -----------------------------------------------------------------------
 
 
+def _new_archive_name(repo: Repository, prefix: str) -> str:
+    """`<prefix>-<UTC second>`. Backups of one set queued together run back to back: one
+    that would take the name its predecessor made within the same second waits for the next
+    second instead of failing on it."""
+    name = naming.archive_name_for(prefix)
+    while Archive.objects.filter(repository=repo, name=name).exists():
+        time.sleep(0.05)
+        name = naming.archive_name_for(prefix)
+    return name
+
+
 def op_backup(ctx: Context) -> Outcome:
     repo, p = ctx.repo, ctx.params
-    name = p.archive or naming.archive_name_for(p.prefix)
+    name = p.archive or _new_archive_name(repo, p.prefix)
     validation.validate_existing_archive_name(name)
     if catalog.borg_checkpoint(name):
         raise validation.InvalidInput("Archive names must not end in '.checkpoint'.")

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from django.conf import settings
 
 from borgapp import intake, procs
 from borgapp.models import Archive, Job
@@ -47,12 +48,10 @@ def test_two_workers_and_the_cli_never_overlap_on_one_repository(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    queued = [
-        intake.start("backup", repo, {"sources": [str(src)], "archive": f"w-{index:02d}"},
-                     trigger="api")
-        for index in range(8)
-    ]  # fmt: skip
-    by_cli = manage(["borg_backup", "shared", "--source", src, "--prefix", "cli"], roots.env)
+    # one backup set: each job names its archive when it starts, back to back with the last
+    params = {"sources": [str(src)]}
+    queued = [intake.start("backup", repo, params, trigger="api") for _ in range(8)]
+    by_cli = manage(["borg_backup", "shared", "--source", src], roots.env)
     assert by_cli.returncode == 0, by_cli.stderr
     ids = [job.pk for job in queued]
     wait_for(
@@ -72,6 +71,10 @@ def test_two_workers_and_the_cli_never_overlap_on_one_repository(
         assert before.finished_at <= after.started_at, (before.pk, after.pk)
     assert peak[0] == 1, seen_together[:3]  # never two borgs on the repository at once
     assert Archive.objects.filter(repository=repo, is_checkpoint=False).count() == len(ended)
-    # both worker processes took part (the command line ran its own job)
+    # the worker processes took the jobs (the command line ran its own); Redis hands a task to
+    # the clients waiting for one in turn, so there each process took some. The ORM broker
+    # gives it to whichever looks first: one process may take them all.
     runners = {ancestor_among(job.worker_pid, started) for job in ended if job.pk in ids}
-    assert runners == started
+    assert runners and runners <= started
+    if settings.REDIS_URL:
+        assert runners == started
