@@ -133,7 +133,7 @@ WORKDIR /app
 # checks that the agent finds every project module it imports, function-level ones included).
 COPY agent/ /app/agent/
 COPY borgapp/__init__.py borgapp/borg.py borgapp/validation.py borgapp/errors.py \
-     borgapp/procs.py /app/borgapp/
+     borgapp/procs.py borgapp/heldir.py borgapp/inplace.py /app/borgapp/
 RUN python -m agent --help >/dev/null && borg --version
 
 VOLUME ["/data"]
