@@ -28,7 +28,7 @@
 # (nginx, Caddy) that terminates TLS and buffers requests, and set OPSCENTER_TRUSTED_PROXIES.
 #
 # The agent (README: Fleet), a second, small image from the same file: borg and `python -m agent`
-# with nothing of the center (no Django, no database tools, no FUSE; pyfuse3 is left out, so
+# with nothing of the center (no Django, no FUSE; pyfuse3 is left out, so
 # `borg mount` is not there):
 #   docker build --target agent -t opscenter-agent .
 # It runs as root, so that it can read every file it backs up, with the host's folders mounted
@@ -108,11 +108,14 @@ FROM ${BASE_IMAGE} AS agent
 
 ENV DEBIAN_FRONTEND=noninteractive
 # The shared libraries borg links against, ssh (and ssh-keygen, for the agent's own key) for ssh
-# repositories, CA certificates for an HTTPS center. python3 only if the base lacks one.
+# repositories, CA certificates for an HTTPS center, the database tools a host's database
+# sources are dumped and restored with (pg_dump/pg_restore/psql, mariadb-dump/mariadb,
+# sqlite3). python3 only if the base lacks one.
 RUN command -v python3 >/dev/null || extra=python3; \
     apt-get update \
  && apt-get install -y --no-install-recommends \
-      libssl3 liblz4-1 libzstd1 libxxhash0 libacl1 openssh-client ca-certificates $extra \
+      libssl3 liblz4-1 libzstd1 libxxhash0 libacl1 openssh-client ca-certificates \
+      postgresql-client mariadb-client sqlite3 $extra \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 # ssh's own known_hosts would be root's home, outside the volume: keep it with the agent's key.
@@ -133,7 +136,8 @@ WORKDIR /app
 # checks that the agent finds every project module it imports, function-level ones included).
 COPY agent/ /app/agent/
 COPY borgapp/__init__.py borgapp/borg.py borgapp/validation.py borgapp/errors.py \
-     borgapp/procs.py borgapp/heldir.py borgapp/inplace.py /app/borgapp/
+     borgapp/procs.py borgapp/heldir.py borgapp/inplace.py borgapp/dumps.py \
+     borgapp/verifying.py /app/borgapp/
 RUN python -m agent --help >/dev/null && borg --version
 
 VOLUME ["/data"]

@@ -34,7 +34,7 @@ from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
 
-from borgapp import borg, heldir, inplace, procs, validation
+from borgapp import borg, dumps, heldir, inplace, procs, validation, verifying
 from borgapp.errors import OperationError
 
 VERSION = "0.1"
@@ -351,6 +351,10 @@ def execute(center: Center, job: dict, config: borg.BorgConfig, roots: list[Path
         return download(reporter, job, config)
     if job["kind"] == "restore":
         return restore_in_place(reporter, job, config, inplace_roots)
+    if job["kind"] == "restore_database":
+        return restore_database(reporter, job, config, [*roots, *inplace_roots])
+    if job["kind"] == "verify_restore":
+        return verify_restore(reporter, job, config, roots)
     return backup(reporter, job, config)
 
 
@@ -524,27 +528,136 @@ def download(reporter: Reporter, job: dict, config) -> dict:
 
 
 def backup(reporter: Reporter, job: dict, config) -> dict:
-    """Run one backup of this host and say how it ended (borg's JSON for the catalog)."""
+    """Run one backup of this host and say how it ended (borg's JSON for the catalog). Its
+    database sources (handed with the job) are dumped straight into the archive through
+    named pipes, as on the center (borgapp.dumps); a dump that fails fails the backup and
+    the archive that holds it is deleted."""
     p = job["params"]
+    location, name = job["repository"]["location"], job["archive"]
     with tempfile.TemporaryDirectory(prefix="opscenter-agent-") as scratch:
+        dumping = None
         try:
-            validation.require_a_source(p["sources"])
-            excludes, exclude_file = p.get("excludes") or [], None
+            sources = [dumps.Source.from_handout(d) for d in job.get("databases") or []]
+            paths, excludes = list(p["sources"]), list(p.get("excludes") or [])
+            if paths or not sources:
+                validation.require_a_source(paths)
+            if sources:
+                folder = Path(scratch) / "databases"
+                folder.mkdir(mode=0o700)
+                dumping = dumps.Dumps(sources, folder)
+                dumping.prepare()
+                paths.append(dumping.borg_source)
+                # --read-special reads devices and pipes as files: none under the sources
+                excludes += ["pf:" + path for path in dumps.special_files(p["sources"])]
+            exclude_file = None
             if excludes:
                 exclude_file = str(borg.write_exclude_file(Path(scratch), excludes))
             command = borg.create_cmd(
-                job["repository"]["location"], job["archive"], p["sources"],
+                location, name, paths,
                 compression=p.get("compression") or "lz4", exclude_file=exclude_file,
                 one_file_system=bool(p.get("one_file_system")),
                 checkpoint_interval=p.get("checkpoint_interval"), comment=p.get("comment") or "",
+                read_special=dumping is not None,
             )  # fmt: skip
-            result = run_borg(command, config, job, reporter)
-        except (borg.BorgError, OperationError) as exc:
+            if dumping is not None:
+                dumping.start()
+            done = False
+            try:
+                result = run_borg(command, config, job, reporter)
+                done = True
+            finally:
+                problems = dumping.finish(done) if dumping is not None else []
+        except (borg.BorgError, OperationError, validation.InvalidInput, OSError) as exc:
             return failed(exc, reporter)
+    if problems:
+        return _dump_failed(reporter, job, config, dumping, problems)
     outcome = "warning" if result.warning else "succeeded"
     return {"outcome": outcome, "created": result.json(), "warnings": result.warnings,
             "tail": result.tail, "hostname": socket.gethostname(),
-            "username": getpass.getuser()}  # fmt: skip
+            "username": getpass.getuser(),
+            "databases": dumping.result() if dumping is not None else []}  # fmt: skip
+
+
+def _dump_failed(reporter: Reporter, job: dict, config, dumping, problems: list) -> dict:
+    """No archive with a broken dump counts as a backup: it is deleted (an append-only key
+    may delete too; the space comes back when the center compacts)."""
+    error = "A database dump failed, so the archive that held it was deleted: "
+    try:
+        delete = borg.delete_archive_cmd(job["repository"]["location"], job["archive"])
+        run_borg(delete, config, {**job, "deadline": 600}, Reporter(reporter.center, job["id"],
+                                                                     reporter.data))  # fmt: skip
+    except borg.BorgError as exc:
+        error = f"A database dump failed, and its archive could not be deleted ({exc.message}): "
+    return {"outcome": "failed", "code": "dump_failed", "error": error + "; ".join(problems),
+            "result": {"databases": dumping.result(), "problems": problems}}  # fmt: skip
+
+
+def restore_database(reporter: Reporter, job: dict, config, roots: list[Path]) -> dict:
+    """A database dump of an archive streamed by borg into the restore tool of one of this
+    host's database sources (handed with the job). An SQLite file is written only under the
+    agent's own restore or in-place roots."""
+    p = job["params"]
+    location, archive = job["repository"]["location"], job["archive"]
+    try:
+        source = dumps.Source.from_handout((job.get("databases") or [None])[0])
+        database = validation.validate_database_name(str(p.get("database")).split("/")[-1])
+        into = p.get("into") or ""
+        if source.kind == dumps.SQLITE:
+            validation.require_under_roots(into or source.path, roots, "SQLite restore target")
+        path = dumps.archive_path(source, database)
+
+        def feed(fd: int) -> None:
+            done = run_borg(borg.extract_stdout_cmd(location, archive, path, fd), config, job,
+                            reporter)  # fmt: skip
+            if done.warning and any("never matched" in w for w in done.warnings):
+                raise OperationError(f"Archive {archive} holds no dump of {p['database']} "
+                                     f"({path}).", "no_dump")  # fmt: skip
+
+        with tempfile.TemporaryDirectory(prefix="opscenter-agent-") as scratch:
+            restored = dumps.restore(source, database, Path(scratch), into=into,
+                                     force=bool(p.get("force")), feed=feed)  # fmt: skip
+    except (borg.BorgError, OperationError, validation.InvalidInput, OSError) as exc:
+        return failed(exc, reporter)
+    return {"outcome": "succeeded", "result": {"path": path, **restored}}
+
+
+def verify_restore(reporter: Reporter, job: dict, config, roots: list[Path]) -> dict:
+    """Verify-restore of the archive the center chose (the newest of its set) against this
+    host's files and databases as they are now (borgapp.verifying): a sample restored into
+    a private sandbox under the agent's restore root and compared, each dump restored into
+    a scratch database and compared."""
+    p = job["params"]
+    location, archive = job["repository"]["location"], job["archive"]
+    files, dumped = [], []
+
+    def collect(raw: bytes) -> None:
+        if raw.strip():
+            item = json.loads(raw)
+            if item.get("type") == "-":
+                path = item.get("path")
+                if verifying.is_dump(path):
+                    dumped.append(path)
+                else:
+                    files.append((path, item.get("size") or 0))
+
+    def run(command, on_line=None):
+        return run_borg(command, config, job, reporter, on_line=on_line)
+
+    try:
+        sources = {s.name: s for s in map(dumps.Source.from_handout, job.get("databases") or [])}
+        run(borg.list_items_cmd(location, archive), on_line=collect)
+        result = verifying.verify(
+            run, location, archive, files, dumped,
+            sample_files=int(p.get("sample_files") or 1),
+            sample_percent=p.get("sample_percent"),
+            sample_max_bytes=int(p.get("sample_max_bytes") or 1),
+            sandbox_root=roots[0] / ".verify", sources=sources,
+            elsewhere="not on this host (the center's, another host's, or removed)",
+            tag=str(job["id"]),
+        )  # fmt: skip
+    except (borg.BorgError, OperationError, validation.InvalidInput, OSError) as exc:
+        return failed(exc, reporter)
+    return {"outcome": "succeeded", "result": result}
 
 
 def main() -> None:

@@ -443,7 +443,8 @@ class DatabaseSourceForm(forms.ModelForm):
 
     class Meta:
         model = DatabaseSource
-        fields = ["name", "kind", "host", "port", "username", "password", "databases", "path"]
+        fields = ["name", "kind", "host", "port", "username", "password", "databases", "path",
+                  "agent_host"]  # fmt: skip
 
     def clean_password(self):
         password = self.cleaned_data.get("password") or ""
@@ -525,7 +526,8 @@ class DatabaseSourceAdmin(RoleAdmin):
     """Admins write them; viewers see where they are, never a password."""
 
     form = DatabaseSourceForm
-    list_display = ["name", "kind", "where", "databases_shown", "password_stored"]
+    list_display = ["name", "kind", "agent_host", "where", "databases_shown", "password_stored"]
+    list_select_related = ["agent_host"]
     actions = ["test_connection"]
 
     @admin.display(description="where")
@@ -549,9 +551,14 @@ class DatabaseSourceAdmin(RoleAdmin):
         if not has_role(request.user, "admin"):
             raise PermissionDenied
         for source in queryset[:10]:
+            if source.agent_host_id:
+                self.message_user(request, f"{source.name} is on host {source.agent_host.name}: "
+                                  "only its agent reaches it (a backup of that host with this "
+                                  "source tests it).", level=messages.WARNING)  # fmt: skip
+                continue
             with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
                 try:
-                    found = dumps.test_connection(source, Path(scratch))
+                    found = dumps.test_connection(source.spec(), Path(scratch))
                 except errors.OperationError as exc:
                     self.message_user(request, str(exc), level=messages.ERROR)
                     continue
@@ -649,6 +656,18 @@ class ScheduleForm(forms.ModelForm):
 
     def clean_ping_failure_url(self):
         return self._clean_ping("failure")
+
+    def clean(self):
+        """The databases a backup dumps are on the machine it runs on (intake says the same
+        when a run starts; here the admin learns it before saving)."""
+        cleaned = super().clean()
+        host = cleaned.get("host")
+        for source in cleaned.get("databases") or []:
+            if source.agent_host_id != (host.pk if host else None):
+                where = f"host {source.agent_host}" if source.agent_host_id else "the ops center"
+                self.add_error("databases", f"{source.name} is on {where}: a schedule dumps "
+                               "only databases of the machine it backs up.")  # fmt: skip
+        return cleaned
 
     def save(self, commit=True):
         for which in Schedule.PINGS:

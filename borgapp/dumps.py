@@ -13,35 +13,78 @@ tool through the kernel to borg.
   `--defaults-extra-file`), never argv or the environment;
 - a dump that fails fails the backup, and the archive that holds it is deleted.
 
-The processes themselves start in borg.py (the one place that starts processes).
+The processes themselves start in borg.py (the one place that starts processes). This module
+imports no Django: a host's agent runs the same dumps, restores and verifies with the sources
+its job hands it (`Source`), and the center makes a `Source` from its `DatabaseSource` rows.
 """
 
 import os
 import stat
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from borgapp import borg, validation
 from borgapp.errors import OperationError
-from borgapp.models import DatabaseSource
 
+POSTGRESQL, MARIADB, SQLITE = "postgresql", "mariadb", "sqlite"  # DatabaseSource.Kind values
 ARCHIVE_ROOT = "opscenter-databases"
 EXTENSIONS = {
-    DatabaseSource.Kind.POSTGRESQL: "pgdump",  # pg_dump's custom format (pg_restore)
-    DatabaseSource.Kind.MARIADB: "sql",
-    DatabaseSource.Kind.SQLITE: "sql",
+    POSTGRESQL: "pgdump",  # pg_dump's custom format (pg_restore)
+    MARIADB: "sql",
+    SQLITE: "sql",
 }
-DEFAULT_PORTS = {DatabaseSource.Kind.POSTGRESQL: 5432, DatabaseSource.Kind.MARIADB: 3306}
+DEFAULT_PORTS = {POSTGRESQL: 5432, MARIADB: 3306}
 SYSTEM_DATABASES = {
-    DatabaseSource.Kind.POSTGRESQL: {"template0", "template1"},
-    DatabaseSource.Kind.MARIADB: {"information_schema", "performance_schema", "sys", "mysql"},
+    POSTGRESQL: {"template0", "template1"},
+    MARIADB: {"information_schema", "performance_schema", "sys", "mysql"},
 }
 SQLITE_NAME = "main"  # an SQLite source is one database
 LIST_TIMEOUT = 60
 
 
-def archive_path(source: DatabaseSource, database: str) -> str:
+@dataclass(frozen=True)
+class Source:
+    """One database source as the tools need it, its password in clear: made on the center
+    from a DatabaseSource (`DatabaseSource.spec`), or by an agent from its job's handout."""
+
+    name: str
+    kind: str
+    host: str = ""
+    port: int | None = None
+    username: str = ""
+    databases: tuple = ()
+    path: str = ""
+    password: str = field(default="", repr=False)
+
+    def handout(self) -> dict:
+        """For the job handed to the agent of the source's host (the one place it travels)."""
+        return {**asdict(self), "databases": list(self.databases)}
+
+    @classmethod
+    def from_handout(cls, data) -> "Source":
+        """A source as a job handed it over, checked like any input."""
+        if not isinstance(data, dict) or data.get("kind") not in EXTENSIONS:
+            raise validation.InvalidInput("The job names a database source of no known kind.")
+        port = data.get("port")
+        if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
+            raise validation.InvalidInput("The job names a database source with a bad port.")
+        names = data.get("databases") or []
+        if not isinstance(names, list):
+            raise validation.InvalidInput("The job's database names are not a list.")
+        text = {key: data.get(key) or "" for key in ("host", "username", "path", "password")}
+        if not all(isinstance(value, str) for value in text.values()):
+            raise validation.InvalidInput("The job names a database source with bad fields.")
+        if data["kind"] == SQLITE:
+            validation.validate_source_path(text["path"])
+        return cls(
+            name=validation.validate_name(data.get("name"), "Database source"),
+            kind=data["kind"], port=port,
+            databases=tuple(validation.validate_database_name(n) for n in names), **text,
+        )  # fmt: skip
+
+
+def archive_path(source: Source, database: str) -> str:
     """Where a database's dump is in an archive (documented in the README)."""
     return f"{ARCHIVE_ROOT}/{source.kind}/{source.name}/{database}.{EXTENSIONS[source.kind]}"
 
@@ -60,7 +103,7 @@ def parse_archive_path(path: str) -> tuple[str, str, str]:
 class Access:
     """How the tools reach one source: a private folder holding its credentials file."""
 
-    def __init__(self, source: DatabaseSource, folder: Path):
+    def __init__(self, source: Source, folder: Path):
         self.source = source
         self.folder = folder
         self.kind = source.kind
@@ -70,25 +113,25 @@ class Access:
             "LANG": "C.UTF-8",
             "HOME": str(folder),
         }
-        password = source.get_password()
-        if self.kind == DatabaseSource.Kind.POSTGRESQL:
+        password = source.password
+        if self.kind == POSTGRESQL:
             passfile = _private_file(folder / "pgpass", _pgpass_line(source, self.port, password))
             self.env.update(PGPASSFILE=str(passfile), PGCONNECT_TIMEOUT="10")
-        elif self.kind == DatabaseSource.Kind.MARIADB:
+        elif self.kind == MARIADB:
             cnf = _mariadb_cnf(source, self.port, password)
             self.cnf = _private_file(folder / "client.cnf", cnf)
 
     def server_args(self) -> list[str]:
-        if self.kind == DatabaseSource.Kind.POSTGRESQL:
+        if self.kind == POSTGRESQL:
             args = [f"--host={self.source.host}", f"--port={self.port}", "--no-password"]
             return args + ([f"--username={self.source.username}"] if self.source.username else [])
         return [f"--defaults-extra-file={self.cnf}"]  # MariaDB: must come first
 
     def dump_argv(self, database: str, output: str) -> list[str]:
-        if self.kind == DatabaseSource.Kind.POSTGRESQL:
+        if self.kind == POSTGRESQL:
             return ["pg_dump", *self.server_args(), "--format=custom", "--no-sync",
                     f"--file={output}", "--", database]  # fmt: skip
-        if self.kind == DatabaseSource.Kind.MARIADB:
+        if self.kind == MARIADB:
             return ["mariadb-dump", *self.server_args(), "--single-transaction", "--routines",
                     "--events", "--triggers", f"--result-file={output}",
                     "--", database]  # fmt: skip
@@ -99,7 +142,7 @@ class Access:
 
     def query_argv(self, sql: str, database: str = "") -> list[str]:
         """A query whose rows come back one per line (no headers)."""
-        if self.kind == DatabaseSource.Kind.POSTGRESQL:
+        if self.kind == POSTGRESQL:
             return ["psql", *self.server_args(), "--no-psqlrc", "--tuples-only", "--no-align",
                     "--quiet", "--set=ON_ERROR_STOP=1", f"--command={sql}",
                     "--", database or "postgres"]  # fmt: skip
@@ -118,11 +161,11 @@ class Access:
 
     def databases(self) -> list[str]:
         """The databases to dump: those listed on the source, else every one on the server."""
-        if self.kind == DatabaseSource.Kind.SQLITE:
+        if self.kind == SQLITE:
             return [SQLITE_NAME]
         if self.source.databases:
             return list(self.source.databases)
-        if self.kind == DatabaseSource.Kind.POSTGRESQL:
+        if self.kind == POSTGRESQL:
             names = self.query("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
         else:
             names = self.query("SHOW DATABASES")
@@ -139,7 +182,7 @@ def _private_file(path: Path, text: str) -> Path:
     return path
 
 
-def _pgpass_line(source: DatabaseSource, port: str, password: str) -> str:
+def _pgpass_line(source: Source, port: str, password: str) -> str:
     def escaped(value: str) -> str:
         return value.replace("\\", "\\\\").replace(":", "\\:")
 
@@ -147,7 +190,7 @@ def _pgpass_line(source: DatabaseSource, port: str, password: str) -> str:
     return ":".join(escaped(f) if f != "*" else f for f in fields) + "\n"
 
 
-def _mariadb_cnf(source: DatabaseSource, port: str, password: str) -> str:
+def _mariadb_cnf(source: Source, port: str, password: str) -> str:
     def quoted(value: str) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -188,7 +231,7 @@ def _tool_problem(ran) -> str:
 
 @dataclass
 class Dump:
-    source: DatabaseSource
+    source: Source
     database: str
     pipe: Path
     path: str  # in the archive
@@ -201,7 +244,7 @@ class Dump:
 class Dumps:
     """The dumps of one backup, in `scratch` (a private folder the caller removes)."""
 
-    sources: list[DatabaseSource]
+    sources: list[Source]
     scratch: Path
     items: list[Dump] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event)
@@ -306,7 +349,7 @@ def _special(mode: int) -> bool:
 # --- restoring one dump -----------------------------------------------------------------------
 
 
-def restore(source: DatabaseSource, database: str, scratch: Path, *, into: str, force: bool,
+def restore(source: Source, database: str, scratch: Path, *, into: str, force: bool,
             feed) -> dict:  # fmt: skip
     """Stream a dump from borg (`feed(fd)` runs `borg extract --stdout` into fd) into the
     server's restore tool. Refuses a target that holds tables unless `force`. Returns what
@@ -314,12 +357,12 @@ def restore(source: DatabaseSource, database: str, scratch: Path, *, into: str, 
     folder = scratch / "access"
     folder.mkdir(mode=0o700)
     access = Access(source, folder)
-    if source.kind == DatabaseSource.Kind.SQLITE:
+    if source.kind == SQLITE:
         return _restore_sqlite(access, into or source.path, force, feed)
     target = into or database
     validation.validate_database_name(target)
     _prepare_server_target(access, target, force)
-    if source.kind == DatabaseSource.Kind.POSTGRESQL:
+    if source.kind == POSTGRESQL:
         argv = ["pg_restore", *access.server_args(), "--no-owner", "--no-privileges",
                 "--exit-on-error", f"--dbname={target}"]  # fmt: skip
         if force:
@@ -333,7 +376,7 @@ def restore(source: DatabaseSource, database: str, scratch: Path, *, into: str, 
 def _prepare_server_target(access: Access, target: str, force: bool) -> None:
     """The target database exists afterwards; it must hold no table unless `force`. The name
     is safe inside quotes: validate_database_name allows no quote of any kind."""
-    if access.kind == DatabaseSource.Kind.POSTGRESQL:
+    if access.kind == POSTGRESQL:
         exists = access.query(f"SELECT 1 FROM pg_database WHERE datname = '{target}'")
         if not exists:
             access.query(f'CREATE DATABASE "{target}"')
@@ -403,13 +446,13 @@ def _tool_line(tool: borg.Background, name: str) -> str:
     return f"{name} failed: {reason_in(tool.tail, f'exit {tool.proc.returncode}')}"
 
 
-def test_connection(source: DatabaseSource, scratch: Path) -> list[str]:
+def test_connection(source: Source, scratch: Path) -> list[str]:
     """Sign in as a backup would and list what it would dump (raises OperationError with the
     server's own words when it cannot)."""
     folder = scratch / "access"
     folder.mkdir(mode=0o700)
     access = Access(source, folder)
-    if source.kind == DatabaseSource.Kind.SQLITE:
+    if source.kind == SQLITE:
         ran = borg.run_program(
             ["sqlite3", "-bail", "-readonly", source.path, "PRAGMA quick_check;"],
             env=access.env, timeout=LIST_TIMEOUT,
@@ -429,7 +472,7 @@ def test_connection(source: DatabaseSource, scratch: Path) -> list[str]:
 def table_counts(access: Access, database: str, path: str = "") -> dict[str, int]:
     """Rows per table (`schema.table` on PostgreSQL). Identifiers are quoted by the server
     (format %I) or doubled here, whatever their names."""
-    if access.kind == DatabaseSource.Kind.POSTGRESQL:
+    if access.kind == POSTGRESQL:
         rows = access.query(
             "SELECT table_schema || '.' || table_name || '|' || (xpath('/row/c/text()', "
             "query_to_xml(format('SELECT count(*) AS c FROM %I.%I', table_schema, table_name), "
@@ -438,7 +481,7 @@ def table_counts(access: Access, database: str, path: str = "") -> dict[str, int
             database,
         )
         return {name: int(count) for name, count in (row.rsplit("|", 1) for row in rows)}
-    if access.kind == DatabaseSource.Kind.MARIADB:
+    if access.kind == MARIADB:
         names = access.query(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
             f"AND table_schema = '{database}'"
@@ -465,7 +508,7 @@ def _sqlite_rows(access: Access, path: str, sql: str) -> list[str]:
     return [line for line in ran.tail if line]
 
 
-def verify(source: DatabaseSource, database: str, scratch: Path, *, tag: str, feed) -> dict:
+def verify(source: Source, database: str, scratch: Path, *, tag: str, feed) -> dict:
     """Restore a dump into a scratch database (a file for SQLite), count each table's rows
     there and in the source as it is now, then drop the scratch copy. A table of the source
     missing from the copy is a problem; counts that differ are reported (a live database
@@ -473,7 +516,7 @@ def verify(source: DatabaseSource, database: str, scratch: Path, *, tag: str, fe
     folder = scratch / "verify"
     folder.mkdir(mode=0o700)
     access = Access(source, folder)
-    if source.kind == DatabaseSource.Kind.SQLITE:
+    if source.kind == SQLITE:
         copy = str(scratch / "verify.sqlite")
         _pipe_into(["sqlite3", "-bail", copy], access.env, feed)
         restored, now = table_counts(access, "", copy), table_counts(access, "", source.path)
@@ -481,7 +524,7 @@ def verify(source: DatabaseSource, database: str, scratch: Path, *, tag: str, fe
         copy = f"opscenter_verify_{tag}"
         _prepare_server_target(access, copy, force=False)
         try:
-            if source.kind == DatabaseSource.Kind.POSTGRESQL:
+            if source.kind == POSTGRESQL:
                 argv = ["pg_restore", *access.server_args(), "--no-owner", "--no-privileges",
                         "--exit-on-error", f"--dbname={copy}"]  # fmt: skip
             else:
@@ -490,7 +533,7 @@ def verify(source: DatabaseSource, database: str, scratch: Path, *, tag: str, fe
             restored, now = table_counts(access, copy), table_counts(access, database)
         finally:
             drop = f'DROP DATABASE IF EXISTS "{copy}"'
-            if source.kind == DatabaseSource.Kind.MARIADB:
+            if source.kind == MARIADB:
                 drop = f"DROP DATABASE IF EXISTS `{copy}`"
             access.query(drop)
     missing = sorted(set(now) - set(restored))
@@ -500,30 +543,3 @@ def verify(source: DatabaseSource, database: str, scratch: Path, *, tag: str, fe
         "source": source.name, "database": database, "tables": len(restored),
         "rows": sum(restored.values()), "missing_tables": missing, "changed_since": changed,
     }  # fmt: skip
-
-
-# --- the ops center's own database ----------------------------------------------------------
-
-ENGINES = {
-    "django.db.backends.sqlite3": DatabaseSource.Kind.SQLITE,
-    "django.db.backends.postgresql": DatabaseSource.Kind.POSTGRESQL,
-    "django.db.backends.mysql": DatabaseSource.Kind.MARIADB,
-}
-
-
-def source_for(settings_dict: dict, name: str) -> DatabaseSource:
-    """A database source (not saved) for a Django connection's settings: so the ops center
-    can back up its own database to one of its repositories like any other."""
-    kind = ENGINES.get(settings_dict.get("ENGINE", ""))
-    if kind is None:
-        raise validation.InvalidInput(f"The database engine {settings_dict.get('ENGINE')!r} "
-                                      "cannot be dumped here.")  # fmt: skip
-    if kind == DatabaseSource.Kind.SQLITE:
-        return DatabaseSource(name=name, kind=kind, path=str(settings_dict["NAME"]), host="")
-    source = DatabaseSource(
-        name=name, kind=kind, host=settings_dict.get("HOST") or "127.0.0.1",
-        port=int(settings_dict["PORT"]) if settings_dict.get("PORT") else None,
-        username=settings_dict.get("USER") or "", databases=[settings_dict["NAME"]],
-    )  # fmt: skip
-    source.set_password(settings_dict.get("PASSWORD") or "")
-    return source

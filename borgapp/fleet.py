@@ -22,8 +22,8 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from borgapp import audit, inplace, jobs, naming, operations, relay, validation
-from borgapp.errors import Conflict
-from borgapp.models import Host, Job
+from borgapp.errors import Conflict, OperationError
+from borgapp.models import DatabaseSource, Host, Job
 from borgapp.places import Places
 from borgapp.reconcile import LOST
 
@@ -43,6 +43,8 @@ HANDED_PARAMS = {
     Job.Kind.EXTRACT: ("target", "paths", "strip_components"),
     Job.Kind.DOWNLOAD: ("paths",),
     Job.Kind.RESTORE: ("target", "paths", "policy", "preview"),
+    Job.Kind.RESTORE_DATABASE: ("database", "into", "force"),
+    Job.Kind.VERIFY_RESTORE: ("prefix", "sample_files", "sample_percent", "sample_max_bytes"),
 }  # fmt: skip
 SEEN_EVERY = 10.0  # seconds between writes of a host's last_seen
 CANCEL_REASONS = {"client_gone": "The client left before the download's end."}
@@ -200,19 +202,19 @@ def ready_keys(keys: set[str]) -> set[str]:
     """Of the waiting polls' keys, those whose host has a job due now: one query for all the
     agents a web process holds waiting (the server asks every PARKING_INTERVAL)."""
     ids = {int(key[5:]) for key in keys if key.startswith("host:") and key[5:].isdigit()}
-    due = (
-        Job.objects.filter(host_id__in=ids, status=Job.Status.QUEUED)
-        .exclude(not_before__gt=timezone.now())
-        .values_list("host_id", flat=True)
-        .distinct()
-    )
+    due = _due(ids).values_list("host_id", flat=True).distinct()
     return {f"host:{pk}" for pk in due}
 
 
-def _claim_one(host: Host) -> Job | None:
-    due = Job.objects.filter(host=host, status=Job.Status.QUEUED).exclude(
+def _due(host_ids):
+    """The queued jobs of these hosts whose time has come."""
+    return Job.objects.filter(host_id__in=host_ids, status=Job.Status.QUEUED).exclude(
         not_before__gt=timezone.now()
     )
+
+
+def _claim_one(host: Host) -> Job | None:
+    due = _due([host.pk])
     owner = {"worker_host": f"agent:{host.name}", "worker_pid": None, "worker_started": None}
     for job in due.order_by("created_at", "id")[:10]:
         if jobs.claim(job, owner=owner):
@@ -220,15 +222,34 @@ def _claim_one(host: Host) -> Job | None:
     return None
 
 
+def hand_out(job: Job) -> dict | None:
+    """The claimed job as its agent gets it (`handout`), or None when it cannot run after
+    all (its database source moved, no archive to verify): then it ends failed, saying why."""
+    try:
+        return handout(job)
+    except (OperationError, validation.InvalidInput) as exc:
+        code = getattr(exc, "code", "invalid_input")
+        jobs.end(job, Job.Status.FAILED, error_code=code, error_message=str(exc))
+        return None
+
+
 def handout(job: Job) -> dict:
-    """What the agent needs to run the job: the only answer that carries its passphrase."""
+    """What the agent needs to run the job: the only answer that carries its passphrase, and
+    the passwords of the job's database sources (all of them on this host)."""
     p = job.params
+    repo = job.repository
     if job.kind == Job.Kind.BACKUP:
         name = p.get("archive") or naming.archive_name_for(p.get("prefix") or "backup")
         Job.objects.filter(pk=job.pk).update(archive_name=name)
+    elif job.kind == Job.Kind.VERIFY_RESTORE:
+        newest = operations.newest_of_set(repo, p.get("prefix") or "")
+        if newest is None:
+            raise OperationError(f"No archive named {p.get('prefix')}-<time> in {repo.name} to "
+                                 "verify yet.", "not_found")  # fmt: skip
+        name = newest.name
+        Job.objects.filter(pk=job.pk).update(archive_name=name)
     else:
         name = job.archive_name
-    repo = job.repository
     return {
         "id": job.pk,
         "kind": job.kind,
@@ -236,9 +257,29 @@ def handout(job: Job) -> dict:
         "archive": name,
         "params": {key: p.get(key) for key in HANDED_PARAMS[job.kind]},
         "passphrase": repo.get_passphrase(),
+        "databases": [source.spec().handout() for source in _sources_of(job)],
         "lock_wait": settings.BORG_LOCK_WAIT,
         "deadline": settings.JOB_DEADLINE,
     }
+
+
+def _sources_of(job: Job) -> list[DatabaseSource]:
+    """The database sources the job's agent needs: those a backup dumps or a restore writes
+    (each still on this host, as the job was checked when asked for), or for a
+    verify-restore every source of the host (a dump of any may be in the archive)."""
+    on_host = DatabaseSource.objects.filter(agent_host=job.host)
+    if job.kind == Job.Kind.VERIFY_RESTORE:
+        return list(on_host)
+    names = job.params.get("databases") or [] if job.kind == Job.Kind.BACKUP else []
+    if job.kind == Job.Kind.RESTORE_DATABASE:
+        names = [str(job.params.get("database") or "").split("/")[0]]
+    found = on_host.in_bulk(names, field_name="name")
+    for name in names:
+        if name not in found:
+            raise OperationError(f"Database source {name} is no longer on host {job.host.name} "
+                                 "(it was moved or removed since the job was asked for).",
+                                 "invalid_input")  # fmt: skip
+    return [found[name] for name in names]
 
 
 def running_job(host: Host, job_id) -> Job:
@@ -283,6 +324,8 @@ def finish(job: Job, report: dict) -> Job:
                        _text(report.get("username"), 64) or "")  # fmt: skip
             result = operations.record_backup(job.repository, job.archive_name, created,
                                               job.params.get("comment", ""), made_on)  # fmt: skip
+            if job.params.get("databases"):  # the dumps in the archive, as the agent made them
+                result["databases"] = _small({"d": report.get("databases")}).get("d") or []
         except (TypeError, ValueError, AttributeError, DatabaseError) as exc:
             # a report that cannot be read is the agent's failure, never the center's 500
             status, code = Job.Status.FAILED, "bad_report"
@@ -298,6 +341,8 @@ def finish(job: Job, report: dict) -> Job:
         result = {"archive_name": job.archive_name, "target": p.get("target"),
                   "policy": p.get("policy"), "preview": p.get("preview"), "paths": p.get("paths"),
                   **_restore_report(report.get("report"))}  # fmt: skip
+    elif status in Job.OK and job.kind in (Job.Kind.RESTORE_DATABASE, Job.Kind.VERIFY_RESTORE):
+        result = {"archive_name": job.archive_name, **_small(report.get("result"))}
     elif status in Job.OK:  # an extract: where, and how many files (the agent counted)
         files = report.get("files")
         result = {"archive_name": job.archive_name, "target_path": job.params.get("target"),
@@ -309,9 +354,7 @@ def finish(job: Job, report: dict) -> Job:
         code, message = job.error_code, CANCEL_REASONS.get(job.error_code, message)
     if status not in Job.OK and not code:
         code = str(report.get("code") or status)[:40]
-        found = report.get("result")
-        keep = isinstance(found, dict) and len(json.dumps(found, default=str)) <= MAX_RESULT
-        result = found if keep else {}
+        result = _small(report.get("result"))
     jobs.end(job, status, only_from=job.status, result=result, error_code=code,
              error_message=message, log_tail=tail)  # fmt: skip
     job.refresh_from_db()
@@ -343,9 +386,7 @@ def relay_upload(job: Job, upload, wait: float = 5.0) -> int | None:
 
 def _restore_report(found) -> dict:
     """A restore's report as the agent sent it, kept only in the shape the pages read."""
-    if not isinstance(found, dict) or len(json.dumps(found, default=str)) > MAX_RESULT:
-        return {}
-    kept = {}
+    found, kept = _small(found), {}
     for category in inplace.CATEGORIES:
         part = found.get(category)
         if not isinstance(part, dict) or not isinstance(part.get("count"), int):
@@ -361,6 +402,13 @@ def _restore_report(found) -> dict:
     if isinstance(found.get("limit"), int):
         kept["limit"] = found["limit"]
     return kept
+
+
+def _small(found) -> dict:
+    """A dict an agent reported, kept whole if it is small enough for a job's row."""
+    if isinstance(found, dict) and len(json.dumps(found, default=str)) <= MAX_RESULT:
+        return found
+    return {}
 
 
 def _text(value, limit: int) -> str:

@@ -39,7 +39,7 @@ def _sqlite_target_under_roots(params: dict) -> None:
     own files, which the API refuses for hooks too. The command line may write anywhere."""
     name = str(params.get("database") or "").split("/")[0]
     source = DatabaseSource.objects.filter(name=name, kind=DatabaseSource.Kind.SQLITE).first()
-    if source is not None:
+    if source is not None and source.agent_host_id is None:  # an agent keeps its own roots
         target = params.get("into") or source.path
         validation.require_under_roots(str(target), settings.RESTORE_ROOTS, "SQLite restore target")
 
@@ -95,6 +95,7 @@ def start(
     if host is not None and kind in (Job.Kind.EXTRACT, Job.Kind.RESTORE):
         params = {**(params or {}), "on_host": True}  # the target is on the host
     cleaned, archive_name = _admitted(kind, repository, params, user, audit_refusal)
+    host = _where_sources_are(kind, cleaned, host)
     if host is not None:
         _check_host_job(kind, cleaned, host, inline)
     options = {
@@ -112,8 +113,31 @@ def start(
         return jobs.submit(kind, repository, **options)
 
 
-# what agents run so far
-HOST_KINDS = (Job.Kind.BACKUP, Job.Kind.EXTRACT, Job.Kind.DOWNLOAD, Job.Kind.RESTORE)
+# what agents run: everything that reads or writes the host's own files and databases
+HOST_KINDS = (Job.Kind.BACKUP, Job.Kind.EXTRACT, Job.Kind.DOWNLOAD, Job.Kind.RESTORE,
+              Job.Kind.RESTORE_DATABASE, Job.Kind.VERIFY_RESTORE)  # fmt: skip
+
+
+def _where_sources_are(kind: str, cleaned: dict, host):
+    """Database sources are dumped, restored and verified on their own machine (the center's,
+    or a host's, whose agent alone gets their credentials): a job names only sources of the
+    machine it runs on. A database restore goes to its source's host by itself. Returns the
+    host the job runs on."""
+    names = cleaned.get("databases", []) if kind == Job.Kind.BACKUP else []
+    if kind == Job.Kind.RESTORE_DATABASE:
+        names = [cleaned["database"].split("/")[0]]
+    sources = list(DatabaseSource.objects.filter(name__in=names).select_related("agent_host"))
+    if kind == Job.Kind.RESTORE_DATABASE and host is None and sources:
+        host = sources[0].agent_host
+    for source in sources:
+        if source.agent_host_id != (host.pk if host else None):
+            where = f"host {source.agent_host.name}" if source.agent_host_id else "the ops center"
+            here = f"host {host.name}" if host else "the ops center"
+            raise validation.InvalidInput(
+                f"Database source {source.name} is on {where}, so a {kind} on {here} cannot "
+                f"reach it: run it on {where}."
+            )
+    return host
 
 
 def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
@@ -121,14 +145,15 @@ def _check_host_job(kind: str, cleaned: dict, host, inline: bool) -> None:
         raise validation.InvalidInput(
             f"Host {host.name} is {host.get_state_display().lower()}: its agent takes no jobs."
         )
-    if kind not in HOST_KINDS or inline:
+    if kind not in HOST_KINDS:
         raise validation.InvalidInput(
-            f"A {kind} job cannot run on host {host.name} yet: agents run backups, "
-            "extracts, downloads and restores in place only."
+            f"A {kind} job cannot run on host {host.name}: agents run what reads or writes "
+            "the host's data (backups, restores, extracts, downloads, database restores and "
+            "verify-restores); prune, compact, check and syncs run on the center."
         )
-    if cleaned.get("databases"):
+    if inline:
         raise validation.InvalidInput(
-            f"Database dumps on host {host.name} are not supported yet: back up its files."
+            f"A {kind} job for host {host.name} runs on its agent, not in this process."
         )
 
 
@@ -148,6 +173,7 @@ def prepare(kind: str, repository: Repository, params: dict, *, trigger: str, us
     caller claims the lease and runs it itself (a download, streamed to its client). With a
     `host`, the job waits for that host's agent instead, which claims and runs it."""
     cleaned, archive_name = _admitted(kind, repository, params, user)
+    host = _where_sources_are(kind, cleaned, host)
     if host is not None:
         _check_host_job(kind, cleaned, host, inline=False)
         return jobs.create(kind, repository, trigger=trigger, params=cleaned, user=user,

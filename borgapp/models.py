@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from borgapp import borg, outbound, validation, vault
+from borgapp import borg, dumps, outbound, validation, vault
 
 ENCRYPTION_MODES = [
     ("repokey-blake2", "repokey-blake2 (recommended)"),
@@ -357,14 +357,52 @@ class DatabaseSource(models.Model):
     )  # fmt: skip
     path = models.CharField(max_length=4096, blank=True, default="",
                             help_text="SQLite: the database file (absolute path)")  # fmt: skip
+    agent_host = models.ForeignKey(
+        "Host", null=True, blank=True, on_delete=models.PROTECT, related_name="database_sources",
+        verbose_name="fleet host",
+        help_text="the machine whose agent dumps it (the server and file are as that machine "
+        "sees them); empty: this ops center's own",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    ENGINES = {
+        "django.db.backends.sqlite3": Kind.SQLITE,
+        "django.db.backends.postgresql": Kind.POSTGRESQL,
+        "django.db.backends.mysql": Kind.MARIADB,
+    }
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self):
         return self.name
+
+    @classmethod
+    def for_connection(cls, settings_dict: dict, name: str) -> "DatabaseSource":
+        """A source (not saved) for a Django connection's settings: so the ops center can
+        back up its own database to one of its repositories like any other."""
+        kind = cls.ENGINES.get(settings_dict.get("ENGINE", ""))
+        if kind is None:
+            raise validation.InvalidInput(f"The database engine {settings_dict.get('ENGINE')!r} "
+                                          "cannot be dumped here.")  # fmt: skip
+        if kind == cls.Kind.SQLITE:
+            return cls(name=name, kind=kind, path=str(settings_dict["NAME"]), host="")
+        source = cls(
+            name=name, kind=kind, host=settings_dict.get("HOST") or "127.0.0.1",
+            port=int(settings_dict["PORT"]) if settings_dict.get("PORT") else None,
+            username=settings_dict.get("USER") or "", databases=[settings_dict["NAME"]],
+        )  # fmt: skip
+        source.set_password(settings_dict.get("PASSWORD") or "")
+        return source
+
+    def spec(self) -> dumps.Source:
+        """What the dump tools need, the password decrypted (borgapp.dumps)."""
+        return dumps.Source(
+            name=self.name, kind=self.kind, host=self.host, port=self.port,
+            username=self.username, databases=tuple(self.databases or ()), path=self.path,
+            password=self.get_password(),
+        )  # fmt: skip
 
     def set_password(self, password: str) -> None:
         validation.validate_passphrase(password or "")  # no newline or NUL, bounded

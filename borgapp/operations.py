@@ -8,9 +8,7 @@ failure; `jobs.execute` records that on the Job.
 import hashlib
 import json
 import logging
-import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -33,6 +31,7 @@ from borgapp import (
     params,
     validation,
     vault,
+    verifying,
 )
 from borgapp.errors import ClientGone, OperationError
 from borgapp.models import (
@@ -297,7 +296,7 @@ def _dumps_of(p, scratch: Path) -> dumps.Dumps:
     if missing:
         raise OperationError(f"No database source named {missing[0]!r}.", "invalid_input")
     scratch.mkdir(mode=0o700)
-    dumping = dumps.Dumps([by_name[n] for n in p.databases], scratch)
+    dumping = dumps.Dumps([by_name[n].spec() for n in p.databases], scratch)
     dumping.prepare()
     return dumping
 
@@ -309,7 +308,8 @@ def op_restore_database(ctx: Context) -> Outcome:
     source = DatabaseSource.objects.filter(name=source_name).first()
     if source is None:
         raise OperationError(f"No database source named {source_name!r}.", "invalid_input")
-    path = dumps.archive_path(source, database)
+    spec = source.spec()
+    path = dumps.archive_path(spec, database)
 
     def feed(fd: int) -> None:
         result = ctx.borg(borg.extract_stdout_cmd(ctx.repo.location, archive.name, path, fd))
@@ -320,7 +320,7 @@ def op_restore_database(ctx: Context) -> Outcome:
 
     with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
         restored = dumps.restore(
-            source, database, Path(scratch), into=p.into, force=p.force, feed=feed
+            spec, database, Path(scratch), into=p.into, force=p.force, feed=feed
         )
     return ctx.outcome({"archive_name": archive.name, "path": path, **restored})
 
@@ -444,12 +444,6 @@ def prepare_empty_dir(path: str, roots: list[Path], what: str) -> Path:
     else:
         target.mkdir(parents=True, mode=0o700)
     return validation.require_under_roots(str(target), roots, what)
-
-
-def make_held_dir(parent_fd: int, name: str) -> int:
-    """A new private directory inside a held one, itself held."""
-    os.mkdir(name, 0o700, dir_fd=parent_fd)
-    return heldir.hold_empty_dir(Path(name), "Sandbox", dir_fd=parent_fd)
 
 
 def extract_into(ctx: Context, fd: int, command: borg.Command) -> borg.Result:
@@ -703,45 +697,10 @@ def newest_of_set(repo: Repository, prefix: str) -> Archive | None:
     return None
 
 
-def choose_sample(files: list[tuple[str, int]], count: int, max_bytes: int) -> list[str]:
-    """Up to `count` random regular files whose sizes add up to at most `max_bytes`."""
-    rng = random.SystemRandom()
-    order = list(files)
-    rng.shuffle(order)
-    chosen, total = [], 0
-    for path, size in order:
-        if len(chosen) >= count:
-            break
-        if total + (size or 0) <= max_bytes:
-            chosen.append(path)
-            total += size or 0
-    return sorted(chosen)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _damaged(ctx: Context, archive: Archive, paths: list[str], sandbox: Path, sandbox_fd: int):
-    """After borg stopped on damaged data: restore the files one by one to name them."""
-    problems = []
-    for index, path in enumerate(paths):
-        target = sandbox / f"one-{index}"
-        fd = make_held_dir(sandbox_fd, target.name)
-        try:
-            command = borg.extract_cmd(ctx.repo.location, archive.name, str(target), [path])
-            extract_into(ctx, fd, command)
-        except borg.IntegrityError as exc:
-            problems.append({"path": path, "problem": f"damaged in the repository: {exc.message}"})
-        finally:
-            os.close(fd)
-    return problems
-
-
 def op_verify_restore(ctx: Context) -> Outcome:
     """Restore a sample of the newest archive of a backup set into a sandbox and compare it,
-    file by file, with the archive's own checksums and with the source as it is now."""
+    file by file, with the archive's own checksums and with the source as it is now
+    (borgapp.verifying, which a host's agent runs for that host's backups)."""
     p = ctx.params
     prefix = p.prefix
     validation.validate_archive_part(prefix, "Archive prefix")
@@ -754,125 +713,22 @@ def op_verify_restore(ctx: Context) -> Outcome:
     load_contents(ctx, archive)
     items = archive.items.filter(type="-")
     in_dumps = {"path__startswith": f"{dumps.ARCHIVE_ROOT}/"}
-    files = list(items.exclude(**in_dumps).values_list("path", "size"))
-    count = p.sample_files
-    if p.sample_percent:
-        count = math.ceil(len(files) * p.sample_percent / 100)
-    sample = choose_sample(files, count, p.sample_max_bytes)
-    result = {"archive_name": archive.name, "files_in_archive": len(files), "sampled": len(sample)}
-    problems = _compare_files(ctx, archive, sample) if sample else []
-    if not sample:
-        result["note"] = "No regular file fits the sample."
-    chosen = set(sample)
-    result.update(
-        bytes=sum(size or 0 for path, size in files if path in chosen),
-        files=sample,
-    )
-    dumped = list(items.filter(**in_dumps).values_list("path", flat=True))
-    if dumped:
-        result["databases"] = _verify_dumps(ctx, archive, dumped, problems)
-    result["problems"] = problems
-    if problems:
-        named = "; ".join(f"{x['path']}: {x['problem']}" for x in problems[:10])
-        raise OperationError(
-            f"Verify-restore of {archive.name} found {len(problems)} problem(s): {named}",
-            "verify_failed",
-            result=result,
-        )
-    return ctx.outcome(result)
-
-
-def _verify_dumps(ctx: Context, archive: Archive, paths: list[str], problems: list) -> list:
-    """Each database dump restored into a scratch database and compared (dumps.verify)."""
-    checked = []
-    for path in paths:
-        try:
-            _, source_name, database = dumps.parse_archive_path(path)
-        except validation.InvalidInput:
-            continue
-        source = DatabaseSource.objects.filter(name=source_name).first()
-        if source is None:
-            checked.append({"path": path, "note": "its database source is no longer configured"})
-            continue
-
-        def feed(fd: int, path=path) -> None:
-            ctx.borg(borg.extract_stdout_cmd(ctx.repo.location, archive.name, path, fd))
-
-        with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
-            try:
-                report = dumps.verify(
-                    source, database, Path(scratch), tag=str(ctx.job.pk), feed=feed
-                )
-            except OperationError as exc:
-                problems.append({"path": path, "problem": f"the dump does not restore: {exc}"})
-                continue
-        if report["missing_tables"]:
-            missing = ", ".join(report["missing_tables"][:10])
-            problems.append({"path": path, "problem": f"tables missing from the dump: {missing}"})
-        checked.append({"path": path, **report})
-    return checked
-
-
-def _compare_files(ctx: Context, archive: Archive, sample: list[str]) -> list:
-    """The sampled files restored into a private sandbox and compared."""
-    # A private directory with a name nobody can guess (mkdtemp: 0700), held like a target.
     root = Path(settings.RESTORE_ROOTS[0]) / ".verify"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     root = validation.require_under_roots(str(root), settings.RESTORE_ROOTS, "Sandbox")
-    heldir.require_private_path(root, "Sandbox")
-    sandbox = Path(tempfile.mkdtemp(prefix=f"job-{ctx.job.pk}-", dir=root))
-    try:
-        sandbox_fd = heldir.hold_empty_dir(sandbox, "Sandbox")
-        try:
-            return _compare_sample(ctx, archive, sample, sandbox, sandbox_fd)
-        finally:
-            os.close(sandbox_fd)
-    finally:
-        shutil.rmtree(sandbox, ignore_errors=True)
-
-
-def _compare_sample(
-    ctx: Context, archive: Archive, sample: list[str], sandbox: Path, sandbox_fd: int
-) -> list:
-    restored = sandbox / "restore"
-    fd = make_held_dir(sandbox_fd, restored.name)
-    try:
-        command = borg.extract_cmd(ctx.repo.location, archive.name, str(restored), sample)
-        extract_into(ctx, fd, command)
-    except borg.IntegrityError:
-        return _damaged(ctx, archive, sample, sandbox, sandbox_fd)
-    finally:
-        os.close(fd)
-    sums = {}
-
-    def collect(raw: bytes) -> None:
-        if raw.strip():
-            item = json.loads(raw)
-            sums[item.get("path")] = item.get("sha256")
-
-    command = borg.list_items_cmd(ctx.repo.location, archive.name, sample, checksums=True)
-    ctx.borg(command, on_line=collect)
-    problems = []
-    for path in sample:
-        copy = restored / path
-        if not copy.is_file():
-            problems.append({"path": path, "problem": "not restored"})
-            continue
-        digest = _sha256(copy)
-        if digest != sums.get(path):
-            problems.append({"path": path, "problem": "restored bytes differ from the archive"})
-            continue
-        source = Path("/" + path)
-        try:
-            same = source.is_file() and _sha256(source) == digest
-        except OSError as exc:
-            problems.append({"path": path, "problem": f"source unreadable: {exc.strerror}"})
-            continue
-        if not source.exists():
-            problems.append({"path": path, "problem": "missing at the source now"})
-        elif not same:
-            problems.append({"path": path, "problem": "differs from the source as it is now"})
-    return problems
+    here = DatabaseSource.objects.filter(agent_host=None)
+    result = verifying.verify(
+        lambda command, on_line=None: ctx.borg(command, on_line=on_line),
+        ctx.repo.location, archive.name,
+        list(items.exclude(**in_dumps).values_list("path", "size")),
+        list(items.filter(**in_dumps).values_list("path", flat=True)),
+        sample_files=p.sample_files, sample_percent=p.sample_percent,
+        sample_max_bytes=p.sample_max_bytes, sandbox_root=root,
+        sources={source.name: source.spec() for source in here},
+        elsewhere="not on this ops center's machine (configured on a host, or removed)",
+        tag=str(ctx.job.pk),
+    )  # fmt: skip
+    return ctx.outcome(result)
 
 
 MOUNT_WAIT = 15.0

@@ -474,8 +474,6 @@ def test_verify_restore_restores_each_dump_into_a_scratch_database(repo, postgre
 def test_the_ops_center_backs_up_its_own_database_and_it_restores(repo, tmp_path):
     """Its own database is a source like any other (here the suite's SQLite file), and the
     dump restores with plain borg and sqlite3 when the ops center itself is gone."""
-    from borgapp import dumps
-
     added = cli("borg_database", "add-self")
     assert added.code == 0, added.err
     own = DatabaseSource.objects.get(name="opscenter-self")
@@ -502,9 +500,10 @@ def test_the_ops_center_backs_up_its_own_database_and_it_restores(repo, tmp_path
         applied = conn.execute("SELECT name FROM django_migrations WHERE app = 'borgapp'")
         assert ("0018_database_sources",) in applied.fetchall()
 
-    pg_like = dumps.source_for({"ENGINE": "django.db.backends.postgresql", "NAME": "ops",
-                                "HOST": "db", "PORT": "5433", "USER": "ops",
-                                "PASSWORD": "s3"}, "own")  # fmt: skip
+    pg_like = DatabaseSource.for_connection(
+        {"ENGINE": "django.db.backends.postgresql", "NAME": "ops", "HOST": "db", "PORT": "5433",
+         "USER": "ops", "PASSWORD": "s3"}, "own",
+    )  # fmt: skip
     assert (pg_like.kind, pg_like.host, pg_like.port, pg_like.databases) == (
         "postgresql", "db", 5433, ["ops"])  # fmt: skip
     assert pg_like.get_password() == "s3" and "s3" not in pg_like.password_encrypted

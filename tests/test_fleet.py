@@ -73,9 +73,7 @@ def test_a_hosts_job_is_never_run_by_the_center(repo, roots, tmp_path):
     assert job.status == Job.Status.QUEUED
     jobs.dispatch_next(repo.pk)
     assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
-    with pytest.raises(
-        Exception, match="agents run backups, extracts, downloads and restores in place only"
-    ):
+    with pytest.raises(Exception, match="prune, compact, check and syncs run on the center"):
         intake.start("check", repo, {}, trigger="cli", host=host)
 
 

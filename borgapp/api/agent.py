@@ -92,9 +92,10 @@ def poll(request, data):
             return nothing
     else:
         job = fleet.next_job(host, wait)
-    if job is None:
+    handed = fleet.hand_out(job) if job is not None else None
+    if handed is None:
         return HttpResponse(status=204)
-    return _no_store(JsonResponse({"job": fleet.handout(job)}))
+    return _no_store(JsonResponse({"job": handed}))
 
 
 @agent_view

@@ -13,6 +13,7 @@ from borgapp.models import (
     ArchiveItem,
     AuditEvent,
     DatabaseSource,
+    Host,
     Job,
     Repository,
     RetentionPolicy,
@@ -272,11 +273,16 @@ class DatabaseSourceSerializer(FullCleanMixin, serializers.ModelSerializer):
         help_text="Stored encrypted; never returned. Omit it on an update to keep the stored one.",
     )  # fmt: skip
     password_stored = serializers.SerializerMethodField()
+    fleet_host = serializers.SlugRelatedField(
+        source="agent_host", slug_field="name", queryset=Host.objects.all(), required=False,
+        allow_null=True, help_text="the host whose agent dumps it; null: the ops center's own",
+    )  # fmt: skip
 
     class Meta:
         model = DatabaseSource
         fields = ["id", "name", "kind", "host", "port", "username", "password",
-                  "password_stored", "databases", "path", "created_at", "updated_at"]  # fmt: skip
+                  "password_stored", "databases", "path", "fleet_host", "created_at",
+                  "updated_at"]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
 
     def get_password_stored(self, source) -> bool:
@@ -486,6 +492,19 @@ class CheckRequestSerializer(serializers.Serializer):
     archives_only = serializers.BooleanField(required=False, default=False)
     last = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     max_duration = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+class VerifyRestoreRequestSerializer(serializers.Serializer):
+    host = serializers.CharField(
+        required=False, help_text="run it on this host's agent (the backup set's files are there)"
+    )
+    prefix = serializers.CharField(help_text="the backup set: its newest archive is verified")
+    sample_files = serializers.IntegerField(required=False, default=params.SAMPLE_FILES,
+                                            min_value=1, max_value=100_000)  # fmt: skip
+    sample_percent = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                              max_value=100)  # fmt: skip
+    sample_max_bytes = serializers.IntegerField(required=False, min_value=1,
+                                                default=params.SAMPLE_MAX_BYTES)  # fmt: skip
 
 
 class ExtractRequestSerializer(serializers.Serializer):

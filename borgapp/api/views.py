@@ -134,6 +134,7 @@ class RepositoryViewSet(AuditedWrites, viewsets.ModelViewSet):
         "check": "operator",
         "sync": "operator",
         "info": "operator",
+        "verify_restore": "operator",
         "key_export": "admin",
         "change_passphrase": "admin",
     }
@@ -206,6 +207,13 @@ class RepositoryViewSet(AuditedWrites, viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def check(self, request, name=None):
         return self._run(request, Job.Kind.CHECK, s.CheckRequestSerializer)
+
+    @extend_schema(request=s.VerifyRestoreRequestSerializer, responses={202: s.JobSerializer})
+    @action(detail=True, methods=["post"], url_path="verify-restore")
+    def verify_restore(self, request, name=None):
+        """Restore a sample of a backup set's newest archive and compare it with the archive
+        and with the source as it is now (on the set's host with `host`)."""
+        return self._run(request, Job.Kind.VERIFY_RESTORE, s.VerifyRestoreRequestSerializer)
 
     @extend_schema(request=None, responses={202: s.JobSerializer})
     @action(detail=True, methods=["post"])

@@ -11,7 +11,7 @@ from django.db import connection
 from borgapp import audit, dumps
 from borgapp.errors import InvalidInput, OperationError
 from borgapp.management.commands._base import EXIT_FAILED
-from borgapp.models import DatabaseSource
+from borgapp.models import DatabaseSource, Host
 
 
 def fail(message: str):
@@ -29,6 +29,7 @@ def source_row(source: DatabaseSource) -> dict:
         "password_stored": bool(source.password_encrypted),
         "databases": source.databases or "all",
         "path": source.path or None,
+        "fleet_host": source.agent_host.name if source.agent_host_id else None,
     }
 
 
@@ -47,6 +48,10 @@ class Command(BaseCommand):
         add.add_argument("--database", action="append", default=[], dest="databases",
                          help="a database to dump (repeatable); none: all of them")  # fmt: skip
         add.add_argument("--path", default="", help="SQLite: the database file")
+        add.add_argument(
+            "--fleet-host", metavar="HOST", help="the fleet host whose agent dumps it (the "
+            "server address and file path are as that host sees them); default: this machine",
+        )  # fmt: skip
         add.add_argument(
             "--password-file",
             help="read the password from this file (else a prompt on a terminal, else none)",
@@ -76,6 +81,10 @@ class Command(BaseCommand):
             name=o["source"], kind=o["kind"], host=o["host"], port=o["port"],
             username=o["username"], databases=o["databases"], path=o["path"],
         )  # fmt: skip
+        if o["fleet_host"]:
+            source.agent_host = Host.objects.filter(name=o["fleet_host"]).first()
+            if source.agent_host is None:
+                fail(f"No host named {o['fleet_host']!r}.")
         if o["kind"] != DatabaseSource.Kind.SQLITE:
             source.set_password(read_password(o))
         self.save(source)
@@ -83,7 +92,7 @@ class Command(BaseCommand):
 
     def do_add_self(self, o):
         try:
-            source = dumps.source_for(connection.settings_dict, o["source"])
+            source = DatabaseSource.for_connection(connection.settings_dict, o["source"])
         except InvalidInput as exc:
             fail(str(exc))
         self.save(source)
@@ -105,7 +114,7 @@ class Command(BaseCommand):
                      params={"kind": source.kind, "host": source.host})  # fmt: skip
 
     def do_list(self, o):
-        rows = [source_row(s) for s in DatabaseSource.objects.all()]
+        rows = [source_row(s) for s in DatabaseSource.objects.select_related("agent_host")]
         if o["json"]:
             self.stdout.write(json.dumps(rows, indent=2))
             return
@@ -125,9 +134,14 @@ class Command(BaseCommand):
 
     def do_test(self, o):
         source = self.source(o["source"])
+        if source.agent_host_id:
+            fail(
+                f"{source.name} is on host {source.agent_host.name}: only its agent reaches "
+                "it (a backup of that host with this source tests it)."
+            )
         with tempfile.TemporaryDirectory(prefix="opscenter-") as scratch:
             try:
-                found = dumps.test_connection(source, Path(scratch))
+                found = dumps.test_connection(source.spec(), Path(scratch))
             except OperationError as exc:
                 fail(str(exc))
         if o["json"]:

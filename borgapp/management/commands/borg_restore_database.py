@@ -1,5 +1,5 @@
 from borgapp.management.commands._base import JobCommand
-from borgapp.models import Job
+from borgapp.models import DatabaseSource, Job
 
 
 class Command(JobCommand):
@@ -22,4 +22,9 @@ class Command(JobCommand):
 
     def start(self, options, echo):
         params = {key: options[key] for key in ("archive", "database", "into", "force")}
+        name = str(options["database"]).split("/")[0]
+        source = DatabaseSource.objects.filter(name=name).select_related("agent_host").first()
+        if source is not None and source.agent_host is not None:  # its host's agent restores it
+            return self.run_on_host(Job.Kind.RESTORE_DATABASE, options["name"], params,
+                                    source.agent_host.name)  # fmt: skip
         return self.run_kind(Job.Kind.RESTORE_DATABASE, options["name"], params, echo)

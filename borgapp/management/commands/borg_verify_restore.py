@@ -16,6 +16,10 @@ class Command(JobCommand):
         parser.add_argument("--sample-files", type=int, default=20)
         parser.add_argument("--sample-percent", type=int)
         parser.add_argument("--sample-max-bytes", type=int, default=params.SAMPLE_MAX_BYTES)
+        parser.add_argument(
+            "--host", help="a host of the fleet: its agent verifies against the files there "
+            "(this command waits for it)",
+        )  # fmt: skip
 
     def start(self, options, echo):
         params = {
@@ -24,4 +28,7 @@ class Command(JobCommand):
             "sample_percent": options["sample_percent"],
             "sample_max_bytes": options["sample_max_bytes"],
         }
+        if options["host"]:
+            return self.run_on_host(Job.Kind.VERIFY_RESTORE, options["name"], params,
+                                    options["host"])  # fmt: skip
         return self.run_kind(Job.Kind.VERIFY_RESTORE, options["name"], params, echo)
