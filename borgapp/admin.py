@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.db import models
+from django.db import DataError, models
 from django.db.models import Count, Max, Q, Subquery
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -58,6 +59,15 @@ class RoleAdmin(admin.ModelAdmin):
 
     def has_module_permission(self, request):
         return has_role(request.user, "viewer")
+
+    def get_changelist_instance(self, request):
+        """A filter the database cannot apply (a year past 9999 in the date hierarchy, a time
+        zone offset PostgreSQL refuses) is treated as Django treats an unknown one: the list
+        again, without filters, rather than a 500."""
+        try:
+            return super().get_changelist_instance(request)
+        except (DataError, OverflowError, ValueError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
 
     def has_view_permission(self, request, obj=None):
         return has_role(request.user, "viewer")

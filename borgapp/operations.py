@@ -291,10 +291,12 @@ def record_backup(repo: Repository, name: str, created: dict, comment: str, made
 
 def _dumps_of(p, scratch: Path) -> dumps.Dumps:
     """The backup's database sources, in the order given, with their pipes made."""
-    by_name = DatabaseSource.objects.in_bulk(p.databases, field_name="name")
+    here = DatabaseSource.objects.filter(agent_host=None)  # a host's are its agent's alone
+    by_name = here.in_bulk(p.databases, field_name="name")
     missing = [n for n in p.databases if n not in by_name]
     if missing:
-        raise OperationError(f"No database source named {missing[0]!r}.", "invalid_input")
+        raise OperationError(f"No database source named {missing[0]!r} on this ops center.",
+                             "invalid_input")  # fmt: skip
     scratch.mkdir(mode=0o700)
     dumping = dumps.Dumps([by_name[n].spec() for n in p.databases], scratch)
     dumping.prepare()
@@ -305,9 +307,10 @@ def op_restore_database(ctx: Context) -> Outcome:
     p = ctx.params
     archive = _archive(ctx)
     source_name, database = p.database.split("/")
-    source = DatabaseSource.objects.filter(name=source_name).first()
+    source = DatabaseSource.objects.filter(name=source_name, agent_host=None).first()
     if source is None:
-        raise OperationError(f"No database source named {source_name!r}.", "invalid_input")
+        raise OperationError(f"No database source named {source_name!r} on this ops center.",
+                             "invalid_input")  # fmt: skip
     spec = source.spec()
     path = dumps.archive_path(spec, database)
 

@@ -37,6 +37,9 @@ FLEET_TESTS = [
     "tests/test_seed_api.py",  # the guide's walk-through with a real cluster
     "tests/test_seed_waiting.py",  # requests that wait for their job
     "tests/test_fleet.py",  # agents claim their host's jobs
+    "tests/test_fleet_databases.py",  # a host's database sources, handed to its agent only
+    "tests/test_api_fuzz.py",  # every route with generated values PostgreSQL may refuse
+    "tests/test_bad_values.py",  # the admin's pages with such values
     # a download holds its repository's lease in a web process
     "tests/test_downloads.py::test_busy_repository_answers_409",
     "tests/test_downloads.py::test_client_that_leaves_stops_borg_and_frees_the_lease",

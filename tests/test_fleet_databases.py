@@ -185,3 +185,47 @@ def test_a_failed_dump_on_a_host_fails_its_backup_and_leaves_no_archive(
         assert not Archive.objects.filter(repository=repo).exists()  # borg holds none either
     finally:
         stop_process(proc)
+
+
+def test_where_a_source_is_and_the_verify_restore_route_are_checked(repo, client, tmp_path):
+    """The API names a source's fleet host by name; the verify-restore route checks what it
+    is given and who asks; a schedule cannot dump another machine's database."""
+    from django.urls import reverse
+
+    from borgapp import fleet
+    from borgapp.models import DatabaseSource, Host, Job, Schedule
+    from tests.helpers import staff
+
+    host, _ = fleet.add_host("db1")
+    admin, operator, viewer = (client_for(role) for role in ("admin", "operator", "viewer"))
+    source = {"name": "lite", "kind": "sqlite", "path": str(tmp_path / "x.sqlite")}
+    unknown = admin.post("/api/v1/databases/", {**source, "fleet_host": "nobody"}, format="json")
+    assert unknown.status_code == 400 and "fleet_host" in str(unknown.json()), unknown.json()
+    made = admin.post("/api/v1/databases/", {**source, "fleet_host": "db1"}, format="json")
+    assert made.status_code == 201, made.content
+    assert viewer.get(f"/api/v1/databases/{made.json()['id']}/").json()["fleet_host"] == "db1"
+    assert DatabaseSource.objects.get(name="lite").agent_host_id == host.pk
+
+    route = "/api/v1/repositories/main/verify-restore/"
+    assert viewer.post(route, {"prefix": "web"}, format="json").status_code == 403
+    for body, words in (({}, "prefix"), ({"prefix": "web", "sample_percent": 101}, "100"),
+                        ({"prefix": "web", "host": "nobody"}, "No host of that name"),
+                        ({"prefix": "web", "host": "db1"}, "waiting for its agent")):  # fmt: skip
+        refused = operator.post(route, body, format="json")
+        assert refused.status_code == 400 and words in str(refused.json()), refused.json()
+    assert not Job.objects.filter(kind="verify_restore").exists()  # a refusal queues nothing
+    Host.objects.filter(pk=host.pk).update(state="active")
+    queued = operator.post(route, {"prefix": "web", "host": "db1"}, format="json")
+    assert queued.status_code == 202 and queued.json()["status"] == "queued"
+    assert Job.objects.get(kind="verify_restore").host_id == host.pk  # its agent runs it
+
+    # the admin's schedule form says where
+    # a source is before it saves a schedule that could not reach it
+    client.force_login(staff("admin"))
+    form = {"name": "nightly", "repositories": [repo.pk], "operation": "backup",
+            "cron": "0 2 * * *", "timezone": "UTC", "enabled": "on", "archive_prefix": "n",
+            "source_paths": str(tmp_path), "compression": "lz4", "databases":
+            [DatabaseSource.objects.get(name="lite").pk]}  # fmt: skip
+    page = client.post(reverse("admin:borgapp_schedule_add"), form)
+    assert page.status_code == 200 and not Schedule.objects.exists()
+    assert "lite is on host db1: a schedule dumps only databases" in page.content.decode()
