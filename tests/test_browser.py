@@ -568,3 +568,21 @@ def test_a_host_added_in_the_admin_and_its_agent_enrolled(page, web_server, root
     assert token not in page.content()
     looks_right(page, "host", width)
     assert Host.objects.get(name="web1").state == "active"
+
+    # with an active host, the pages that run a host's jobs offer it, and a database source
+    # can be placed on it
+    archive = Archive.objects.create(repository=Repository.objects.get(name="offsite"),
+                                     name="www-2026-12-01T02:00:00", borg_id="b" * 64)  # fmt: skip
+    page.goto(f"{url}/admin/borgapp/archive/{archive.pk}/download/")
+    expect(page.locator("select[name=host]")).to_contain_text("web1")
+    looks_right(page, "download-host", width)
+    page.goto(f"{url}/admin/borgapp/databasesource/add/")
+    expect(page.locator("select[name=agent_host]")).to_contain_text("web1")
+    page.select_option("select[name=kind]", "sqlite")
+    page.fill("input[name=name]", "web1-app")
+    page.fill("input[name=path]", "/srv/app/app.sqlite")
+    page.select_option("select[name=agent_host]", label="web1")
+    looks_right(page, "database-add-host", width)
+    page.click("input[name=_save]")
+    expect(page.locator("#result_list tr", has_text="web1-app")).to_contain_text("web1")
+    looks_right(page, "databases-on-hosts", width)
