@@ -20,12 +20,16 @@ from django.db.models import Case, Q, When
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from borgapp import audit, borg, hooks, job_events, lease, operations, procs, vault
+from borgapp import audit, borg, fileindex, hooks, job_events, lease, operations, procs, vault
 from borgapp.errors import ClientGone, InvalidInput, OperationError
 from borgapp.models import Job, Repository
 from borgapp.places import Places
 
-LISTING_KINDS = (Job.Kind.CONTENTS, Job.Kind.DIFF)
+LISTING_KINDS = (Job.Kind.CONTENTS, Job.Kind.DIFF, Job.Kind.INDEX)
+# Jobs after which the file index has work: archives to read, or the share of deleted ones
+# to drop (borgapp.fileindex).
+INDEXING_AFTER = {Job.Kind.BACKUP, Job.Kind.SYNC, Job.Kind.IMPORT, Job.Kind.PRUNE,
+                  Job.Kind.DELETE, Job.Kind.INDEX}  # fmt: skip
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes (REL-07)
 WRITING_KINDS = {Job.Kind.BACKUP, Job.Kind.PRUNE, Job.Kind.DELETE}
@@ -317,7 +321,31 @@ def end(job: Job, status: str, *, only_from: str = Job.Status.RUNNING, **fields)
         _dispatch_quietly(job.repository_id)
     job_events.ended(job)
     retry_if_transient(job)
+    index_after(job)
     return True
+
+
+def index_after(job: Job) -> Job | None:
+    """After a job that changed what archives there are, the file index catches up: one
+    index job at a time per repository, at low priority (a listing kind: it runs after
+    every other waiting job, and the next one is queued when it ends)."""
+    if job.kind not in INDEXING_AFTER or job.status not in Job.OK or job.repository_id is None:
+        return None
+    if not settings.FILE_INDEX:
+        return None
+    active = Job.objects.filter(repository_id=job.repository_id, kind=Job.Kind.INDEX,
+                                status__in=[Job.Status.QUEUED, Job.Status.RUNNING])  # fmt: skip
+    if job.kind == Job.Kind.INDEX:
+        active = active.exclude(pk=job.pk)
+    dropped = job.kind in (Job.Kind.PRUNE, Job.Kind.DELETE)  # their share of the index goes
+    if active.exists() or not (dropped or fileindex.next_unindexed(job.repository)):
+        return None
+    try:
+        with transaction.atomic():
+            return submit(Job.Kind.INDEX, job.repository, trigger=Job.Trigger.SYSTEM, params={})
+    except Exception:  # the index can catch up later; the ended job's record stands
+        log.exception("Queueing the file index after job %s failed", job.pk)
+        return None
 
 
 def _after_failure(job: Job) -> None:

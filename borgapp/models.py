@@ -297,6 +297,92 @@ class ArchiveDiffItem(models.Model):
         indexes = [models.Index(fields=["diff", "path"], name="diffitem_diff_path")]
 
 
+# --- the file index (issue 16, borgapp.fileindex) ---------------------------------------------
+
+
+class IndexName(models.Model):
+    """Each distinct file or folder name once, whatever folder, archive or repository holds
+    it (index.html, __init__.py): a name search reads these, far fewer than the paths."""
+
+    name = models.TextField(unique=True)
+
+
+class IndexNode(models.Model):
+    """A path, as a name in its folder (no path is stored whole, none twice): shared by every
+    archive and repository that holds it. A top-level item has no parent."""
+
+    parent = models.ForeignKey("self", null=True, on_delete=models.CASCADE, db_index=False,
+                               related_name="+")  # fmt: skip
+    name = models.ForeignKey(IndexName, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["parent", "name"], name="indexnode_in_folder"),
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(parent=None), name="indexnode_top"
+            ),  # fmt: skip
+        ]
+
+
+class IndexChain(models.Model):
+    """Archives of one backup set of a repository, indexed one after the other: an entry
+    that stays the same from one archive to the next is stored once for the whole run."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE,
+                                   related_name="index_chains")  # fmt: skip
+    key = models.CharField(max_length=255)
+    last_seq = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "key"], name="indexchain_unique")
+        ]
+
+
+class IndexedArchive(models.Model):
+    """An archive whose entries are in the index: its place (`seq`) in its chain."""
+
+    archive = models.OneToOneField(Archive, on_delete=models.CASCADE, related_name="indexed")
+    chain = models.ForeignKey(IndexChain, on_delete=models.CASCADE, related_name="archives")
+    seq = models.IntegerField()
+    borg_id = models.CharField(max_length=64)
+    entries = models.BigIntegerField(default=0)
+    changed = models.BigIntegerField(default=0, help_text="versions new in this archive")
+    seconds = models.FloatField(default=0)
+    indexed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="indexedarchive_seq")]
+
+
+class IndexVersion(models.Model):
+    """One version of a path (type, size, time, mode, owner, link) as the archives `first` to
+    `last` of its chain hold it; `last` None: up to the chain's newest archive. Times are
+    microseconds since the epoch (UTC), modes the permission bits."""
+
+    node = models.ForeignKey(IndexNode, on_delete=models.CASCADE, db_index=False,
+                             related_name="versions")  # fmt: skip
+    chain = models.ForeignKey(IndexChain, on_delete=models.CASCADE, db_index=False,
+                              related_name="+")  # fmt: skip
+    first = models.IntegerField()
+    last = models.IntegerField(null=True)
+    type = models.CharField(max_length=1)
+    mode = models.IntegerField(default=0)
+    user = models.CharField(max_length=64, blank=True, default="")
+    group = models.CharField(max_length=64, blank=True, default="")
+    size = models.BigIntegerField(null=True)
+    mtime = models.BigIntegerField(null=True)
+    target = models.TextField(blank=True, default="")
+    healthy = models.BooleanField(default=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["node", "chain"], name="indexversion_node"),
+            models.Index(fields=["chain", "last"], name="indexversion_open"),
+            models.Index(fields=["chain", "first"], name="indexversion_first"),
+        ]
+
+
 class RetentionPolicy(models.Model):
     KEEP_FIELDS = list(borg.KEEP_COUNTS)
 
@@ -733,6 +819,7 @@ class Job(models.Model):
         CHANGE_PASSPHRASE = "change_passphrase", "Change passphrase"
         BREAK_LOCK = "break_lock", "Break lock"
         CONTENTS = "contents", "Load archive contents"
+        INDEX = "index", "Index archive files"
         DIFF = "diff", "Compare archives"
         VERIFY_RESTORE = "verify_restore", "Verify restore"
         RESTORE_DATABASE = "restore_database", "Restore a database"
@@ -744,6 +831,7 @@ class Job(models.Model):
         API = "api", "API"
         SCHEDULE = "schedule", "Schedule"
         CLI = "cli", "Command line"
+        SYSTEM = "system", "Ops center"  # what follows another job (the file index)
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -23,6 +23,7 @@ from borgapp import (
     borg,
     catalog,
     dumps,
+    fileindex,
     heldir,
     inplace,
     lease,
@@ -631,6 +632,21 @@ def op_contents(ctx: Context) -> Outcome:
     return ctx.outcome({"archive_name": archive.name, "items": load_contents(ctx, archive)})
 
 
+def op_index(ctx: Context) -> Outcome:
+    """The file index: first what deleted and pruned archives left (their share goes), then
+    one archive's entries read from borg (named, or the oldest not indexed yet)."""
+    removed = fileindex.collect_garbage(ctx.repo.pk)
+    archive = _archive(ctx) if ctx.params.archive else fileindex.next_unindexed(ctx.repo)
+    result = {"versions_removed": removed}
+    if archive is not None:
+        done = fileindex.index_archive(
+            ctx, archive, borg.list_items_cmd(ctx.repo.location, archive.name)
+        )
+        result.update(archive_name=archive.name, entries=done.entries, changed=done.changed,
+                      seconds=done.seconds)  # fmt: skip
+    return ctx.outcome(result)
+
+
 def change_kind(changes: list[dict]) -> str:
     """added / removed / modified (content or link target) / metadata (mode, owner, times)."""
     kinds = [str(change.get("type", "")) for change in changes]
@@ -828,6 +844,7 @@ OPERATIONS = {
     Job.Kind.CHANGE_PASSPHRASE: op_change_passphrase,
     Job.Kind.BREAK_LOCK: op_break_lock,
     Job.Kind.CONTENTS: op_contents,
+    Job.Kind.INDEX: op_index,
     Job.Kind.DIFF: op_diff,
     Job.Kind.VERIFY_RESTORE: op_verify_restore,
     Job.Kind.RESTORE_DATABASE: op_restore_database,

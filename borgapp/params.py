@@ -150,6 +150,17 @@ class OneArchive(Params):
 
 
 @dataclass
+class Index(Params):
+    """Index an archive's files (empty: the oldest complete archive not indexed yet)."""
+
+    archive: str = ""
+
+    def check(self) -> None:
+        if self.archive:
+            validation.validate_existing_archive_name(self.archive)
+
+
+@dataclass
 class Extract(Params):
     archive: str = ""
     target: str = ""
@@ -326,6 +337,7 @@ SPECS = {
     Job.Kind.MOUNT: Mount,
     Job.Kind.DELETE: OneArchive,
     Job.Kind.CONTENTS: OneArchive,
+    Job.Kind.INDEX: Index,
 }
 
 

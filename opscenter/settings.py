@@ -223,6 +223,9 @@ KEY_DOWNLOAD_TTL = env.int("OPSCENTER_KEY_DOWNLOAD_TTL", default=900)
 # File listings (archive contents and diffs) read from borg: the rows they may hold together
 # (about 360 bytes each), and the listing jobs one user or one repository may have waiting.
 LISTING_MAX_ROWS = env.int("OPSCENTER_LISTING_MAX_ROWS", default=5_000_000)
+# The file index (search, history): each new archive is indexed in the background after the
+# backup or sync that brought it (borgapp.fileindex).
+FILE_INDEX = env.bool("OPSCENTER_FILE_INDEX", default=True)
 LISTING_JOBS_PER_USER = env.int("OPSCENTER_LISTING_JOBS_PER_USER", default=2)
 LISTING_JOBS_PER_REPOSITORY = env.int("OPSCENTER_LISTING_JOBS_PER_REPOSITORY", default=4)
 # A repository whose last successful backup is older than this shows red (the guide: 25 h).

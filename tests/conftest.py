@@ -66,6 +66,18 @@ def child_database_url() -> str:
     return f"postgres://{user}:{password}@{db['HOST']}:{db['PORT']}/{quote(db['NAME'])}"
 
 
+@pytest.fixture(autouse=True)
+def no_file_index(settings):
+    """Tests of other things do not index the archives they make (each backup would queue an
+    index job); the file index's own tests turn it on with the `file_index` fixture."""
+    settings.FILE_INDEX = False
+
+
+@pytest.fixture
+def file_index(settings):
+    settings.FILE_INDEX = True
+
+
 @pytest.fixture
 def roots(tmp_path, settings):
     """Allowed roots and a private BORG_BASE_DIR for one test, in-process and for children."""
@@ -90,6 +102,7 @@ def roots(tmp_path, settings):
         OPSCENTER_REDIS_URL=django_settings.REDIS_URL,
         BORG_ENCRYPTION_KEY=",".join(django_settings.BORG_ENCRYPTION_KEYS),
         OPSCENTER_ALERT_WATCH_THREAD="0",
+        OPSCENTER_FILE_INDEX="1" if django_settings.FILE_INDEX else "0",
         BORG_GRACE_SIGINT="10",
         BORG_GRACE_SIGTERM="5",
     )

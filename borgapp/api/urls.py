@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from borgapp.api import seed, views
+from borgapp.api import files, seed, views
 
 router = DefaultRouter()
 router.register("repositories", views.RepositoryViewSet, basename="repository")
@@ -13,6 +13,7 @@ router.register("schedules", views.ScheduleViewSet, basename="schedule")
 router.register("databases", views.DatabaseSourceViewSet, basename="databasesource")
 router.register("alerts", views.AlertViewSet, basename="alert")
 router.register("audit", views.AuditViewSet, basename="audit")
+router.register("files", files.FilesViewSet, basename="files")
 
 # The integration guide's routes, exactly as its scripts call them (no trailing slash).
 seed_routes = [

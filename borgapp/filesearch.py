@@ -1,0 +1,346 @@
+"""Reading the file index (borgapp.fileindex): find files by name, path fragment, glob or
+folder across the archives of one repository or all of them, and the history of one path.
+Every answer says how far the index is behind borg (archives not indexed yet), so that a
+search that finds nothing in them never reads as "not there"."""
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.db.models import F, Q
+
+from borgapp import validation
+from borgapp.fileindex import micros, mode_text, moment
+from borgapp.models import (
+    Archive,
+    IndexedArchive,
+    IndexName,
+    IndexNode,
+    IndexVersion,
+    Repository,
+)
+
+MAX_HITS = 100  # paths in one answer
+MAX_ARCHIVES = 50  # archives named per version (the count says how many in all)
+MAX_NAMES = 20_000  # names a pattern may match before the answer asks for a narrower one
+GLOB_CHARS = re.compile(r"[*?\[]")
+TYPES = {"-": "file", "d": "folder", "l": "link", "h": "hardlink", "b": "block device",
+         "c": "character device", "p": "pipe", "s": "socket"}  # fmt: skip
+
+
+@dataclass
+class Filters:
+    repository: Repository | None = None
+    type: str = ""
+    min_size: int | None = None
+    max_size: int | None = None
+    modified_after: datetime | None = None
+    modified_before: datetime | None = None
+    archived_after: datetime | None = None
+    archived_before: datetime | None = None
+    limit: int = MAX_HITS
+
+
+TYPE_CODES = {"f": "-", "file": "-", "d": "d", "folder": "d", "dir": "d", "l": "l",
+              "link": "l", "symlink": "l"}  # fmt: skip
+
+
+def filters_from(query, repository: Repository | None = None) -> Filters:
+    """Filters from a request's or a command line's values (strings), each checked: a bad
+    one raises InvalidInput naming it."""
+    kind = (query.get("type") or "").strip().lower()
+    if kind and kind not in TYPE_CODES:
+        raise validation.InvalidInput(f"type must be one of: {', '.join(sorted(TYPE_CODES))}.")
+    limit = _number(query.get("limit"), "limit")
+    limit = MAX_HITS if limit is None else limit
+    if not 1 <= limit <= 1000:
+        raise validation.InvalidInput("limit must be between 1 and 1000.")
+    return Filters(
+        repository=repository, type=TYPE_CODES.get(kind, ""),
+        min_size=_number(query.get("min_size"), "min_size"),
+        max_size=_number(query.get("max_size"), "max_size"),
+        modified_after=_when(query.get("modified_after"), "modified_after"),
+        modified_before=_when(query.get("modified_before"), "modified_before"),
+        archived_after=_when(query.get("archived_after"), "archived_after"),
+        archived_before=_when(query.get("archived_before"), "archived_before"),
+        limit=limit,
+    )  # fmt: skip
+
+
+def _number(value, name: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise validation.InvalidInput(f"{name} must be a whole number of bytes.") from None
+    if not 0 <= number < 2**62:
+        raise validation.InvalidInput(f"{name} is out of range.")
+    return number
+
+
+def _when(value, name: str) -> datetime | None:
+    """A date (2026-03-01) or a time (2026-03-01T10:00, UTC unless it says otherwise)."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise validation.InvalidInput(
+            f"{name} must be a date or time such as 2026-03-01 or 2026-03-01T10:00."
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if not 1 <= moment.year <= 9998:
+        raise validation.InvalidInput(f"{name} is out of range.")
+    return moment
+
+
+def check_pattern(pattern: str) -> str:
+    """A search pattern: a name fragment (`invoice`), a path fragment (`2025/invoice`), a
+    glob on names or paths (`invoice-*.pdf`, `srv/*/index.html`), or a folder prefix
+    ending in `/` (`srv/www/`)."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise validation.InvalidInput("Give a name, path fragment, glob or folder to search.")
+    pattern = pattern.strip()
+    if len(pattern) > 1000 or "\x00" in pattern:
+        raise validation.InvalidInput("A search pattern is at most 1000 characters, no NUL.")
+    depth = 0
+    for char in pattern:
+        if char == "[":
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+    if depth:
+        raise validation.InvalidInput(f"The glob {pattern!r} opens a [ it never closes.")
+    if pattern.strip("/*?") == "":
+        raise validation.InvalidInput(f"The pattern {pattern!r} would match every file.")
+    return pattern
+
+
+def _name_query(pattern: str):
+    """The names a pattern's last part may match, as a query (the path is checked after)."""
+    tail = pattern.rstrip("/").rsplit("/", 1)[-1]
+    if pattern.endswith("/"):  # a folder: its own name
+        return IndexName.objects.filter(name=tail)
+    if GLOB_CHARS.search(tail):
+        literal = max(re.split(r"[*?]|\[[^\]]*\]", tail), key=len)
+        names = IndexName.objects.filter(name__contains=literal) if literal else IndexName.objects
+        return names, re.compile(fnmatch.translate(tail), re.DOTALL)
+    if "/" in pattern:  # a path fragment: its last part begins a name
+        return IndexName.objects.filter(name__startswith=tail)
+    return IndexName.objects.filter(name__icontains=tail)
+
+
+def _matching_names(pattern: str) -> list[int]:
+    query = _name_query(pattern)
+    regex = None
+    if isinstance(query, tuple):
+        query, regex = query
+    found = []
+    for pk, name in query.values_list("pk", "name").iterator(chunk_size=5000):
+        if regex is None or regex.match(name):
+            found.append(pk)
+            if len(found) > MAX_NAMES:
+                raise validation.InvalidInput(
+                    f"More than {MAX_NAMES:,} names match {pattern!r}: narrow the search."
+                )
+    return found
+
+
+def paths_of(node_ids) -> dict[int, str]:
+    """The full path of each node (one query per folder level)."""
+    known: dict[int, tuple] = {}
+    todo = set(node_ids)
+    while todo:
+        rows = IndexNode.objects.filter(pk__in=todo).values_list("pk", "parent_id", "name__name")
+        todo = set()
+        for pk, parent, name in rows:
+            known[pk] = (parent, name)
+            if parent is not None and parent not in known:
+                todo.add(parent)
+    paths = {}
+
+    def path(pk):
+        if pk not in paths:
+            parent, name = known[pk]
+            paths[pk] = name if parent is None else f"{path(parent)}/{name}"
+        return paths[pk]
+
+    return {pk: path(pk) for pk in node_ids if pk in known}
+
+
+def _path_matches(pattern: str, path: str) -> bool:
+    if pattern.endswith("/"):
+        return path == pattern.strip("/") or f"/{path}/".endswith(f"/{pattern.strip('/')}/")
+    if GLOB_CHARS.search(pattern):
+        if "/" not in pattern:
+            return True  # a name glob: the name matched already
+        return fnmatch.fnmatchcase(path, pattern.strip("/")) or fnmatch.fnmatchcase(
+            path, "*/" + pattern.strip("/")
+        )
+    return "/" not in pattern or pattern in path
+
+
+def _versions(filters: Filters):
+    versions = IndexVersion.objects.all()
+    if filters.repository is not None:
+        versions = versions.filter(chain__repository=filters.repository)
+    if filters.type:
+        versions = versions.filter(type=filters.type)
+    if filters.min_size is not None:
+        versions = versions.filter(size__gte=filters.min_size)
+    if filters.max_size is not None:
+        versions = versions.filter(size__lte=filters.max_size)
+    if filters.modified_after is not None:
+        versions = versions.filter(mtime__gte=micros(filters.modified_after.isoformat()))
+    if filters.modified_before is not None:
+        versions = versions.filter(mtime__lt=micros(filters.modified_before.isoformat()))
+    return versions
+
+
+def search(pattern: str, filters: Filters) -> dict:
+    """Paths whose name (or path) matches, each with its versions and the archives that
+    hold each version; folders (`pattern` ending in `/`) give what is under them."""
+    pattern = check_pattern(pattern)
+    names = _matching_names(pattern)
+    versions = _versions(filters)
+    hits, truncated = [], False
+    nodes = IndexNode.objects.filter(name_id__in=names).values_list("pk", flat=True)
+    candidates = list(nodes.iterator(chunk_size=5000)) if names else []
+    if pattern.endswith("/"):
+        candidates = _below(candidates)
+    for start in range(0, len(candidates), 1000):
+        chunk = candidates[start : start + 1000]
+        paths = paths_of(chunk)
+        chunk = [pk for pk in chunk if pk in paths and _path_matches(pattern, paths[pk])]
+        by_node = _grouped(versions.filter(node_id__in=chunk), filters)
+        for pk in sorted(by_node, key=lambda pk: paths[pk]):
+            if len(hits) >= filters.limit:
+                truncated = True
+                break
+            hits.append({"path": paths[pk], "versions": by_node[pk]})
+        if truncated:
+            break
+    hits.sort(key=lambda hit: hit["path"])
+    return {"pattern": pattern, "hits": hits, "truncated": truncated,
+            "index": status(filters.repository)}  # fmt: skip
+
+
+def _below(folders: list[int]) -> list[int]:
+    """Every node under these folders (breadth first, bounded)."""
+    found, level = [], list(folders)
+    while level and len(found) < MAX_NAMES:
+        level = list(IndexNode.objects.filter(parent_id__in=level).values_list("pk", flat=True))
+        found += level
+    return found
+
+
+def _grouped(versions, filters: Filters) -> dict[int, list[dict]]:
+    """Versions by node, each with the archives that hold it (within the archive-time
+    filter); versions no archive holds (any more, or in that time) are left out."""
+    rows = list(versions.select_related("chain").order_by("chain_id", "first"))
+    chains = {row.chain_id for row in rows}
+    archives = (
+        IndexedArchive.objects.filter(chain_id__in=chains)
+        .select_related("archive", "archive__repository")
+        .order_by("chain_id", "seq")
+    )
+    if filters.archived_after is not None:
+        archives = archives.filter(archive__start__gte=filters.archived_after)
+    if filters.archived_before is not None:
+        archives = archives.filter(archive__start__lt=filters.archived_before)
+    in_chain: dict[int, list] = {}
+    for indexed in archives:
+        in_chain.setdefault(indexed.chain_id, []).append(indexed)
+    grouped: dict[int, list[dict]] = {}
+    for version in rows:
+        last = version.last if version.last is not None else version.chain.last_seq
+        held = [a for a in in_chain.get(version.chain_id, []) if version.first <= a.seq <= last]
+        if held:
+            grouped.setdefault(version.node_id, []).append(describe(version, held))
+    for found in grouped.values():
+        found.sort(key=lambda v: v["archives"][0]["start"] or "")
+    return grouped
+
+
+def describe(version: IndexVersion, held: list[IndexedArchive]) -> dict:
+    when = moment(version.mtime)
+    return {
+        "type": TYPES.get(version.type, version.type),
+        "size": version.size,
+        "modified": when.isoformat() if when else None,
+        "mode": mode_text(version.type, version.mode),
+        "user": version.user,
+        "group": version.group,
+        **({"target": version.target} if version.target else {}),
+        **({"healthy": False} if not version.healthy else {}),
+        "archive_count": len(held),
+        "archives": [_archive(a.archive) for a in held[:MAX_ARCHIVES]],
+    }
+
+
+def _archive(archive: Archive) -> dict:
+    return {"id": archive.pk, "name": archive.name, "repository": archive.repository.name,
+            "start": archive.start.isoformat() if archive.start else None}  # fmt: skip
+
+
+def entries_in(archive: Archive):
+    """(path, version) of every entry the index holds for one archive, in path order
+    within each batch of BATCH versions (what `borg list` says of it, from the index)."""
+    indexed = IndexedArchive.objects.select_related("chain").get(archive=archive)
+    versions = (
+        IndexVersion.objects.filter(chain=indexed.chain, first__lte=indexed.seq)
+        .filter(Q(last__isnull=True) | Q(last__gte=indexed.seq))
+        .order_by("pk")
+    )
+    batch = []
+    for version in versions.iterator(chunk_size=5000):
+        batch.append(version)
+        if len(batch) >= 5000:
+            yield from _with_paths(batch)
+            batch = []
+    yield from _with_paths(batch)
+
+
+def _with_paths(versions: list) -> list[tuple[str, IndexVersion]]:
+    paths = paths_of({v.node_id for v in versions})
+    return sorted(((paths[v.node_id], v) for v in versions), key=lambda pair: pair[0])
+
+
+def node_of(path: str) -> int | None:
+    """The node of a path, walking down from the top (None: the index has no such path)."""
+    parent = None
+    for name in path.strip("/").split("/"):
+        found = IndexNode.objects.filter(parent_id=parent, name__name=name)
+        if parent is None:
+            found = IndexNode.objects.filter(parent=None, name__name=name)
+        parent = found.values_list("pk", flat=True).first()
+        if parent is None:
+            return None
+    return parent
+
+
+def history(repository: Repository, path: str) -> dict:
+    """Every version of one path in the repository's indexed archives, oldest first."""
+    path = validation.validate_archive_path(path.strip("/"))
+    node = node_of(path)
+    versions = []
+    if node is not None:
+        found = IndexVersion.objects.filter(node_id=node, chain__repository=repository)
+        versions = _grouped(found, Filters(repository=repository)).get(node, [])
+    return {"repository": repository.name, "path": path, "versions": versions,
+            "index": status(repository)}  # fmt: skip
+
+
+def status(repository: Repository | None) -> dict:
+    """How far the index is behind the catalog: complete archives not indexed yet."""
+    archives = Archive.objects.filter(is_checkpoint=False)
+    if repository is not None:
+        archives = archives.filter(repository=repository)
+    total = archives.count()
+    indexed = archives.filter(indexed__borg_id=F("borg_id")).count()
+    return {"archives": total, "indexed": indexed, "behind": total - indexed,
+            "complete": total == indexed}  # fmt: skip

@@ -1,0 +1,143 @@
+"""The file index (issue 16): what it answers equals what borg says of the same archives, on
+awkward names, links, a second backup after real changes, deletes and prunes. Real borg."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.helpers import PASSPHRASE, ROOT, cli, client_for, write_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BORG = str(ROOT / ".venv" / "bin" / "borg")
+BORG_ENV = {"BORG_PASSPHRASE": PASSPHRASE, "PATH": os.environ["PATH"], "TZ": "UTC"}
+
+
+def borg_entries(roots, archive: str) -> dict:
+    """What borg itself lists: path -> (type, size, mtime to the microsecond, link)."""
+    from borgapp import fileindex
+
+    listed = subprocess.run(
+        [BORG, "list", "--json-lines", f"{roots.repos / 'main'}::{archive}"],
+        capture_output=True, env={**BORG_ENV, "BORG_BASE_DIR": roots.env["BORG_BASE_DIR"]},
+        check=True,
+    )  # fmt: skip
+    found = {}
+    for line in listed.stdout.splitlines():
+        item = json.loads(line)
+        found[item["path"]] = (item["type"], item["size"], fileindex.micros(item["mtime"]),
+                               item.get("linktarget") or item.get("source") or "")  # fmt: skip
+    return found
+
+
+def index_entries(archive) -> dict:
+    from borgapp import filesearch
+
+    return {path: (v.type, v.size, v.mtime, v.target)
+            for path, v in filesearch.entries_in(archive)}  # fmt: skip
+
+
+def run_index_jobs():
+    """What a worker would do with the index jobs that follow a backup, until none is left."""
+    from borgapp import jobs
+    from borgapp.models import Job
+
+    ran = []
+    while job := Job.objects.filter(kind="index", status="queued").order_by("pk").first():
+        jobs.run_queued(job.pk)
+        job.refresh_from_db()
+        assert job.status == "succeeded", job.error_message
+        ran.append(job)
+    return ran
+
+
+def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
+    from borgapp import filesearch
+    from borgapp.models import Archive, IndexVersion
+
+    src = write_files(tmp_path / "src", {
+        "srv/www/index.html": "<h1>home</h1>", "srv/www/img/logo.svg": "<svg/>",
+        "home/ann/reports/2025/invoice-2025-03.pdf": "pdf" * 100,
+        "home/ann/reports/2025/invoice-2025-04.pdf": "pdf" * 120,
+        "etc/app.conf": "x=1\n", f"home/ann/{'long' * 50}.txt": "long name",
+        "home/ann/line\nbreak.txt": "newline in the name",
+    })  # fmt: skip
+    with open(os.fsencode(src / "home/ann") + b"/caf\xe9.txt", "wb") as handle:
+        handle.write(b"latin-1 name")
+    (src / "srv/www/current").symlink_to("index.html")
+    os.link(src / "etc/app.conf", src / "etc/app.conf.hard")
+    first = cli("borg_backup", "main", "--source", src, "--prefix", "www", "--json")
+    assert first.code == 0, first.err
+    assert len(run_index_jobs()) == 1  # the backup queued the index job
+    a1 = Archive.objects.get(name=json.loads(first.out)["result"]["archive_name"])
+    assert index_entries(a1) == borg_entries(roots, a1.name)
+
+    # a second backup after real changes: one file changed, one gone, one new
+    (src / "etc/app.conf").write_text("x=2\n")  # the hardlink changes with it
+    (src / "srv/www/img/logo.svg").unlink()
+    (src / "srv/www/robots.txt").write_text("User-agent: *\n")
+    before = IndexVersion.objects.count()
+    second = cli("borg_backup", "main", "--source", src, "--prefix", "www", "--json")
+    assert second.code == 0, second.err
+    run_index_jobs()
+    a2 = Archive.objects.get(name=json.loads(second.out)["result"]["archive_name"])
+    assert index_entries(a2) == borg_entries(roots, a2.name)
+    assert index_entries(a1) == borg_entries(roots, a1.name)  # the first one unchanged
+    # only what changed was stored again (the changed files, robots.txt, the folders whose
+    # times changed); the rest is shared by both archives
+    assert IndexVersion.objects.count() - before < 12
+
+    found = filesearch.search("invoice", filesearch.Filters())
+    paths = [hit["path"] for hit in found["hits"]]
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["invoice-2025-03.pdf", "invoice-2025-04.pdf"]
+    versions = found["hits"][0]["versions"]
+    assert len(versions) == 1 and versions[0]["archive_count"] == 2 and versions[0]["size"] == 300
+    assert {a["name"] for a in versions[0]["archives"]} == {a1.name, a2.name}
+    assert found["index"] == {"archives": 2, "indexed": 2, "behind": 0, "complete": True}
+
+    conf = str(src / "etc/app.conf").lstrip("/")
+    history = filesearch.history(repo, conf)
+    assert [v["size"] for v in history["versions"]] == [4, 4]
+    assert [[a["name"] for a in v["archives"]] for v in history["versions"]] == [
+        [a1.name], [a2.name]]  # fmt: skip
+    gone = filesearch.history(repo, str(src / "srv/www/img/logo.svg"))
+    assert [[a["name"] for a in v["archives"]] for v in gone["versions"]] == [[a1.name]]
+
+    # the same answers from the command line and the API, and bad input named, never a 500
+    found = cli("borg_find", "main", "invoice-*.pdf", "--json")
+    assert found.code == 0 and len(json.loads(found.out)["hits"]) == 2
+    assert cli("borg_find", "no-such-invoice").code == 1
+    told = cli("borg_history", "main", conf)
+    assert told.code == 0 and f"{conf}: 2 version(s)" in told.out and "4 B" in told.out
+    for args, words in ((("main", "[abc"), "never closes"), (("nope", "x"), "No repository"),
+                        (("*",), "every file"), (("x", "--min-size", "big"), "whole number"),
+                        (("x", "--modified-after", "March"), "date or time")):  # fmt: skip
+        refused = cli("borg_find", *args)
+        assert refused.code == 2 and words in refused.err, (args, refused.err)
+    climbed = cli("borg_history", "main", "../etc/passwd")
+    assert climbed.code == 2 and "must not contain" in climbed.err
+    api = client_for("viewer")
+    answer = api.get("/api/v1/files/", {"q": "robots", "repository": "main", "type": "file"})
+    assert answer.status_code == 200, answer.content
+    assert [h["path"].rsplit("/", 1)[1] for h in answer.json()["hits"]] == ["robots.txt"]
+    assert answer.json()["hits"][0]["versions"][0]["archives"][0]["name"] == a2.name
+    small = api.get("/api/v1/files/", {"q": "invoice", "min_size": 301})
+    assert [h["path"][-19:] for h in small.json()["hits"]] == ["invoice-2025-04.pdf"]
+    history_url = "/api/v1/files/history/"
+    answer = api.get(history_url, {"repository": "main", "path": conf})
+    assert answer.status_code == 200 and len(answer.json()["versions"]) == 2
+    for url, query in ((history_url, {"repository": "nope", "path": conf}),
+                       (history_url, {"path": conf}), ("/api/v1/files/", {"q": "[x"}),
+                       ("/api/v1/files/", {"q": "x", "archived_after": "soon"}),
+                       ("/api/v1/files/", {"q": "x", "limit": 0})):  # fmt: skip
+        refused = api.get(url, query)
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_input", query
+    assert client_for(None).get("/api/v1/files/", {"q": "x"}).status_code == 403
+
+    # deleting the first archive removes its share: the logo is no longer anywhere
+    assert cli("borg_delete", "main", a1.name).code == 0
+    run_index_jobs()
+    assert filesearch.history(repo, str(src / "srv/www/img/logo.svg"))["versions"] == []
+    assert index_entries(a2) == borg_entries(roots, a2.name)
+    assert IndexVersion.objects.count() == len(borg_entries(roots, a2.name))
