@@ -526,6 +526,20 @@ def change_passphrase_cmd(location: str, old: str, new: str) -> Command:
     )
 
 
+# What the file index reads of each item (borgapp.fileindex), NUL after each field: no name,
+# link target or path holds a NUL, so the stream splits into records of these fields. Text
+# rather than --json-lines: borg writes it in about half the time.
+INDEX_FIELDS = ("mode", "user", "group", "size", "isomtime", "linktarget", "source", "health",
+                "path")  # fmt: skip
+
+
+def index_list_cmd(location: str, archive: str, stdout_fd: int) -> Command:
+    """Every item of an archive as INDEX_FIELDS, NUL-separated, written to `stdout_fd`."""
+    fmt = "".join(f"{{{name}}}{{NUL}}" for name in INDEX_FIELDS)
+    return Command(["list"], [_opt("format", fmt)], [repo_arg(location, archive)],
+                   stdout_fd=stdout_fd)  # fmt: skip
+
+
 def list_items_cmd(
     location: str, archive: str, paths: list[str] | None = None, *, checksums: bool = False
 ) -> Command:

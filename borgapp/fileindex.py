@@ -16,17 +16,19 @@ consecutive archives of a backup set share what they hold alike.
   written is invisible, and a run that stopped midway is undone by the next (`_recover`).
 """
 
-import json
+import hashlib
+import os
+import queue
 import stat
+import threading
 import time
-import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 
-from borgapp import naming
+from borgapp import borg, naming
 from borgapp.errors import OperationError
 from borgapp.models import (
     Archive,
@@ -38,10 +40,12 @@ from borgapp.models import (
 )
 
 BATCH = 5000
+QUEUED_BATCHES = 4  # parsed batches waiting to be stored, at most
 CACHE = 20_000  # folders and names kept in memory (each cache)
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
 ATTRS = ("type", "mode", "user", "group", "size", "mtime", "target", "healthy")
+COLUMNS = ", ".join(f'"{name}"' for name in ATTRS)
 PERMS = "rwxrwxrwx"
 SPECIAL = {2: (stat.S_ISUID, "sS"), 5: (stat.S_ISGID, "sS"), 8: (stat.S_ISVTX, "tT")}
 
@@ -91,6 +95,12 @@ def moment(value: int | None) -> datetime | None:
     return None if value is None else (EPOCH + value * MICROSECOND).replace(tzinfo=UTC)
 
 
+def name_hash(name: str) -> int:
+    """A name's 64-bit key in IndexName (signed, as the databases store integers)."""
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def chain_key(archive: Archive) -> str:
     """The backup set an archive continues: the host that made it and its set's prefix (an
     archive named otherwise is a set of its own name)."""
@@ -122,7 +132,7 @@ def _table(model) -> str:
 
 
 class Indexer:
-    """Fed the lines of `borg list --json-lines` of one archive (call it per line, then
+    """Fed the items of one archive in batches (`write(batch)` of (path, attrs) pairs, then
     `finish()`); writes the archive's share of the index."""
 
     def __init__(self, archive: Archive, progress=None):
@@ -133,54 +143,36 @@ class Indexer:
         self.seq = self.prev + 1
         self.names = Bounded(CACHE)
         self.folders = Bounded(CACHE)
-        self.pending: list[tuple] = []
-        self.count = self.changed = 0
+        self.count = self.changed = self.matched = 0
+        self.seen = bytearray()  # one bit per node id met in this archive
         self.started = time.monotonic()
-        self.seen = f"opscenter_seen_{uuid.uuid4().hex[:12]}"
-        with connection.cursor() as cursor:
-            cursor.execute(f"CREATE TEMPORARY TABLE {self.seen} (node bigint PRIMARY KEY)")
-
-    def __call__(self, raw: bytes) -> None:
-        line = raw.strip()
-        if not line:
-            return
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            raise OperationError("borg printed a line that is not JSON.") from None
-        path = str(data.get("path", "")).strip("/")
-        if not path:
-            return
-        kind = str(data.get("type") or "?")[:1]
-        attrs = (
-            kind,
-            mode_bits(str(data.get("mode") or "")),
-            str(data.get("user") or data.get("uid") or "")[:64],
-            str(data.get("group") or data.get("gid") or "")[:64],
-            data.get("size"),
-            micros(data.get("mtime")),
-            str(data.get("linktarget") or data.get("source") or ""),
-            bool(data.get("healthy", True)),
-        )
-        self.pending.append((path, attrs))
-        if len(self.pending) >= BATCH:
-            self.flush()
 
     # --- names and folders -------------------------------------------------------------
 
     def name_ids(self, names: set[str]) -> dict[str, int]:
         found = {name: self.names.get(name) for name in names}
-        missing = [name for name, pk in found.items() if pk is None]
+        missing = {name_hash(name): name for name, pk in found.items() if pk is None}
         if missing:
             table = _table(IndexName)
             with connection.cursor() as cursor:
                 cursor.executemany(
-                    f"INSERT INTO {table} (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
-                    [(name,) for name in missing],
+                    f'INSERT INTO {table} ("hash", name) VALUES (%s, %s) '
+                    'ON CONFLICT ("hash") DO NOTHING',
+                    list(missing.items()),
                 )
-            for pk, name in IndexName.objects.filter(name__in=missing).values_list("pk", "name"):
-                found[name] = pk
-                self.names.put(name, pk)
+                for chunk in chunks(list(missing)):
+                    marks = ", ".join(["%s"] * len(chunk))
+                    cursor.execute(f'SELECT id, "hash", name FROM {table} WHERE "hash" IN '
+                                   f"({marks})", chunk)  # fmt: skip
+                    for pk, hashed, stored in cursor.fetchall():
+                        if stored != missing[hashed]:
+                            raise OperationError(
+                                f"The names {stored!r} and {missing[hashed]!r} have the same "
+                                "hash in the file index: this archive cannot be indexed.",
+                                "index_collision",
+                            )
+                        found[stored] = pk
+                        self.names.put(stored, pk)
         return found
 
     def folder(self, path: str) -> int | None:
@@ -197,7 +189,7 @@ class Indexer:
 
     def nodes(self, wanted: set[tuple]) -> dict[tuple, int]:
         """Node ids of (parent, name id) pairs, made where missing."""
-        found = self._select_nodes(wanted)
+        found = _select_nodes(wanted)
         missing = wanted - found.keys()
         if missing:
             table = _table(IndexNode)
@@ -207,31 +199,12 @@ class Indexer:
                     "ON CONFLICT DO NOTHING",
                     list(missing),
                 )
-            found.update(self._select_nodes(missing))
-        return found
-
-    def _select_nodes(self, wanted: set[tuple]) -> dict[tuple, int]:
-        found = {}
-        parents = {parent for parent, _ in wanted if parent is not None}
-        names = {name for _, name in wanted}
-        rows = []
-        if parents:
-            rows += IndexNode.objects.filter(parent_id__in=parents, name_id__in=names)\
-                .values_list("pk", "parent_id", "name_id")  # fmt: skip
-        if any(parent is None for parent, _ in wanted):
-            rows += IndexNode.objects.filter(parent=None, name_id__in=names)\
-                .values_list("pk", "parent_id", "name_id")  # fmt: skip
-        for pk, parent, name in rows:
-            if (parent, name) in wanted:
-                found[(parent, name)] = pk
+            found.update(_select_nodes(missing))
         return found
 
     # --- one batch ----------------------------------------------------------------------
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
+    def write(self, batch: list[tuple]) -> None:
         split = [path.rpartition("/") for path, _ in batch]
         parents = [self.folder(folder) for folder, _, _ in split]
         names = self.name_ids({name for _, _, name in split})
@@ -241,60 +214,68 @@ class Indexer:
         for (path, attrs), node in zip(batch, nodes, strict=True):
             if attrs[0] == "d":
                 self.folders.put(path, node)
+            self._see(node)
         with transaction.atomic():
-            self._write(nodes, [attrs for _, attrs in batch])
+            self._versions(nodes, [attrs for _, attrs in batch])
         self.count += len(batch)
         if self.progress is not None:
             self.progress.fields["progress_files"] = self.count
             self.progress.flush()
 
-    def _write(self, nodes: list[int], attrs: list[tuple]) -> None:
+    def _see(self, node: int) -> None:
+        byte = node >> 3
+        if byte >= len(self.seen):
+            self.seen.extend(bytes(byte - len(self.seen) + 4096))
+        self.seen[byte] |= 1 << (node & 7)
+
+    def _seen(self, node: int) -> bool:
+        byte = node >> 3
+        return byte < len(self.seen) and bool(self.seen[byte] & (1 << (node & 7)))
+
+    def _versions(self, nodes: list[int], attrs: list[tuple]) -> None:
         versions = _table(IndexVersion)
         open_now = {}
-        if self.prev:
-            rows = IndexVersion.objects.filter(
-                chain=self.chain, last=None, node_id__in=set(nodes)
-            ).values_list("pk", "node_id", *ATTRS)
-            open_now = {row[1]: (row[0], tuple(row[2:])) for row in rows}
-        close, insert = [], []
-        for node, values in zip(nodes, attrs, strict=True):
-            current = open_now.get(node)
-            if current is not None and current[1] == values:
-                continue  # the same as in the previous archive: nothing to write
-            if current is not None:
-                close.append(current[0])
-            insert.append((node, self.chain.pk, self.seq, *values))
         with connection.cursor() as cursor:
-            cursor.executemany(f"INSERT INTO {self.seen} (node) VALUES (%s) ON CONFLICT DO NOTHING",
-                               [(node,) for node in nodes])  # fmt: skip
-            if close:
-                IndexVersion.objects.filter(pk__in=close).update(last=self.prev)
+            if self.prev:
+                for chunk in chunks(sorted(set(nodes))):
+                    marks = ", ".join(["%s"] * len(chunk))
+                    cursor.execute(
+                        f"SELECT id, node_id, {COLUMNS} FROM {versions} WHERE chain_id = %s "
+                        f"AND {_q('last')} IS NULL AND node_id IN ({marks})",
+                        [self.chain.pk, *chunk],
+                    )
+                    for row in cursor.fetchall():
+                        open_now[row[1]] = (row[0], (*row[2:9], bool(row[9])))
+            close, insert = [], []
+            for node, values in zip(nodes, attrs, strict=True):
+                current = open_now.pop(node, None)
+                if current is not None:
+                    self.matched += 1
+                    if current[1] == values:
+                        continue  # as in the previous archive: nothing to write
+                    close.append(current[0])
+                insert.append((node, self.chain.pk, self.seq, *values))
+            for chunk in chunks(close):
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(f"UPDATE {versions} SET {_q('last')} = %s WHERE id IN ({marks})",
+                               [self.prev, *chunk])  # fmt: skip
             if insert:
-                columns = ", ".join(connection.ops.quote_name(c) for c in ATTRS)
                 marks = ", ".join(["%s"] * (3 + len(ATTRS)))
                 cursor.executemany(
-                    f"INSERT INTO {versions} (node_id, chain_id, {_q('first')}, {columns}) "
+                    f"INSERT INTO {versions} (node_id, chain_id, {_q('first')}, {COLUMNS}) "
                     f"VALUES ({marks})",
                     insert,
                 )
         self.changed += len(insert)
 
     def finish(self) -> IndexedArchive:
-        """After borg's last line: close what the previous archive held and this one does
-        not, then make the archive visible in the index."""
-        self.flush()
-        versions = _table(IndexVersion)
+        """After the last batch: close what the previous archive held and this one does not
+        (only looked for when the counts say something went), then make the archive
+        visible in the index."""
+        previous = IndexedArchive.objects.filter(chain=self.chain, seq=self.prev).first()
+        if self.prev and (previous is None or previous.entries != self.matched):
+            self.changed += self._close_unseen()
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                if self.prev:
-                    cursor.execute(
-                        f"UPDATE {versions} SET {_q('last')} = %s WHERE chain_id = %s AND "
-                        f"{_q('last')} IS NULL AND {_q('first')} <= %s AND NOT EXISTS "
-                        f"(SELECT 1 FROM {self.seen} s WHERE s.node = {versions}.node_id)",
-                        [self.prev, self.chain.pk, self.prev],
-                    )
-                    self.changed += cursor.rowcount
-                cursor.execute(f"DROP TABLE {self.seen}")
             done = IndexedArchive.objects.create(
                 archive=self.archive, chain=self.chain, seq=self.seq,
                 borg_id=self.archive.borg_id, entries=self.count, changed=self.changed,
@@ -303,11 +284,99 @@ class Indexer:
             IndexChain.objects.filter(pk=self.chain.pk).update(last_seq=self.seq)
         return done
 
-    def abandon(self) -> None:
-        """After a failure: the temporary table goes; what was written stays invisible and
-        is undone by the next run (`_recover`)."""
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP TABLE IF EXISTS {self.seen}")
+    def _close_unseen(self) -> int:
+        open_before = IndexVersion.objects.filter(
+            chain=self.chain, last=None, first__lte=self.prev
+        ).values_list("pk", "node_id")
+        gone = [pk for pk, node in open_before.iterator(chunk_size=BATCH) if not self._seen(node)]
+        for chunk in chunks(gone):
+            IndexVersion.objects.filter(pk__in=chunk).update(last=self.prev)
+        return len(gone)
+
+
+def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
+    table = _table(IndexNode)
+    found, rows = {}, []
+    by_parent: dict = {}
+    for parent, name in wanted:
+        by_parent.setdefault(parent, set()).add(name)
+    with connection.cursor() as cursor:
+        tops = by_parent.pop(None, None)
+        if tops:
+            for chunk in chunks(sorted(tops)):
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(f"SELECT id, parent_id, name_id FROM {table} WHERE parent_id "
+                               f"IS NULL AND name_id IN ({marks})", chunk)  # fmt: skip
+                rows += cursor.fetchall()
+        parents = sorted(by_parent)
+        names = sorted({name for named in by_parent.values() for name in named})
+        for chunk in chunks(parents, 500):
+            for names_chunk in chunks(names):
+                marks = ", ".join(["%s"] * len(chunk))
+                name_marks = ", ".join(["%s"] * len(names_chunk))
+                cursor.execute(
+                    f"SELECT id, parent_id, name_id FROM {table} WHERE parent_id IN ({marks}) "
+                    f"AND name_id IN ({name_marks})",
+                    [*chunk, *names_chunk],
+                )
+                rows += cursor.fetchall()
+    for pk, parent, name in rows:
+        if (parent, name) in wanted:
+            found[(parent, name)] = pk
+    return found
+
+
+def chunks(items: list, size: int = 900):
+    """Lists of at most `size` (query parameters stay well under SQLite's limit)."""
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def parse_record(fields: list[bytes]) -> tuple[str, tuple]:
+    """One item of `borg.index_list_cmd` as (path, attrs in ATTRS order)."""
+    mode, user, group, size, mtime, target, source, health, path = (
+        field.decode("utf-8", "replace") for field in fields
+    )
+    kind = mode[:1] or "?"
+    # borg's `h` (a hardlink to an earlier item, named as its target) is a regular file
+    return path.strip("/"), (
+        "-" if kind == "h" else kind, mode_bits(mode), user[:64], group[:64],
+        int(size) if size.isdigit() else None, micros(mtime), target or source,
+        health != "broken",
+    )  # fmt: skip
+
+
+def read_records(fd: int, batches: queue.Queue, stop: threading.Event) -> None:
+    """Split borg's NUL-separated output into batches of parsed items, as it arrives (a
+    thread of its own, so that borg writes on while the batches are stored). Ends with
+    None, or with the exception that stopped it."""
+    width = len(borg.INDEX_FIELDS)
+    try:
+        rest, fields, batch = b"", [], []
+        while not stop.is_set() and (data := os.read(fd, 1 << 20)):
+            parts = (rest + data).split(b"\0")
+            rest = parts.pop()
+            for part in parts:
+                fields.append(part)
+                if len(fields) == width:
+                    path, attrs = parse_record(fields)
+                    fields = []
+                    if path:
+                        batch.append((path, attrs))
+                        if len(batch) >= BATCH:
+                            batches.put(batch)
+                            batch = []
+        if stop.is_set():
+            return
+        if rest or fields:
+            raise OperationError("borg's listing of the archive ended midway.", "borg_error")
+        batches.put(batch)
+        batches.put(None)
+    except BaseException as exc:  # noqa: BLE001 (handed to the thread that stores)
+        batches.put(exc)
+    finally:
+        os.close(fd)
 
 
 def _q(name: str) -> str:
@@ -400,19 +469,56 @@ def _drop_unused_nodes() -> None:
                 break
 
 
-def index_archive(ctx, archive: Archive, list_command) -> IndexedArchive:
-    """Read the archive's entries from borg (`ctx.borg(list_command, on_line=...)`) into
-    the index, once: an archive already indexed is left as it is."""
+def index_archive(ctx, archive: Archive) -> IndexedArchive:
+    """Read the archive's items from borg into the index, once (an archive indexed already
+    is left as it is). borg writes into a pipe that a reader thread splits into batches;
+    this thread stores them, while a third runs borg (`ctx.borg`: its passphrase, cancel
+    and deadline). The queue between them is bounded: a slow database slows borg down,
+    memory stays flat."""
     found = IndexedArchive.objects.filter(archive=archive).first()
     if found is not None:
         if found.borg_id == archive.borg_id:
             return found
         found.delete()  # a name used again by another archive
     indexer = Indexer(archive, ctx.progress)
+    read_end, write_end = os.pipe()
+    batches: queue.Queue = queue.Queue(maxsize=QUEUED_BATCHES)
+    stop = threading.Event()  # the storing side failed: the reader stops, so borg does too
+    reader = threading.Thread(target=read_records, args=(read_end, batches, stop), daemon=True)
+    outcome: dict = {}
+
+    def run_borg():
+        try:
+            outcome["result"] = ctx.borg(borg.index_list_cmd(ctx.repo.location, archive.name,
+                                                             write_end))  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 (raised again in the caller's thread)
+            outcome["error"] = exc
+        finally:
+            os.close(write_end)  # the end of the listing for the reader
+            connection.close()  # this thread's own database connection
+
+    runner = threading.Thread(target=run_borg, daemon=True)
+    reader.start()
+    runner.start()
+    failure = None
     try:
-        ctx.borg(list_command, on_line=indexer)
-        done = indexer.finish()
-    except BaseException:
-        indexer.abandon()
-        raise
-    return done
+        while (batch := batches.get()) is not None:
+            if isinstance(batch, BaseException):
+                raise batch
+            if batch:
+                indexer.write(batch)
+    except BaseException as exc:  # noqa: BLE001 (raised below, once both threads ended)
+        failure = exc
+        stop.set()
+    while runner.is_alive() or reader.is_alive():
+        try:  # what the reader still hands over is dropped, so that it can end
+            batches.get(timeout=0.1)
+        except queue.Empty:
+            pass
+    runner.join()
+    reader.join()
+    if "error" in outcome:  # borg's own failure (or a cancel) explains a cut listing
+        raise outcome["error"]
+    if failure is not None:
+        raise failure
+    return indexer.finish()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from django.db.models import F, Q
 
 from borgapp import validation
-from borgapp.fileindex import micros, mode_text, moment
+from borgapp.fileindex import chunks, micros, mode_text, moment, name_hash
 from borgapp.models import (
     Archive,
     IndexedArchive,
@@ -124,7 +124,7 @@ def _name_query(pattern: str):
     """The names a pattern's last part may match, as a query (the path is checked after)."""
     tail = pattern.rstrip("/").rsplit("/", 1)[-1]
     if pattern.endswith("/"):  # a folder: its own name
-        return IndexName.objects.filter(name=tail)
+        return IndexName.objects.filter(hash=name_hash(tail), name=tail)
     if GLOB_CHARS.search(tail):
         literal = max(re.split(r"[*?]|\[[^\]]*\]", tail), key=len)
         names = IndexName.objects.filter(name__contains=literal) if literal else IndexName.objects
@@ -207,23 +207,26 @@ def search(pattern: str, filters: Filters) -> dict:
     pattern = check_pattern(pattern)
     names = _matching_names(pattern)
     versions = _versions(filters)
-    hits, truncated = [], False
-    nodes = IndexNode.objects.filter(name_id__in=names).values_list("pk", flat=True)
-    candidates = list(nodes.iterator(chunk_size=5000)) if names else []
+    hits, truncated, chains = [], False, {}
+    candidates = []
+    for chunk in chunks(names, 900):
+        nodes = IndexNode.objects.filter(name_id__in=chunk).values_list("pk", flat=True)
+        candidates += nodes
     if pattern.endswith("/"):
         candidates = _below(candidates)
-    for start in range(0, len(candidates), 1000):
-        chunk = candidates[start : start + 1000]
+    size = 2 * filters.limit  # the first chunks small: a broad pattern stops early
+    start = 0
+    while start < len(candidates) and not truncated:
+        chunk = candidates[start : start + size]
+        start, size = start + size, min(size * 4, 2000)
         paths = paths_of(chunk)
         chunk = [pk for pk in chunk if pk in paths and _path_matches(pattern, paths[pk])]
-        by_node = _grouped(versions.filter(node_id__in=chunk), filters)
+        by_node = _grouped(versions.filter(node_id__in=chunk), filters, chains)
         for pk in sorted(by_node, key=lambda pk: paths[pk]):
             if len(hits) >= filters.limit:
                 truncated = True
                 break
             hits.append({"path": paths[pk], "versions": by_node[pk]})
-        if truncated:
-            break
     hits.sort(key=lambda hit: hit["path"])
     return {"pattern": pattern, "hits": hits, "truncated": truncated,
             "index": status(filters.repository)}  # fmt: skip
@@ -238,23 +241,27 @@ def _below(folders: list[int]) -> list[int]:
     return found
 
 
-def _grouped(versions, filters: Filters) -> dict[int, list[dict]]:
+def _grouped(versions, filters: Filters, in_chain: dict | None = None) -> dict[int, list[dict]]:
     """Versions by node, each with the archives that hold it (within the archive-time
-    filter); versions no archive holds (any more, or in that time) are left out."""
+    filter); versions no archive holds (any more, or in that time) are left out.
+    `in_chain`: the archives of each chain read so far (kept by the caller across calls)."""
     rows = list(versions.select_related("chain").order_by("chain_id", "first"))
-    chains = {row.chain_id for row in rows}
-    archives = (
-        IndexedArchive.objects.filter(chain_id__in=chains)
-        .select_related("archive", "archive__repository")
-        .order_by("chain_id", "seq")
-    )
-    if filters.archived_after is not None:
-        archives = archives.filter(archive__start__gte=filters.archived_after)
-    if filters.archived_before is not None:
-        archives = archives.filter(archive__start__lt=filters.archived_before)
-    in_chain: dict[int, list] = {}
-    for indexed in archives:
-        in_chain.setdefault(indexed.chain_id, []).append(indexed)
+    in_chain = {} if in_chain is None else in_chain
+    wanted = {row.chain_id for row in rows} - in_chain.keys()
+    if wanted:
+        archives = (
+            IndexedArchive.objects.filter(chain_id__in=wanted)
+            .select_related("archive", "archive__repository")
+            .order_by("chain_id", "seq")
+        )
+        if filters.archived_after is not None:
+            archives = archives.filter(archive__start__gte=filters.archived_after)
+        if filters.archived_before is not None:
+            archives = archives.filter(archive__start__lt=filters.archived_before)
+        for chain in wanted:
+            in_chain[chain] = []
+        for indexed in archives:
+            in_chain[indexed.chain_id].append(indexed)
     grouped: dict[int, list[dict]] = {}
     for version in rows:
         last = version.last if version.last is not None else version.chain.last_seq
@@ -314,9 +321,10 @@ def node_of(path: str) -> int | None:
     """The node of a path, walking down from the top (None: the index has no such path)."""
     parent = None
     for name in path.strip("/").split("/"):
-        found = IndexNode.objects.filter(parent_id=parent, name__name=name)
+        named = {"name__hash": name_hash(name), "name__name": name}
+        found = IndexNode.objects.filter(parent_id=parent, **named)
         if parent is None:
-            found = IndexNode.objects.filter(parent=None, name__name=name)
+            found = IndexNode.objects.filter(parent=None, **named)
         parent = found.values_list("pk", flat=True).first()
         if parent is None:
             return None

@@ -302,9 +302,12 @@ class ArchiveDiffItem(models.Model):
 
 class IndexName(models.Model):
     """Each distinct file or folder name once, whatever folder, archive or repository holds
-    it (index.html, __init__.py): a name search reads these, far fewer than the paths."""
+    it (index.html, __init__.py): a name search reads these, far fewer than the paths. Found
+    by a 64-bit hash of the name (a small unique index instead of a second copy of each
+    name); a different name with the same hash is refused, never taken for it."""
 
-    name = models.TextField(unique=True)
+    name = models.TextField()
+    hash = models.BigIntegerField(unique=True)
 
 
 class IndexNode(models.Model):
@@ -376,11 +379,7 @@ class IndexVersion(models.Model):
     healthy = models.BooleanField(default=True)
 
     class Meta:
-        indexes = [
-            models.Index(fields=["node", "chain"], name="indexversion_node"),
-            models.Index(fields=["chain", "last"], name="indexversion_open"),
-            models.Index(fields=["chain", "first"], name="indexversion_first"),
-        ]
+        indexes = [models.Index(fields=["node", "chain"], name="indexversion_node")]
 
 
 class RetentionPolicy(models.Model):

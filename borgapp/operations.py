@@ -639,9 +639,7 @@ def op_index(ctx: Context) -> Outcome:
     archive = _archive(ctx) if ctx.params.archive else fileindex.next_unindexed(ctx.repo)
     result = {"versions_removed": removed}
     if archive is not None:
-        done = fileindex.index_archive(
-            ctx, archive, borg.list_items_cmd(ctx.repo.location, archive.name)
-        )
+        done = fileindex.index_archive(ctx, archive)
         result.update(archive_name=archive.name, entries=done.entries, changed=done.changed,
                       seconds=done.seconds)  # fmt: skip
     return ctx.outcome(result)

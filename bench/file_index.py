@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Issue 16: the file index against borg's own speed, size and memory.
+
+Builds a tree of --files files (nested 4-6 folders deep, varied names), backs it up through
+the app (borg_backup, a real repository), then for the first archive and for each of --days
+daily archives after --change-percent of the files changed (half modified, a quarter
+deleted, a quarter new):
+  - `borg list --json-lines` of the archive read to the end and thrown away, through the
+    app's door to borg (the floor the index is measured against; best of two);
+  - the index job of that archive (wall seconds, and the ratio to the listing);
+  - the index's size on disk (SQLite pages of its tables and indexes, per entry of the first
+    archive, and as a multiple of the first archive's index after all days);
+  - the process's peak RSS after each index (flat: it must not grow with the archive).
+Then the p50/p95 of a name-fragment search over every archive (random fragments of names
+that exist) and of a folder's page of the tree.
+
+Usage: .venv/bin/python bench/file_index.py [--files 200000] [--days 5] [--change-percent 1]
+                                           [--workdir /var/tmp/opscenter-index-bench]
+"""
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inprocess import setup_django  # noqa: E402
+
+WORDS = ("invoice report photo backup notes draft summary budget contract letter scan "
+         "minutes plan design export data log config index readme").split()  # fmt: skip
+EXTENSIONS = ("pdf", "txt", "jpg", "csv", "json", "md", "log", "png", "html", "py")
+PASSPHRASE = "bench index passphrase"
+
+
+def name_for(rnd: random.Random, serial: int) -> str:
+    return f"{rnd.choice(WORDS)}-{serial:07d}-{rnd.randrange(1000):03d}.{rnd.choice(EXTENSIONS)}"
+
+
+def generate(src: Path, count: int, rnd: random.Random) -> tuple[list[Path], list[Path]]:
+    files, folders, serial = [], [], 0
+    while len(files) < count:
+        depth = rnd.randint(4, 6)
+        folder = src.joinpath(*(f"{rnd.choice(WORDS)}{rnd.randrange(8)}" for _ in range(depth)))
+        folder.mkdir(parents=True, exist_ok=True)
+        folders.append(folder)
+        for _ in range(min(rnd.randint(50, 250), count - len(files))):
+            serial += 1
+            path = folder / name_for(rnd, serial)
+            path.write_bytes(rnd.randbytes(rnd.randint(10, 2000)))
+            files.append(path)
+    return files, folders
+
+
+def change(files: list[Path], folders: list[Path], percent: float, rnd: random.Random,
+           day: int) -> None:  # fmt: skip
+    count = max(4, round(len(files) * percent / 100))
+    modified, deleted = count // 2, count // 4
+    picked = rnd.sample(range(len(files)), modified + deleted)
+    for index in picked[:modified]:
+        files[index].write_bytes(rnd.randbytes(rnd.randint(10, 2000)))
+    dead = set(picked[modified:])
+    for index in dead:
+        files[index].unlink()
+    files[:] = [path for index, path in enumerate(files) if index not in dead]
+    for serial in range(count - modified - deleted):
+        path = rnd.choice(folders) / f"new-{day}-{serial}-{name_for(rnd, serial)}"
+        path.write_bytes(rnd.randbytes(rnd.randint(10, 2000)))
+        files.append(path)
+
+
+def index_bytes() -> int:
+    """Bytes the index's tables and their indexes take in the SQLite file."""
+    from django.db import connection
+
+    tables = ("borgapp_indexname", "borgapp_indexnode", "borgapp_indexversion",
+              "borgapp_indexedarchive", "borgapp_indexchain")  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, tbl_name FROM sqlite_master")
+        objects = [name for name, table in cursor.fetchall() if table in tables]
+        cursor.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+        sizes = dict(cursor.fetchall())
+    return sum(sizes.get(name, 0) for name in objects)
+
+
+def list_seconds(repo, archive: str) -> float:
+    """`borg list --json-lines` of the archive, every line read and dropped (best of two)."""
+    from borgapp import borg, operations
+
+    config = operations.borg_config()
+    best = None
+    for _ in range(2):
+        began = time.perf_counter()
+        borg.run(borg.list_items_cmd(repo.location, archive), config,
+                 passphrase=repo.get_passphrase(), on_line=lambda raw: None)  # fmt: skip
+        took = time.perf_counter() - began
+        best = took if best is None else min(best, took)
+    return best
+
+
+def index(repo, archive) -> float:
+    from borgapp import jobs
+    from borgapp.models import Job
+
+    job = jobs.create(Job.Kind.INDEX, repo, trigger=Job.Trigger.CLI,
+                      params={"archive": archive.name}, archive_name=archive.name,
+                      inline=True)  # fmt: skip
+    began = time.perf_counter()
+    job = jobs.run_inline(job)
+    took = time.perf_counter() - began
+    if job.status != Job.Status.SUCCEEDED:
+        raise SystemExit(f"index failed: {job.error_message}")
+    return took
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def p50_p95(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
+    return statistics.median(times) * 1000, times[max(0, int(len(times) * 0.95) - 1)] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--change-percent", type=float, default=1.0)
+    parser.add_argument("--searches", type=int, default=60)
+    parser.add_argument("--workdir", default="/var/tmp/opscenter-index-bench")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "repos").mkdir(parents=True)
+    data = setup_django("opscenter-index-bench-")
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from borgapp import filesearch
+    from borgapp.models import Archive, IndexVersion, Repository
+
+    settings.REPOSITORY_ROOTS = [work / "repos"]
+    settings.FILE_INDEX = False  # each index job is run (and timed) here
+    rnd = random.Random(16)
+    began = time.perf_counter()
+    files, folders = generate(work / "src", args.files, rnd)
+    print(f"tree: {len(files):,} files in {len(folders):,} folders, "
+          f"{time.perf_counter() - began:.0f} s; data {data}")  # fmt: skip
+    secret = work / "passphrase"
+    secret.write_text(PASSPHRASE + "\n")
+    call_command("borg_init", "bench", "--location", str(work / "repos" / "bench"),
+                 "--passphrase-file", str(secret), verbosity=0)  # fmt: skip
+    repo = Repository.objects.get(name="bench")
+    rows = []
+    first_bytes = first_entries = None
+    for day in range(args.days + 1):
+        if day:
+            change(files, folders, args.change_percent, rnd, day)
+        began = time.perf_counter()
+        call_command("borg_backup", "bench", "--source", str(work / "src"), "--prefix",
+                     "daily", "--json", stdout=open(os.devnull, "w"))  # fmt: skip
+        backup = time.perf_counter() - began
+        archive = Archive.objects.filter(repository=repo).order_by("-start", "-pk").first()
+        listed = list_seconds(repo, archive.name)
+        took = index(repo, archive)
+        indexed = archive.indexed
+        size = index_bytes()
+        if day == 0:
+            first_bytes, first_entries = size, indexed.entries
+        rows.append((day, backup, listed, took, indexed.entries, indexed.changed, size, rss_mb()))
+        print(f"day {day}: backup {backup:.1f} s, list {listed:.1f} s, index {took:.1f} s "
+              f"({took / listed:.2f}x), {indexed.entries:,} entries, {indexed.changed:,} new "
+              f"versions, index {size / 2**20:.1f} MiB, peak RSS {rss_mb():.0f} MiB")  # fmt: skip
+        sys.stdout.flush()
+
+    print(f"\nfirst archive: {first_entries:,} entries, index {first_bytes / 2**20:.1f} MiB = "
+          f"{first_bytes / first_entries:.0f} bytes per entry")  # fmt: skip
+    if args.days:
+        later = [row[3] / row[2] for row in rows[1:]]
+        print(f"later archives: index time / list time median {statistics.median(later):.2f}, "
+              f"max {max(later):.2f}")  # fmt: skip
+        print(f"after {args.days} more archives: index {rows[-1][6] / 2**20:.1f} MiB = "
+              f"{rows[-1][6] / first_bytes:.2f}x the first archive's; "
+              f"{IndexVersion.objects.count():,} versions")  # fmt: skip
+
+    names = [path.name for path in rnd.sample(files, args.searches)]
+    fragments = [name[rnd.randrange(len(name) - 6) :][:5] for name in names]
+    times, hits = [], []
+    for fragment in fragments:
+        began = time.perf_counter()
+        found = filesearch.search(fragment, filesearch.Filters(repository=repo))
+        times.append(time.perf_counter() - began)
+        hits.append(len(found["hits"]))
+    p50, p95 = p50_p95(times)
+    print(f"search of a name fragment over {args.days + 1} archives: p50 {p50:.1f} ms, "
+          f"p95 {p95:.1f} ms (median {statistics.median(hits):.0f} paths per answer)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
