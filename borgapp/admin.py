@@ -17,8 +17,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from borgapp import admin_views as views
 from borgapp import (
+    admin_files,
     audit,
     dumps,
     errors,
@@ -33,6 +33,7 @@ from borgapp import (
     validation,
     vault,
 )
+from borgapp import admin_views as views
 from borgapp.models import (
     Alert,
     Archive,
@@ -239,6 +240,7 @@ def _field_of(message: str) -> str | None:
 
 
 REPO_PAGES = [
+    ("files", "Find files", admin_files.repository_search, "viewer", {}),
     ("backup", "Back up now", views.backup, "operator", {}),
     ("prune", "Prune", views.prune, "operator", {}),
     ("compact", "Compact", views.simple, "operator", {"name": "compact"}),
@@ -362,6 +364,7 @@ class RepositoryAdmin(RoleAdmin):
 
 ARCHIVE_PAGES = [
     ("contents", "Browse contents", views.contents, "viewer", {}),
+    ("files", "Find files", admin_files.archive_search, "viewer", {}),
     ("diff", "Compare with another archive", views.diff, "viewer", {}),
     ("extract", "Extract", views.extract, "operator", {}),
     ("download", "Download", views.download, "operator", {}),

@@ -6,7 +6,7 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.exceptions import ValidationError
 from django.urls import path
 
-from borgapp import admin_recovery, alerts, audit, health, listing, recovery, throttle
+from borgapp import admin_files, admin_recovery, alerts, audit, health, listing, recovery, throttle
 from borgapp.models import Alert, WorkerHeartbeat
 from borgapp.roles import has_role
 
@@ -105,5 +105,15 @@ class OpsAdminSite(admin.AdminSite):
         def kit_page(request):
             return admin_recovery.export_page(request, self)
 
+        def search_page(request):
+            return admin_files.site_search(request, self)
+
+        def history_page(request):
+            return admin_files.history(request, self)
+
         kit = path("recovery-kit/", self.admin_view(kit_page), name="recovery_kit")
-        return [kit, *super().get_urls()]
+        files = [
+            path("files/", self.admin_view(search_page), name="file_search"),
+            path("files/history/", self.admin_view(history_page), name="file_history"),
+        ]
+        return [kit, *files, *super().get_urls()]

@@ -32,6 +32,7 @@ TYPES = {"-": "file", "d": "folder", "l": "link", "h": "hardlink", "b": "block d
 @dataclass
 class Filters:
     repository: Repository | None = None
+    archive: Archive | None = None  # only what this one archive holds
     type: str = ""
     min_size: int | None = None
     max_size: int | None = None
@@ -188,6 +189,9 @@ def _versions(filters: Filters):
     versions = IndexVersion.objects.all()
     if filters.repository is not None:
         versions = versions.filter(chain__repository=filters.repository)
+    if filters.archive is not None:
+        indexed = IndexedArchive.objects.filter(archive=filters.archive).first()
+        versions = versions.filter(chain_id=indexed.chain_id if indexed else None)
     if filters.type:
         versions = versions.filter(type=filters.type)
     if filters.min_size is not None:
@@ -229,7 +233,7 @@ def search(pattern: str, filters: Filters) -> dict:
             hits.append({"path": paths[pk], "versions": by_node[pk]})
     hits.sort(key=lambda hit: hit["path"])
     return {"pattern": pattern, "hits": hits, "truncated": truncated,
-            "index": status(filters.repository)}  # fmt: skip
+            "index": status(filters.repository, filters.archive)}  # fmt: skip
 
 
 def _below(folders: list[int]) -> list[int]:
@@ -254,6 +258,8 @@ def _grouped(versions, filters: Filters, in_chain: dict | None = None) -> dict[i
             .select_related("archive", "archive__repository")
             .order_by("chain_id", "seq")
         )
+        if filters.archive is not None:
+            archives = archives.filter(archive=filters.archive)
         if filters.archived_after is not None:
             archives = archives.filter(archive__start__gte=filters.archived_after)
         if filters.archived_before is not None:
@@ -343,10 +349,12 @@ def history(repository: Repository, path: str) -> dict:
             "index": status(repository)}  # fmt: skip
 
 
-def status(repository: Repository | None) -> dict:
+def status(repository: Repository | None, archive: Archive | None = None) -> dict:
     """How far the index is behind the catalog: complete archives not indexed yet."""
     archives = Archive.objects.filter(is_checkpoint=False)
-    if repository is not None:
+    if archive is not None:
+        archives = archives.filter(pk=archive.pk)
+    elif repository is not None:
         archives = archives.filter(repository=repository)
     total = archives.count()
     indexed = archives.filter(indexed__borg_id=F("borg_id")).count()

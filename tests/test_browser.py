@@ -586,3 +586,60 @@ def test_a_host_added_in_the_admin_and_its_agent_enrolled(page, web_server, root
     page.click("input[name=_save]")
     expect(page.locator("#result_list tr", has_text="web1-app")).to_contain_text("web1")
     looks_right(page, "databases-on-hosts", width)
+
+
+@pytest.mark.parametrize("width", [1440, 1024])
+def test_a_file_found_from_the_dashboard_and_its_history(page, file_index, web_server, roots,
+                                                         tmp_path, width):  # fmt: skip
+    """Issue 16 in Chromium: the dashboard's search box finds a file in every archive; its
+    history shows each version with the archives holding it and the next steps (download,
+    extract, restore) as links; a lagging index says so."""
+    from playwright.sync_api import expect
+
+    from tests.helpers import cli
+    from tests.test_file_index import run_index_jobs
+
+    url, _ = web_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    User.objects.create_superuser("boss", password="boss-password-123")
+    src = write_files(tmp_path / "src", {
+        "home/ann/reports/2025/invoice-2025-03.pdf": "pdf" * 3000,
+        "home/ann/reports/2025/invoice-2025-04.pdf": "pdf" * 4000,
+        "srv/www/index.html": "<h1>home</h1>",
+    })  # fmt: skip
+    passfile = write_files(tmp_path / "secret", {"pw": PASSPHRASE}) / "pw"
+    assert cli("borg_init", "main", "--location", roots.repos / "main",
+               "--passphrase-file", passfile).code == 0  # fmt: skip
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "docs").code == 0
+    (src / "home/ann/reports/2025/invoice-2025-03.pdf").write_text("pdf" * 3500)
+    time.sleep(1.1)  # a second archive name
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "docs").code == 0
+    run_index_jobs()
+
+    login(page, url, "boss", "boss-password-123")
+    page.fill("#dash-q", "invoice-2025")
+    page.click("#dashboard-file-search input[type=submit]")
+    expect(page.locator("#file-hits tr.oc-hit")).to_have_count(2)
+    expect(page.locator("#index-status")).to_contain_text("Searching 2 indexed archives")
+    expect(page.locator("#file-hits")).to_contain_text("9.0 kB")  # sizes have units
+    looks_right(page, "file-search", width)
+    page.locator("#file-hits tr", has_text="invoice-2025-03.pdf").get_by_role(
+        "link", name="main"
+    ).click()
+    rows = page.locator("#file-history tr.oc-version")
+    expect(rows).to_have_count(2)  # changed between the two backups
+    expect(rows.nth(0)).to_contain_text("9.0 kB")
+    expect(rows.nth(1)).to_contain_text("10.5 kB")
+    download = rows.nth(1).get_by_role("link", name="Download")
+    assert "invoice-2025-03.pdf" in download.get_attribute("href")
+    expect(rows.nth(1).get_by_role("link", name="Restore in place…")).to_be_visible()
+    looks_right(page, "file-history", width)
+
+    # an unparsable glob is named, and a third archive not indexed yet is said to be missing
+    page.goto(f"{url}/admin/files/?q=%5Binvoice")
+    expect(page.locator("#search-error")).to_contain_text("never closes")
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "docs2").code == 0
+    page.goto(f"{url}/admin/files/?q=invoice")
+    expect(page.locator("#index-status")).to_contain_text("1 of 3 archives not indexed yet")
+    looks_right(page, "file-search-lagging", width)
