@@ -1,7 +1,7 @@
 """The admin's operation pages: forms that validate, then queue a Job through `intake` and
 say so with a link ("Backup of repository X queued as job 42"). No page runs borg itself."""
 
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from django import forms
 from django.conf import settings
@@ -19,6 +19,8 @@ from borgapp import (
     downloads,
     dumps,
     errors,
+    fileindex,
+    filesearch,
     intake,
     job_summary,
     jobs,
@@ -569,6 +571,8 @@ def contents(model_admin, request, pk):
     """The archive as a folder tree: one directory's children per page, from the database."""
     require(request, "viewer")
     archive = get_object_or_404(Archive.objects.select_related("repository"), pk=pk)
+    if fileindex.is_indexed(archive):
+        return _contents_from_index(model_admin, request, archive)
     if not archive.contents_ready:
         wants_json = "application/json" in request.headers.get("Accept", "")
         if request.method == "POST":
@@ -621,6 +625,7 @@ def contents(model_admin, request, pk):
         "admin/borgapp/contents.html",
         object=archive,
         loaded=True,
+        entries=archive.contents_count,
         page=page,
         rows=rows,
         folder=folder,
@@ -631,6 +636,37 @@ def contents(model_admin, request, pk):
         restore_url=reverse("admin:borgapp_archive_restore", args=[archive.pk]),
         can_restore=has_role(request.user, "admin"),
     )
+
+
+def _contents_from_index(model_admin, request, archive: Archive):
+    """The tree of an indexed archive, at once (borgapp.fileindex); a search below a folder
+    is the archive's Find files page."""
+    folder = request.GET.get("path", "").strip("/")
+    query = request.GET.get("q", "").strip()[:200]
+    if query:  # the index searches the whole archive, by name or path
+        target = reverse("admin:borgapp_archive_files", args=[archive.pk])
+        return redirect(f"{target}?{urlencode({'q': query})}")
+    try:
+        page = Paginator(filesearch.folder_entries(archive, folder), PAGE).get_page(
+            request.GET.get("page")
+        )
+    except validation.InvalidInput as exc:
+        messages.error(request, str(exc))
+        return redirect(request.path)
+    rows = [filesearch.entry(folder, row) for row in page]
+    if page.number == 1:
+        implied = filesearch.implied_folders(archive, folder)
+        rows = sorted(implied + rows, key=lambda item: item.path)
+    audit.browsed(archive, path=folder)
+    return render(
+        request, model_admin, f"Contents of {archive.name}", "admin/borgapp/contents.html",
+        object=archive, loaded=True, entries=archive.indexed.entries, page=page, rows=rows,
+        folder=folder, query="", crumbs=crumbs_of(folder),
+        can_extract=has_role(request.user, "operator"),
+        download_url=reverse("admin:borgapp_archive_download", args=[archive.pk]),
+        restore_url=reverse("admin:borgapp_archive_restore", args=[archive.pk]),
+        can_restore=has_role(request.user, "admin"),
+    )  # fmt: skip
 
 
 def diff(model_admin, request, pk):

@@ -41,6 +41,7 @@ from borgapp.models import (
 
 BATCH = 5000
 QUEUED_BATCHES = 4  # parsed batches waiting to be stored, at most
+TOPS_MAX = 1000  # more items without a stored folder than this: not a list of sources
 CACHE = 20_000  # folders and names kept in memory (each cache)
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
@@ -145,6 +146,8 @@ class Indexer:
         self.folders = Bounded(CACHE)
         self.count = self.changed = self.matched = 0
         self.seen = bytearray()  # one bit per node id met in this archive
+        self.open: list[str] = []  # the stored folders holding the current item (depth first)
+        self.tops: list[str] = []
         self.started = time.monotonic()
 
     # --- names and folders -------------------------------------------------------------
@@ -211,7 +214,8 @@ class Indexer:
         keys = [(parent, names[name]) for parent, (_, _, name) in zip(parents, split, strict=True)]
         node_ids = self.nodes(set(keys))
         nodes = [node_ids[key] for key in keys]
-        for (path, attrs), node in zip(batch, nodes, strict=True):
+        for (path, attrs), node, (folder, _, _) in zip(batch, nodes, split, strict=True):
+            self._note_top(path, folder, attrs[0] == "d")
             if attrs[0] == "d":
                 self.folders.put(path, node)
             self._see(node)
@@ -221,6 +225,16 @@ class Indexer:
         if self.progress is not None:
             self.progress.fields["progress_files"] = self.count
             self.progress.flush()
+
+    def _note_top(self, path: str, folder: str, is_folder: bool) -> None:
+        """borg lists a folder before what it holds: the open folders are a stack, and an
+        item whose folder is not on top of it is a top (its folder was not stored)."""
+        while self.open and not path.startswith(self.open[-1] + "/"):
+            self.open.pop()
+        if folder and (not self.open or self.open[-1] != folder) and len(self.tops) < TOPS_MAX:
+            self.tops.append(path)
+        if is_folder:
+            self.open.append(path)
 
     def _see(self, node: int) -> None:
         byte = node >> 3
@@ -279,7 +293,7 @@ class Indexer:
             done = IndexedArchive.objects.create(
                 archive=self.archive, chain=self.chain, seq=self.seq,
                 borg_id=self.archive.borg_id, entries=self.count, changed=self.changed,
-                seconds=round(time.monotonic() - self.started, 3),
+                seconds=round(time.monotonic() - self.started, 3), tops=self.tops,
             )  # fmt: skip
             IndexChain.objects.filter(pk=self.chain.pk).update(last_seq=self.seq)
         return done

@@ -300,15 +300,65 @@ def _archive(archive: Archive) -> dict:
             "start": archive.start.isoformat() if archive.start else None}  # fmt: skip
 
 
+@dataclass
+class Entry:
+    """One item of a folder of an archive, as the tree shows it."""
+
+    path: str
+    name: str
+    type: str
+    size: int | None = None
+    mtime: datetime | None = None
+    mode: str = ""
+    linktarget: str = ""
+
+
+def in_archive(indexed: IndexedArchive):
+    """The versions one indexed archive holds."""
+    return IndexVersion.objects.filter(chain_id=indexed.chain_id, first__lte=indexed.seq).filter(
+        Q(last__isnull=True) | Q(last__gte=indexed.seq)
+    )
+
+
+def folder_entries(archive: Archive, folder: str):
+    """The items directly in `folder` of an indexed archive, by name, as a query of rows
+    (for a paginator; `entry()` makes each an Entry). An unknown folder is empty."""
+    indexed = IndexedArchive.objects.get(archive=archive)
+    folder = folder.strip("/")
+    versions = in_archive(indexed)
+    if folder:
+        node = node_of(validation.validate_archive_path(folder))
+        versions = versions.filter(node__parent_id=node) if node else versions.none()
+    else:
+        versions = versions.filter(node__parent__isnull=True)
+    return versions.order_by("node__name__name").values_list(
+        "node__name__name", "type", "size", "mtime", "mode", "target"
+    )
+
+
+def entry(folder: str, row: tuple) -> Entry:
+    name, kind, size, mtime, mode, target = row
+    return Entry(path=f"{folder}/{name}" if folder else name, name=name, type=kind, size=size,
+                 mtime=moment(mtime), mode=mode_text(kind, mode), linktarget=target)  # fmt: skip
+
+
+def implied_folders(archive: Archive, folder: str) -> list[Entry]:
+    """Folders directly in `folder` that only the tops imply (borg stored no item for
+    them), so that the tree opens at the archive's real top."""
+    indexed = IndexedArchive.objects.get(archive=archive)
+    prefix = f"{folder}/" if folder else ""
+    names = {top[len(prefix) :].split("/", 1)[0] for top in indexed.tops
+             if top.startswith(prefix) and "/" in top[len(prefix) :]}  # fmt: skip
+    stored = {row[0] for row in folder_entries(archive, folder).filter(node__name__name__in=names)}
+    return [Entry(path=f"{prefix}{name}", name=name, type="d")
+            for name in sorted(names - stored)]  # fmt: skip
+
+
 def entries_in(archive: Archive):
     """(path, version) of every entry the index holds for one archive, in path order
     within each batch of BATCH versions (what `borg list` says of it, from the index)."""
-    indexed = IndexedArchive.objects.select_related("chain").get(archive=archive)
-    versions = (
-        IndexVersion.objects.filter(chain=indexed.chain, first__lte=indexed.seq)
-        .filter(Q(last__isnull=True) | Q(last__gte=indexed.seq))
-        .order_by("pk")
-    )
+    indexed = IndexedArchive.objects.get(archive=archive)
+    versions = in_archive(indexed).order_by("pk")
     batch = []
     for version in versions.iterator(chunk_size=5000):
         batch.append(version)

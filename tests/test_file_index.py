@@ -104,6 +104,28 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     gone = filesearch.history(repo, str(src / "srv/www/img/logo.svg"))
     assert [[a["name"] for a in v["archives"]] for v in gone["versions"]] == [[a1.name]]
 
+    # the tree of an indexed archive opens at once, from the index, from its real top
+    from django.test import Client
+
+    from tests.helpers import staff
+
+    browser = Client()
+    browser.force_login(staff("viewer"))
+    tree = f"/admin/borgapp/archive/{a2.pk}/contents/"
+    top = browser.get(tree).content.decode()
+    first = str(src).lstrip("/").split("/")[0]
+    assert f'?path={first}"' in top and "Read the file list" not in top
+    www = str(src / "srv/www").lstrip("/")
+    page = browser.get(tree, {"path": www}).content.decode()
+    assert "robots.txt" in page and "index.html" in page and "logo.svg" not in page
+    assert "current</a>" not in page and "current → index.html" in page  # the link's target
+    img = {"path": f"{www}/img"}
+    old = browser.get(f"/admin/borgapp/archive/{a1.pk}/contents/", img).content
+    assert b"logo.svg" in old and b"logo.svg" not in browser.get(tree, img).content
+    assert browser.get(tree, {"path": "../etc"}).status_code == 302  # refused, said why
+    found = browser.get(tree, {"path": www, "q": "robots"})
+    assert found.status_code == 302 and f"/archive/{a2.pk}/files/?q=robots" in found["Location"]
+
     # the same answers from the command line and the API, and bad input named, never a 500
     found = cli("borg_find", "main", "invoice-*.pdf", "--json")
     assert found.code == 0 and len(json.loads(found.out)["hits"]) == 2
