@@ -132,6 +132,10 @@ def _table(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+class Stopped(Exception):
+    """Storing stopped early: a cancel, or another job of the repository waits."""
+
+
 class Indexer:
     """Fed the items of one archive in batches (`write(batch)` of (path, attrs) pairs, then
     `finish()`); writes the archive's share of the index."""
@@ -521,6 +525,8 @@ def index_archive(ctx, archive: Archive) -> IndexedArchive:
                 raise batch
             if batch:
                 indexer.write(batch)
+            if ctx.progress is not None and ctx.progress.should_stop():
+                raise Stopped("The index job was stopped (cancelled, or another job waits).")
     except BaseException as exc:  # noqa: BLE001 (raised below, once both threads ended)
         failure = exc
         stop.set()

@@ -32,6 +32,7 @@ INDEXING_AFTER = {Job.Kind.BACKUP, Job.Kind.SYNC, Job.Kind.IMPORT, Job.Kind.PRUN
                   Job.Kind.DELETE, Job.Kind.INDEX}  # fmt: skip
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes (REL-07)
+YIELD_LOOK = 1.0  # seconds between an index job's looks for a job it should let go first
 WRITING_KINDS = {Job.Kind.BACKUP, Job.Kind.PRUNE, Job.Kind.DELETE}
 REGISTERING_KINDS = {Job.Kind.INIT, Job.Kind.IMPORT}
 
@@ -189,6 +190,8 @@ class Progress:
         self.last_write = 0.0
         self.fields: dict = {}
         self.cancel = False
+        self.yielded = False  # an index job stopped for another job of its repository
+        self.last_look = time.monotonic()
 
     def on_start(self, pid: int) -> None:
         Job.objects.filter(pk=self.job.pk).update(borg_pid=pid, borg_started=procs.start_ticks(pid))
@@ -210,7 +213,15 @@ class Progress:
 
     def should_stop(self) -> bool:
         self.flush()
-        return self.cancel
+        if self.job.kind == Job.Kind.INDEX and not self.yielded:
+            now = time.monotonic()
+            if now - self.last_look >= YIELD_LOOK:
+                # never delay a backup (or any other job) of the repository: the index job
+                # stops, and is queued again behind it
+                self.last_look = now
+                waiting = _waiting(self.job.repository_id).exclude(kind__in=LISTING_KINDS)
+                self.yielded = waiting.exists()
+        return self.cancel or self.yielded
 
 
 def _outcome_of(exc: Exception, cancelled: bool) -> tuple[str, str, str]:

@@ -639,7 +639,14 @@ def op_index(ctx: Context) -> Outcome:
     archive = _archive(ctx) if ctx.params.archive else fileindex.next_unindexed(ctx.repo)
     result = {"versions_removed": removed}
     if archive is not None:
-        done = fileindex.index_archive(ctx, archive)
+        try:
+            done = fileindex.index_archive(ctx, archive)
+        except (borg.BorgError, fileindex.Stopped):
+            if not getattr(ctx.progress, "yielded", False):
+                raise
+            # another job of the repository was waiting: it goes first, the index job is
+            # queued again behind it (jobs.index_after) and reads this archive again
+            return ctx.outcome({**result, "yielded_to_another_job": True})
         result.update(archive_name=archive.name, entries=done.entries, changed=done.changed,
                       seconds=done.seconds)  # fmt: skip
     return ctx.outcome(result)

@@ -163,3 +163,41 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     assert filesearch.history(repo, str(src / "srv/www/img/logo.svg"))["versions"] == []
     assert index_entries(a2) == borg_entries(roots, a2.name)
     assert IndexVersion.objects.count() == len(borg_entries(roots, a2.name))
+
+
+def test_an_index_job_lets_a_backup_go_first(file_index, repo, roots, tmp_path):
+    """A backup asked for while an archive is being indexed does not wait for the index: the
+    index job stops borg, ends (yielded) and is queued again behind the backup, which runs
+    next; the archive is indexed afterwards, whole."""
+    import threading
+
+    from borgapp import intake, jobs
+    from borgapp.models import Archive, Job
+    from tests.helpers import wait_for
+
+    src = tmp_path / "src"
+    for folder in range(200):  # 40,000 files: seconds of listing, time to ask for a backup
+        write_files(src / f"d{folder:03d}", {f"f{n:03d}.txt": "x" for n in range(200)})
+    first = cli("borg_backup", "main", "--source", src, "--prefix", "big")
+    assert first.code == 0, first.err
+    index = Job.objects.get(kind="index", status="queued")
+    worker = threading.Thread(target=jobs.run_queued, args=(index.pk,))
+    worker.start()
+    wait_for(lambda: Job.objects.filter(pk=index.pk, status="running", progress_files__gt=0)
+             .exists(), timeout=60)  # fmt: skip
+    backup = intake.start("backup", repo, {"sources": [str(src)], "prefix": "next"},
+                          trigger="cli")  # fmt: skip
+    worker.join(timeout=60)
+    index.refresh_from_db()
+    assert index.status == "succeeded" and index.result.get("yielded_to_another_job")
+    backup.refresh_from_db()
+    assert backup.status == "queued"  # first in line: the requeued index job waits behind it
+    queued = list(Job.objects.filter(status="queued").order_by("pk").values_list("kind", flat=True))
+    assert queued == ["backup", "index"]
+    assert jobs.yields_to_another(Job.objects.get(kind="index", status="queued"))
+    jobs.run_queued(backup.pk)
+    backup.refresh_from_db()
+    assert backup.status == "succeeded", backup.error_message
+    run_index_jobs()
+    for archive in Archive.objects.filter(repository=repo):
+        assert archive.indexed.entries == 40_201  # the source folder, 200 folders, the files
