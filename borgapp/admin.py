@@ -539,15 +539,17 @@ class DatabaseSourceAdmin(RoleAdmin):
     """Admins write them; viewers see where they are, never a password."""
 
     form = DatabaseSourceForm
-    list_display = ["name", "kind", "agent_host", "where", "databases_shown", "password_stored"]
+    list_display = ["name", "kind", "where", "databases_shown", "password_stored"]
     list_select_related = ["agent_host"]
     actions = ["test_connection"]
 
     @admin.display(description="where")
     def where(self, obj):
-        if obj.kind == DatabaseSource.Kind.SQLITE:
-            return obj.path
-        return f"{obj.host}:{obj.port or dumps.DEFAULT_PORTS[obj.kind]}"
+        """As its machine sees it; a fleet host's source names the host first."""
+        where = obj.path
+        if obj.kind != DatabaseSource.Kind.SQLITE:
+            where = f"{obj.host}:{obj.port or dumps.DEFAULT_PORTS[obj.kind]}"
+        return f"{obj.agent_host.name}: {where}" if obj.agent_host_id else where
 
     @admin.display(description="databases")
     def databases_shown(self, obj):

@@ -32,7 +32,7 @@ INDEXING_AFTER = {Job.Kind.BACKUP, Job.Kind.SYNC, Job.Kind.IMPORT, Job.Kind.PRUN
                   Job.Kind.DELETE, Job.Kind.INDEX}  # fmt: skip
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes (REL-07)
-YIELD_LOOK = 1.0  # seconds between an index job's looks for a job it should let go first
+YIELD_LOOK = 0.25  # seconds between an index job's looks for a job it should let go first
 WRITING_KINDS = {Job.Kind.BACKUP, Job.Kind.PRUNE, Job.Kind.DELETE}
 REGISTERING_KINDS = {Job.Kind.INIT, Job.Kind.IMPORT}
 

@@ -55,7 +55,7 @@ def verify(run, location: str, archive: str, files: list[tuple[str, int]], dumpe
     result = {"archive_name": archive, "files_in_archive": len(files), "sampled": len(sample)}
     problems = []
     if sample:
-        problems = compare_files(run, location, archive, sample, sandbox_root)
+        problems = compare_files(run, location, archive, sample, sandbox_root, tag)
     else:
         result["note"] = "No regular file fits the sample."
     chosen = set(sample)
@@ -104,12 +104,13 @@ def verify_dumps(run, location: str, archive: str, paths: list[str], sources: di
     return checked
 
 
-def compare_files(run, location: str, archive: str, sample: list[str], root: Path) -> list:
+def compare_files(run, location: str, archive: str, sample: list[str], root: Path,
+                  tag: str) -> list:  # fmt: skip
     """The sampled files restored into a private sandbox under `root` and compared."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     heldir.require_private_path(root, "Sandbox")
     # a private directory with a name nobody can guess (mkdtemp: 0700), held like a target
-    sandbox = Path(tempfile.mkdtemp(prefix="verify-", dir=root))
+    sandbox = Path(tempfile.mkdtemp(prefix=f"job-{tag}-", dir=root))
     try:
         sandbox_fd = heldir.hold_empty_dir(sandbox, "Sandbox")
         try:

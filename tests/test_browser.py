@@ -584,7 +584,9 @@ def test_a_host_added_in_the_admin_and_its_agent_enrolled(page, web_server, root
     page.select_option("select[name=agent_host]", label="web1")
     looks_right(page, "database-add-host", width)
     page.click("input[name=_save]")
-    expect(page.locator("#result_list tr", has_text="web1-app")).to_contain_text("web1")
+    expect(page.locator("#result_list tr", has_text="web1-app")).to_contain_text(
+        "web1: /srv/app/app.sqlite"
+    )
     looks_right(page, "databases-on-hosts", width)
 
 

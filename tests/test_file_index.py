@@ -176,7 +176,7 @@ def test_an_index_job_lets_a_backup_go_first(file_index, repo, roots, tmp_path):
     from tests.helpers import wait_for
 
     src = tmp_path / "src"
-    for folder in range(200):  # 40,000 files: seconds of listing, time to ask for a backup
+    for folder in range(300):  # 60,000 files: seconds of indexing, time to ask for a backup
         write_files(src / f"d{folder:03d}", {f"f{n:03d}.txt": "x" for n in range(200)})
     first = cli("borg_backup", "main", "--source", src, "--prefix", "big")
     assert first.code == 0, first.err
@@ -200,4 +200,4 @@ def test_an_index_job_lets_a_backup_go_first(file_index, repo, roots, tmp_path):
     assert backup.status == "succeeded", backup.error_message
     run_index_jobs()
     for archive in Archive.objects.filter(repository=repo):
-        assert archive.indexed.entries == 40_201  # the source folder, 200 folders, the files
+        assert archive.indexed.entries == 60_301  # the source folder, 300 folders, the files
