@@ -161,12 +161,8 @@ class Indexer:
         missing = {name_hash(name): name for name, pk in found.items() if pk is None}
         if missing:
             table = _table(IndexName)
+            _insert_new(IndexName, '"hash", name', list(missing.items()), '("hash")')
             with connection.cursor() as cursor:
-                cursor.executemany(
-                    f'INSERT INTO {table} ("hash", name) VALUES (%s, %s) '
-                    'ON CONFLICT ("hash") DO NOTHING',
-                    list(missing.items()),
-                )
                 for chunk in chunks(list(missing)):
                     marks = ", ".join(["%s"] * len(chunk))
                     cursor.execute(f'SELECT id, "hash", name FROM {table} WHERE "hash" IN '
@@ -199,13 +195,7 @@ class Indexer:
         found = _select_nodes(wanted)
         missing = wanted - found.keys()
         if missing:
-            table = _table(IndexNode)
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    f"INSERT INTO {table} (parent_id, name_id) VALUES (%s, %s) "
-                    "ON CONFLICT DO NOTHING",
-                    list(missing),
-                )
+            _insert_new(IndexNode, "parent_id, name_id", list(missing))
             found.update(_select_nodes(missing))
         return found
 
@@ -310,6 +300,14 @@ class Indexer:
         for chunk in chunks(gone):
             IndexVersion.objects.filter(pk__in=chunk).update(last=self.prev)
         return len(gone)
+
+
+def _insert_new(model, columns: str, rows: list[tuple], conflict: str = "") -> None:
+    """Insert rows, skipping those a unique constraint says exist already."""
+    marks = ", ".join(["%s"] * len(rows[0]))
+    with connection.cursor() as cursor:
+        cursor.executemany(f"INSERT INTO {_table(model)} ({columns}) VALUES ({marks}) "
+                           f"ON CONFLICT {conflict} DO NOTHING", rows)  # fmt: skip
 
 
 def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:

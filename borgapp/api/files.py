@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from borgapp import filesearch, validation
 from borgapp.api.errors import ApiError
+from borgapp.api.views import named
 from borgapp.models import Repository
 
 SEARCH_PARAMS = [
@@ -26,12 +27,7 @@ SEARCH_PARAMS = [
 
 
 def _repository(name) -> Repository | None:
-    if not name:
-        return None
-    found = Repository.objects.filter(name=name).first()
-    if found is None:
-        raise ApiError("invalid_input", "No repository of that name.", 400)
-    return found
+    return named(Repository, name, "repository")
 
 
 class FilesViewSet(viewsets.ViewSet):

@@ -48,14 +48,19 @@ def _start(request, kind, repository, params):
     return accepted(request, job)
 
 
-def _host(name: str | None):
-    """The host a job is to run on (its agent), by name; None: the center."""
+def named(model, name: str | None, what: str):
+    """The row of `model` with this name (None for none given); an unknown name is a 400."""
     if not name:
         return None
-    host = Host.objects.filter(name=name).first()
-    if host is None:
-        raise ApiError("invalid_input", "No host of that name.", 400)
-    return host
+    found = model.objects.filter(name=name).first()
+    if found is None:
+        raise ApiError("invalid_input", f"No {what} of that name.", 400)
+    return found
+
+
+def _host(name: str | None):
+    """The host a job is to run on (its agent), by name; None: the center."""
+    return named(Host, name, "host")
 
 
 class JobFilter(filters.FilterSet):
