@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--change-percent", type=float, default=1.0)
     parser.add_argument("--searches", type=int, default=60)
     parser.add_argument("--workdir", default="/var/tmp/opscenter-index-bench")
+    parser.add_argument("--source", help="back up this real tree instead (e.g. /usr; no days)")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -148,9 +149,15 @@ def main() -> None:
     settings.FILE_INDEX = False  # each index job is run (and timed) here
     rnd = random.Random(16)
     began = time.perf_counter()
-    files, folders = generate(work / "src", args.files, rnd)
-    print(f"tree: {len(files):,} files in {len(folders):,} folders, "
-          f"{time.perf_counter() - began:.0f} s; data {data}")  # fmt: skip
+    source = Path(args.source) if args.source else work / "src"
+    if args.source:
+        args.days = 0
+        files = [p for p in source.rglob("*") if p.is_file() and not p.is_symlink()][:100_000]
+        print(f"tree: {source} (real); data {data}")
+    else:
+        files, folders = generate(source, args.files, rnd)
+        print(f"tree: {len(files):,} files in {len(folders):,} folders, "
+              f"{time.perf_counter() - began:.0f} s; data {data}")  # fmt: skip
     secret = work / "passphrase"
     secret.write_text(PASSPHRASE + "\n")
     call_command("borg_init", "bench", "--location", str(work / "repos" / "bench"),
@@ -162,7 +169,7 @@ def main() -> None:
         if day:
             change(files, folders, args.change_percent, rnd, day)
         began = time.perf_counter()
-        call_command("borg_backup", "bench", "--source", str(work / "src"), "--prefix",
+        call_command("borg_backup", "bench", "--source", str(source), "--prefix",
                      "daily", "--json", stdout=open(os.devnull, "w"))  # fmt: skip
         backup = time.perf_counter() - began
         archive = Archive.objects.filter(repository=repo).order_by("-start", "-pk").first()
@@ -188,7 +195,7 @@ def main() -> None:
               f"{rows[-1][6] / first_bytes:.2f}x the first archive's; "
               f"{IndexVersion.objects.count():,} versions")  # fmt: skip
 
-    names = [path.name for path in rnd.sample(files, args.searches)]
+    names = [path.name for path in rnd.sample(files, args.searches) if len(path.name) > 6]
     fragments = [name[rnd.randrange(len(name) - 6) :][:5] for name in names]
     times, hits = [], []
     for fragment in fragments:

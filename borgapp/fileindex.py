@@ -36,6 +36,7 @@ from borgapp.models import (
     IndexedArchive,
     IndexName,
     IndexNode,
+    IndexOwner,
     IndexVersion,
 )
 
@@ -45,8 +46,9 @@ TOPS_MAX = 1000  # more items without a stored folder than this: not a list of s
 CACHE = 20_000  # folders and names kept in memory (each cache)
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
-ATTRS = ("type", "mode", "user", "group", "size", "mtime", "target", "healthy")
+ATTRS = ("type", "mode", "owner_id", "size", "mtime", "target", "healthy")
 COLUMNS = ", ".join(f'"{name}"' for name in ATTRS)
+OWNER = 2  # the place of the owner in ATTRS: parsed as (user, group), stored as its id
 PERMS = "rwxrwxrwx"
 SPECIAL = {2: (stat.S_ISUID, "sS"), 5: (stat.S_ISGID, "sS"), 8: (stat.S_ISVTX, "tT")}
 
@@ -147,6 +149,7 @@ class Indexer:
         self.prev = self.chain.last_seq
         self.seq = self.prev + 1
         self.names = Bounded(CACHE)
+        self.owners = Bounded(1000)
         self.folders = Bounded(CACHE)
         self.count = self.changed = self.matched = 0
         self.seen = bytearray()  # one bit per node id met in this archive
@@ -161,22 +164,28 @@ class Indexer:
         missing = {name_hash(name): name for name, pk in found.items() if pk is None}
         if missing:
             table = _table(IndexName)
-            _insert_new(IndexName, '"hash", name', list(missing.items()), '("hash")')
+            _insert_new(IndexName, "id, name", list(missing.items()), "(id)")
             with connection.cursor() as cursor:
                 for chunk in chunks(list(missing)):
                     marks = ", ".join(["%s"] * len(chunk))
-                    cursor.execute(f'SELECT id, "hash", name FROM {table} WHERE "hash" IN '
-                                   f"({marks})", chunk)  # fmt: skip
-                    for pk, hashed, stored in cursor.fetchall():
-                        if stored != missing[hashed]:
+                    cursor.execute(f"SELECT id, name FROM {table} WHERE id IN ({marks})", chunk)
+                    for pk, stored in cursor.fetchall():
+                        if stored != missing[pk]:
                             raise OperationError(
-                                f"The names {stored!r} and {missing[hashed]!r} have the same "
+                                f"The names {stored!r} and {missing[pk]!r} have the same "
                                 "hash in the file index: this archive cannot be indexed.",
                                 "index_collision",
                             )
                         found[stored] = pk
                         self.names.put(stored, pk)
         return found
+
+    def owner_id(self, pair: tuple[str, str]) -> int:
+        pk = self.owners.get(pair)
+        if pk is None:
+            pk = IndexOwner.objects.get_or_create(user=pair[0], group=pair[1])[0].pk
+            self.owners.put(pair, pk)
+        return pk
 
     def folder(self, path: str) -> int | None:
         """The node of a folder path ('' : the top), made if new."""
@@ -213,8 +222,9 @@ class Indexer:
             if attrs[0] == "d":
                 self.folders.put(path, node)
             self._see(node)
+        stored = [(*a[:OWNER], self.owner_id(a[OWNER]), *a[OWNER + 1 :]) for _, a in batch]
         with transaction.atomic():
-            self._versions(nodes, [attrs for _, attrs in batch])
+            self._versions(nodes, stored)
         self.count += len(batch)
         if self.progress is not None:
             self.progress.fields["progress_files"] = self.count
@@ -253,7 +263,7 @@ class Indexer:
                         [self.chain.pk, *chunk],
                     )
                     for row in cursor.fetchall():
-                        open_now[row[1]] = (row[0], (*row[2:9], bool(row[9])))
+                        open_now[row[1]] = (row[0], (*row[2:8], bool(row[8])))
             close, insert = [], []
             for node, values in zip(nodes, attrs, strict=True):
                 current = open_now.pop(node, None)
@@ -357,7 +367,7 @@ def parse_record(fields: list[bytes]) -> tuple[str, tuple]:
     kind = mode[:1] or "?"
     # borg's `h` (a hardlink to an earlier item, named as its target) is a regular file
     return path.strip("/"), (
-        "-" if kind == "h" else kind, mode_bits(mode), user[:64], group[:64],
+        "-" if kind == "h" else kind, mode_bits(mode), (user[:64], group[:64]),
         int(size) if size.isdigit() else None, micros(mtime), target or source,
         health != "broken",
     )  # fmt: skip

@@ -125,7 +125,7 @@ def _name_query(pattern: str):
     """The names a pattern's last part may match, as a query (the path is checked after)."""
     tail = pattern.rstrip("/").rsplit("/", 1)[-1]
     if pattern.endswith("/"):  # a folder: its own name
-        return IndexName.objects.filter(hash=name_hash(tail), name=tail)
+        return IndexName.objects.filter(pk=name_hash(tail), name=tail)
     if GLOB_CHARS.search(tail):
         literal = max(re.split(r"[*?]|\[[^\]]*\]", tail), key=len)
         names = IndexName.objects.filter(name__contains=literal) if literal else IndexName.objects
@@ -249,7 +249,7 @@ def _grouped(versions, filters: Filters, in_chain: dict | None = None) -> dict[i
     """Versions by node, each with the archives that hold it (within the archive-time
     filter); versions no archive holds (any more, or in that time) are left out.
     `in_chain`: the archives of each chain read so far (kept by the caller across calls)."""
-    rows = list(versions.select_related("chain").order_by("chain_id", "first"))
+    rows = list(versions.select_related("chain", "owner").order_by("chain_id", "first"))
     in_chain = {} if in_chain is None else in_chain
     wanted = {row.chain_id for row in rows} - in_chain.keys()
     if wanted:
@@ -286,8 +286,8 @@ def describe(version: IndexVersion, held: list[IndexedArchive]) -> dict:
         "size": version.size,
         "modified": when.isoformat() if when else None,
         "mode": mode_text(version.type, version.mode),
-        "user": version.user,
-        "group": version.group,
+        "user": version.owner.user,
+        "group": version.owner.group,
         **({"target": version.target} if version.target else {}),
         **({"healthy": False} if not version.healthy else {}),
         "archive_count": len(held),
@@ -377,7 +377,7 @@ def node_of(path: str) -> int | None:
     """The node of a path, walking down from the top (None: the index has no such path)."""
     parent = None
     for name in path.strip("/").split("/"):
-        named = {"name__hash": name_hash(name), "name__name": name}
+        named = {"name_id": name_hash(name), "name__name": name}
         found = IndexNode.objects.filter(parent_id=parent, **named)
         if parent is None:
             found = IndexNode.objects.filter(parent=None, **named)

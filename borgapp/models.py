@@ -302,12 +302,22 @@ class ArchiveDiffItem(models.Model):
 
 class IndexName(models.Model):
     """Each distinct file or folder name once, whatever folder, archive or repository holds
-    it (index.html, __init__.py): a name search reads these, far fewer than the paths. Found
-    by a 64-bit hash of the name (a small unique index instead of a second copy of each
-    name); a different name with the same hash is refused, never taken for it."""
+    it (index.html, __init__.py): a name search reads these, far fewer than the paths. Its id
+    is a 64-bit hash of the name (no second copy of each name in a unique index); a
+    different name with the same hash is refused, never taken for it."""
 
+    id = models.BigIntegerField(primary_key=True)
     name = models.TextField()
-    hash = models.BigIntegerField(unique=True)
+
+
+class IndexOwner(models.Model):
+    """Each user:group pair once (a handful per installation)."""
+
+    user = models.CharField(max_length=64, blank=True, default="")
+    group = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "group"], name="indexowner_pair")]
 
 
 class IndexNode(models.Model):
@@ -374,8 +384,8 @@ class IndexVersion(models.Model):
     last = models.IntegerField(null=True)
     type = models.CharField(max_length=1)
     mode = models.IntegerField(default=0)
-    user = models.CharField(max_length=64, blank=True, default="")
-    group = models.CharField(max_length=64, blank=True, default="")
+    owner = models.ForeignKey(IndexOwner, on_delete=models.PROTECT, db_index=False,
+                              related_name="+")  # fmt: skip
     size = models.BigIntegerField(null=True)
     mtime = models.BigIntegerField(null=True)
     target = models.TextField(blank=True, default="")
