@@ -40,6 +40,7 @@ FLEET_TESTS = [
     "tests/test_fleet_databases.py",  # a host's database sources, handed to its agent only
     "tests/test_api_fuzz.py",  # every route with generated values PostgreSQL may refuse
     "tests/test_bad_values.py",  # the admin's pages with such values
+    "tests/test_file_index.py",  # the index's own SQL (insert-or-skip, batches) on PostgreSQL
     # a download holds its repository's lease in a web process
     "tests/test_downloads.py::test_busy_repository_answers_409",
     "tests/test_downloads.py::test_client_that_leaves_stops_borg_and_frees_the_lease",
