@@ -24,6 +24,7 @@ from borgapp import (
     catalog,
     dumps,
     fileindex,
+    filesearch,
     heldir,
     inplace,
     lease,
@@ -721,6 +722,27 @@ def newest_of_set(repo: Repository, prefix: str) -> Archive | None:
     return None
 
 
+def _regular_files(ctx: Context, archive: Archive) -> tuple[list, list]:
+    """The archive's regular files as (path, size), and its database dumps' paths: from the
+    file index when it holds the archive, else from the archive's own listing (read once).
+    A hardlink to an earlier item is left out: borg lists it without content (its checksum
+    would be that of nothing), and the item it links to is a candidate itself."""
+    if fileindex.is_indexed(archive):
+        files, dumped = [], []
+        for path, version in filesearch.entries_in(archive):
+            if version.type == "-" and not version.target:
+                if verifying.is_dump(path):
+                    dumped.append(path)
+                else:
+                    files.append((path, version.size))
+        return files, dumped
+    load_contents(ctx, archive)
+    items = archive.items.filter(type="-", linktarget="")
+    in_dumps = {"path__startswith": f"{dumps.ARCHIVE_ROOT}/"}
+    return (list(items.exclude(**in_dumps).values_list("path", "size")),
+            list(items.filter(**in_dumps).values_list("path", flat=True)))  # fmt: skip
+
+
 def op_verify_restore(ctx: Context) -> Outcome:
     """Restore a sample of the newest archive of a backup set into a sandbox and compare it,
     file by file, with the archive's own checksums and with the source as it is now
@@ -734,18 +756,14 @@ def op_verify_restore(ctx: Context) -> Outcome:
         raise OperationError(
             f"No archive named {prefix}-<time> in {ctx.repo.name} to verify yet.", "not_found"
         )
-    load_contents(ctx, archive)
-    items = archive.items.filter(type="-")
-    in_dumps = {"path__startswith": f"{dumps.ARCHIVE_ROOT}/"}
+    files, dumped = _regular_files(ctx, archive)
     root = Path(settings.RESTORE_ROOTS[0]) / ".verify"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     root = validation.require_under_roots(str(root), settings.RESTORE_ROOTS, "Sandbox")
     here = DatabaseSource.objects.filter(agent_host=None)
     result = verifying.verify(
         lambda command, on_line=None: ctx.borg(command, on_line=on_line),
-        ctx.repo.location, archive.name,
-        list(items.exclude(**in_dumps).values_list("path", "size")),
-        list(items.filter(**in_dumps).values_list("path", flat=True)),
+        ctx.repo.location, archive.name, files, dumped,
         sample_files=p.sample_files, sample_percent=p.sample_percent,
         sample_max_bytes=p.sample_max_bytes, sandbox_root=root,
         sources={source.name: source.spec() for source in here},

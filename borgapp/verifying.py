@@ -37,6 +37,16 @@ def choose_sample(files: list[tuple[str, int]], count: int, max_bytes: int) -> l
     return sorted(chosen)
 
 
+def _nameable(path: str) -> bool:
+    if "?" in path:
+        return False
+    try:
+        validation.validate_archive_path(path)
+    except validation.InvalidInput:
+        return False
+    return True
+
+
 def is_dump(path: str) -> bool:
     return path.startswith(f"{dumps.ARCHIVE_ROOT}/")
 
@@ -51,8 +61,13 @@ def verify(run, location: str, archive: str, files: list[tuple[str, int]], dumpe
     count = sample_files
     if sample_percent:
         count = math.ceil(len(files) * sample_percent / 100)
-    sample = choose_sample(files, count, sample_max_bytes)
+    # a name with a control character (a newline) cannot be named to borg as a path, and
+    # one with '?' may be a non-UTF-8 name that borg lists with '?' for its bytes
+    usable = [(path, size) for path, size in files if _nameable(path)]
+    sample = choose_sample(usable, count, sample_max_bytes)
     result = {"archive_name": archive, "files_in_archive": len(files), "sampled": len(sample)}
+    if len(usable) < len(files):
+        result["not_sampled"] = len(files) - len(usable)
     problems = []
     if sample:
         problems = compare_files(run, location, archive, sample, sandbox_root, tag)

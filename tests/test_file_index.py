@@ -157,6 +157,17 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_input", query
     assert client_for(None).get("/api/v1/files/", {"q": "x"}).status_code == 403
 
+    # a verify-restore samples from the index: no listing copy of the archive is made
+    from borgapp.models import ArchiveItem, Job
+
+    verified = cli("borg_verify_restore", "main", "--prefix", "www", "--sample-percent", "100")
+    job = Job.objects.filter(kind="verify_restore").latest("pk")
+    assert verified.code == 0, verified.err
+    assert job.result["files_in_archive"] == 8 and ArchiveItem.objects.count() == 0
+    # the names borg cannot be given back (a newline; '?' for non-UTF-8 bytes) are not
+    # sampled, and the hardlink (listed without content) is not a candidate: 6 of 8 compared
+    assert (job.result["sampled"], job.result["not_sampled"], job.result["problems"]) == (6, 2, [])
+
     # deleting the first archive removes its share: the logo is no longer anywhere
     assert cli("borg_delete", "main", a1.name).code == 0
     run_index_jobs()
