@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from django.db import connection
 from django.db.models import F, Q
 
 from borgapp import validation
@@ -334,6 +335,57 @@ def folder_entries(archive: Archive, folder: str):
     return versions.order_by("node__name__name").values_list(
         "node__name__name", "type", "size", "mtime", "mode", "target"
     )
+
+
+def archive_items(archive: Archive, *, path: str = "", parent: str | None = None,
+                  type: str = ""):  # fmt: skip
+    """The API's view of an indexed archive's items: the children of `parent`, or
+    everything at and below `path` (the whole archive when empty), optionally of one type.
+    A query of versions (for a paginator), in the order borg listed them; `item_rows()`
+    turns a page of it into rows with paths."""
+    indexed = IndexedArchive.objects.get(archive=archive)
+    versions = in_archive(indexed)
+    if parent is not None:
+        folder = parent.strip("/")
+        node = node_of(validation.validate_archive_path(folder)) if folder else None
+        if folder and node is None:
+            return versions.none()
+        versions = (
+            versions.filter(node__parent_id=node)
+            if node
+            else versions.filter(node__parent__isnull=True)
+        )
+    elif path.strip("/"):
+        node = node_of(validation.validate_archive_path(path.strip("/")))
+        if node is None:
+            return versions.none()
+        table = connection.ops.quote_name(IndexNode._meta.db_table)
+        below = (
+            f"node_id IN (WITH RECURSIVE below(id) AS (SELECT id FROM {table} WHERE id = %s "
+            f"UNION ALL SELECT n.id FROM {table} n JOIN below ON n.parent_id = below.id) "
+            "SELECT id FROM below)"
+        )
+        versions = versions.extra(where=[below], params=[node])  # fmt: skip
+    if type:
+        versions = versions.filter(type=type)
+    return versions.select_related("owner").order_by("node_id")
+
+
+def item_rows(versions) -> list[dict]:
+    """A page of `archive_items` as the API's item rows (path, parent, type, mode, ...)."""
+    versions = list(versions)
+    paths = paths_of({v.node_id for v in versions})
+    rows = []
+    for version in versions:
+        path = paths[version.node_id]
+        rows.append({
+            "path": path, "parent": path.rpartition("/")[0], "type": version.type,
+            "mode": mode_text(version.type, version.mode), "user": version.owner.user,
+            "group": version.owner.group, "size": version.size,
+            "mtime": moment(version.mtime), "linktarget": version.target,
+            "healthy": version.healthy,
+        })  # fmt: skip
+    return rows
 
 
 def entry(folder: str, row: tuple) -> Entry:

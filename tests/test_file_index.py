@@ -53,7 +53,7 @@ def run_index_jobs():
 
 
 def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
-    from borgapp import filesearch
+    from borgapp import fileindex, filesearch
     from borgapp.models import Archive, IndexVersion
 
     src = write_files(tmp_path / "src", {
@@ -126,6 +126,29 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     found = browser.get(tree, {"path": www, "q": "robots"})
     assert found.status_code == 302 and f"/archive/{a2.pk}/files/?q=robots" in found["Location"]
 
+    # the API's contents of an indexed archive: at once, the whole archive equal to borg's
+    # listing, a folder's children, a subtree
+    api = client_for("viewer")
+    url = f"/api/v1/archives/{a2.pk}/contents/"
+    listed, page = {}, 1
+    while True:
+        answer = api.get(url, {"page": page})
+        assert answer.status_code == 200, answer.content
+        for row in answer.json()["results"]:
+            listed[row["path"]] = (row["type"], row["size"], fileindex.micros(row["mtime"]),
+                                   row["linktarget"])  # fmt: skip
+        if not answer.json()["next"]:
+            break
+        page += 1
+    assert listed == borg_entries(roots, a2.name)
+    children = api.get(url, {"parent": www}).json()["results"]
+    assert sorted(row["path"].rsplit("/", 1)[1] for row in children) == [
+        "current", "img", "index.html", "robots.txt"]  # fmt: skip
+    below = api.get(url, {"path": str(src / "home").lstrip("/"), "type": "-"}).json()
+    assert below["count"] == 5 and all(r["path"].startswith(str(src / "home").lstrip("/"))
+                                       for r in below["results"])  # fmt: skip
+    assert api.get(url, {"path": "no/such/folder"}).json()["count"] == 0
+
     # the same answers from the command line and the API, and bad input named, never a 500
     found = cli("borg_find", "main", "invoice-*.pdf", "--json")
     assert found.code == 0 and len(json.loads(found.out)["hits"]) == 2
@@ -139,7 +162,6 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
         assert refused.code == 2 and words in refused.err, (args, refused.err)
     climbed = cli("borg_history", "main", "../etc/passwd")
     assert climbed.code == 2 and "must not contain" in climbed.err
-    api = client_for("viewer")
     answer = api.get("/api/v1/files/", {"q": "robots", "repository": "main", "type": "file"})
     assert answer.status_code == 200, answer.content
     assert [h["path"].rsplit("/", 1)[1] for h in answer.json()["hits"]] == ["robots.txt"]

@@ -15,7 +15,17 @@ from rest_framework.decorators import action
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 
-from borgapp import audit, downloads, intake, jobs, listing, scheduling, validation
+from borgapp import (
+    audit,
+    downloads,
+    fileindex,
+    filesearch,
+    intake,
+    jobs,
+    listing,
+    scheduling,
+    validation,
+)
 from borgapp.api import serializers as s
 from borgapp.api.errors import ApiError, body, status_for_job_error
 from borgapp.errors import OperationError
@@ -308,11 +318,21 @@ class ArchiveContentsMixin:
     @action(detail=True, methods=["get", "post"])
     def contents(self, request, pk=None):
         archive = self.get_object()
+        query = request.query_params
+        if fileindex.is_indexed(archive):  # served from the file index at once
+            if request.method == "POST":
+                return Response(LOADED)
+            items = filesearch.archive_items(archive, path=query.get("path", ""),
+                                             parent=query.get("parent"),
+                                             type=query.get("type", ""))  # fmt: skip
+            page = self.paginate_queryset(items)
+            audit.browsed(archive, path=query.get("path", ""), parent=query.get("parent"))
+            rows = s.ArchiveItemSerializer(filesearch.item_rows(page), many=True).data
+            return self.get_paginated_response(rows)
         if not archive.contents_ready:
             return _listing_answer(request, archive)
         if request.method == "POST":
             return Response(LOADED)
-        query = request.query_params
         items = listing.contents(
             archive,
             path=query.get("path", ""),
