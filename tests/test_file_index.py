@@ -148,6 +148,8 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     assert below["count"] == 5 and all(r["path"].startswith(str(src / "home").lstrip("/"))
                                        for r in below["results"])  # fmt: skip
     assert api.get(url, {"path": "no/such/folder"}).json()["count"] == 0
+    printed = cli("borg_contents", "main", a2.name, "--json")
+    assert printed.code == 0 and {r["path"] for r in json.loads(printed.out)} == set(listed)
 
     # the same answers from the command line and the API, and bad input named, never a 500
     found = cli("borg_find", "main", "invoice-*.pdf", "--json")
