@@ -211,20 +211,24 @@ class Indexer:
     # --- one batch ----------------------------------------------------------------------
 
     def write(self, batch: list[tuple]) -> None:
+        """One batch in one transaction: its new paths and their versions commit together,
+        so another repository's index job dropping unused paths (`collect_garbage`) never
+        sees a path of this batch without its version."""
         split = [path.rpartition("/") for path, _ in batch]
-        parents = [self.folder(folder) for folder, _, _ in split]
-        names = self.name_ids({name for _, _, name in split})
-        keys = [(parent, names[name]) for parent, (_, _, name) in zip(parents, split, strict=True)]
-        node_ids = self.nodes(set(keys))
-        nodes = [node_ids[key] for key in keys]
+        stored = [(*a[:OWNER], self.owner_id(a[OWNER]), *a[OWNER + 1 :]) for _, a in batch]
+        with transaction.atomic():
+            parents = [self.folder(folder) for folder, _, _ in split]
+            names = self.name_ids({name for _, _, name in split})
+            keys = [(parent, names[name]) for parent, (_, _, name) in zip(parents, split,
+                                                                         strict=True)]  # fmt: skip
+            node_ids = self.nodes(set(keys))
+            nodes = [node_ids[key] for key in keys]
+            self._versions(nodes, stored)
         for (path, attrs), node, (folder, _, _) in zip(batch, nodes, split, strict=True):
             self._note_top(path, folder, attrs[0] == "d")
             if attrs[0] == "d":
                 self.folders.put(path, node)
             self._see(node)
-        stored = [(*a[:OWNER], self.owner_id(a[OWNER]), *a[OWNER + 1 :]) for _, a in batch]
-        with transaction.atomic():
-            self._versions(nodes, stored)
         self.count += len(batch)
         if self.progress is not None:
             self.progress.fields["progress_files"] = self.count

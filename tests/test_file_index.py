@@ -236,3 +236,34 @@ def test_an_index_job_lets_a_backup_go_first(file_index, repo, roots, tmp_path):
     run_index_jobs()
     for archive in Archive.objects.filter(repository=repo):
         assert archive.indexed.entries == 60_301  # the source folder, 300 folders, the files
+
+
+def test_a_prune_drops_its_share_and_the_rest_still_equals_borg(file_index, repo, roots,
+                                                                tmp_path):  # fmt: skip
+    """Three archives of a set, each after a change; a prune keeps the newest: the index
+    holds only what that archive holds, exactly as borg lists it, and a file only the
+    pruned archives held has no history any more."""
+    import time
+
+    from borgapp import filesearch
+    from borgapp.models import Archive, IndexNode, IndexVersion
+
+    src = write_files(tmp_path / "src", {"keep.txt": "k", "a/b/c/deep.txt": "d"})
+    for day in range(3):
+        write_files(src, {f"day-{day}.txt": str(day) * (day + 1)})
+        if day:
+            (src / f"day-{day - 1}.txt").unlink()
+        assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
+        time.sleep(1.1)
+    run_index_jobs()
+    assert IndexVersion.objects.filter(type="-").count() == 5  # keep, deep, day-0, -1, -2
+    pruned = cli("borg_prune", "main", "--prefix", "set", "--keep-last", "1")
+    assert pruned.code == 0, pruned.err
+    run_index_jobs()
+    [newest] = Archive.objects.filter(repository=repo)
+    assert index_entries(newest) == borg_entries(roots, newest.name)
+    assert IndexVersion.objects.count() == len(borg_entries(roots, newest.name))
+    day0 = str(src / "day-0.txt").lstrip("/")
+    assert filesearch.history(repo, day0)["versions"] == []
+    assert filesearch.node_of(day0) is None  # the path itself went with its last version
+    assert IndexNode.objects.count() >= len(borg_entries(roots, newest.name))
