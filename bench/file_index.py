@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inprocess import setup_django  # noqa: E402
 
 WORDS = ("invoice report photo backup notes draft summary budget contract letter scan "
@@ -73,12 +74,21 @@ def change(files: list[Path], folders: list[Path], percent: float, rnd: random.R
         files.append(path)
 
 
+TABLES = ("borgapp_indexname", "borgapp_indexnode", "borgapp_indexversion",
+          "borgapp_indexedarchive", "borgapp_indexchain", "borgapp_indexowner")  # fmt: skip
+
+
 def index_bytes() -> int:
-    """Bytes the index's tables and their indexes take in the SQLite file."""
+    """Bytes the index's tables and their indexes take (SQLite pages, PostgreSQL relations)."""
     from django.db import connection
 
-    tables = ("borgapp_indexname", "borgapp_indexnode", "borgapp_indexversion",
-              "borgapp_indexedarchive", "borgapp_indexchain")  # fmt: skip
+    tables = TABLES
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+            cursor.execute("SELECT sum(pg_total_relation_size(t)) FROM unnest(%s::text[]) t",
+                           [list(tables)])  # fmt: skip
+            return int(cursor.fetchone()[0])
     with connection.cursor() as cursor:
         cursor.execute("SELECT name, tbl_name FROM sqlite_master")
         objects = [name for name, table in cursor.fetchall() if table in tables]
@@ -134,7 +144,22 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=60)
     parser.add_argument("--workdir", default="/var/tmp/opscenter-index-bench")
     parser.add_argument("--source", help="back up this real tree instead (e.g. /usr; no days)")
+    parser.add_argument("--postgres", action="store_true", help="the center on PostgreSQL")
     args = parser.parse_args()
+    if args.postgres:
+        from tests.backends import postgres_server
+
+        with postgres_server("bench index") as server:
+            where = f"{server['host']}:{server['port']}"
+            os.environ["DATABASE_URL"] = (
+                f"postgres://{server['user']}:bench%20index@{where}/postgres"
+            )
+            run(args)
+    else:
+        run(args)
+
+
+def run(args) -> None:
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     (work / "repos").mkdir(parents=True)
