@@ -160,24 +160,36 @@ class Indexer:
     # --- names and folders -------------------------------------------------------------
 
     def name_ids(self, names: set[str]) -> dict[str, int]:
+        """Ids (hashes) of names, stored where new; a different name already stored under
+        the same hash is refused."""
         found = {name: self.names.get(name) for name in names}
-        missing = {name_hash(name): name for name, pk in found.items() if pk is None}
+        missing: dict[int, str] = {}
+        for name, pk in found.items():
+            if pk is None and missing.setdefault(name_hash(name), name) != name:
+                raise OperationError(f"The names {missing[name_hash(name)]!r} and {name!r} have "
+                                     "the same hash: this archive cannot be indexed.",
+                                     "index_collision")  # fmt: skip
         if missing:
-            table = _table(IndexName)
-            _insert_new(IndexName, "id, name", list(missing.items()), "(id)")
-            with connection.cursor() as cursor:
-                for chunk in chunks(list(missing)):
-                    marks = ", ".join(["%s"] * len(chunk))
-                    cursor.execute(f"SELECT id, name FROM {table} WHERE id IN ({marks})", chunk)
-                    for pk, stored in cursor.fetchall():
-                        if stored != missing[pk]:
-                            raise OperationError(
-                                f"The names {stored!r} and {missing[pk]!r} have the same "
-                                "hash in the file index: this archive cannot be indexed.",
-                                "index_collision",
-                            )
-                        found[stored] = pk
-                        self.names.put(stored, pk)
+            rows = list(missing.items())
+            stored: dict = {}
+            if self.prev:  # a later archive: most names exist already
+                stored = _select_by_id(IndexName, "name", list(missing))
+                rows_new = [row for row in rows if row[0] not in stored]
+            else:  # a first archive: most are new, stored in one go
+                rows_new = rows
+            made = _insert_returning(IndexName, "id, name", rows_new, "(id)", "id")
+            new = {pk for (pk,) in made}
+            absent = [pk for pk in missing if pk not in new and pk not in stored]
+            stored.update(_select_by_id(IndexName, "name", absent))  # existed, or just made
+            for pk, name in rows:
+                if pk not in new and stored.get(pk) != name:
+                    raise OperationError(
+                        f"The names {stored.get(pk)!r} and {name!r} have the same hash in the "
+                        "file index: this archive cannot be indexed.",
+                        "index_collision",
+                    )
+                found[name] = pk
+                self.names.put(name, pk)
         return found
 
     def owner_id(self, pair: tuple[str, str]) -> int:
@@ -200,12 +212,22 @@ class Indexer:
         return pk
 
     def nodes(self, wanted: set[tuple]) -> dict[tuple, int]:
-        """Node ids of (parent, name id) pairs, made where missing."""
-        found = _select_nodes(wanted)
-        missing = wanted - found.keys()
-        if missing:
-            _insert_new(IndexNode, "parent_id, name_id", list(missing))
-            found.update(_select_nodes(missing))
+        """Node ids of (parent, name id) pairs, made where missing: a first archive inserts
+        first (most of its paths are new), a later one looks up first (most exist)."""
+        found: dict[tuple, int] = {}
+        todo = set(wanted)
+        for step in ("select", "insert") if self.prev else ("insert", "select", "insert"):
+            if not todo:
+                break
+            if step == "insert":
+                made = _insert_returning(IndexNode, "parent_id, name_id", list(todo), "",
+                                         "id, parent_id, name_id")  # fmt: skip
+                found.update({(parent, name): pk for pk, parent, name in made})
+            else:
+                found.update(_select_nodes(todo))
+            todo = wanted - found.keys()
+        if todo:
+            found.update(_select_nodes(todo))  # made by another job meanwhile
         return found
 
     # --- one batch ----------------------------------------------------------------------
@@ -316,44 +338,55 @@ class Indexer:
         return len(gone)
 
 
-def _insert_new(model, columns: str, rows: list[tuple], conflict: str = "") -> None:
-    """Insert rows, skipping those a unique constraint says exist already."""
-    marks = ", ".join(["%s"] * len(rows[0]))
+def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
+                      returning: str) -> list[tuple]:  # fmt: skip
+    """Insert rows (a few thousand per statement), skipping those a unique constraint says
+    exist already; returns `returning` of the rows that were new."""
+    width = len(rows[0]) if rows else 0
+    made = []
     with connection.cursor() as cursor:
-        cursor.executemany(f"INSERT INTO {_table(model)} ({columns}) VALUES ({marks}) "
-                           f"ON CONFLICT {conflict} DO NOTHING", rows)  # fmt: skip
+        for chunk in chunks(rows, 4000):
+            marks = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(chunk))
+            cursor.execute(
+                f"INSERT INTO {_table(model)} ({columns}) VALUES {marks} "
+                f"ON CONFLICT {conflict} DO NOTHING RETURNING {returning}",
+                [value for row in chunk for value in row],
+            )
+            made += cursor.fetchall()
+    return made
+
+
+def _select_by_id(model, column: str, ids: list[int]) -> dict[int, object]:
+    found = {}
+    with connection.cursor() as cursor:
+        for chunk in chunks(ids):
+            marks = ", ".join(["%s"] * len(chunk))
+            cursor.execute(f"SELECT id, {column} FROM {_table(model)} WHERE id IN ({marks})",
+                           chunk)  # fmt: skip
+            found.update(cursor.fetchall())
+    return found
 
 
 def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
+    """The existing nodes of (parent, name id) pairs: a row-value IN over the unique index
+    (top-level ones, whose parent is NULL, by name)."""
     table = _table(IndexNode)
-    found, rows = {}, []
-    by_parent: dict = {}
-    for parent, name in wanted:
-        by_parent.setdefault(parent, set()).add(name)
+    rows = []
+    pairs = [pair for pair in wanted if pair[0] is not None]
+    tops = [name for parent, name in wanted if parent is None]
     with connection.cursor() as cursor:
-        tops = by_parent.pop(None, None)
-        if tops:
-            for chunk in chunks(sorted(tops)):
-                marks = ", ".join(["%s"] * len(chunk))
-                cursor.execute(f"SELECT id, parent_id, name_id FROM {table} WHERE parent_id "
-                               f"IS NULL AND name_id IN ({marks})", chunk)  # fmt: skip
-                rows += cursor.fetchall()
-        parents = sorted(by_parent)
-        names = sorted({name for named in by_parent.values() for name in named})
-        for chunk in chunks(parents, 500):
-            for names_chunk in chunks(names):
-                marks = ", ".join(["%s"] * len(chunk))
-                name_marks = ", ".join(["%s"] * len(names_chunk))
-                cursor.execute(
-                    f"SELECT id, parent_id, name_id FROM {table} WHERE parent_id IN ({marks}) "
-                    f"AND name_id IN ({name_marks})",
-                    [*chunk, *names_chunk],
-                )
-                rows += cursor.fetchall()
-    for pk, parent, name in rows:
-        if (parent, name) in wanted:
-            found[(parent, name)] = pk
-    return found
+        for chunk in chunks(pairs, 2000):
+            marks = ", ".join(["(%s, %s)"] * len(chunk))
+            cursor.execute(f"SELECT id, parent_id, name_id FROM {table} WHERE "
+                           f"(parent_id, name_id) IN (VALUES {marks})",
+                           [value for pair in chunk for value in pair])  # fmt: skip
+            rows += cursor.fetchall()
+        for chunk in chunks(tops):
+            marks = ", ".join(["%s"] * len(chunk))
+            cursor.execute(f"SELECT id, parent_id, name_id FROM {table} WHERE parent_id IS NULL "
+                           f"AND name_id IN ({marks})", chunk)  # fmt: skip
+            rows += cursor.fetchall()
+    return {(parent, name): pk for pk, parent, name in rows if (parent, name) in wanted}
 
 
 def chunks(items: list, size: int = 900):
