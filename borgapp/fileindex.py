@@ -199,17 +199,30 @@ class Indexer:
             self.owners.put(pair, pk)
         return pk
 
-    def folder(self, path: str) -> int | None:
-        """The node of a folder path ('' : the top), made if new."""
-        if not path:
-            return None
-        pk = self.folders.get(path)
-        if pk is None:
-            parent_path, _, name = path.rpartition("/")
-            key = (self.folder(parent_path), self.name_ids({name})[name])
-            pk = self.nodes({key})[key]
-            self.folders.put(path, pk)
-        return pk
+    def resolve_folders(self, paths: set[str]) -> dict[str, int | None]:
+        """The nodes of folder paths ('' : the top), made where new: every folder not in
+        the cache and its uncached ancestors, a level at a time (a few statements per
+        level, not per folder)."""
+        known: dict[str, int | None] = {"": None}
+        needed = set()
+        for path in paths:
+            while path and path not in known and path not in needed:
+                cached = self.folders.get(path)
+                if cached is not None:
+                    known[path] = cached
+                    break
+                needed.add(path)
+                path = path.rpartition("/")[0]
+        for depth in sorted({path.count("/") for path in needed}):
+            level = [path for path in needed if path.count("/") == depth]
+            split = [path.rpartition("/") for path in level]
+            names = self.name_ids({name for _, _, name in split})
+            keys = [(known[parent], names[name]) for parent, _, name in split]
+            nodes = self.nodes(set(keys))
+            for path, key in zip(level, keys, strict=True):
+                known[path] = nodes[key]
+                self.folders.put(path, nodes[key])
+        return {path: known[path] for path in paths}
 
     def nodes(self, wanted: set[tuple]) -> dict[tuple, int]:
         """Node ids of (parent, name id) pairs, made where missing: a first archive inserts
@@ -239,7 +252,8 @@ class Indexer:
         split = [path.rpartition("/") for path, _ in batch]
         stored = [(*a[:OWNER], self.owner_id(a[OWNER]), *a[OWNER + 1 :]) for _, a in batch]
         with transaction.atomic():
-            parents = [self.folder(folder) for folder, _, _ in split]
+            folders = self.resolve_folders({folder for folder, _, _ in split})
+            parents = [folders[folder] for folder, _, _ in split]
             names = self.name_ids({name for _, _, name in split})
             keys = [(parent, names[name]) for parent, (_, _, name) in zip(parents, split,
                                                                          strict=True)]  # fmt: skip
