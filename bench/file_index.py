@@ -257,6 +257,47 @@ def run(args) -> None:
     p50, p95 = p50_p95(times)
     print(f"search of a name fragment over {args.days + 1} archives: p50 {p50:.1f} ms, "
           f"p95 {p95:.1f} ms (median {statistics.median(hits):.0f} paths per answer)")  # fmt: skip
+    if not args.source:
+        backup_while_indexing(repo, files, folders, rnd, work / "src", rows[-1][1])
+
+
+def backup_while_indexing(repo, files, folders, rnd, source, alone: float) -> None:
+    """A backup asked for while an archive is being indexed: how long it waits for the index
+    job to let it go first, and how long it then takes (beside the last one alone)."""
+    from borgapp import intake, jobs
+    from borgapp.models import Archive, Job
+
+    change(files, folders, 1.0, rnd, 99)
+    call_command_quiet("borg_backup", "bench", "--source", str(source), "--prefix", "daily")
+    archive = Archive.objects.filter(repository=repo).order_by("-start", "-pk").first()
+    job = jobs.create(Job.Kind.INDEX, repo, trigger=Job.Trigger.CLI,
+                      params={"archive": archive.name}, archive_name=archive.name)  # fmt: skip
+    worker = threading.Thread(target=jobs.run_queued, args=(job.pk,))
+    worker.start()
+    while not Job.objects.filter(pk=job.pk, status="running", progress_files__gt=0).exists():
+        time.sleep(0.05)
+    change(files, folders, 1.0, rnd, 100)
+    asked = time.perf_counter()
+    backup = intake.start("backup", repo, {"sources": [str(source)], "prefix": "daily"},
+                          trigger="cli")  # fmt: skip
+    worker.join()
+    waited = time.perf_counter() - asked
+    job.refresh_from_db()
+    began = time.perf_counter()
+    jobs.run_queued(backup.pk)
+    took = time.perf_counter() - began
+    backup.refresh_from_db()
+    print(f"backup asked for while indexing: the index job yielded "
+          f"({bool(job.result.get('yielded_to_another_job'))}) after {waited:.2f} s; the "
+          f"backup then took {took:.1f} s ({backup.status}) against {alone:.1f} s for the "
+          f"last backup alone")  # fmt: skip
+
+
+def call_command_quiet(*args) -> None:
+    from django.core.management import call_command
+
+    with open(os.devnull, "w") as sink:
+        call_command(*args, stdout=sink)
 
 
 if __name__ == "__main__":
