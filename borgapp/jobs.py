@@ -191,7 +191,7 @@ class Progress:
         self.fields: dict = {}
         self.cancel = False
         self.yielded = False  # an index job stopped for another job of its repository
-        self.last_look = time.monotonic()
+        self.last_look = 0.0  # the first look at once
 
     def on_start(self, pid: int) -> None:
         Job.objects.filter(pk=self.job.pk).update(borg_pid=pid, borg_started=procs.start_ticks(pid))

@@ -306,7 +306,9 @@ class IndexName(models.Model):
     is a 64-bit hash of the name (no second copy of each name in a unique index); a
     different name with the same hash is refused, never taken for it."""
 
-    id = models.BigIntegerField(primary_key=True)
+    # BigAutoField, though never generated here: on SQLite it is the table's rowid (a
+    # BigIntegerField key would get a second, unique index of its own)
+    id = models.BigAutoField(primary_key=True)
     name = models.TextField()
 
 
