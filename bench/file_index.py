@@ -140,7 +140,8 @@ class RssPeak:
     not what the backup before it needed."""
 
     def __enter__(self):
-        self.peak, self.done = rss_mb(), threading.Event()
+        self.start = self.peak = rss_mb()
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self.watch, daemon=True)
         self.thread.start()
         return self
@@ -232,8 +233,8 @@ def run(args) -> None:
                      memory.peak))  # fmt: skip
         print(f"day {day}: backup {backup:.1f} s, list {listed:.1f} s, index {took:.1f} s "
               f"({took / listed:.2f}x), {indexed.entries:,} entries, {indexed.changed:,} new "
-              f"versions, index {size / 2**20:.1f} MiB, RSS while indexing "
-              f"{memory.peak:.0f} MiB")  # fmt: skip
+              f"versions, index {size / 2**20:.1f} MiB, RSS {memory.start:.0f} MiB before "
+              f"indexing, {memory.peak:.0f} MiB at most while")  # fmt: skip
         sys.stdout.flush()
 
     print(f"\nfirst archive: {first_entries:,} entries, index {first_bytes / 2**20:.1f} MiB = "
