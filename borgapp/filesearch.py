@@ -24,7 +24,7 @@ from borgapp.models import (
 
 MAX_HITS = 100  # paths in one answer
 MAX_ARCHIVES = 50  # archives named per version (the count says how many in all)
-MAX_NAMES = 20_000  # names a pattern may match before the answer asks for a narrower one
+MAX_BELOW = 20_000  # paths under a folder looked at for one answer
 GLOB_CHARS = re.compile(r"[*?\[]")
 TYPES = {"-": "file", "d": "folder", "l": "link", "h": "hardlink", "b": "block device",
          "c": "character device", "p": "pipe", "s": "socket"}  # fmt: skip
@@ -136,20 +136,26 @@ def _name_query(pattern: str):
     return IndexName.objects.filter(name__icontains=tail)
 
 
-def _matching_names(pattern: str) -> list[int]:
+def _candidates(pattern: str):
+    """Nodes whose name may match, a chunk at a time, read lazily: a broad pattern stops
+    being read as soon as the answer has its paths."""
     query = _name_query(pattern)
     regex = None
     if isinstance(query, tuple):
         query, regex = query
-    found = []
-    for pk, name in query.values_list("pk", "name").iterator(chunk_size=5000):
+    names = []
+    for pk, name in query.values_list("pk", "name").iterator(chunk_size=2000):
         if regex is None or regex.match(name):
-            found.append(pk)
-            if len(found) > MAX_NAMES:
-                raise validation.InvalidInput(
-                    f"More than {MAX_NAMES:,} names match {pattern!r}: narrow the search."
-                )
-    return found
+            names.append(pk)
+            if len(names) >= 500:
+                yield _nodes_named(names)
+                names = []
+    if names:
+        yield _nodes_named(names)
+
+
+def _nodes_named(names: list[int]) -> list[int]:
+    return list(IndexNode.objects.filter(name_id__in=names).values_list("pk", flat=True))
 
 
 def paths_of(node_ids) -> dict[int, str]:
@@ -208,39 +214,33 @@ def _versions(filters: Filters):
 
 def search(pattern: str, filters: Filters) -> dict:
     """Paths whose name (or path) matches, each with its versions and the archives that
-    hold each version; folders (`pattern` ending in `/`) give what is under them."""
+    hold each version; folders (`pattern` ending in `/`) give what is under them. At most
+    `filters.limit` paths (`truncated` says there were more)."""
     pattern = check_pattern(pattern)
-    names = _matching_names(pattern)
     versions = _versions(filters)
-    hits, truncated, chains = [], False, {}
-    candidates = []
-    for chunk in chunks(names, 900):
-        nodes = IndexNode.objects.filter(name_id__in=chunk).values_list("pk", flat=True)
-        candidates += nodes
-    if pattern.endswith("/"):
-        candidates = _below(candidates)
-    size = 2 * filters.limit  # the first chunks small: a broad pattern stops early
-    start = 0
-    while start < len(candidates) and not truncated:
-        chunk = candidates[start : start + size]
-        start, size = start + size, min(size * 4, 2000)
-        paths = paths_of(chunk)
-        chunk = [pk for pk in chunk if pk in paths and _path_matches(pattern, paths[pk])]
-        by_node = _grouped(versions.filter(node_id__in=chunk), filters, chains)
-        for pk in sorted(by_node, key=lambda pk: paths[pk]):
-            if len(hits) >= filters.limit:
-                truncated = True
+    hits, chains = [], {}
+    for candidates in _candidates(pattern):
+        if pattern.endswith("/"):
+            candidates = _below(candidates)
+        for chunk in chunks(candidates, 2 * filters.limit):
+            paths = paths_of(chunk)
+            chunk = [pk for pk in chunk if pk in paths and _path_matches(pattern, paths[pk])]
+            by_node = _grouped(versions.filter(node_id__in=chunk), filters, chains)
+            hits += [{"path": paths[pk], "versions": by_node[pk]} for pk in by_node]
+            if len(hits) > filters.limit:
                 break
-            hits.append({"path": paths[pk], "versions": by_node[pk]})
+        if len(hits) > filters.limit:
+            break
     hits.sort(key=lambda hit: hit["path"])
-    return {"pattern": pattern, "hits": hits, "truncated": truncated,
+    return {"pattern": pattern, "hits": hits[: filters.limit],
+            "truncated": len(hits) > filters.limit,
             "index": status(filters.repository, filters.archive)}  # fmt: skip
 
 
 def _below(folders: list[int]) -> list[int]:
     """Every node under these folders (breadth first, bounded)."""
     found, level = [], list(folders)
-    while level and len(found) < MAX_NAMES:
+    while level and len(found) < MAX_BELOW:
         level = list(IndexNode.objects.filter(parent_id__in=level).values_list("pk", flat=True))
         found += level
     return found
