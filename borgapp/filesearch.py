@@ -133,7 +133,29 @@ def _name_query(pattern: str):
         return names, re.compile(fnmatch.translate(tail), re.DOTALL)
     if "/" in pattern:  # a path fragment: its last part begins a name
         return IndexName.objects.filter(name__startswith=tail)
+    if len(tail) >= 3 and not set(tail) & set("%_") and trigrams():
+        # SQLite's trigram index answers a LIKE of three characters or more itself
+        return IndexName.objects.extra(
+            where=[f"id IN (SELECT rowid FROM {TRIGRAMS} WHERE name LIKE %s)"],
+            params=[f"%{tail}%"],
+        )
     return IndexName.objects.filter(name__icontains=tail)
+
+
+TRIGRAMS = "borgapp_indexname_trigram"
+_trigrams: dict = {}
+
+
+def trigrams() -> bool:
+    """Whether this database has the names' trigram index (migration 0023: SQLite with FTS5)."""
+    if connection.alias not in _trigrams:
+        found = False
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
+                found = cursor.fetchone() is not None
+        _trigrams[connection.alias] = found
+    return _trigrams[connection.alias]
 
 
 def _candidates(pattern: str):

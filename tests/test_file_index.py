@@ -88,6 +88,11 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     # times changed); the rest is shared by both archives
     assert IndexVersion.objects.count() - before < 12
 
+    from django.db import connection
+
+    assert filesearch.trigrams() == (connection.vendor == "sqlite")  # SQLite: FTS5 trigrams
+    upper = filesearch.search("INVOICE-2025", filesearch.Filters())["hits"]
+    assert len(upper) == 2  # a fragment matches whatever its case, with or without trigrams
     found = filesearch.search("invoice", filesearch.Filters())
     paths = [hit["path"] for hit in found["hits"]]
     assert [p.rsplit("/", 1)[1] for p in paths] == ["invoice-2025-03.pdf", "invoice-2025-04.pdf"]
