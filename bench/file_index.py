@@ -19,10 +19,12 @@ Usage: .venv/bin/python bench/file_index.py [--files 200000] [--days 5] [--chang
 """
 
 import argparse
+import json
 import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -112,47 +114,42 @@ def list_seconds(repo, archive: str) -> float:
     return best
 
 
-def index(repo, archive) -> float:
+CHILD = """
+import json, os, sys, time
+sys.path.insert(0, {root!r})
+import django
+django.setup()
+from borgapp import jobs
+from borgapp.models import Job
+began = time.perf_counter()
+job = jobs.run_inline(Job.objects.get(pk={pk}))
+took = time.perf_counter() - began
+peak = next(int(line.split()[1]) for line in open("/proc/self/status")
+            if line.startswith("VmHWM:"))
+print(json.dumps({{"seconds": took, "status": job.status, "error": job.error_message,
+                  "peak_kib": peak}}))
+"""
+
+
+def index(repo, archive) -> tuple[float, float]:
+    """The index job of the archive, run as a worker would in a process of its own (so
+    that its peak memory is its own): (seconds, peak RSS in MiB)."""
+    from django.db import connection
+
     from borgapp import jobs
     from borgapp.models import Job
 
     job = jobs.create(Job.Kind.INDEX, repo, trigger=Job.Trigger.CLI,
                       params={"archive": archive.name}, archive_name=archive.name,
                       inline=True)  # fmt: skip
-    began = time.perf_counter()
-    job = jobs.run_inline(job)
-    took = time.perf_counter() - began
-    if job.status != Job.Status.SUCCEEDED:
-        raise SystemExit(f"index failed: {job.error_message}")
-    return took
-
-
-def rss_mb() -> float:
-    """This process's resident memory now, MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class RssPeak:
-    """The highest resident memory seen (every 50 ms) while a block runs: the index's own,
-    not what the backup before it needed."""
-
-    def __enter__(self):
-        self.start = self.peak = rss_mb()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def watch(self):
-        while not self.done.wait(0.05):
-            self.peak = max(self.peak, rss_mb())
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
+    connection.close()  # an SQLite database: the child writes while this process waits
+    root = str(Path(__file__).resolve().parent.parent)
+    ran = subprocess.run([sys.executable, "-c", CHILD.format(root=root, pk=job.pk)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    done = json.loads(ran.stdout.strip().splitlines()[-1])
+    if done["status"] != "succeeded":
+        raise SystemExit(f"index failed: {done['error']}")
+    return done["seconds"], done["peak_kib"] / 1024
 
 
 def p50_p95(times: list[float]) -> tuple[float, float]:
@@ -195,6 +192,7 @@ def run(args) -> None:
     from borgapp.models import Archive, IndexVersion, Repository
 
     settings.REPOSITORY_ROOTS = [work / "repos"]
+    os.environ["OPSCENTER_REPOSITORY_ROOTS"] = str(work / "repos")  # for the index's process
     settings.FILE_INDEX = False  # each index job is run (and timed) here
     rnd = random.Random(16)
     began = time.perf_counter()
@@ -223,18 +221,16 @@ def run(args) -> None:
         backup = time.perf_counter() - began
         archive = Archive.objects.filter(repository=repo).order_by("-start", "-pk").first()
         listed = list_seconds(repo, archive.name)
-        with RssPeak() as memory:
-            took = index(repo, archive)
+        took, peak = index(repo, archive)
         indexed = archive.indexed
         size = index_bytes()
         if day == 0:
             first_bytes, first_entries = size, indexed.entries
-        rows.append((day, backup, listed, took, indexed.entries, indexed.changed, size,
-                     memory.peak))  # fmt: skip
+        rows.append((day, backup, listed, took, indexed.entries, indexed.changed, size, peak))
         print(f"day {day}: backup {backup:.1f} s, list {listed:.1f} s, index {took:.1f} s "
               f"({took / listed:.2f}x), {indexed.entries:,} entries, {indexed.changed:,} new "
-              f"versions, index {size / 2**20:.1f} MiB, RSS {memory.start:.0f} MiB before "
-              f"indexing, {memory.peak:.0f} MiB at most while")  # fmt: skip
+              f"versions, index {size / 2**20:.1f} MiB, peak RSS of the index job's "
+              f"process {peak:.0f} MiB")  # fmt: skip
         sys.stdout.flush()
 
     print(f"\nfirst archive: {first_entries:,} entries, index {first_bytes / 2**20:.1f} MiB = "
