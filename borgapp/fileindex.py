@@ -382,8 +382,9 @@ def _select_by_id(model, column: str, ids: list[int]) -> dict[int, object]:
 
 
 def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
-    """The existing nodes of (parent, name id) pairs: a row-value IN over the unique index
-    (top-level ones, whose parent is NULL, by name)."""
+    """The existing nodes of (parent, name id) pairs: the pairs as a VALUES list joined to
+    the unique index (a row-value IN would scan every path on SQLite); top-level ones,
+    whose parent is NULL, by name."""
     table = _table(IndexNode)
     rows = []
     pairs = [pair for pair in wanted if pair[0] is not None]
@@ -391,8 +392,9 @@ def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
     with connection.cursor() as cursor:
         for chunk in chunks(pairs, 2000):
             marks = ", ".join(["(%s, %s)"] * len(chunk))
-            cursor.execute(f"SELECT id, parent_id, name_id FROM {table} WHERE "
-                           f"(parent_id, name_id) IN (VALUES {marks})",
+            cursor.execute(f"WITH wanted(p, q) AS (VALUES {marks}) SELECT n.id, n.parent_id, "
+                           f"n.name_id FROM wanted JOIN {table} n ON n.parent_id = wanted.p "
+                           "AND n.name_id = wanted.q",
                            [value for pair in chunk for value in pair])  # fmt: skip
             rows += cursor.fetchall()
         for chunk in chunks(tops):
