@@ -42,6 +42,7 @@ from borgapp.models import (
 
 BATCH = 5000
 QUEUED_BATCHES = 4  # parsed batches waiting to be stored, at most
+CACHE_MIB = 64  # SQLite's page cache while indexing
 TOPS_MAX = 1000  # more items without a stored folder than this: not a list of sources
 CACHE = 20_000  # folders and names kept in memory (each cache)
 EPOCH = datetime(1970, 1, 1)
@@ -153,6 +154,11 @@ class Indexer:
         self.folders = Bounded(CACHE)
         self.count = self.changed = self.matched = 0
         self.seen = bytearray()  # one bit per node id met in this archive
+        if connection.vendor == "sqlite":
+            # names are stored by their hash, so inserts land all over the tables: a page
+            # cache of CACHE_MIB instead of SQLite's 2 MiB keeps them off the disk (bounded)
+            with connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
         self.open: list[str] = []  # the stored folders holding the current item (depth first)
         self.tops: list[str] = []
         self.started = time.monotonic()
