@@ -93,7 +93,9 @@ def index_bytes() -> int:
             return int(cursor.fetchone()[0])
     with connection.cursor() as cursor:
         cursor.execute("SELECT name, tbl_name FROM sqlite_master")
-        objects = [name for name, table in cursor.fetchall() if table in tables]
+        # the tables, their indexes, and the names' FTS5 trigram index with its own tables
+        objects = [name for name, table in cursor.fetchall()
+                   if table in tables or table.startswith("borgapp_indexname_trigram")]  # fmt: skip
         cursor.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
         sizes = dict(cursor.fetchall())
     return sum(sizes.get(name, 0) for name in objects)
