@@ -154,6 +154,7 @@ class Indexer:
         self.folders = Bounded(CACHE)
         self.count = self.changed = self.matched = 0
         self.seen = bytearray()  # one bit per node id met in this archive
+        self.new_names: list[int] | None = []  # for the trigram index; None: rebuild it
         if connection.vendor == "sqlite":
             # names are stored by their hash, so inserts land all over the tables: a page
             # cache of CACHE_MIB instead of SQLite's 2 MiB keeps them off the disk (bounded)
@@ -185,6 +186,7 @@ class Indexer:
                 rows_new = rows
             made = _insert_returning(IndexName, "id, name", rows_new, "(id)", "id")
             new = {pk for (pk,) in made}
+            self.note_new_names(new)
             absent = [pk for pk in missing if pk not in new and pk not in stored]
             stored.update(_select_by_id(IndexName, "name", absent))  # existed, or just made
             for pk, name in rows:
@@ -197,6 +199,12 @@ class Indexer:
                 found[name] = pk
                 self.names.put(name, pk)
         return found
+
+    def note_new_names(self, ids) -> None:
+        if self.new_names is not None:
+            self.new_names.extend(ids)
+            if len(self.new_names) > TRIGRAM_REBUILD:
+                self.new_names = None  # so many: rebuilding the whole index is cheaper
 
     def owner_id(self, pair: tuple[str, str]) -> int:
         pk = self.owners.get(pair)
@@ -346,6 +354,7 @@ class Indexer:
                 seconds=round(time.monotonic() - self.started, 3), tops=self.tops,
             )  # fmt: skip
             IndexChain.objects.filter(pk=self.chain.pk).update(last_seq=self.seq)
+        add_trigrams(self.new_names)
         return done
 
     def _close_unseen(self) -> int:
@@ -485,10 +494,37 @@ def _chain_for(archive: Archive) -> IndexChain:
 def _recover(chain: IndexChain) -> None:
     """Undo what a run that stopped midway wrote: its new versions (after the chain's last
     archive) go, and the versions it closed at that archive are open again (before a run,
-    every version the last archive holds is open)."""
+    every version the last archive holds is open). The names it stored stay; the trigram
+    index, which it would have updated at its end, is rebuilt."""
     chain.refresh_from_db()
-    IndexVersion.objects.filter(chain=chain, first__gt=chain.last_seq).delete()
+    left = IndexVersion.objects.filter(chain=chain, first__gt=chain.last_seq).delete()[0]
     IndexVersion.objects.filter(chain=chain, last=chain.last_seq).update(last=None)
+    if left:
+        add_trigrams(None)
+
+
+TRIGRAMS = "borgapp_indexname_trigram"  # migration 0023 (SQLite with FTS5 only)
+TRIGRAM_REBUILD = 100_000  # new names past which the trigram index is rebuilt whole
+
+
+def add_trigrams(new_names: list[int] | None) -> None:
+    """Add new names to SQLite's trigram index in bulk (None: rebuild it whole), then let
+    FTS5 merge its segments a little."""
+    if connection.vendor != "sqlite" or new_names == []:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
+        if cursor.fetchone() is None:
+            return
+        if new_names is None:
+            cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}) VALUES ('rebuild')")
+            return
+        names = _table(IndexName)
+        for chunk in chunks(new_names):
+            marks = ", ".join(["%s"] * len(chunk))
+            cursor.execute(f"INSERT INTO {TRIGRAMS}(rowid, name) SELECT id, name FROM {names} "
+                           f"WHERE id IN ({marks})", chunk)  # fmt: skip
+        cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}, rank) VALUES ('merge', 500)")
 
 
 def unindexed(repository):

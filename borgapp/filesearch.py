@@ -12,7 +12,7 @@ from django.db import connection
 from django.db.models import F, Q
 
 from borgapp import validation
-from borgapp.fileindex import chunks, micros, mode_text, moment, name_hash
+from borgapp.fileindex import TRIGRAMS, chunks, micros, mode_text, moment, name_hash
 from borgapp.models import (
     Archive,
     IndexedArchive,
@@ -142,7 +142,6 @@ def _name_query(pattern: str):
     return IndexName.objects.filter(name__icontains=tail)
 
 
-TRIGRAMS = "borgapp_indexname_trigram"
 _trigrams: dict = {}
 
 

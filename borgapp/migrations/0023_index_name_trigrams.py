@@ -1,7 +1,8 @@
-"""On SQLite, a trigram index of the file index's names (FTS5, `tokenize='trigram'`), kept by
-triggers: a name-fragment search reads it instead of every name (borgapp.filesearch). Other
-databases read the names themselves. An SQLite without FTS5's trigram tokenizer (before
-3.34) gets no index; the search notices and reads every name."""
+"""On SQLite, a trigram index of the file index's names (FTS5, `tokenize='trigram'`): a
+name-fragment search reads it instead of every name (borgapp.filesearch). The index job adds
+its new names in bulk at its end (borgapp.fileindex.add_trigrams): row by row, FTS5 keeps
+one small segment per transaction, several times the size. Other databases read the names
+themselves; an SQLite without FTS5's trigram tokenizer (before 3.34) gets no index."""
 
 from django.db import migrations
 
@@ -9,14 +10,9 @@ TABLE = "borgapp_indexname_trigram"
 CREATE = [
     f"CREATE VIRTUAL TABLE {TABLE} USING fts5(name, content='borgapp_indexname', "
     "content_rowid='id', tokenize='trigram', detail='none')",
-    f"CREATE TRIGGER {TABLE}_insert AFTER INSERT ON borgapp_indexname BEGIN "
-    f"INSERT INTO {TABLE}(rowid, name) VALUES (new.id, new.name); END",
-    f"CREATE TRIGGER {TABLE}_delete AFTER DELETE ON borgapp_indexname BEGIN "
-    f"INSERT INTO {TABLE}({TABLE}, rowid, name) VALUES ('delete', old.id, old.name); END",
     f"INSERT INTO {TABLE}({TABLE}) VALUES ('rebuild')",
 ]
-DROP = [f"DROP TRIGGER IF EXISTS {TABLE}_insert", f"DROP TRIGGER IF EXISTS {TABLE}_delete",
-        f"DROP TABLE IF EXISTS {TABLE}"]  # fmt: skip
+DROP = [f"DROP TABLE IF EXISTS {TABLE}"]
 
 
 def create(apps, schema_editor):
