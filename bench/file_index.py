@@ -80,8 +80,9 @@ TABLES = ("borgapp_indexname", "borgapp_indexnode", "borgapp_indexversion",
           "borgapp_indexedarchive", "borgapp_indexchain", "borgapp_indexowner")  # fmt: skip
 
 
-def index_bytes() -> int:
-    """Bytes the index's tables and their indexes take (SQLite pages, PostgreSQL relations)."""
+def index_bytes(trigrams: bool = True) -> int:
+    """Bytes the index's tables and their indexes take (SQLite pages, PostgreSQL relations),
+    with or without the names' trigram index (SQLite only)."""
     from django.db import connection
 
     tables = TABLES
@@ -94,8 +95,8 @@ def index_bytes() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT name, tbl_name FROM sqlite_master")
         # the tables, their indexes, and the names' FTS5 trigram index with its own tables
-        objects = [name for name, table in cursor.fetchall()
-                   if table in tables or table.startswith("borgapp_indexname_trigram")]  # fmt: skip
+        objects = [name for name, table in cursor.fetchall() if table in tables
+                   or (trigrams and table.startswith("borgapp_indexname_trigram"))]  # fmt: skip
         cursor.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
         sizes = dict(cursor.fetchall())
     return sum(sizes.get(name, 0) for name in objects)
@@ -237,6 +238,9 @@ def run(args) -> None:
 
     print(f"\nfirst archive: {first_entries:,} entries, index {first_bytes / 2**20:.1f} MiB = "
           f"{first_bytes / first_entries:.0f} bytes per entry")  # fmt: skip
+    core = index_bytes(trigrams=False)
+    print(f"of which the names' trigram index (search): {(index_bytes() - core) / 2**20:.1f} "
+          f"MiB; without it, all archives now: {core / 2**20:.1f} MiB")  # fmt: skip
     if args.days:
         later = [row[3] / row[2] for row in rows[1:]]
         print(f"later archives: index time / list time median {statistics.median(later):.2f}, "
