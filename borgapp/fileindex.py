@@ -354,7 +354,9 @@ class Indexer:
                 seconds=round(time.monotonic() - self.started, 3), tops=self.tops,
             )  # fmt: skip
             IndexChain.objects.filter(pk=self.chain.pk).update(last_seq=self.seq)
-        add_trigrams(self.new_names)
+            # with the archive, never after it: a stop in between would leave names that a
+            # search cannot find and no later run would add
+            add_trigrams(self.new_names)
         return done
 
     def _close_unseen(self) -> int:
