@@ -1,19 +1,20 @@
 """The file index (issue 16): every archive's entries, read from borg once, stored so that
 consecutive archives of a backup set share what they hold alike.
 
-- A path is stored once, as a name (IndexName, each distinct name once) in its folder
-  (IndexNode), whatever archive or repository holds it.
+- A path is stored once, as a name (IndexName, each distinct name once, its id a hash of
+  it) in its folder (IndexNode), whatever archive or repository holds it.
 - The archives of one backup set (IndexChain: a repository, the host that made them and the
   set's prefix) are numbered in the order they are indexed (`seq`). A version of an entry
   (IndexVersion: type, mode, owner, size, time, link) is stored once with the run of
   archives `first`..`last` that hold it alike; `last` is None while the chain's newest
   archive holds it. A new archive costs rows in proportion to what changed.
-- An archive is read with `borg list --json-lines`, streamed: batches of BATCH entries, the
-  folders met recently and the names looked up recently in bounded caches, and the entries
-  seen in a temporary table, so memory stays flat whatever the archive's size. Each batch
-  commits on its own (a listing of millions of entries never holds the database's write
-  lock for long); until the archive's IndexedArchive row is written at the end, what was
-  written is invisible, and a run that stopped midway is undone by the next (`_recover`).
+- An archive is read with `borg list --format` (NUL-separated fields, borg.index_list_cmd),
+  streamed: batches of BATCH entries through a bounded queue, the folders and names met
+  recently in bounded caches, the paths seen as a bitmap, so memory stays flat whatever the
+  archive's size. Each batch commits on its own (a listing of millions of entries never
+  holds the database's write lock for long); until the archive's IndexedArchive row is
+  written at the end, what was written is invisible, and a run that stopped midway is
+  undone by the next (`_recover`).
 """
 
 import hashlib
