@@ -19,6 +19,7 @@ from borgapp import (
     downloads,
     dumps,
     errors,
+    filediff,
     fileindex,
     filesearch,
     intake,
@@ -682,7 +683,15 @@ def diff(model_admin, request, pk):
         context["older"], context["newer"] = listing.in_order(archive, other)
         context["change"] = request.GET.get("change", "")
         context["changes"] = ArchiveDiffItem.Change.choices
-        found = listing.current_diff(archive, other)
+        try:
+            found = filediff.compare(archive, other, change=context["change"])
+        except validation.InvalidInput as exc:
+            messages.error(request, str(exc))
+            return redirect(f"{request.path}?other={other.pk}")
+        if found is not None:  # both in the file index: answered from it at once
+            context["from_index"] = True
+        else:
+            found = listing.current_diff(archive, other)
         if found is None and request.method == "POST":
             try:
                 job = intake.load_listing(
@@ -694,7 +703,9 @@ def diff(model_admin, request, pk):
                 return queued(request, job, f"Comparing {archive.name} with {other.name}")
         if found is not None:
             try:
-                items = listing.diff_items(found, change=context["change"])
+                items = found if context.get("from_index") else listing.diff_items(
+                    found, change=context["change"]
+                )  # fmt: skip
             except validation.InvalidInput as exc:
                 messages.error(request, str(exc))
                 return redirect(f"{request.path}?other={other.pk}")

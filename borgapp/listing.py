@@ -62,7 +62,10 @@ def describe(changes: list[dict]) -> list[str]:
     words = []
     for change in changes:
         kind = str(change.get("type", ""))
-        if kind == "modified":
+        if kind == "modified" and "new_size" in change:  # from the file index: no chunks
+            words.append(f"content: {human_bytes(change.get('old_size') or 0)} → "
+                         f"{human_bytes(change.get('new_size') or 0)}")  # fmt: skip
+        elif kind == "modified":
             words.append(f"content: +{human_bytes(change.get('added') or 0)} "
                          f"−{human_bytes(change.get('removed') or 0)}")  # fmt: skip
         elif kind in ("added", "removed") and change.get("size") is not None:

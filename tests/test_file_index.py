@@ -267,3 +267,123 @@ def test_a_prune_drops_its_share_and_the_rest_still_equals_borg(file_index, repo
     assert filesearch.history(repo, day0)["versions"] == []
     assert filesearch.node_of(day0) is None  # the path itself went with its last version
     assert IndexNode.objects.count() >= len(borg_entries(roots, newest.name))
+
+
+def borg_diff(roots, older: str, newer: str) -> dict:
+    """What `borg diff` says changed: path -> its change types, ctime left out (the index
+    holds none; a path whose only change is its ctime is no change to it)."""
+    said = subprocess.run(
+        [BORG, "diff", "--json-lines", f"{roots.repos / 'main'}::{older}", newer],
+        capture_output=True, env={**BORG_ENV, "BORG_BASE_DIR": roots.env["BORG_BASE_DIR"]},
+        check=True,
+    )  # fmt: skip
+    found = {}
+    for line in said.stdout.splitlines():
+        item = json.loads(line)
+        kinds = {change["type"] for change in item["changes"]} - {"ctime"}
+        if kinds:
+            found[item["path"]] = kinds
+    return found
+
+
+def test_a_diff_from_the_index_says_what_borg_diff_says(file_index, repo, roots, tmp_path):
+    """Two archives of a set after every kind of change, and an archive of another set: the
+    comparison comes from the index at once (no diff job) and names the paths and changes
+    `borg diff` names, from the API, the command line and the admin page alike."""
+    import time
+
+    from borgapp import filediff
+    from borgapp.models import Archive, Job
+
+    src = write_files(tmp_path / "src", {
+        "grow.txt": "a", "same-size.txt": "abc", "mode.txt": "m", "gone.txt": "g",
+        "old/dir/x.txt": "x", "keep/deep/er/file.txt": "kept", "kind": "a file first",
+    })  # fmt: skip
+    (src / "link").symlink_to("grow.txt")
+    (src / "old-link").symlink_to("gone.txt")
+    os.link(src / "grow.txt", src / "grow.hard")
+    with open(os.fsencode(src) + b"/caf\xe9.txt", "wb") as handle:
+        handle.write(b"latin-1 name")
+
+    def backup(prefix):
+        done = cli("borg_backup", "main", "--source", src, "--prefix", prefix, "--json")
+        assert done.code == 0, done.err
+        run_index_jobs()
+        time.sleep(1.1)
+        return Archive.objects.get(name=json.loads(done.out)["result"]["archive_name"])
+
+    a1 = backup("set")
+    (src / "grow.txt").write_text("grown")  # and its hardlink with it
+    (src / "same-size.txt").write_text("xyz")
+    (src / "mode.txt").chmod(0o600)
+    (src / "gone.txt").unlink()
+    (src / "old-link").unlink()
+    for path in (src / "old/dir/x.txt", src / "old/dir", src / "old"):
+        path.unlink() if path.is_file() else path.rmdir()
+    (src / "link").unlink()
+    (src / "link").symlink_to("same-size.txt")
+    (src / "kind").unlink()
+    (src / "kind").mkdir()
+    write_files(src, {"new/dir/y.txt": "new", "keep/deep/er/added.txt": "more"})
+    (src / "new-link").symlink_to("new")
+    a2 = backup("set")
+    a3 = backup("other")  # another set: compared entry by entry, no change of content
+
+    said = borg_diff(roots, a1.name, a2.name)
+    assert {
+        "modified",
+        "mode",
+        "changed link",
+        "added",
+        "removed",
+        "removed directory",
+        "added directory",
+        "added link",
+        "removed link",
+    } <= set().union(*said.values())
+    told = {row.path: {c["type"] for c in row.changes} for row in filediff.compare(a2, a1)}
+    assert told == said
+    assert {
+        row.path: {c["type"] for c in row.changes} for row in filediff.compare(a2, a3)
+    } == borg_diff(roots, a2.name, a3.name)
+    keep = str(src / "keep").lstrip("/")
+    under = {p: k for p, k in said.items() if p == keep or p.startswith(keep + "/")}
+    assert {row.path for row in filediff.compare(a1, a2, path=keep)} == set(under)
+
+    api = client_for("viewer")
+    url = f"/api/v1/archives/{a1.pk}/diff/"
+    rows, page = [], 1
+    while True:
+        answer = api.get(url, {"other": a2.pk, "page": page})
+        assert answer.status_code == 200, answer.content
+        rows += answer.json()["results"]
+        if not answer.json()["next"]:
+            break
+        page += 1
+    assert {row["path"]: {c["type"] for c in row["changes"]} for row in rows} == said
+    kinds = {row["path"].rsplit("/", 1)[-1]: row["change"] for row in rows}
+    assert (kinds["grow.txt"], kinds["mode.txt"], kinds["gone.txt"], kinds["y.txt"],
+            kinds["link"], kinds["kind"]) == ("modified", "metadata", "removed", "added",
+                                              "modified", "metadata")  # fmt: skip
+    added = api.get(url, {"other": a2.pk, "change": "added", "page_size": 500}).json()
+    assert {r["path"] for r in added["results"]} == {
+        p for p, k in said.items() if k & {"added", "added directory", "added link"}}  # fmt: skip
+    refused = api.get(url, {"other": a2.pk, "change": "touched"})
+    assert refused.status_code == 400 and "change must be one of" in refused.json()["message"]
+    assert not Job.objects.filter(kind="diff").exists()  # no borg diff job was needed
+
+    printed = cli("borg_diff", "main", a2.name, a1.name, "--json")
+    assert printed.code == 0, printed.err
+    assert {r["path"]: {c["type"] for c in r["changes"]} for r in json.loads(printed.out)} == said
+
+    from django.test import Client
+
+    from tests.helpers import staff
+
+    browser = Client()
+    browser.force_login(staff("viewer"))
+    shown = browser.get(f"/admin/borgapp/archive/{a2.pk}/diff/", {"other": a1.pk})
+    text = shown.content.decode()
+    assert shown.status_code == 200 and f"{len(said)} changes" in text
+    assert "content: 1 B → 5 B" in text and "mode -rw-r--r-- → -rw-------" in text
+    assert "From the file index" in text and "Compare now" not in text

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from borgapp import (
     audit,
     downloads,
+    filediff,
     fileindex,
     filesearch,
     intake,
@@ -353,7 +354,10 @@ class ArchiveContentsMixin:
         responses={200: s.ArchiveDiffPageSerializer, 202: s.JobSerializer},
         description="What changed between this archive and `other` (same repository), always "
         "read from the older of the two to the newer: `added` is in the newer only. Either "
-        "direction serves the one stored comparison. " + LOADING,
+        "direction serves the one stored comparison. When both archives are in the file index "
+        "the answer comes from it at once: a regular file whose size or time moved is then "
+        "`modified` (the index holds no content identity), and a change of ctime alone is "
+        "none. " + LOADING,
     )
     @action(detail=True, methods=["get", "post"])
     def diff(self, request, pk=None):
@@ -369,12 +373,20 @@ class ArchiveContentsMixin:
             raise validation.InvalidInput("Both archives must be in the same repository.")
         if other.pk == archive.pk:
             raise validation.InvalidInput("Compare an archive with a different archive.")
+        query = request.query_params
+        compared = filediff.compare(archive, other, path=query.get("path", ""),
+                                    change=query.get("change", ""))  # fmt: skip
+        if compared is not None:  # both in the file index: answered from it at once
+            if request.method == "POST":
+                return Response(LOADED)
+            page = self.paginate_queryset(compared)
+            audit.browsed(archive, other=other, path=query.get("path", ""))
+            return self.get_paginated_response(s.ArchiveDiffItemSerializer(page, many=True).data)
         found = listing.current_diff(archive, other)
         if found is None:
             return _listing_answer(request, archive, other)
         if request.method == "POST":
             return Response(LOADED)
-        query = request.query_params
         items = listing.diff_items(
             found, path=query.get("path", ""), change=query.get("change", "")
         )

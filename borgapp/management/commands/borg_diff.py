@@ -1,4 +1,4 @@
-from borgapp import audit, listing
+from borgapp import audit, filediff, listing
 from borgapp.management.commands._listing import ListingCommand
 from borgapp.models import Job
 
@@ -16,12 +16,18 @@ class Command(ListingCommand):
 
     def start(self, options, echo):
         archive, other = self.archive(options), self.archive(options, "other")
-        if listing.current_diff(archive, other) is None:
+        indexed = filediff.compare(archive, other) is not None
+        if not indexed and listing.current_diff(archive, other) is None:
             self.load(options, {"archive": archive.name, "other": other.name}, echo)
         return None
 
     def rows(self, options):
-        diff = listing.current_diff(self.archive(options), self.archive(options, "other"))
+        archive, other = self.archive(options), self.archive(options, "other")
+        found = filediff.compare(archive, other, path=options["path"], change=options["change"])
+        if found is not None:  # both in the file index
+            return [{"path": row.path, "change": row.change, "changes": row.changes}
+                    for row in found]  # fmt: skip
+        diff = listing.current_diff(archive, other)
         items = listing.diff_items(diff, path=options["path"], change=options["change"])
         return list(items.values("path", "change", "changes"))
 
