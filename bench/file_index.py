@@ -287,6 +287,7 @@ def backup_while_indexing(repo, files, folders, rnd, source, alone: float) -> No
     asked = time.perf_counter()
     backup = intake.start("backup", repo, {"sources": [str(source)], "prefix": "daily"},
                           trigger="cli")  # fmt: skip
+    created = time.perf_counter() - asked  # the job row written: SQLite's write lock got
     worker.join()
     waited = time.perf_counter() - asked
     job.refresh_from_db()
@@ -295,7 +296,8 @@ def backup_while_indexing(repo, files, folders, rnd, source, alone: float) -> No
     took = time.perf_counter() - began
     backup.refresh_from_db()
     print(f"backup asked for while indexing: the index job yielded "
-          f"({bool(job.result.get('yielded_to_another_job'))}) after {waited:.2f} s; the "
+          f"({bool(job.result.get('yielded_to_another_job'))}) after {waited:.2f} s (the "
+          f"backup's job row written after {created:.2f} s); the "
           f"backup then took {took:.1f} s ({backup.status}) against {alone:.1f} s for the "
           f"last backup alone")  # fmt: skip
 

@@ -692,6 +692,8 @@ def diff(model_admin, request, pk):
             context["from_index"] = True
         else:
             found = listing.current_diff(archive, other)
+            if settings.FILE_INDEX:  # asking indexes the archive missing, no borg diff
+                context["not_indexed"] = [a.name for a in intake.unindexed(archive, other)]
         if found is None and request.method == "POST":
             try:
                 job = intake.load_listing(

@@ -8,7 +8,7 @@ nothing.
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from borgapp import audit, jobs, listing, validation, vault
+from borgapp import audit, fileindex, jobs, listing, validation, vault
 from borgapp.errors import Conflict, Forbidden, TooMany
 from borgapp.models import Archive, DatabaseSource, Job, Mount, Repository, RetentionPolicy
 from borgapp.params import clean as clean_params
@@ -283,6 +283,11 @@ def umount(mountpoint: str, **kwargs) -> Job:
     return start(Job.Kind.UMOUNT, mount.repository, {"mountpoint": real}, **kwargs)
 
 
+def unindexed(*archives: Archive | None) -> list[Archive]:
+    """Those of the archives the file index does not hold (yet)."""
+    return [a for a in archives if a is not None and not fileindex.is_indexed(a)]
+
+
 def load_listing(archive: Archive, other: Archive | None = None, **kwargs) -> Job:
     """Queue the job that reads an archive's file listing (or its diff against `other`) into
     the database, or return the one already queued or running for it."""
@@ -293,6 +298,13 @@ def load_listing(archive: Archive, other: Archive | None = None, **kwargs) -> Jo
             raise validation.InvalidInput("Both archives must be in the same repository.")
         archive, other = listing.in_order(archive, other)
         params = {"archive": archive.name, "other": other.name}
+    if settings.FILE_INDEX:
+        # the file index answers both once the archives are in it: no copy of a listing
+        # or a diff is made, the archive not indexed yet is indexed (one a job)
+        pending = unindexed(archive, other)
+        if pending:
+            archive, other, kind = pending[0], None, Job.Kind.INDEX
+            params = {"archive": archive.name}
     active = Job.objects.filter(
         kind__in=LISTING_KINDS, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
     )

@@ -387,3 +387,72 @@ def test_a_diff_from_the_index_says_what_borg_diff_says(file_index, repo, roots,
     assert shown.status_code == 200 and f"{len(said)} changes" in text
     assert "content: 1 B → 5 B" in text and "mode -rw-r--r-- → -rw-------" in text
     assert "From the file index" in text and "Compare now" not in text
+
+
+def test_an_archive_not_indexed_yet_is_indexed_when_asked_for_never_copied(
+    file_index, settings, repo, roots, tmp_path
+):
+    """With the file index on, asking for the contents or a comparison of archives it does
+    not hold yet (made before it was on, or still waiting their turn) queues the index job
+    of the archive missing, never a listing copy or a borg diff: the API's protocol stays
+    (202 and the job, GET again), the command line indexes then answers."""
+    import time
+
+    from borgapp import jobs
+    from borgapp.models import Archive, ArchiveDiff, ArchiveItem, Job
+
+    settings.FILE_INDEX = False  # two archives made while the index was off
+    src = write_files(tmp_path / "src", {"a.txt": "a", "deep/er/b.txt": "b"})
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
+    time.sleep(1.1)
+    write_files(src, {"c.txt": "c"})
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
+    a1, a2 = Archive.objects.filter(repository=repo).order_by("start")
+    settings.FILE_INDEX = True
+    assert not Job.objects.filter(kind="index").exists()
+
+    api = client_for("viewer")
+    contents = f"/api/v1/archives/{a2.pk}/contents/"
+    told = api.get(contents)
+    assert told.status_code == 409 and told.json()["error"] == "listing_not_loaded"
+    queued = api.post(contents)
+    assert queued.status_code == 202, queued.content
+    job = Job.objects.get(pk=queued.json()["id"])
+    assert (job.kind, job.archive_name) == ("index", a2.name)
+    assert api.post(contents).json()["id"] == job.pk  # asked again: the same job
+    assert api.get(contents).json()["job"]["id"] == job.pk  # a GET says which job reads it
+    jobs.run_queued(job.pk)
+    listed = api.get(contents, {"page_size": 100})
+    assert listed.status_code == 200 and any(
+        r["path"].endswith("/c.txt") for r in listed.json()["results"]
+    )  # fmt: skip
+
+    from django.test import Client
+
+    from tests.helpers import staff
+
+    browser = Client()
+    browser.force_login(staff("viewer"))
+    page = browser.get(f"/admin/borgapp/archive/{a2.pk}/diff/", {"other": a1.pk}).content.decode()
+    assert f"{a1.name} is not in the file index yet: index it" in page
+
+    diff = f"/api/v1/archives/{a2.pk}/diff/"
+    asked = api.post(diff, {"other": a1.pk}, format="json")
+    assert asked.status_code == 202, asked.content
+    job = Job.objects.get(pk=asked.json()["id"])
+    assert (job.kind, job.archive_name) == ("index", a1.name)  # the one still missing
+    jobs.run_queued(job.pk)
+    changed = api.get(diff, {"other": a1.pk}).json()["results"]
+    assert any(r["path"].endswith("/c.txt") and r["change"] == "added" for r in changed)
+
+    # the command line: indexes what is missing inline, then answers from the index
+    write_files(src, {"d.txt": "d"})
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
+    Job.objects.filter(kind="index", status="queued").update(status="cancelled")
+    a3 = Archive.objects.filter(repository=repo).latest("start")
+    printed = cli("borg_diff", "main", a2.name, a3.name, "--json")
+    assert printed.code == 0, printed.err
+    assert [r["change"] for r in json.loads(printed.out) if r["path"].endswith("/d.txt")] == [
+        "added"]  # fmt: skip
+    assert ArchiveItem.objects.count() == 0 and ArchiveDiff.objects.count() == 0
+    assert not Job.objects.filter(kind__in=["contents", "diff"]).exists()

@@ -286,16 +286,22 @@ def _listing_answer(request, archive, other=None) -> Response:
         job = intake.load_listing(archive, other, trigger=Job.Trigger.API, user=request.user)
         return accepted(request, job)
     kind = Job.Kind.DIFF if other is not None else Job.Kind.CONTENTS
-    running = [
-        job
-        for job in Job.objects.filter(
-            kind=kind,
-            repository=archive.repository,
-            archive_name=archive.name,
-            status__in=[Job.Status.QUEUED, Job.Status.RUNNING],
+    first, second = listing.in_order(archive, other) if other is not None else (archive, None)
+    indexing = {a.name for a in intake.unindexed(first, second)} if settings.FILE_INDEX else ()
+
+    def reads_it(job) -> bool:
+        if job.kind == Job.Kind.INDEX:
+            return job.archive_name in indexing
+        return job.archive_name == first.name and (
+            second is None or job.params.get("other") == second.name
         )
-        if other is None or job.params.get("other") == other.name
-    ]
+
+    active = Job.objects.filter(
+        kind__in=[kind, Job.Kind.INDEX],
+        repository=archive.repository,
+        status__in=[Job.Status.QUEUED, Job.Status.RUNNING],
+    )
+    running = [job for job in active.order_by("pk") if reads_it(job)]
     message = "This listing has not been read from borg yet: POST to this URL to read it."
     extra = {}
     if running:

@@ -3,9 +3,10 @@ then print it from there."""
 
 import json
 
+from django.conf import settings
 from django.core.management.base import CommandError
 
-from borgapp import validation
+from borgapp import intake, validation
 from borgapp.management.commands._base import EXIT_FAILED, JobCommand
 from borgapp.models import Job
 
@@ -31,10 +32,28 @@ class ListingCommand(JobCommand):
         return archive
 
     def load(self, options, params, echo):
+        if settings.FILE_INDEX:  # the file index answers once the archives are in it
+            named = [self.archive(options)] + (
+                [self.archive(options, "other")] if "other" in params else []
+            )
+            for archive in intake.unindexed(*named):
+                job = self.run_kind(Job.Kind.INDEX, options["name"], {"archive": archive.name},
+                                    echo)  # fmt: skip
+                self.succeeded(job, options)
+                if job.result.get("yielded_to_another_job"):
+                    raise CommandError(
+                        f"Another job of repository {options['name']} went first while "
+                        f"{archive.name} was being indexed: run this again when it has ended.",
+                        returncode=EXIT_FAILED,
+                    )
+            return None
         job = self.run_kind(self.kind, options["name"], params, echo)
+        self.succeeded(job, options)
+        return job
+
+    def succeeded(self, job, options) -> None:
         if job.status != Job.Status.SUCCEEDED:
             super().report(job, options)  # exits non-zero with the reason
-        return job
 
     def audit(self, options) -> None:
         """Write the browse row (audit.browsed) for what was read."""
