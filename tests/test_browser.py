@@ -638,6 +638,17 @@ def test_a_file_found_from_the_dashboard_and_its_history(page, file_index, web_s
     expect(rows.nth(1).get_by_role("link", name="Restore in place…")).to_be_visible()
     looks_right(page, "file-history", width)
 
+    # the two archives compared: from the index at once, no job, the sizes in units
+    from borgapp.models import Archive
+
+    older, newer = Archive.objects.order_by("start")
+    page.goto(f"{url}/admin/borgapp/archive/{newer.pk}/diff/?other={older.pk}")
+    expect(page.locator(".oc-diff-source")).to_contain_text("From the file index")
+    changed = page.locator("#diff tr", has_text="invoice-2025-03.pdf")
+    expect(changed).to_contain_text("Content changed")
+    expect(changed).to_contain_text("9.0 kB → 10.5 kB")
+    looks_right(page, "diff-from-index", width)
+
     # an unparsable glob is named, and a third archive not indexed yet is said to be missing
     page.goto(f"{url}/admin/files/?q=%5Binvoice")
     expect(page.locator("#search-error")).to_contain_text("never closes")
