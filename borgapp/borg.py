@@ -270,6 +270,10 @@ class Command:
     stdout_fd: int | None = None  # borg's stdout goes there (a pipe to a restore tool)
     uses_lock: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    # SIGINT first only where borg does something with it (create writes a checkpoint);
+    # `borg list` ignores it and lists on to the end (seconds on a big archive), and it
+    # does not stop at a closed pipe either: SIGTERM stops it at once
+    sigint_first: bool = True
 
     def argv(self, config: BorgConfig) -> list[str]:
         common = ["--log-json"]
@@ -537,7 +541,7 @@ def index_list_cmd(location: str, archive: str, stdout_fd: int) -> Command:
     """Every item of an archive as INDEX_FIELDS, NUL-separated, written to `stdout_fd`."""
     fmt = "".join(f"{{{name}}}{{NUL}}" for name in INDEX_FIELDS)
     return Command(["list"], [_opt("format", fmt)], [repo_arg(location, archive)],
-                   stdout_fd=stdout_fd)  # fmt: skip
+                   stdout_fd=stdout_fd, sigint_first=False)  # fmt: skip
 
 
 def list_items_cmd(
@@ -616,14 +620,18 @@ class _Stopper:
     """The signal ladder (REL-04): SIGINT to borg (it writes a checkpoint), then SIGTERM,
     then SIGKILL to the whole process group."""
 
-    def __init__(self, proc: subprocess.Popen, config: BorgConfig):
+    def __init__(self, proc: subprocess.Popen, config: BorgConfig, sigint_first: bool = True):
         self.proc = proc
         self.config = config
+        self.sigint_first = sigint_first
         self.stage = 0
         self.next_at = 0.0
 
     def step(self, now: float) -> None:
-        if self.stage == 0:
+        if self.stage == 0 and not self.sigint_first:
+            self._send(signal.SIGTERM, group=False)
+            self.stage, self.next_at = 2, now + self.config.grace_sigterm
+        elif self.stage == 0:
             self._send(signal.SIGINT, group=False)
             self.stage, self.next_at = 1, now + self.config.grace_sigint
         elif self.stage == 1 and now >= self.next_at:
@@ -678,8 +686,9 @@ def run(
         if on_start:
             on_start(proc.pid)
         _feed_stdin(proc, command.stdin_data)
+        stopper = _Stopper(proc, config, command.sigint_first)
         stdout, messages, tail, deadline_hit = _pump(
-            proc, _Stopper(proc, config), end_at, should_stop, on_event, on_line
+            proc, stopper, end_at, should_stop, on_event, on_line
         )
     except BaseException:
         # Never leave borg behind (a worker being torn down, KeyboardInterrupt in the CLI):

@@ -106,6 +106,31 @@ def test_ladder_stops_at_sigint_for_a_polite_process(tmp_path, config):
     assert "checkpoint" in " ".join(info.value.tail)
 
 
+def test_a_listing_is_stopped_with_sigterm_at_once(tmp_path, config):
+    """`borg list` ignores SIGINT (and a closed pipe) and lists on to its end, seconds on a
+    big archive: the file index's listing starts the ladder at SIGTERM, so that an index
+    job lets a backup go first at once, not after the SIGINT grace."""
+    binary = fake_borg(
+        tmp_path,
+        """
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as borg list does
+        time.sleep(600)
+    """,
+    )
+    slow = borg.BorgConfig(binary=binary, base_dir=config.base_dir, grace_sigint=30,
+                           grace_sigterm=30)  # fmt: skip
+    read_end, write_end = os.pipe()
+    started = time.monotonic()
+    try:
+        with pytest.raises(borg.BorgError) as info:
+            borg.run(borg.index_list_cmd("/nowhere", "a", write_end), slow, deadline=0.5)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert info.value.rc == -signal.SIGTERM and time.monotonic() - started < 10
+
+
 def test_real_borg_cancelled_mid_backup_leaves_a_checkpoint_and_no_lock(tmp_path, config):
     repo = init_repo(config, tmp_path / "repo", encryption="none")
     src = tmp_path / "src"
