@@ -260,8 +260,31 @@ def run(args) -> None:
     p50, p95 = p50_p95(times)
     print(f"search of a name fragment over {args.days + 1} archives: p50 {p50:.1f} ms, "
           f"p95 {p95:.1f} ms (median {statistics.median(hits):.0f} paths per answer)")  # fmt: skip
+    diff_times(repo)
     if not args.source:
         backup_while_indexing(repo, files, folders, rnd, work / "src", rows[-1][1])
+
+
+def diff_times(repo) -> None:
+    """The comparison of each indexed archive with the one before it (the count and its first
+    page of 100, as the API and the admin page ask), from the file index."""
+    from borgapp import filediff
+    from borgapp.models import Archive
+
+    archives = list(Archive.objects.filter(repository=repo, indexed__isnull=False)
+                    .order_by("start"))  # fmt: skip
+    times, counts = [], []
+    for older, newer in zip(archives, archives[1:], strict=False):
+        began = time.perf_counter()
+        compared = filediff.Comparison(older, newer)
+        counts.append(compared.count())
+        compared[0:100]
+        times.append(time.perf_counter() - began)
+    if times:
+        p50, p95 = p50_p95(times)
+        changes = statistics.median(counts)
+        print(f"diff of an archive with the one before it (count and first page): p50 "
+              f"{p50:.0f} ms, p95 {p95:.0f} ms ({changes:,.0f} changes)")  # fmt: skip
 
 
 def backup_while_indexing(repo, files, folders, rnd, source, alone: float) -> None:
@@ -292,14 +315,50 @@ def backup_while_indexing(repo, files, folders, rnd, source, alone: float) -> No
     waited = time.perf_counter() - asked
     job.refresh_from_db()
     began = time.perf_counter()
-    jobs.run_queued(backup.pk)
+    pages = FolderPages(repo, folders)
+    runner = threading.Thread(target=jobs.run_queued, args=(backup.pk,))
+    runner.start()
+    while runner.is_alive():  # the tree is browsed while the backup runs
+        pages.one()
+    runner.join()
     took = time.perf_counter() - began
     backup.refresh_from_db()
+    p50, p95 = p50_p95(pages.times)
+    print(f"a folder's page of the tree while that backup ran: p50 {p50:.1f} ms, p95 "
+          f"{p95:.1f} ms ({len(pages.times)} pages)")  # fmt: skip
     print(f"backup asked for while indexing: the index job yielded "
           f"({bool(job.result.get('yielded_to_another_job'))}) after {waited:.2f} s (the "
           f"backup's job row written after {created:.2f} s); the "
           f"backup then took {took:.1f} s ({backup.status}) against {alone:.1f} s for the "
           f"last backup alone")  # fmt: skip
+
+
+class FolderPages:
+    """The admin's page of one folder of the newest indexed archive, each time another
+    folder, timed (in-process, through Django's test client, logged in)."""
+
+    def __init__(self, repo, folders):
+        from django.contrib.auth.models import User
+        from django.test import Client
+
+        from borgapp.models import Archive
+
+        user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
+            "bench", password="bench-password-123"
+        )
+        self.client = Client()
+        self.client.force_login(user)
+        archive = Archive.objects.filter(repository=repo, indexed__isnull=False).latest("start")
+        self.url = f"/admin/borgapp/archive/{archive.pk}/contents/"
+        self.folders = [str(folder).lstrip("/") for folder in folders]
+        self.times: list[float] = []
+
+    def one(self) -> None:
+        path = self.folders[len(self.times) % len(self.folders)]
+        began = time.perf_counter()
+        response = self.client.get(self.url, {"path": path})
+        self.times.append(time.perf_counter() - began)
+        assert response.status_code == 200, response.status_code
 
 
 def call_command_quiet(*args) -> None:
