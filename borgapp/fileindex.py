@@ -527,13 +527,20 @@ def add_trigrams(new_names: list[int] | None) -> None:
         cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
         if cursor.fetchone() is None:
             return
+        names = _table(IndexName)
+        # each new name its number, after the highest (this runs in a write transaction:
+        # on SQLite no other writer numbers names meanwhile); the trigram index is keyed by it
+        number = (f"UPDATE {names} SET num = r.n FROM (SELECT id, (SELECT COALESCE(MAX(num), 0) "
+                  f"FROM {names} WHERE num IS NOT NULL) + ROW_NUMBER() OVER (ORDER BY id) AS n "
+                  f"FROM {names} WHERE num IS NULL{{}}) AS r WHERE r.id = {names}.id")  # fmt: skip
         if new_names is None:
+            cursor.execute(number.format(""))
             cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}) VALUES ('rebuild')")
             return
-        names = _table(IndexName)
         for chunk in chunks(new_names):
             marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(f"INSERT INTO {TRIGRAMS}(rowid, name) SELECT id, name FROM {names} "
+            cursor.execute(number.format(f" AND id IN ({marks})"), chunk)
+            cursor.execute(f"INSERT INTO {TRIGRAMS}(rowid, name) SELECT num, name FROM {names} "
                            f"WHERE id IN ({marks})", chunk)  # fmt: skip
         cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}, rank) VALUES ('merge', 500)")
 

@@ -136,7 +136,7 @@ def _name_query(pattern: str):
     if len(tail) >= 3 and not set(tail) & set("%_") and trigrams():
         # SQLite's trigram index answers a LIKE of three characters or more itself
         return IndexName.objects.extra(
-            where=[f"id IN (SELECT rowid FROM {TRIGRAMS} WHERE name LIKE %s)"],
+            where=[f"num IN (SELECT rowid FROM {TRIGRAMS} WHERE name LIKE %s)"],
             params=[f"%{tail}%"],
         )
     return IndexName.objects.filter(name__icontains=tail)

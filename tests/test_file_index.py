@@ -456,3 +456,48 @@ def test_an_archive_not_indexed_yet_is_indexed_when_asked_for_never_copied(
         "added"]  # fmt: skip
     assert ArchiveItem.objects.count() == 0 and ArchiveDiff.objects.count() == 0
     assert not Job.objects.filter(kind__in=["contents", "diff"]).exists()
+
+
+def test_names_get_small_numbers_for_the_trigram_index_old_ones_too():
+    """Migration 0024 numbers the names an installation has (1, 2, 3 ...) and keys SQLite's
+    trigram index by them; the index job numbers what it adds after the highest; a rebuild
+    numbers whatever has none. Each way, a fragment finds its names."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from borgapp import fileindex, filesearch
+    from borgapp.models import IndexName
+
+    if connection.vendor != "sqlite" or not filesearch.trigrams():
+        pytest.skip("the trigram index is SQLite's (FTS5)")
+    before, after = (
+        [("borgapp", "0023_index_name_trigrams")],
+        [("borgapp", "0024_index_name_numbers")],
+    )
+    executor = MigrationExecutor(connection)
+    leaves = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps.get_model("borgapp", "IndexName")
+        for name in ("invoice-2025-03.pdf", "report.txt", "photo.jpg"):
+            old.objects.create(id=fileindex.name_hash(name), name=name)
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {fileindex.TRIGRAMS}({fileindex.TRIGRAMS}) "
+                           "VALUES ('rebuild')")  # fmt: skip
+        MigrationExecutor(connection).migrate(after)
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
+
+    def found(fragment):
+        return sorted(filesearch._name_query(fragment).values_list("name", flat=True))
+
+    assert sorted(IndexName.objects.values_list("num", flat=True)) == [1, 2, 3]
+    assert found("voice-20") == ["invoice-2025-03.pdf"] and found("OTO") == ["photo.jpg"]
+    fresh = [IndexName.objects.create(id=fileindex.name_hash(n), name=n).pk
+             for n in ("invoice-2025-04.pdf", "notes.md")]  # fmt: skip
+    fileindex.add_trigrams(fresh)  # as an index job does at its end
+    assert set(IndexName.objects.filter(pk__in=fresh).values_list("num", flat=True)) == {4, 5}
+    assert found("invoice-2025") == ["invoice-2025-03.pdf", "invoice-2025-04.pdf"]
+    IndexName.objects.create(id=fileindex.name_hash("draft.odt"), name="draft.odt")
+    fileindex.add_trigrams(None)  # a rebuild, after a run that stopped midway
+    assert IndexName.objects.get(name="draft.odt").num == 6 and found("raft") == ["draft.odt"]
