@@ -25,26 +25,33 @@ CREATE = [
 ]
 
 
-def renumber(apps, schema_editor):
+def _trigram_cursor(schema_editor):
+    """A cursor where the trigram index exists (SQLite with FTS5 trigrams, 0023), or None."""
     connection = schema_editor.connection
     if connection.vendor != "sqlite":
+        return None
+    cursor = connection.cursor()
+    cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TABLE])
+    if cursor.fetchone() is None:
+        cursor.close()
+        return None
+    return cursor
+
+
+def renumber(apps, schema_editor):
+    cursor = _trigram_cursor(schema_editor)
+    if cursor is None:
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TABLE])
-        if cursor.fetchone() is None:  # no FTS5 trigrams in this SQLite (0023): no index
-            return
+    with cursor:
         for statement in CREATE:
             cursor.execute(statement)
 
 
 def back(apps, schema_editor):
-    connection = schema_editor.connection
-    if connection.vendor != "sqlite":
+    cursor = _trigram_cursor(schema_editor)
+    if cursor is None:
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TABLE])
-        if cursor.fetchone() is None:
-            return
+    with cursor:
         cursor.execute(f"DROP TABLE {TABLE}")
         cursor.execute(f"DROP VIEW IF EXISTS {VIEW}")
         cursor.execute(f"CREATE VIRTUAL TABLE {TABLE} USING fts5(name, content='{NAMES}', "
