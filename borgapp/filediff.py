@@ -19,7 +19,7 @@ from django.db import connection
 
 from borgapp import listing, validation
 from borgapp.fileindex import is_indexed, mode_text, moment
-from borgapp.filesearch import node_of, paths_of
+from borgapp.filesearch import SUBTREE, node_of, paths_of
 from borgapp.models import Archive, ArchiveDiffItem, IndexedArchive, IndexOwner, IndexVersion
 
 CHANGES = ("added", "removed", "modified", "metadata")
@@ -104,12 +104,7 @@ class Comparison:
         folder = (path or "").strip("/")
         if folder:
             node = node_of(validation.validate_archive_path(folder))
-            below = _q("borgapp_indexnode")
-            self.base += (
-                f" AND node_id IN (WITH RECURSIVE below(id) AS (SELECT id FROM {below} "
-                f"WHERE id = %s UNION ALL SELECT n.id FROM {below} n JOIN below "
-                "ON n.parent_id = below.id) SELECT id FROM below)"
-            )
+            self.base += f" AND {SUBTREE}"
             self.params.append(node if node is not None else -1)
         self._count: int | None = None
 

@@ -358,6 +358,15 @@ def folder_entries(archive: Archive, folder: str):
     )
 
 
+_NODES = connection.ops.quote_name(IndexNode._meta.db_table)
+# a condition on `node_id`: the node %s and every node below it
+SUBTREE = (
+    f"node_id IN (WITH RECURSIVE below(id) AS (SELECT id FROM {_NODES} WHERE id = %s "
+    f"UNION ALL SELECT n.id FROM {_NODES} n JOIN below ON n.parent_id = below.id) "
+    "SELECT id FROM below)"
+)
+
+
 def archive_items(archive: Archive, *, path: str = "", parent: str | None = None,
                   type: str = ""):  # fmt: skip
     """The API's view of an indexed archive's items: the children of `parent`, or
@@ -380,13 +389,7 @@ def archive_items(archive: Archive, *, path: str = "", parent: str | None = None
         node = node_of(validation.validate_archive_path(path.strip("/")))
         if node is None:
             return versions.none()
-        table = connection.ops.quote_name(IndexNode._meta.db_table)
-        below = (
-            f"node_id IN (WITH RECURSIVE below(id) AS (SELECT id FROM {table} WHERE id = %s "
-            f"UNION ALL SELECT n.id FROM {table} n JOIN below ON n.parent_id = below.id) "
-            "SELECT id FROM below)"
-        )
-        versions = versions.extra(where=[below], params=[node])  # fmt: skip
+        versions = versions.extra(where=[SUBTREE], params=[node])
     if type:
         versions = versions.filter(type=type)
     return versions.select_related("owner").order_by("node_id")
