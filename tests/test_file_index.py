@@ -501,3 +501,38 @@ def test_names_get_small_numbers_for_the_trigram_index_old_ones_too():
     IndexName.objects.create(id=fileindex.name_hash("draft.odt"), name="draft.odt")
     fileindex.add_trigrams(None)  # a rebuild, after a run that stopped midway
     assert IndexName.objects.get(name="draft.odt").num == 6 and found("raft") == ["draft.odt"]
+
+
+def test_a_name_fragment_search_reads_the_trigram_index():
+    """A fragment search reads a trigram index, not every name: on SQLite the FTS5 table is
+    the outer loop of a join (read only as far as the answer needs, never a list made whole
+    first); on PostgreSQL pg_trgm's index (migration 0025) serves the pages the search reads
+    (its expression is the one Django's icontains writes). Either way, case aside, the
+    fragment finds exactly its names."""
+    from django.db import connection, transaction
+
+    from borgapp import fileindex, filesearch
+    from borgapp.models import IndexName
+
+    given = ("invoice-2025-03.pdf", "Invoice-2024.PDF", "report.txt", "photo.jpg")
+    created = [IndexName.objects.create(id=fileindex.name_hash(n), name=n).pk for n in given]
+    fileindex.add_trigrams(created)
+    names = filesearch._name_query("NVOICE-20").values_list("pk", "name")
+    assert sorted(name for _, name in filesearch._streamed(names)) == [
+        "Invoice-2024.PDF", "invoice-2025-03.pdf"]  # fmt: skip
+    if connection.vendor == "sqlite":
+        if not filesearch.trigrams():
+            pytest.skip("this SQLite has no FTS5 trigram tokenizer")
+        sql, params = names.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            plan = [row[-1] for row in cursor.fetchall()]
+        assert plan[0].startswith(f"SCAN {fileindex.TRIGRAMS} VIRTUAL TABLE"), plan
+        assert not any("SUBQUERY" in step for step in plan), plan
+    else:
+        sql, params = names.order_by("pk")[:2000].query.sql_with_params()
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")  # a table this small is read whole
+            cursor.execute(f"EXPLAIN {sql}", params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "indexname_name_trigram" in plan, plan
