@@ -172,7 +172,7 @@ def _candidates(pattern: str):
     if isinstance(query, tuple):
         query, regex = query
     names = []
-    for pk, name in _streamed(query.values_list("pk", "name")):
+    for pk, name in query.values_list("pk", "name").iterator(chunk_size=2000):
         if regex is None or regex.match(name):
             names.append(pk)
             if len(names) >= 500:
@@ -180,23 +180,6 @@ def _candidates(pattern: str):
                 names = []
     if names:
         yield _nodes_named(names)
-
-
-def _streamed(rows, size: int = 2000):
-    """The rows of a (pk, ...) query as they come. SQLite streams its own cursor (the trigram
-    join is read only as far as needed). PostgreSQL plans a server-side cursor for its first
-    rows and so reads every name (Seq Scan, 90 ms for 300,000 names) instead of the trigram
-    index (2 ms): it gets pages by key instead."""
-    if connection.vendor == "sqlite":
-        yield from rows.iterator(chunk_size=size)
-        return
-    last = None
-    while True:
-        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:size])
-        yield from page
-        if len(page) < size:
-            return
-        last = page[-1][0]
 
 
 def _nodes_named(names: list[int]) -> list[int]:

@@ -506,9 +506,9 @@ def test_names_get_small_numbers_for_the_trigram_index_old_ones_too():
 def test_a_name_fragment_search_reads_the_trigram_index():
     """A fragment search reads a trigram index, not every name: on SQLite the FTS5 table is
     the outer loop of a join (read only as far as the answer needs, never a list made whole
-    first); on PostgreSQL pg_trgm's index (migration 0025) serves the pages the search reads
-    (its expression is the one Django's icontains writes). Either way, case aside, the
-    fragment finds exactly its names."""
+    first); on PostgreSQL pg_trgm's index (migration 0025) serves the query (its expression is
+    the one Django's icontains writes) and the iterator's cursor is planned for all its rows.
+    Either way, case aside, the fragment finds exactly its names."""
     from django.db import connection, transaction
 
     from borgapp import fileindex, filesearch
@@ -518,7 +518,7 @@ def test_a_name_fragment_search_reads_the_trigram_index():
     created = [IndexName.objects.create(id=fileindex.name_hash(n), name=n).pk for n in given]
     fileindex.add_trigrams(created)
     names = filesearch._name_query("NVOICE-20").values_list("pk", "name")
-    assert sorted(name for _, name in filesearch._streamed(names)) == [
+    assert sorted(name for _, name in names.iterator(chunk_size=2000)) == [
         "Invoice-2024.PDF", "invoice-2025-03.pdf"]  # fmt: skip
     if connection.vendor == "sqlite":
         if not filesearch.trigrams():
@@ -530,9 +530,13 @@ def test_a_name_fragment_search_reads_the_trigram_index():
         assert plan[0].startswith(f"SCAN {fileindex.TRIGRAMS} VIRTUAL TABLE"), plan
         assert not any("SUBQUERY" in step for step in plan), plan
     else:
-        sql, params = names.order_by("pk")[:2000].query.sql_with_params()
+        sql, params = names.query.sql_with_params()
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL enable_seqscan = off")  # a table this small is read whole
             cursor.execute(f"EXPLAIN {sql}", params)
             plan = "\n".join(row[0] for row in cursor.fetchall())
+            # the iterator's server-side cursor is planned for all its rows, not the first
+            # tenth (for which a large table's names were all read instead)
+            cursor.execute("SHOW cursor_tuple_fraction")
+            assert float(cursor.fetchone()[0]) == 1.0
         assert "indexname_name_trigram" in plan, plan
