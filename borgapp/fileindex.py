@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 
-from borgapp import borg, naming
+from borgapp import borg, fileprints, naming
 from borgapp.errors import OperationError
 from borgapp.models import (
     Archive,
@@ -156,7 +156,8 @@ class Indexer:
         self.names = Bounded(CACHE)
         self.owners = Bounded(1000)
         self.folders = Bounded(CACHE)
-        self.count = self.changed = self.matched = 0
+        self.count = self.changed = self.matched = self.reused = 0
+        self.prints: fileprints.Writer | None = None  # this archive's, for the next one
         self.seen = bytearray()  # one bit per node id met in this archive
         self.new_names: list[int] | None = []  # for the trigram index; None: rebuild it
         if connection.vendor == "sqlite":
@@ -264,9 +265,35 @@ class Indexer:
     # --- one batch ----------------------------------------------------------------------
 
     def write(self, batch: list[tuple]) -> None:
-        """One batch in one transaction: its new paths and their versions commit together,
-        so another repository's index job dropping unused paths (`collect_garbage`) never
-        sees a path of this batch without its version."""
+        """One batch of (path, attrs, digest, node): a node given means the record equals
+        one of the previous archive's (borgapp.fileprints), whose version the chain holds
+        open already, and its attrs are only its type; the others are stored in one
+        transaction: their new paths and versions commit together, so another repository's
+        index job dropping unused paths (`collect_garbage`) never sees a path of this batch
+        without its version."""
+        todo = [(path, attrs) for path, attrs, _, node in batch if node is None]
+        stored = iter(self._store(todo) if todo else ())
+        prints = []
+        for path, attrs, key, node in batch:
+            if node is None:
+                node = next(stored)
+            else:
+                self.matched += 1
+            self._note_top(path, path.rpartition("/")[0], attrs[0] == "d")
+            if attrs[0] == "d":
+                self.folders.put(path, node)
+            self._see(node)
+            prints.append((key, node))
+        if self.prints is not None:
+            self.prints.add(prints)
+        self.count += len(batch)
+        self.reused += len(batch) - len(todo)
+        if self.progress is not None:
+            self.progress.fields["progress_files"] = self.count
+            self.progress.flush()
+
+    def _store(self, batch: list[tuple]) -> list[int]:
+        """The nodes of (path, attrs) pairs, with their versions, stored where new."""
         split = [path.rpartition("/") for path, _ in batch]
         stored = [(*a[:OWNER], self.owner_id(a[OWNER]), *a[OWNER + 1 :]) for _, a in batch]
         with transaction.atomic():
@@ -278,15 +305,7 @@ class Indexer:
             node_ids = self.nodes(set(keys))
             nodes = [node_ids[key] for key in keys]
             self._versions(nodes, stored)
-        for (path, attrs), node, (folder, _, _) in zip(batch, nodes, split, strict=True):
-            self._note_top(path, folder, attrs[0] == "d")
-            if attrs[0] == "d":
-                self.folders.put(path, node)
-            self._see(node)
-        self.count += len(batch)
-        if self.progress is not None:
-            self.progress.fields["progress_files"] = self.count
-            self.progress.flush()
+        return nodes
 
     def _note_top(self, path: str, folder: str, is_folder: bool) -> None:
         """borg lists a folder before what it holds: the open folders are a stack, and an
@@ -355,6 +374,7 @@ class Indexer:
             done = IndexedArchive.objects.create(
                 archive=self.archive, chain=self.chain, seq=self.seq,
                 borg_id=self.archive.borg_id, entries=self.count, changed=self.changed,
+                reused=self.reused,
                 seconds=round(time.monotonic() - self.started, 3), tops=self.tops,
             )  # fmt: skip
             IndexChain.objects.filter(pk=self.chain.pk).update(last_seq=self.seq)
@@ -362,6 +382,31 @@ class Indexer:
             # search cannot find and no later run would add
             add_trigrams(self.new_names)
         return done
+
+    def open_prints(self) -> fileprints.Previous | None:
+        """The previous archive's records, if the chain has them for its newest archive;
+        and a file for this archive's."""
+        try:
+            self.prints = fileprints.Writer(self.chain.pk)
+        except OSError:
+            self.prints = None  # no prints this time: the next archive is stored whole
+        previous = IndexedArchive.objects.filter(chain=self.chain, seq=self.prev).first()
+        if previous is None:
+            return None
+        found = fileprints.Previous(self.chain.pk, self.prev, previous.borg_id)
+        return found if found.valid else None
+
+    def close_prints(self, done: IndexedArchive | None) -> None:
+        """This archive's records become the chain's prints once it is in the index."""
+        if self.prints is None:
+            return
+        try:
+            if done is None:
+                self.prints.discard()
+            else:
+                self.prints.keep(done.seq, done.borg_id)
+        except OSError:
+            self.prints.discard()
 
     def _close_unseen(self) -> int:
         open_before = IndexVersion.objects.filter(
@@ -447,10 +492,13 @@ def parse_record(fields: list[bytes]) -> tuple[str, tuple]:
     )  # fmt: skip
 
 
-def read_records(fd: int, batches: queue.Queue, stop: threading.Event) -> None:
-    """Split borg's NUL-separated output into batches of parsed items, as it arrives (a
-    thread of its own, so that borg writes on while the batches are stored). Ends with
-    None, or with the exception that stopped it."""
+def read_records(fd: int, batches: queue.Queue, stop: threading.Event,
+                 previous: fileprints.Previous | None = None) -> None:  # fmt: skip
+    """Split borg's NUL-separated output into batches of (path, attrs, digest, node), as it
+    arrives (a thread of its own, so that borg writes on while the batches are stored).
+    A record equal to one of the previous archive's gets that one's node, and is not
+    parsed further (its attrs are only its type). Ends with None, or with the exception
+    that stopped it."""
     width = len(borg.INDEX_FIELDS)
     try:
         rest, fields, batch = b"", [], []
@@ -460,10 +508,16 @@ def read_records(fd: int, batches: queue.Queue, stop: threading.Event) -> None:
             for part in parts:
                 fields.append(part)
                 if len(fields) == width:
-                    path, attrs = parse_record(fields)
+                    key = fileprints.digest(fields)
+                    node = previous.match(key) if previous is not None else None
+                    if node is None:
+                        path, attrs = parse_record(fields)
+                    else:
+                        path = fields[-1].decode("utf-8", "replace").strip("/")
+                        attrs = (fields[0][:1].decode("ascii", "replace"),)
                     fields = []
                     if path:
-                        batch.append((path, attrs))
+                        batch.append((path, attrs, key, node))
                         if len(batch) >= BATCH:
                             batches.put(batch)
                             batch = []
@@ -477,6 +531,8 @@ def read_records(fd: int, batches: queue.Queue, stop: threading.Event) -> None:
         batches.put(exc)
     finally:
         os.close(fd)
+        if previous is not None:
+            previous.close()
 
 
 def _q(name: str) -> str:
@@ -573,6 +629,7 @@ def collect_garbage(repository_id: int) -> int:
             removed += doomed.delete()[0]
     if removed:
         _drop_unused_nodes()
+    fileprints.prune(set(IndexChain.objects.values_list("pk", flat=True)))
     return removed
 
 
@@ -615,10 +672,12 @@ def index_archive(ctx, archive: Archive) -> IndexedArchive:
             return found
         found.delete()  # a name used again by another archive
     indexer = Indexer(archive, ctx.progress)
+    previous = indexer.open_prints()
     read_end, write_end = os.pipe()
     batches: queue.Queue = queue.Queue(maxsize=QUEUED_BATCHES)
     stop = threading.Event()  # the storing side failed: the reader stops, so borg does too
-    reader = threading.Thread(target=read_records, args=(read_end, batches, stop), daemon=True)
+    reader = threading.Thread(target=read_records, args=(read_end, batches, stop, previous),
+                              daemon=True)  # fmt: skip
     outcome: dict = {}
 
     def run_borg():
@@ -653,8 +712,14 @@ def index_archive(ctx, archive: Archive) -> IndexedArchive:
             pass
     runner.join()
     reader.join()
-    if "error" in outcome:  # borg's own failure (or a cancel) explains a cut listing
-        raise outcome["error"]
-    if failure is not None:
-        raise failure
-    return indexer.finish()
+    try:
+        if "error" in outcome:  # borg's own failure (or a cancel) explains a cut listing
+            raise outcome["error"]
+        if failure is not None:
+            raise failure
+        done = indexer.finish()
+    except BaseException:
+        indexer.close_prints(None)
+        raise
+    indexer.close_prints(done)
+    return done

@@ -375,6 +375,9 @@ class IndexedArchive(models.Model):
     borg_id = models.CharField(max_length=64)
     entries = models.BigIntegerField(default=0)
     changed = models.BigIntegerField(default=0, help_text="versions new in this archive")
+    reused = models.BigIntegerField(
+        default=0, help_text="entries found equal to the previous archive's by their prints"
+    )
     # items whose folder borg did not store (a source /srv/www stores no srv): the tree
     # shows the folders above them so that every item can be reached from the top
     tops = models.JSONField(default=list, blank=True)

@@ -649,7 +649,7 @@ def op_index(ctx: Context) -> Outcome:
             # queued again behind it (jobs.index_after) and reads this archive again
             return ctx.outcome({**result, "yielded_to_another_job": True})
         result.update(archive_name=archive.name, entries=done.entries, changed=done.changed,
-                      seconds=done.seconds)  # fmt: skip
+                      reused=done.reused, seconds=done.seconds)  # fmt: skip
     return ctx.outcome(result)
 
 

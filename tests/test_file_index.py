@@ -84,6 +84,10 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     a2 = Archive.objects.get(name=json.loads(second.out)["result"]["archive_name"])
     assert index_entries(a2) == borg_entries(roots, a2.name)
     assert index_entries(a1) == borg_entries(roots, a1.name)  # the first one unchanged
+    # the entries that did not change were known by the first archive's prints and not
+    # stored again; the five that did were: app.conf and its hardlink, robots.txt, and the
+    # two folders that gained or lost an entry (srv/www, srv/www/img)
+    assert a2.indexed.reused == a2.indexed.entries - 5
     # only what changed was stored again (the changed files, robots.txt, the folders whose
     # times changed); the rest is shared by both archives
     assert IndexVersion.objects.count() - before < 12

@@ -1,0 +1,71 @@
+"""The previous archive's prints (borgapp.fileprints): a record equal to one of the previous
+archive's is given that record's node, whatever was added, removed or moved around it, and
+prints of another archive, or damaged ones, are never used."""
+
+import os
+import random
+
+import pytest
+
+from borgapp import fileprints
+
+
+@pytest.fixture
+def prints_dir(settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    return tmp_path / "index-prints"
+
+
+def write_prints(records, chain=7, seq=3, borg_id="ab" * 32):
+    writer = fileprints.Writer(chain)
+    for start in range(0, len(records), 1000):
+        writer.add(records[start : start + 1000])
+    writer.keep(seq, borg_id)
+
+
+def key(n: int) -> bytes:
+    return fileprints.digest([b"-rw-r--r--", b"root", f"file-{n}".encode()])
+
+
+def test_each_record_met_again_gets_its_own_node_whatever_moved(prints_dir):
+    old = list(range(100_000))
+    write_prints([(key(n), 10_000 + n) for n in old])
+    # the next archive: a run removed that is longer than the window, a run added, files
+    # changed here and there, and a few moved later in the listing
+    rnd = random.Random(16)
+    new = [n for n in old if not 20_000 <= n < 20_000 + 3 * fileprints.WINDOW]
+    new[50_000:50_000] = [1_000_000 + n for n in range(5_000)]
+    changed = set(rnd.sample(new, 1000))
+    moved = [new.pop(rnd.randrange(60_000, 70_000)) for _ in range(20)]
+    new += moved
+    previous = fileprints.Previous(7, 3, "ab" * 32)
+    assert previous.valid
+    found = {}
+    for n in new:
+        node = previous.match(key(-n if n in changed else n))
+        if node is not None:
+            found[n] = node
+    assert all(node == 10_000 + n for n, node in found.items())  # never another's node
+    assert not changed & found.keys() and not any(n >= 1_000_000 for n in found)
+    # all the rest is met again, but for what had to be passed over (moved later) and
+    # what follows the long removal before the window caught up with it
+    missed = set(new) - changed - found.keys() - {n for n in new if n >= 1_000_000}
+    assert missed - set(moved) and len(missed) < 3 * fileprints.WINDOW
+    assert len(previous.ahead) <= fileprints.MOST
+
+
+def test_prints_of_another_archive_or_damaged_are_not_used(prints_dir):
+    write_prints([(key(n), n + 1) for n in range(10)])
+    assert fileprints.Previous(7, 3, "ab" * 32).valid
+    assert not fileprints.Previous(7, 2, "ab" * 32).valid  # another archive of the chain
+    assert not fileprints.Previous(7, 3, "cd" * 32).valid  # the same place, another archive
+    assert not fileprints.Previous(8, 3, "ab" * 32).valid  # no prints for that chain
+    (prints_dir / "7").write_bytes(b"OCPRINT1\0\0")  # cut short
+    assert not fileprints.Previous(7, 3, "ab" * 32).valid
+    # a run that did not end leaves no prints of its own
+    writer = fileprints.Writer(9)
+    writer.add([(key(1), 2)])
+    writer.discard()
+    assert not (prints_dir / "9").exists() and not (prints_dir / "9.partial").exists()
+    fileprints.prune({9})
+    assert os.listdir(prints_dir) == []
