@@ -10,7 +10,9 @@ deleted, a quarter new):
   - the index job of that archive (wall seconds, and the ratio to the listing);
   - the index's size on disk (SQLite pages of its tables and indexes, per entry of the first
     archive, and as a multiple of the first archive's index after all days);
-  - the process's peak RSS after each index (flat: it must not grow with the archive).
+  - the process's peak RSS after each index (flat: it must not grow with the archive);
+  - how many entries each later archive took from the previous one's prints, and the size
+    of the prints kept beside the database (borgapp.fileprints).
 Then the p50/p95 of a name-fragment search over every archive (random fragments of names
 that exist) and of a folder's page of the tree.
 
@@ -232,12 +234,19 @@ def run(args) -> None:
         rows.append((day, backup, listed, took, indexed.entries, indexed.changed, size, peak))
         print(f"day {day}: backup {backup:.1f} s, list {listed:.1f} s, index {took:.1f} s "
               f"({took / listed:.2f}x), {indexed.entries:,} entries, {indexed.changed:,} new "
-              f"versions, index {size / 2**20:.1f} MiB, peak RSS of the index job's "
-              f"process {peak:.0f} MiB")  # fmt: skip
+              f"versions, {indexed.reused:,} known by the previous archive's prints, "
+              f"index {size / 2**20:.1f} MiB, peak RSS of the index job's process "
+              f"{peak:.0f} MiB")  # fmt: skip
         sys.stdout.flush()
 
     print(f"\nfirst archive: {first_entries:,} entries, index {first_bytes / 2**20:.1f} MiB = "
           f"{first_bytes / first_entries:.0f} bytes per entry")  # fmt: skip
+    kept = (Path(settings.DATA_DIR) / "index-prints").glob("*")
+    prints = sum(path.stat().st_size for path in kept)
+    print(
+        f"beside the database, the newest archive's prints (for the next one): "
+        f"{prints / 2**20:.1f} MiB = {prints / indexed.entries:.0f} bytes per entry"
+    )
     core = index_bytes(trigrams=False)
     print(f"of which the names' trigram index (search): {(index_bytes() - core) / 2**20:.1f} "
           f"MiB; without it, all archives now: {core / 2**20:.1f} MiB")  # fmt: skip
