@@ -139,6 +139,13 @@ def _table(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+def prints_id(indexed: IndexedArchive) -> str:
+    """Which indexing of which archive a chain's prints were written for: the same archive
+    indexed again, in this database or a new one (whose nodes are others), has another."""
+    made = f"{indexed.borg_id}:{indexed.pk}:{indexed.indexed_at.isoformat()}"
+    return hashlib.sha256(made.encode()).hexdigest()
+
+
 class Stopped(Exception):
     """Storing stopped early: a cancel, or another job of the repository waits."""
 
@@ -285,7 +292,11 @@ class Indexer:
             self._see(node)
             prints.append((key, node))
         if self.prints is not None:
-            self.prints.add(prints)
+            try:
+                self.prints.add(prints)
+            except OSError:  # a full disk, say: no prints this time, the index goes on
+                self.prints.discard()
+                self.prints = None
         self.count += len(batch)
         self.reused += len(batch) - len(todo)
         if self.progress is not None:
@@ -393,7 +404,7 @@ class Indexer:
         previous = IndexedArchive.objects.filter(chain=self.chain, seq=self.prev).first()
         if previous is None:
             return None
-        found = fileprints.Previous(self.chain.pk, self.prev, previous.borg_id)
+        found = fileprints.Previous(self.chain.pk, self.prev, prints_id(previous))
         return found if found.valid else None
 
     def close_prints(self, done: IndexedArchive | None) -> None:
@@ -404,7 +415,7 @@ class Indexer:
             if done is None:
                 self.prints.discard()
             else:
-                self.prints.keep(done.seq, done.borg_id)
+                self.prints.keep(done.seq, prints_id(done))
         except OSError:
             self.prints.discard()
 

@@ -8,10 +8,11 @@ archive of the set in much the same order, so its records are compared with the 
 ones a window at a time: a record whose digest is there is the same path with the same
 version, which the chain holds open already. Only the others are stored.
 
-The file is a cache. Missing, damaged or written for another archive than the chain's
-newest indexed one, it is not used, and every record is stored as before. A record that
-moved further than the window (a folder of many thousands of entries added or removed)
-is stored as before too: slower, never wrong.
+The file is a cache. Missing, damaged, or written for another archive than the chain's
+newest indexed one (or for an earlier indexing of it, whose nodes may be others), it is not
+used, and every record is stored as before. A record that moved further than the window (a
+folder of many thousands of entries added or removed) is stored as before too: slower,
+never wrong.
 """
 
 import hashlib
@@ -23,7 +24,7 @@ from pathlib import Path
 from django.conf import settings
 
 MAGIC = b"OCPRINT1"
-HEADER = struct.Struct(">8sQQ64sQ")  # magic, chain, seq, archive's borg id, records
+HEADER = struct.Struct(">8sQQ64sQ")  # magic, chain, seq, fileindex.prints_id, records
 RECORD = struct.Struct(">16sQ")  # digest, node
 WINDOW = 8192  # records of the previous archive looked ahead of the last one met
 MOST = 1 << 18  # records held at most (bounded memory whatever the archive's size)
@@ -47,7 +48,7 @@ class Previous:
     node of an equal record within the window ahead (the records before it are passed
     over: gone or changed), or None."""
 
-    def __init__(self, chain_id: int, seq: int, borg_id: str):
+    def __init__(self, chain_id: int, seq: int, made_for: str):
         self.ahead: OrderedDict[bytes, int] = OrderedDict()
         self.file = None
         self.valid = False  # the prints of that archive, whole and readable
@@ -59,7 +60,7 @@ class Previous:
             found = HEADER.unpack(handle.read(HEADER.size))[:4]
         except struct.error:  # cut short
             found = None
-        if found != (MAGIC, chain_id, seq, borg_id.encode()[:64].ljust(64, b"\0")):
+        if found != (MAGIC, chain_id, seq, made_for.encode()[:64].ljust(64, b"\0")):
             handle.close()
             return
         self.file, self.valid = handle, True
@@ -110,15 +111,18 @@ class Writer:
         self.file.write(b"".join(RECORD.pack(key, node) for key, node in records))
         self.count += len(records)
 
-    def keep(self, seq: int, borg_id: str) -> None:
+    def keep(self, seq: int, made_for: str) -> None:
         self.file.seek(0)
-        self.file.write(HEADER.pack(MAGIC, self.chain_id, seq, borg_id.encode()[:64],
+        self.file.write(HEADER.pack(MAGIC, self.chain_id, seq, made_for.encode()[:64],
                                     self.count))  # fmt: skip
         self.file.close()
         os.replace(self.temporary, path_of(self.chain_id))
 
     def discard(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass
         self.temporary.unlink(missing_ok=True)
 
 
@@ -129,5 +133,6 @@ def prune(chains: set[int]) -> None:
     except OSError:
         return
     for path in found:
-        if path.name.isdigit() and int(path.name) not in chains:
+        chain = path.name.removesuffix(".partial")
+        if chain.isdigit() and int(chain) not in chains:
             path.unlink(missing_ok=True)

@@ -55,6 +55,7 @@ def test_each_record_met_again_gets_its_own_node_whatever_moved(prints_dir):
 
 
 def test_prints_of_another_archive_or_damaged_are_not_used(prints_dir):
+    """Each check of the header: the chain, the archive's place in it, and which indexing."""
     write_prints([(key(n), n + 1) for n in range(10)])
     assert fileprints.Previous(7, 3, "ab" * 32).valid
     assert not fileprints.Previous(7, 2, "ab" * 32).valid  # another archive of the chain
@@ -69,3 +70,19 @@ def test_prints_of_another_archive_or_damaged_are_not_used(prints_dir):
     assert not (prints_dir / "9").exists() and not (prints_dir / "9.partial").exists()
     fileprints.prune({9})
     assert os.listdir(prints_dir) == []
+
+
+def test_prints_name_the_indexing_they_were_written_for():
+    """The same archive indexed again (another row at another time: a new database, say,
+    whose nodes are others) gets other prints, never the old ones."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from borgapp.fileindex import prints_id
+
+    at = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    once = SimpleNamespace(borg_id="ab" * 32, pk=4, indexed_at=at)
+    assert prints_id(once) == prints_id(SimpleNamespace(**vars(once)))
+    for other in ({"pk": 5}, {"indexed_at": at + timedelta(microseconds=1)},
+                  {"borg_id": "cd" * 32}):  # fmt: skip
+        assert prints_id(SimpleNamespace(**{**vars(once), **other})) != prints_id(once)
