@@ -17,13 +17,13 @@ consecutive archives of a backup set share what they hold alike.
   undone by the next (`_recover`).
 """
 
+import functools
 import hashlib
 import os
 import queue
 import stat
 import threading
 import time
-from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
@@ -58,6 +58,7 @@ PERMS = "rwxrwxrwx"
 SPECIAL = {2: (stat.S_ISUID, "sS"), 5: (stat.S_ISGID, "sS"), 8: (stat.S_ISVTX, "tT")}
 
 
+@functools.lru_cache(maxsize=4096)  # a listing repeats a few modes a million times
 def mode_bits(text: str) -> int:
     """borg's `-rwxr-sr-x` as permission bits (0o2755)."""
     bits = 0
@@ -115,24 +116,27 @@ def chain_key(archive: Archive) -> str:
     return f"{archive.hostname}:{naming.set_of(archive.name) or archive.name}"[:255]
 
 
-class Bounded(OrderedDict):
-    """A dict that forgets the least recently used keys past `limit`."""
+class Bounded:
+    """A cache that holds at least the `limit` keys put or met last, at most twice as many:
+    two generations of plain dicts, the older dropped whole when the newer is full (a
+    million lookups cost a dict's, not an LRU's bookkeeping per key)."""
 
     def __init__(self, limit: int):
-        super().__init__()
-        self.limit = limit
+        self.limit, self.new, self.old = limit, {}, {}
 
     def get(self, key, default=None):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return default
+        found = self.new.get(key)
+        if found is None:
+            found = self.old.get(key)
+            if found is None:
+                return default
+            self.put(key, found)  # met again: kept with the newer generation
+        return found
 
-    def put(self, key, value):
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.limit:
-            self.popitem(last=False)
+    def put(self, key, value) -> None:
+        self.new[key] = value
+        if len(self.new) >= self.limit:
+            self.old, self.new = self.new, {}
 
 
 def _table(model) -> str:
@@ -489,11 +493,13 @@ def chunks(items: list, size: int = 900):
         yield items[start : start + size]
 
 
-def parse_record(fields: list[bytes]) -> tuple[str, tuple]:
-    """One item of `borg.index_list_cmd` as (path, attrs in ATTRS order)."""
-    mode, user, group, size, mtime, target, source, health, path = (
-        field.decode("utf-8", "replace") for field in fields
-    )
+def parse_record(record: bytes) -> tuple[str, tuple]:
+    """One item of `borg.index_list_cmd` (its fields joined by NUL) as (path, attrs in
+    ATTRS order). Decoded whole, once: a field cannot end inside a character's bytes, NUL
+    being a character of its own."""
+    mode, user, group, size, mtime, target, source, health, path = record.decode(
+        "utf-8", "replace"
+    ).split("\0")
     kind = mode[:1] or "?"
     # borg's `h` (a hardlink to an earlier item, named as its target) is a regular file
     return path.strip("/"), (
@@ -512,29 +518,31 @@ def read_records(fd: int, batches: queue.Queue, stop: threading.Event,
     that stopped it."""
     width = len(borg.INDEX_FIELDS)
     try:
-        rest, fields, batch = b"", [], []
+        rest, pending, batch = b"", [], []
         while not stop.is_set() and (data := os.read(fd, 1 << 20)):
             parts = (rest + data).split(b"\0")
             rest = parts.pop()
-            for part in parts:
-                fields.append(part)
-                if len(fields) == width:
-                    key = fileprints.digest(fields)
-                    node = previous.match(key) if previous is not None else None
-                    if node is None:
-                        path, attrs = parse_record(fields)
-                    else:
-                        path = fields[-1].decode("utf-8", "replace").strip("/")
-                        attrs = (fields[0][:1].decode("ascii", "replace"),)
-                    fields = []
-                    if path:
-                        batch.append((path, attrs, key, node))
-                        if len(batch) >= BATCH:
-                            batches.put(batch)
-                            batch = []
+            if pending:  # the first fields of a record the last read cut
+                parts[:0] = pending
+            whole = len(parts) - len(parts) % width
+            pending = parts[whole:]
+            for start in range(0, whole, width):
+                record = b"\0".join(parts[start : start + width])
+                key = fileprints.digest(record)
+                node = previous.match(key) if previous is not None else None
+                if node is None:
+                    path, attrs = parse_record(record)
+                else:
+                    path = parts[start + width - 1].decode("utf-8", "replace").strip("/")
+                    attrs = (chr(record[0]) if record[0] < 128 else "?",)
+                if path:
+                    batch.append((path, attrs, key, node))
+                    if len(batch) >= BATCH:
+                        batches.put(batch)
+                        batch = []
         if stop.is_set():
             return
-        if rest or fields:
+        if rest or pending:
             raise OperationError("borg's listing of the archive ended midway.", "borg_error")
         batches.put(batch)
         batches.put(None)

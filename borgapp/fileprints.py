@@ -31,8 +31,9 @@ MOST = 1 << 18  # records held at most (bounded memory whatever the archive's si
 READ = 4096  # records read at a time
 
 
-def digest(fields: list[bytes]) -> bytes:
-    return hashlib.blake2b(b"\0".join(fields), digest_size=16).digest()
+def digest(record: bytes) -> bytes:
+    """A record of borg's listing (its fields joined by NUL) as 16 bytes."""
+    return hashlib.blake2b(record, digest_size=16).digest()
 
 
 def _folder() -> Path:

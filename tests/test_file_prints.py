@@ -24,7 +24,7 @@ def write_prints(records, chain=7, seq=3, borg_id="ab" * 32):
 
 
 def key(n: int) -> bytes:
-    return fileprints.digest([b"-rw-r--r--", b"root", f"file-{n}".encode()])
+    return fileprints.digest(b"\0".join([b"-rw-r--r--", b"root", f"file-{n}".encode()]))
 
 
 def test_each_record_met_again_gets_its_own_node_whatever_moved(prints_dir):
