@@ -18,7 +18,7 @@ from datetime import datetime
 from django.db import connection
 
 from borgapp import listing, validation
-from borgapp.fileindex import is_indexed, mode_text, moment
+from borgapp.fileindex import is_indexed, mode_text, moment, sql_name, sql_table
 from borgapp.filesearch import SUBTREE, node_of, paths_of
 from borgapp.models import Archive, ArchiveDiffItem, IndexedArchive, IndexOwner, IndexVersion
 
@@ -39,23 +39,19 @@ class Row:
         return ArchiveDiffItem.Change(self.change).label
 
 
-def _q(name: str) -> str:
-    return connection.ops.quote_name(name)
-
-
 def _held(side: str, indexed: IndexedArchive, since: int | None, until: int | None):
     """The versions one archive holds (SQL and its parameters); within one set only those
     that end before the other archive (`until`) or start after it (`since`)."""
-    columns = ", ".join(_q(name) for name in KEPT)
-    sql = (f"{side} AS (SELECT {columns} FROM {_q(IndexVersion._meta.db_table)} "
-           f"WHERE chain_id = %s AND {_q('first')} <= %s AND ({_q('last')} IS NULL OR "
-           f"{_q('last')} >= %s)")  # fmt: skip
+    columns = ", ".join(sql_name(name) for name in KEPT)
+    sql = (f"{side} AS (SELECT {columns} FROM {sql_table(IndexVersion)} "
+           f"WHERE chain_id = %s AND {sql_name('first')} <= %s AND "
+           f"({sql_name('last')} IS NULL OR {sql_name('last')} >= %s)")  # fmt: skip
     params = [indexed.chain_id, indexed.seq, indexed.seq]
     if until is not None:
-        sql += f" AND {_q('last')} < %s"
+        sql += f" AND {sql_name('last')} < %s"
         params.append(until)
     if since is not None:
-        sql += f" AND {_q('first')} > %s"
+        sql += f" AND {sql_name('first')} > %s"
         params.append(since)
     return sql + ")", params
 

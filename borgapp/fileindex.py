@@ -139,8 +139,13 @@ class Bounded:
             self.old, self.new = self.new, {}
 
 
-def _table(model) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
+def sql_name(name: str) -> str:
+    """A column's (or a table's) name quoted for this database's SQL."""
+    return connection.ops.quote_name(name)
+
+
+def sql_table(model) -> str:
+    return sql_name(model._meta.db_table)
 
 
 def prints_id(indexed: IndexedArchive) -> str:
@@ -343,7 +348,7 @@ class Indexer:
         return byte < len(self.seen) and bool(self.seen[byte] & (1 << (node & 7)))
 
     def _versions(self, nodes: list[int], attrs: list[tuple]) -> None:
-        versions = _table(IndexVersion)
+        versions = sql_table(IndexVersion)
         open_now = {}
         with connection.cursor() as cursor:
             if self.prev:
@@ -351,7 +356,7 @@ class Indexer:
                     marks = ", ".join(["%s"] * len(chunk))
                     cursor.execute(
                         f"SELECT id, node_id, {COLUMNS} FROM {versions} WHERE chain_id = %s "
-                        f"AND {_q('last')} IS NULL AND node_id IN ({marks})",
+                        f"AND {sql_name('last')} IS NULL AND node_id IN ({marks})",
                         [self.chain.pk, *chunk],
                     )
                     for row in cursor.fetchall():
@@ -367,12 +372,12 @@ class Indexer:
                 insert.append((node, self.chain.pk, self.seq, *values))
             for chunk in chunks(close):
                 marks = ", ".join(["%s"] * len(chunk))
-                cursor.execute(f"UPDATE {versions} SET {_q('last')} = %s WHERE id IN ({marks})",
-                               [self.prev, *chunk])  # fmt: skip
+                cursor.execute(f"UPDATE {versions} SET {sql_name('last')} = %s "
+                               f"WHERE id IN ({marks})", [self.prev, *chunk])  # fmt: skip
             if insert:
                 marks = ", ".join(["%s"] * (3 + len(ATTRS)))
                 cursor.executemany(
-                    f"INSERT INTO {versions} (node_id, chain_id, {_q('first')}, {COLUMNS}) "
+                    f"INSERT INTO {versions} (node_id, chain_id, {sql_name('first')}, {COLUMNS}) "
                     f"VALUES ({marks})",
                     insert,
                 )
@@ -443,7 +448,7 @@ def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
         for chunk in chunks(rows, 4000):
             marks = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(chunk))
             cursor.execute(
-                f"INSERT INTO {_table(model)} ({columns}) VALUES {marks} "
+                f"INSERT INTO {sql_table(model)} ({columns}) VALUES {marks} "
                 f"ON CONFLICT {conflict} DO NOTHING RETURNING {returning}",
                 [value for row in chunk for value in row],
             )
@@ -456,7 +461,7 @@ def _select_by_id(model, column: str, ids: list[int]) -> dict[int, object]:
     with connection.cursor() as cursor:
         for chunk in chunks(ids):
             marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(f"SELECT id, {column} FROM {_table(model)} WHERE id IN ({marks})",
+            cursor.execute(f"SELECT id, {column} FROM {sql_table(model)} WHERE id IN ({marks})",
                            chunk)  # fmt: skip
             found.update(cursor.fetchall())
     return found
@@ -466,7 +471,7 @@ def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
     """The existing nodes of (parent, name id) pairs: the pairs as a VALUES list joined to
     the unique index (a row-value IN would scan every path on SQLite); top-level ones,
     whose parent is NULL, by name."""
-    table = _table(IndexNode)
+    table = sql_table(IndexNode)
     rows = []
     pairs = [pair for pair in wanted if pair[0] is not None]
     tops = [name for parent, name in wanted if parent is None]
@@ -554,10 +559,6 @@ def read_records(fd: int, batches: queue.Queue, stop: threading.Event,
             previous.close()
 
 
-def _q(name: str) -> str:
-    return connection.ops.quote_name(name)
-
-
 def _chain_for(archive: Archive) -> IndexChain:
     """The chain the archive continues; an archive older than the chain's newest indexed
     one (made elsewhere, synced late) starts a chain of its own instead."""
@@ -597,7 +598,7 @@ def add_trigrams(new_names: list[int] | None) -> None:
         cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
         if cursor.fetchone() is None:
             return
-        names = _table(IndexName)
+        names = sql_table(IndexName)
         # each new name its number, after the highest (this runs in a write transaction:
         # on SQLite no other writer numbers names meanwhile); the trigram index is keyed by it
         number = (f"UPDATE {names} SET num = r.n FROM (SELECT id, (SELECT COALESCE(MAX(num), 0) "
@@ -667,7 +668,7 @@ def _gaps(seqs: list[int], last_seq: int) -> list[tuple[int, int | None]]:
 
 def _drop_unused_nodes() -> None:
     """Paths no version uses, leaves first (a folder is kept while anything is in it)."""
-    nodes, versions = _table(IndexNode), _table(IndexVersion)
+    nodes, versions = sql_table(IndexNode), sql_table(IndexVersion)
     with connection.cursor() as cursor:
         while True:
             cursor.execute(

@@ -12,7 +12,15 @@ from django.db import connection
 from django.db.models import F, Q
 
 from borgapp import validation
-from borgapp.fileindex import TRIGRAMS, chunks, micros, mode_text, moment, name_hash
+from borgapp.fileindex import (
+    TRIGRAMS,
+    chunks,
+    micros,
+    mode_text,
+    moment,
+    name_hash,
+    sql_table,
+)
 from borgapp.models import (
     Archive,
     IndexedArchive,
@@ -122,7 +130,7 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
-_NAMES = connection.ops.quote_name(IndexName._meta.db_table)
+_NAMES = sql_table(IndexName)
 
 
 def _name_query(pattern: str):
@@ -365,7 +373,7 @@ def folder_entries(archive: Archive, folder: str):
     )
 
 
-_NODES = connection.ops.quote_name(IndexNode._meta.db_table)
+_NODES = sql_table(IndexNode)
 # a condition on `node_id`: the node %s and every node below it
 SUBTREE = (
     f"node_id IN (WITH RECURSIVE below(id) AS (SELECT id FROM {_NODES} WHERE id = %s "

@@ -54,7 +54,7 @@ def run_index_jobs():
 
 def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     from borgapp import fileindex, filesearch
-    from borgapp.models import Archive, IndexVersion
+    from borgapp.models import Archive, IndexName, IndexVersion
 
     src = write_files(tmp_path / "src", {
         "srv/www/index.html": "<h1>home</h1>", "srv/www/img/logo.svg": "<svg/>",
@@ -95,6 +95,9 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     from django.db import connection
 
     assert filesearch.trigrams() == (connection.vendor == "sqlite")  # SQLite: FTS5 trigrams
+    if filesearch.trigrams():  # every name numbered for the trigram index, each its own
+        numbers = list(IndexName.objects.values_list("num", flat=True))
+        assert None not in numbers and len(set(numbers)) == len(numbers)
     upper = filesearch.search("INVOICE-2025", filesearch.Filters())["hits"]
     assert len(upper) == 2  # a fragment matches whatever its case, with or without trigrams
     found = filesearch.search("invoice", filesearch.Filters())
