@@ -383,13 +383,18 @@ class Indexer:
                 )
         self.changed += len(insert)
 
-    def finish(self) -> IndexedArchive:
+    def finish(self, prints: fileprints.Previous | None = None) -> IndexedArchive:
         """After the last batch: close what the previous archive held and this one does not
-        (only looked for when the counts say something went), then make the archive
+        (only looked for when the counts say something went: among the previous records
+        that the prints passed over, or else among every entry), then make the archive
         visible in the index."""
         previous = IndexedArchive.objects.filter(chain=self.chain, seq=self.prev).first()
         if self.prev and (previous is None or previous.entries != self.matched):
-            self.changed += self._close_unseen()
+            passed = prints.passed if prints is not None and prints.ended else None
+            if passed is not None and previous is not None and prints.records == previous.entries:
+                self.changed += self._close_gone(passed)
+            else:
+                self.changed += self._close_unseen()
         with transaction.atomic():
             done = IndexedArchive.objects.create(
                 archive=self.archive, chain=self.chain, seq=self.seq,
@@ -427,6 +432,16 @@ class Indexer:
                 self.prints.keep(done.seq, prints_id(done))
         except OSError:
             self.prints.discard()
+
+    def _close_gone(self, passed) -> int:
+        """Close the versions of the previous records passed over and not met since."""
+        gone = sorted({node for node in passed if not self._seen(node)})
+        closed = 0
+        for chunk in chunks(gone):
+            closed += IndexVersion.objects.filter(
+                chain=self.chain, last=None, first__lte=self.prev, node_id__in=chunk
+            ).update(last=self.prev)
+        return closed
 
     def _close_unseen(self) -> int:
         open_before = IndexVersion.objects.filter(
@@ -549,6 +564,8 @@ def read_records(fd: int, batches: queue.Queue, stop: threading.Event,
             return
         if rest or pending:
             raise OperationError("borg's listing of the archive ended midway.", "borg_error")
+        if previous is not None:
+            previous.end()
         batches.put(batch)
         batches.put(None)
     except BaseException as exc:  # noqa: BLE001 (handed to the thread that stores)
@@ -737,7 +754,7 @@ def index_archive(ctx, archive: Archive) -> IndexedArchive:
             raise outcome["error"]
         if failure is not None:
             raise failure
-        done = indexer.finish()
+        done = indexer.finish(previous)
     except BaseException:
         indexer.close_prints(None)
         raise

@@ -18,6 +18,7 @@ never wrong.
 import hashlib
 import os
 import struct
+from array import array
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,6 +30,7 @@ RECORD = struct.Struct(">16sQ")  # digest, node
 WINDOW = 8192  # records of the previous archive looked ahead of the last one met
 MOST = 1 << 18  # records held at most (bounded memory whatever the archive's size)
 READ = 4096  # records read at a time
+PASSED_MOST = 1 << 22  # nodes of records passed over kept at most (8 bytes each)
 
 
 def digest(record: bytes) -> bytes:
@@ -47,24 +49,29 @@ def path_of(chain_id: int) -> Path:
 class Previous:
     """The previous archive's records, met in listing order: `match(digest)` gives the
     node of an equal record within the window ahead (the records before it are passed
-    over: gone or changed), or None."""
+    over: gone or changed), or None. `passed` keeps the nodes of the records passed over,
+    so that what went can be told from them alone (`end()`), not from every entry."""
 
     def __init__(self, chain_id: int, seq: int, made_for: str):
         self.ahead: OrderedDict[bytes, int] = OrderedDict()
         self.file = None
         self.valid = False  # the prints of that archive, whole and readable
+        self.passed: array | None = array("q")  # None: too many kept, or not read to the end
+        self.records = self.read = 0
+        self.ended = False  # `end()` was reached: the whole listing was met
         try:
             handle = open(path_of(chain_id), "rb")  # noqa: SIM115 (kept open while read)
         except OSError:
             return
         try:
-            found = HEADER.unpack(handle.read(HEADER.size))[:4]
+            found = HEADER.unpack(handle.read(HEADER.size))
         except struct.error:  # cut short
             found = None
-        if found != (MAGIC, chain_id, seq, made_for.encode()[:64].ljust(64, b"\0")):
+        if found is None or found[:4] != (MAGIC, chain_id, seq,
+                                          made_for.encode()[:64].ljust(64, b"\0")):  # fmt: skip
             handle.close()
             return
-        self.file, self.valid = handle, True
+        self.file, self.valid, self.records = handle, True, found[4]
         self._read(WINDOW)
 
     def _read(self, count: int) -> None:
@@ -74,22 +81,43 @@ class Previous:
             whole = len(data) // RECORD.size
             for key, node in RECORD.iter_unpack(data[: whole * RECORD.size]):
                 self.ahead[key] = node
+            self.read += whole
             count -= whole
             if whole < wanted:
                 self.close()  # the end of the file
         while len(self.ahead) > MOST:
-            self.ahead.popitem(last=False)
+            self._pass(self.ahead.popitem(last=False)[1])
+
+    def _pass(self, node: int) -> None:
+        if self.passed is not None:
+            self.passed.append(node)
+            if len(self.passed) > PASSED_MOST:
+                self.passed = None  # so much went or changed: told from the database instead
 
     def match(self, key: bytes) -> int | None:
         node = self.ahead.get(key)
         if node is None:
             self._read(2)  # a long run of removed records is caught up with
             return None
-        while self.ahead.popitem(last=False)[0] != key:
-            pass
+        while (first := self.ahead.popitem(last=False))[0] != key:
+            self._pass(first[1])
         if len(self.ahead) < WINDOW:
             self._read(WINDOW - len(self.ahead))
         return node
+
+    def end(self) -> array | None:
+        """After the last record of the listing: the nodes of every previous record not
+        met again (passed over, or never reached), or None where they cannot be told
+        (prints not whole, or too many)."""
+        while self.file is not None:
+            self._read(READ)
+        for node in self.ahead.values():
+            self._pass(node)
+        self.ahead.clear()
+        if self.read != self.records:
+            self.passed = None
+        self.ended = True
+        return self.passed
 
     def close(self) -> None:
         if self.file is not None:

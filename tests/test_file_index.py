@@ -211,6 +211,18 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     assert index_entries(a2) == borg_entries(roots, a2.name)
     assert IndexVersion.objects.count() == len(borg_entries(roots, a2.name))
 
+    # without its prints (lost, say), what went is found among every entry instead
+    from borgapp import fileprints
+
+    fileprints.path_of(a2.indexed.chain_id).unlink()
+    (src / "home/ann/reports/2025/invoice-2025-04.pdf").unlink()
+    third = cli("borg_backup", "main", "--source", src, "--prefix", "www", "--json")
+    assert third.code == 0, third.err
+    run_index_jobs()
+    a3 = Archive.objects.get(name=json.loads(third.out)["result"]["archive_name"])
+    assert a3.indexed.reused == 0 and index_entries(a3) == borg_entries(roots, a3.name)
+    assert index_entries(a2) == borg_entries(roots, a2.name)
+
 
 def test_an_index_job_lets_a_backup_go_first(file_index, repo, roots, tmp_path):
     """A backup asked for while an archive is being indexed does not wait for the index: the

@@ -52,6 +52,21 @@ def test_each_record_met_again_gets_its_own_node_whatever_moved(prints_dir):
     missed = set(new) - changed - found.keys() - {n for n in new if n >= 1_000_000}
     assert missed - set(moved) and len(missed) < 3 * fileprints.WINDOW
     assert len(previous.ahead) <= fileprints.MOST
+    # what went is told from the records passed over: each previous record not met again
+    # (removed, changed, moved too far), and none that was
+    passed = previous.end()
+    assert sorted(passed) == sorted(10_000 + n for n in old if n not in found)
+
+
+def test_what_went_is_not_told_from_prints_not_read_whole(prints_dir):
+    write_prints([(key(n), n + 1) for n in range(10)])
+    previous = fileprints.Previous(7, 3, "ab" * 32)
+    assert previous.match(key(0)) == 1 and previous.match(key(5)) == 6
+    assert sorted(previous.end()) == [2, 3, 4, 5, 7, 8, 9, 10]  # passed over, and never reached
+    with open(prints_dir / "7", "r+b") as handle:  # one record short of what its header says
+        handle.truncate(fileprints.HEADER.size + 9 * fileprints.RECORD.size)
+    previous = fileprints.Previous(7, 3, "ab" * 32)
+    assert previous.valid and previous.match(key(0)) == 1 and previous.end() is None
 
 
 def test_prints_of_another_archive_or_damaged_are_not_used(prints_dir):
