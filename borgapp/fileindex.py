@@ -181,7 +181,7 @@ class Indexer:
             # cache of CACHE_MIB instead of SQLite's 2 MiB keeps them off the disk (bounded)
             with connection.cursor() as cursor:
                 cursor.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
-        self.open: list[str] = []  # the stored folders holding the current item (depth first)
+        self.open: list[str] = []  # the stored folders holding the current item, each + "/"
         self.tops: list[str] = []
         self.started = time.monotonic()
 
@@ -289,17 +289,20 @@ class Indexer:
         without its version."""
         todo = [(path, attrs) for path, attrs, _, node in batch if node is None]
         stored = iter(self._store(todo) if todo else ())
-        prints = []
+        prints, seen = [], self.seen
         for path, attrs, key, node in batch:
             if node is None:
                 node = next(stored)
-            else:
-                self.matched += 1
-            self._note_top(path, path.rpartition("/")[0], attrs[0] == "d")
-            if attrs[0] == "d":
+            is_folder = attrs[0] == "d"
+            self._note_top(path, is_folder)
+            if is_folder:
                 self.folders.put(path, node)
-            self._see(node)
+            byte = node >> 3  # seen: one bit per node id
+            if byte >= len(seen):
+                seen.extend(bytes(byte - len(seen) + 4096))
+            seen[byte] |= 1 << (node & 7)
             prints.append((key, node))
+        self.matched += len(batch) - len(todo)
         if self.prints is not None:
             try:
                 self.prints.add(prints)
@@ -327,21 +330,18 @@ class Indexer:
             self._versions(nodes, stored)
         return nodes
 
-    def _note_top(self, path: str, folder: str, is_folder: bool) -> None:
-        """borg lists a folder before what it holds: the open folders are a stack, and an
-        item whose folder is not on top of it is a top (its folder was not stored)."""
-        while self.open and not path.startswith(self.open[-1] + "/"):
-            self.open.pop()
-        if folder and (not self.open or self.open[-1] != folder) and len(self.tops) < TOPS_MAX:
-            self.tops.append(path)
+    def _note_top(self, path: str, is_folder: bool) -> None:
+        """borg lists a folder before what it holds: the open folders are a stack (each as
+        its path and a slash), and an item whose folder is not on top of it is a top (its
+        folder was not stored)."""
+        stack = self.open
+        while stack and not path.startswith(stack[-1]):
+            stack.pop()
+        if "/" in path and (not stack or path.find("/", len(stack[-1])) != -1):
+            if len(self.tops) < TOPS_MAX:
+                self.tops.append(path)
         if is_folder:
-            self.open.append(path)
-
-    def _see(self, node: int) -> None:
-        byte = node >> 3
-        if byte >= len(self.seen):
-            self.seen.extend(bytes(byte - len(self.seen) + 4096))
-        self.seen[byte] |= 1 << (node & 7)
+            stack.append(path + "/")
 
     def _seen(self, node: int) -> bool:
         byte = node >> 3
