@@ -104,10 +104,12 @@ def index_bytes(trigrams: bool = True) -> int:
     return sum(sizes.get(name, 0) for name in objects)
 
 
-def list_seconds(repo, archive: str) -> float:
-    """`borg list --json-lines > /dev/null` on the archive (best of two): borg writes
-    straight into /dev/null, as the issue's yardstick says; reading its lines in Python
-    would add a third to it (23.3 s against 31.2 s at 1,000,000 entries)."""
+def list_seconds(repo, archive: str, how: str = "json") -> float:
+    """borg's listing of the archive into /dev/null (best of two). "json": `borg list
+    --json-lines`, the issue's yardstick (borg writes straight into /dev/null; reading its
+    lines in Python would add a third to it: 23.3 s against 31.2 s at 1,000,000 entries);
+    "borg": the index's NUL-separated format by the borg binary; "lister": the same bytes
+    by borgapp.itemlist, as the index job reads them."""
     import dataclasses
 
     from borgapp import borg, operations
@@ -116,8 +118,11 @@ def list_seconds(repo, archive: str) -> float:
     best = None
     for _ in range(2):
         sink = os.open(os.devnull, os.O_WRONLY)
-        command = dataclasses.replace(borg.list_items_cmd(repo.location, archive),
-                                      stdout_fd=sink)  # fmt: skip
+        if how == "json":
+            command = dataclasses.replace(borg.list_items_cmd(repo.location, archive),
+                                          stdout_fd=sink)  # fmt: skip
+        else:
+            command = borg.index_list_cmd(repo.location, archive, sink, fast=how == "lister")
         began = time.perf_counter()
         try:
             borg.run(command, config, passphrase=repo.get_passphrase())
@@ -235,13 +240,16 @@ def run(args) -> None:
         backup = time.perf_counter() - began
         archive = Archive.objects.filter(repository=repo).order_by("-start", "-pk").first()
         listed = list_seconds(repo, archive.name)
+        by_borg = list_seconds(repo, archive.name, "borg")
+        by_lister = list_seconds(repo, archive.name, "lister")
         took, peak = index(repo, archive)
         indexed = archive.indexed
         size = index_bytes()
         if day == 0:
             first_bytes, first_entries = size, indexed.entries
         rows.append((day, backup, listed, took, indexed.entries, indexed.changed, size, peak))
-        print(f"day {day}: backup {backup:.1f} s, list {listed:.1f} s, index {took:.1f} s "
+        print(f"day {day}: backup {backup:.1f} s, list {listed:.1f} s (the index's format: "
+              f"borg {by_borg:.1f} s, the lister {by_lister:.1f} s), index {took:.1f} s "
               f"({took / listed:.2f}x), {indexed.entries:,} entries, {indexed.changed:,} new "
               f"versions, {indexed.reused:,} known by the previous archive's prints, "
               f"index {size / 2**20:.1f} MiB, peak RSS of the index job's process "

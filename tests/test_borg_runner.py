@@ -124,7 +124,9 @@ def test_a_listing_is_stopped_with_sigterm_at_once(tmp_path, config):
     started = time.monotonic()
     try:
         with pytest.raises(borg.BorgError) as info:
-            borg.run(borg.index_list_cmd("/nowhere", "a", write_end), slow, deadline=0.5)
+            borg.run(
+                borg.index_list_cmd("/nowhere", "a", write_end, fast=False), slow, deadline=0.5
+            )
     finally:
         os.close(read_end)
         os.close(write_end)

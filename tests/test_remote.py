@@ -31,11 +31,21 @@ def test_remote_repository_full_cycle(sshd, roots, settings, passfile, tmp_path)
     target = roots.restore / "from-remote"
     assert cli("borg_extract", "remote", name, "--target", target).code == 0
     assert (target / str(src).lstrip("/") / "a.txt").read_text() == "over ssh"
-    # the forced command confines the key to its directory
-    outside = f"ssh://root@127.0.0.1:{sshd['port']}{tmp_path}/elsewhere"
+    # the file index's lister reaches the repository through borg's own ssh and `borg serve`
     config = borg.BorgConfig(
         binary=settings.BORG_BINARY, base_dir=str(roots.borg_base), rsh=settings.BORG_RSH
     )
+    listed = {}
+    for fast in (True, False):
+        out = tmp_path / f"listed-{fast}"
+        with open(out, "wb") as handle:
+            command = borg.index_list_cmd(location, name, handle.fileno(), fast=fast)
+            assert bool(command.program) == fast
+            borg.run(command, config, passphrase=PASSPHRASE)
+        listed[fast] = out.read_bytes()
+    assert listed[True] == listed[False] and b"a.txt\0" in listed[True]
+    # the forced command confines the key to its directory
+    outside = f"ssh://root@127.0.0.1:{sshd['port']}{tmp_path}/elsewhere"
     with pytest.raises(borg.BorgError):
         borg.run(borg.init_cmd(outside, "none"), config, passphrase=PASSPHRASE)
 
