@@ -315,12 +315,14 @@ def diff_times(repo) -> None:
 
 def backup_while_indexing(repo, files, folders, rnd, source, alone: float) -> None:
     """A backup asked for while an archive is being indexed: how long it waits for the index
-    job to let it go first, and how long it then takes (beside the last one alone)."""
+    job to let it go first, and how long it then takes (beside the last one alone). The
+    archive indexed is the first of a backup set of its own, so that every entry's version
+    is stored: the longest index job there is for this tree."""
     from borgapp import intake, jobs
     from borgapp.models import Archive, Job
 
     change(files, folders, 1.0, rnd, 99)
-    call_command_quiet("borg_backup", "bench", "--source", str(source), "--prefix", "daily")
+    call_command_quiet("borg_backup", "bench", "--source", str(source), "--prefix", "weekly")
     archive = Archive.objects.filter(repository=repo).order_by("-start", "-pk").first()
     job = jobs.create(Job.Kind.INDEX, repo, trigger=Job.Trigger.CLI,
                       params={"archive": archive.name}, archive_name=archive.name)  # fmt: skip

@@ -546,7 +546,7 @@ def index_list_cmd(location: str, archive: str, stdout_fd: int, *, fast: bool = 
     cheap; the same bytes in a quarter of the time) where this Python has borg's package,
     else by the borg binary."""
     program = ()
-    if fast and importlib.util.find_spec("borg") is not None:
+    if fast and sys.executable and importlib.util.find_spec("borg") is not None:
         # -I: only the standard library and site-packages on the path (this folder's own
         # borg.py must not stand in for borg's package)
         program = (sys.executable, "-I", itemlist.__file__)

@@ -58,7 +58,7 @@ class Previous:
         self.valid = False  # the prints of that archive, whole and readable
         self.passed: array | None = array("q")  # None: too many kept, or not read to the end
         self.records = self.read = 0
-        self.ended = False  # `end()` was reached: the whole listing was met
+        self.gone: array | None = None  # `end()`'s answer, once the whole listing was met
         try:
             handle = open(path_of(chain_id), "rb")  # noqa: SIM115 (kept open while read)
         except OSError:
@@ -116,8 +116,8 @@ class Previous:
         self.ahead.clear()
         if self.read != self.records:
             self.passed = None
-        self.ended = True
-        return self.passed
+        self.gone = self.passed
+        return self.gone
 
     def close(self) -> None:
         if self.file is not None:

@@ -62,11 +62,14 @@ def test_what_went_is_not_told_from_prints_not_read_whole(prints_dir):
     write_prints([(key(n), n + 1) for n in range(10)])
     previous = fileprints.Previous(7, 3, "ab" * 32)
     assert previous.match(key(0)) == 1 and previous.match(key(5)) == 6
+    assert previous.gone is None  # nothing is told before the listing's end
     assert sorted(previous.end()) == [2, 3, 4, 5, 7, 8, 9, 10]  # passed over, and never reached
+    assert previous.gone is not None and sorted(previous.gone) == [2, 3, 4, 5, 7, 8, 9, 10]
     with open(prints_dir / "7", "r+b") as handle:  # one record short of what its header says
         handle.truncate(fileprints.HEADER.size + 9 * fileprints.RECORD.size)
     previous = fileprints.Previous(7, 3, "ab" * 32)
     assert previous.valid and previous.match(key(0)) == 1 and previous.end() is None
+    assert previous.gone is None
 
 
 def test_prints_of_another_archive_or_damaged_are_not_used(prints_dir):
