@@ -6,10 +6,14 @@ Within one backup set (IndexChain) only the versions that start or end between t
 archives are read: a version both archives hold is no change. Archives of different sets
 are compared entry by entry.
 
-What the index cannot tell apart, said plainly (the API's description says it too): it
-holds no content identity, so a regular file whose time or size moved is `modified` (borg
-compares the chunks and calls a file touched without a change `metadata`); and it holds no
-ctime, so a change of ctime alone (which borg lists, and the pages never showed) is not one.
+A regular file is `modified` when its content identity (borgapp.itemlist: a digest of
+its chunks' ids, as borg compares chunks) differs; a file touched without a change is a
+`metadata` change, as borg says. What the index cannot tell, said plainly (the API's
+description says it too): where a version has no content identity (indexed by the borg
+binary, or a hardlink borg lists without chunks), a file whose time or size moved is
+`modified`; it holds no ctime, so a change of ctime alone (which borg lists, and the pages
+never showed) is not one; and it says a modified file's sizes, not borg's bytes added and
+removed.
 """
 
 from dataclasses import dataclass, field
@@ -23,7 +27,7 @@ from borgapp.filesearch import SUBTREE, node_of, paths_of
 from borgapp.models import Archive, ArchiveDiffItem, IndexedArchive, IndexOwner, IndexVersion
 
 CHANGES = ("added", "removed", "modified", "metadata")
-KEPT = ("node_id", "type", "mode", "owner_id", "size", "mtime", "target")
+KEPT = ("node_id", "type", "mode", "owner_id", "size", "mtime", "target", "content")
 
 
 @dataclass
@@ -60,6 +64,16 @@ def _differs(column: str) -> str:
     return f"COALESCE(a.{column}, -1) <> COALESCE(b.{column}, -1)"
 
 
+CONTENT_DIFFERS = "(a.content IS NOT NULL AND b.content IS NOT NULL AND a.content <> b.content)"
+# a regular file's content changed: its identity, where both versions have one; else its
+# size or time moved (records() says the same in Python)
+MODIFIED = (
+    "(CASE WHEN a_content IS NOT NULL AND b_content IS NOT NULL THEN a_content <> b_content "
+    "ELSE COALESCE(a_size, -1) <> COALESCE(b_size, -1) OR "
+    "COALESCE(a_mtime, -1) <> COALESCE(b_mtime, -1) END)"
+)
+
+
 class Comparison:
     """The changes from `older` to `newer` (both indexed, one repository): a lazy sequence
     for a paginator (`count()`, slices), in the order borg listed the paths."""
@@ -76,13 +90,11 @@ class Comparison:
         b_cols = ", ".join(f"b.{name}" for name in KEPT[1:])
         nulls = ", ".join(["NULL"] * (len(KEPT) - 1))
         unequal = [f"a.{name} <> b.{name}" for name in ("type", "mode", "owner_id", "target")]
-        differ = " OR ".join([*unequal, _differs("size"), _differs("mtime")])
+        differ = " OR ".join([*unequal, _differs("size"), _differs("mtime"), CONTENT_DIFFERS])
         kind = (
             "CASE WHEN a_type IS NULL THEN 'added' WHEN b_type IS NULL THEN 'removed' "
             "WHEN a_type = b_type AND (a_target <> b_target OR (a_type = '-' AND "
-            "(COALESCE(a_size, -1) <> COALESCE(b_size, -1) OR "
-            "COALESCE(a_mtime, -1) <> COALESCE(b_mtime, -1)))) THEN 'modified' "
-            "ELSE 'metadata' END"
+            f"{MODIFIED})) THEN 'modified' ELSE 'metadata' END"
         )
         names = ", ".join([f"a_{n}" for n in KEPT[1:]] + [f"b_{n}" for n in KEPT[1:]])
         self.base = (
@@ -151,15 +163,22 @@ def rows_of(found: list[tuple]) -> list[Row]:
 def _version(values: tuple, owners: dict) -> dict | None:
     if values[0] is None:
         return None
-    kind, mode, owner, size, mtime, target = values
+    kind, mode, owner, size, mtime, target, content = values
     user, group = owners.get(owner, ("", ""))
     return {"type": kind, "mode": mode_text(kind, mode), "user": user, "group": group,
-            "size": size, "mtime": mtime, "target": target}  # fmt: skip
+            "size": size, "mtime": mtime, "target": target, "content": content}  # fmt: skip
 
 
 def _iso(value: int | None) -> str | None:
     when: datetime | None = moment(value)
     return when.replace(tzinfo=None).isoformat(timespec="microseconds") if when else None
+
+
+def content_changed(old: dict, new: dict) -> bool:
+    """As MODIFIED says it in SQL."""
+    if old["content"] is not None and new["content"] is not None:
+        return old["content"] != new["content"]
+    return old["size"] != new["size"] or old["mtime"] != new["mtime"]
 
 
 def records(old: dict | None, new: dict | None) -> list[dict]:
@@ -174,9 +193,7 @@ def records(old: dict | None, new: dict | None) -> list[dict]:
     changes = []
     if old["type"] == new["type"] == "l" and old["target"] != new["target"]:
         changes.append({"type": "changed link"})
-    elif old["type"] == new["type"] == "-" and (
-        old["size"] != new["size"] or old["mtime"] != new["mtime"]
-    ):
+    elif old["type"] == new["type"] == "-" and content_changed(old, new):
         changes.append({"type": "modified", "old_size": old["size"], "new_size": new["size"]})
     if old["mode"] != new["mode"]:
         changes.append({"type": "mode", "old_mode": old["mode"], "new_mode": new["mode"]})

@@ -52,7 +52,7 @@ TOPS_MAX = 1000  # more items without a stored folder than this: not a list of s
 CACHE = 20_000  # folders and names kept in memory (each cache)
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
-ATTRS = ("type", "mode", "owner_id", "size", "mtime", "target", "healthy")
+ATTRS = ("type", "mode", "owner_id", "size", "mtime", "target", "healthy", "content")
 COLUMNS = ", ".join(f'"{name}"' for name in ATTRS)
 OWNER = 2  # the place of the owner in ATTRS: parsed as (user, group), stored as its id
 PERMS = "rwxrwxrwx"
@@ -361,16 +361,20 @@ class Indexer:
                         [self.chain.pk, *chunk],
                     )
                     for row in cursor.fetchall():
-                        open_now[row[1]] = (row[0], (*row[2:8], bool(row[8])))
-            close, insert = [], []
+                        open_now[row[1]] = (row[0], (*row[2:8], bool(row[8]), row[9]))
+            close, insert, identify = [], [], []
             for node, values in zip(nodes, attrs, strict=True):
                 current = open_now.pop(node, None)
                 if current is not None:
                     self.matched += 1
-                    if current[1] == values:
-                        continue  # as in the previous archive: nothing to write
+                    if same_version(current[1], values):
+                        if current[1][-1] is None and values[-1] is not None:
+                            identify.append((values[-1], current[0]))  # stored without one
+                        continue  # as in the previous archive: nothing else to write
                     close.append(current[0])
                 insert.append((node, self.chain.pk, self.seq, *values))
+            if identify:
+                cursor.executemany(f"UPDATE {versions} SET content = %s WHERE id = %s", identify)
             for chunk in chunks(close):
                 marks = ", ".join(["%s"] * len(chunk))
                 cursor.execute(f"UPDATE {versions} SET {sql_name('last')} = %s "
@@ -514,30 +518,46 @@ def chunks(items: list, size: int = 900):
         yield items[start : start + size]
 
 
+def same_version(stored: tuple, listed: tuple) -> bool:
+    """Two versions in ATTRS order alike. A content identity missing on either side (stored
+    before the index had them, or listed by the borg binary) is not a difference: the
+    stored one gets the listed one (Indexer._versions)."""
+    if stored[:-1] != listed[:-1]:
+        return False
+    return stored[-1] is None or listed[-1] is None or stored[-1] == listed[-1]
+
+
 def parse_record(record: bytes) -> tuple[str, tuple]:
     """One item of `borg.index_list_cmd` (its fields joined by NUL) as (path, attrs in
     ATTRS order). Decoded whole, once: a field cannot end inside a character's bytes, NUL
-    being a character of its own."""
-    mode, user, group, size, mtime, target, source, health, path = record.decode(
+    being a character of its own. The content identity (borgapp.itemlist), where listed,
+    as a signed 64-bit number."""
+    mode, user, group, size, mtime, target, source, health, path, *more = record.decode(
         "utf-8", "replace"
     ).split("\0")
     kind = mode[:1] or "?"
+    content = (
+        int.from_bytes(bytes.fromhex(more[0]), "big", signed=True) if more and more[0] else None
+    )
     # borg's `h` (a hardlink to an earlier item, named as its target) is a regular file
     return path.strip("/"), (
         "-" if kind == "h" else kind, mode_bits(mode), (user[:64], group[:64]),
         int(size) if size.isdigit() else None, micros(mtime), target or source,
-        health != "broken",
+        health != "broken", content,
     )  # fmt: skip
 
 
+PATH = borg.INDEX_FIELDS.index("path")  # its place in a record
+
+
 def read_records(fd: int, batches: queue.Queue, stop: threading.Event,
-                 previous: fileprints.Previous | None = None) -> None:  # fmt: skip
+                 previous: fileprints.Previous | None = None,
+                 width: int = len(borg.INDEX_FIELDS)) -> None:  # fmt: skip
     """Split borg's NUL-separated output into batches of (path, attrs, digest, node), as it
     arrives (a thread of its own, so that borg writes on while the batches are stored).
     A record equal to one of the previous archive's gets that one's node, and is not
     parsed further (its attrs are only its type). Ends with None, or with the exception
     that stopped it."""
-    width = len(borg.INDEX_FIELDS)
     try:
         rest, pending, batch = b"", [], []
         while not stop.is_set() and (data := os.read(fd, 1 << 20)):
@@ -554,7 +574,7 @@ def read_records(fd: int, batches: queue.Queue, stop: threading.Event,
                 if node is None:
                     path, attrs = parse_record(record)
                 else:
-                    path = parts[start + width - 1].decode("utf-8", "replace").strip("/")
+                    path = parts[start + PATH].decode("utf-8", "replace").strip("/")
                     attrs = (chr(record[0]) if record[0] < 128 else "?",)
                 if path:
                     batch.append((path, attrs, key, node))
@@ -712,16 +732,17 @@ def index_archive(ctx, archive: Archive) -> IndexedArchive:
     indexer = Indexer(archive, ctx.progress)
     previous = indexer.open_prints()
     read_end, write_end = os.pipe()
+    command = borg.index_list_cmd(ctx.repo.location, archive.name, write_end)
     batches: queue.Queue = queue.Queue(maxsize=QUEUED_BATCHES)
     stop = threading.Event()  # the storing side failed: the reader stops, so borg does too
-    reader = threading.Thread(target=read_records, args=(read_end, batches, stop, previous),
-                              daemon=True)  # fmt: skip
+    width = len(borg.index_fields(command))
+    reader = threading.Thread(target=read_records, daemon=True,
+                              args=(read_end, batches, stop, previous, width))  # fmt: skip
     outcome: dict = {}
 
     def run_borg():
         try:
-            outcome["result"] = ctx.borg(borg.index_list_cmd(ctx.repo.location, archive.name,
-                                                             write_end))  # fmt: skip
+            outcome["result"] = ctx.borg(command)
         except BaseException as exc:  # noqa: BLE001 (raised again in the caller's thread)
             outcome["error"] = exc
         finally:

@@ -14,6 +14,7 @@ against `borg list` on awkward archives (tests/test_file_index.py). The bytes a 
 writes are borg 1.4's; a borg whose version this was not written for lists as borg does.
 """
 
+import hashlib
 import math
 import os
 import stat
@@ -22,7 +23,19 @@ from datetime import datetime
 
 FIELDS = ("mode", "user", "group", "size", "isomtime", "linktarget", "source", "health", "path")
 FORMAT = "".join(f"{{{name}}}{{NUL}}" for name in FIELDS)
+# and one field more, which borg's formatter has not: a file's content identity (a digest of
+# its chunks' ids, 16 hex digits; empty for what has no chunks of its own)
+CONTENT_FIELDS = (*FIELDS, "content")
+CONTENT_FORMAT = FORMAT + "{content}{NUL}"
 WRITTEN_FOR = "1.4."  # borg versions whose ItemFormatter this copies
+
+
+def content(chunks) -> bytes:
+    """A file's content identity from its chunks' ids (which borg derives from their data
+    with a keyed hash): equal for equal content; 64 bits tell a path's versions apart."""
+    return (
+        hashlib.blake2b(b"".join(chunk[0] for chunk in chunks), digest_size=8).hexdigest().encode()
+    )
 
 
 def text(value: bytes) -> bytes:
@@ -39,8 +52,8 @@ class Formatter:
     """borg's output for items (raw dicts) under FORMAT. The few modes, owners and times
     to the second that a listing repeats are worked out once each."""
 
-    def __init__(self, safe_ns):
-        self.safe_ns = safe_ns
+    def __init__(self, safe_ns, with_content: bool = False):
+        self.safe_ns, self.with_content = safe_ns, with_content
         self.modes: dict[int, tuple[bytes, bool]] = {}
         self.names: dict[tuple, bytes] = {}
         self.seconds: dict[float, bytes] = {}
@@ -97,16 +110,19 @@ class Formatter:
                 self.mtime(item[b"mtime"]), source, source,
                 b"broken" if b"chunks_healthy" in item else b"healthy", text(item[b"path"]), b"",
             )))  # fmt: skip
+            if self.with_content:
+                chunks = item.get(b"chunks")
+                out.append(content(chunks) + b"\0" if chunks is not None else b"\0")
         return b"".join(out)
 
 
-def list_fast(archive, write) -> int:
+def list_fast(archive, write, with_content: bool = False) -> int:
     """Every item of a borg Archive, as records, a chunk of the item stream at a time;
     returns how many chunks of the item stream were read."""
     from borg.helpers import msgpack
     from borg.helpers.time import safe_ns
 
-    formatter = Formatter(safe_ns)
+    formatter = Formatter(safe_ns, with_content)
     unpacker = msgpack.Unpacker(use_list=False)
     count = 0
     for data in archive.pipeline.fetch_many(archive.metadata.items):
@@ -129,14 +145,14 @@ def main() -> None:
     borg_list = archiver.Archiver._list_archive
 
     def list_archive(self, args, repository, manifest, key):
-        plain = (args.format == FORMAT and not args.paths and not args.patterns
+        plain = (args.format in (FORMAT, CONTENT_FORMAT) and not args.paths and not args.patterns
                  and not args.json_lines and not args.consider_part_files
                  and borg.__version__.startswith(WRITTEN_FOR))  # fmt: skip
         if not plain:
             return borg_list(self, args, repository, manifest, key)
         archive = Archive(repository, key, manifest, args.location.archive)
         sys.stdout.flush()
-        read = list_fast(archive, sys.stdout.buffer.write)
+        read = list_fast(archive, sys.stdout.buffer.write, args.format == CONTENT_FORMAT)
         sys.stdout.buffer.flush()
         create_logger().debug("itemlist: %d chunks of items listed without borg's formatter.",
                               read)  # fmt: skip

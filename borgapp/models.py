@@ -391,7 +391,8 @@ class IndexedArchive(models.Model):
 class IndexVersion(models.Model):
     """One version of a path (type, size, time, mode, owner, link) as the archives `first` to
     `last` of its chain hold it; `last` None: up to the chain's newest archive. Times are
-    microseconds since the epoch (UTC), modes the permission bits."""
+    microseconds since the epoch (UTC), modes the permission bits. `content`: a regular
+    file's content identity (borgapp.itemlist), None where borg gave none."""
 
     node = models.ForeignKey(IndexNode, on_delete=models.CASCADE, db_index=False,
                              related_name="versions")  # fmt: skip
@@ -407,6 +408,7 @@ class IndexVersion(models.Model):
     mtime = models.BigIntegerField(null=True)
     target = models.TextField(blank=True, default="")
     healthy = models.BooleanField(default=True)
+    content = models.BigIntegerField(null=True)
 
     class Meta:
         indexes = [models.Index(fields=["node", "chain"], name="indexversion_node")]

@@ -288,6 +288,45 @@ def test_a_prune_drops_its_share_and_the_rest_still_equals_borg(file_index, repo
     assert IndexNode.objects.count() >= len(borg_entries(roots, newest.name))
 
 
+def test_an_index_made_without_content_identities_goes_on_without_storing_again(
+    file_index, repo, roots, tmp_path, monkeypatch
+):
+    """Archives indexed by the borg binary (or before the lister gave content identities)
+    hold versions without one. The next archive, read by the lister, stores no version
+    again but gives those it holds alike their identity; a touched file is then told from
+    a modified one, as borg tells it."""
+    import time
+
+    from borgapp import borg, filediff
+    from borgapp.models import Archive, IndexVersion
+
+    src = write_files(tmp_path / "src", {"same.txt": "s", "touched.txt": "t", "d/e.txt": "e"})
+
+    def backup():
+        done = cli("borg_backup", "main", "--source", src, "--prefix", "set", "--json")
+        assert done.code == 0, done.err
+        run_index_jobs()
+        time.sleep(1.1)
+        return Archive.objects.get(name=json.loads(done.out)["result"]["archive_name"])
+
+    monkeypatch.setattr(borg, "lister_usable", lambda: False)
+    a1 = backup()
+    assert not IndexVersion.objects.exclude(content=None).exists()
+    monkeypatch.undo()
+    a2 = backup()  # nothing changed: every version as it was, none stored again
+    assert IndexVersion.objects.count() == a1.indexed.entries == a2.indexed.entries
+    files = IndexVersion.objects.filter(type="-")
+    assert files.count() == 3 and not files.filter(content=None).exists()
+    (src / "touched.txt").touch()
+    a3 = backup()
+    assert index_entries(a3) == borg_entries(roots, a3.name)
+    touched = str(src / "touched.txt").lstrip("/")
+    for older in (a1, a2):
+        said = borg_diff(roots, older.name, a3.name)
+        told = {row.path: {c["type"] for c in row.changes} for row in filediff.compare(older, a3)}
+        assert told == said and said[touched] == {"mtime"}
+
+
 def borg_diff(roots, older: str, newer: str) -> dict:
     """What `borg diff` says changed: path -> its change types, ctime left out (the index
     holds none; a path whose only change is its ctime is no change to it)."""
@@ -317,6 +356,7 @@ def test_a_diff_from_the_index_says_what_borg_diff_says(file_index, repo, roots,
     src = write_files(tmp_path / "src", {
         "grow.txt": "a", "same-size.txt": "abc", "mode.txt": "m", "gone.txt": "g",
         "old/dir/x.txt": "x", "keep/deep/er/file.txt": "kept", "kind": "a file first",
+        "touched.txt": "only its time moves", "same-time.txt": "12345",
     })  # fmt: skip
     (src / "link").symlink_to("grow.txt")
     (src / "old-link").symlink_to("gone.txt")
@@ -334,6 +374,10 @@ def test_a_diff_from_the_index_says_what_borg_diff_says(file_index, repo, roots,
     a1 = backup("set")
     (src / "grow.txt").write_text("grown")  # and its hardlink with it
     (src / "same-size.txt").write_text("xyz")
+    (src / "touched.txt").touch()  # borg: its mtime changed, not its content
+    kept = os.stat(src / "same-time.txt")
+    (src / "same-time.txt").write_text("54321")  # the content, under the same size and time
+    os.utime(src / "same-time.txt", ns=(kept.st_atime_ns, kept.st_mtime_ns))
     (src / "mode.txt").chmod(0o600)
     (src / "gone.txt").unlink()
     (src / "old-link").unlink()
@@ -362,6 +406,8 @@ def test_a_diff_from_the_index_says_what_borg_diff_says(file_index, repo, roots,
     } <= set().union(*said.values())
     told = {row.path: {c["type"] for c in row.changes} for row in filediff.compare(a2, a1)}
     assert told == said
+    by_name = {path.rsplit("/", 1)[-1]: kinds for path, kinds in said.items()}
+    assert by_name["touched.txt"] == {"mtime"} and by_name["same-time.txt"] == {"modified"}
     assert {
         row.path: {c["type"] for c in row.changes} for row in filediff.compare(a2, a3)
     } == borg_diff(roots, a2.name, a3.name)

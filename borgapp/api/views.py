@@ -361,9 +361,11 @@ class ArchiveContentsMixin:
         description="What changed between this archive and `other` (same repository), always "
         "read from the older of the two to the newer: `added` is in the newer only. Either "
         "direction serves the one stored comparison. When both archives are in the file index "
-        "the answer comes from it at once: a regular file whose size or time moved is then "
-        "`modified` (the index holds no content identity), and a change of ctime alone is "
-        "none. " + LOADING,
+        "the answer comes from it at once: a regular file is `modified` when its content "
+        "(the ids of its chunks) changed, and a file only touched is a `metadata` change, as "
+        "borg says; where the index has no content identity for it (a hardlink, or an archive "
+        "indexed by the borg binary) a file whose size or time moved is `modified`. A change "
+        "of ctime alone is none. " + LOADING,
     )
     @action(detail=True, methods=["get", "post"])
     def diff(self, request, pk=None):
