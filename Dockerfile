@@ -137,7 +137,7 @@ WORKDIR /app
 COPY agent/ /app/agent/
 COPY borgapp/__init__.py borgapp/borg.py borgapp/validation.py borgapp/errors.py \
      borgapp/procs.py borgapp/heldir.py borgapp/inplace.py borgapp/dumps.py \
-     borgapp/verifying.py /app/borgapp/
+     borgapp/verifying.py borgapp/itemlist.py /app/borgapp/
 RUN python -m agent --help >/dev/null && borg --version
 
 VOLUME ["/data"]
