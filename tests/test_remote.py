@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from borgapp import borg
+from borgapp import borg, itemlist
 from tests.helpers import PASSPHRASE, ROOT, cli, write_files
 
 
@@ -43,7 +43,11 @@ def test_remote_repository_full_cycle(sshd, roots, settings, passfile, tmp_path)
             assert bool(command.program) == fast
             borg.run(command, config, passphrase=PASSPHRASE)
         listed[fast] = out.read_bytes()
-    assert listed[True] == listed[False] and b"a.txt\0" in listed[True]
+    fields = listed[True].split(b"\0")[:-1]  # borg's nine fields, and a content identity
+    width = len(itemlist.CONTENT_FIELDS)
+    borgs = [f for start in range(0, len(fields), width) for f in fields[start : start + width - 1]]
+    assert b"\0".join([*borgs, b""]) == listed[False] and b"a.txt\0" in listed[False]
+    assert len(fields[-1]) == 16 and int(fields[-1], 16) >= 0  # a.txt's identity, in hex
     # the forced command confines the key to its directory
     outside = f"ssh://root@127.0.0.1:{sshd['port']}{tmp_path}/elsewhere"
     with pytest.raises(borg.BorgError):
