@@ -5,8 +5,9 @@ Each record of borg's listing (an entry's path, type, mode, owner, size, time an
 borg printed them) is kept as a 16-byte digest with the node it was stored under, in
 listing order, in one file per chain: DATA_DIR/index-prints/<chain id>. borg lists the next
 archive of the set in much the same order, so its records are compared with the previous
-ones a window at a time: a record whose digest is there is the same path with the same
-version, which the chain holds open already. Only the others are stored.
+ones a slice at a time, and one that is not the next is looked for in a window ahead: a
+record whose digest is there is the same path with the same version, which the chain holds
+open already. Only the others are parsed and stored.
 
 The file is a cache. Missing, damaged, or written for another archive than the chain's
 newest indexed one (or for an earlier indexing of it, whose nodes may be others), it is not
@@ -16,10 +17,10 @@ never wrong.
 """
 
 import hashlib
+import itertools
 import os
 import struct
 from array import array
-from collections import OrderedDict
 from pathlib import Path
 
 from django.conf import settings
@@ -28,8 +29,10 @@ MAGIC = b"OCPRINT1"
 HEADER = struct.Struct(">8sQQ64sQ")  # magic, chain, seq, fileindex.prints_id, records
 RECORD = struct.Struct(">16sQ")  # digest, node
 WINDOW = 8192  # records of the previous archive looked ahead of the last one met
-MOST = 1 << 18  # records held at most (bounded memory whatever the archive's size)
+MOST = 1 << 18  # records looked ahead at most (bounded memory whatever the archive's size)
 READ = 4096  # records read at a time
+DROP = 1 << 16  # records met or passed over that are dropped together
+RUN = 256  # records compared at a time with the previous ones
 PASSED_MOST = 1 << 22  # nodes of records passed over kept at most (8 bytes each)
 
 
@@ -47,13 +50,20 @@ def path_of(chain_id: int) -> Path:
 
 
 class Previous:
-    """The previous archive's records, met in listing order: `match(digest)` gives the
-    node of an equal record within the window ahead (the records before it are passed
-    over: gone or changed), or None. `passed` keeps the nodes of the records passed over,
-    so that what went can be told from them alone (`end()`), not from every entry."""
+    """The previous archive's records, met in listing order: `match(keys)` gives, for each
+    of a run of this archive's record digests, the node of an equal previous record within
+    the window ahead, or None. Most records follow the previous ones one for one, so these
+    are compared a slice at a time; a record that is not the next one is looked for in the
+    window, and the previous records before it are passed over (gone or changed).
+    `passed` keeps the nodes of the records passed over, so that what went can be told from
+    them alone (`end()`), not from every entry."""
 
     def __init__(self, chain_id: int, seq: int, made_for: str):
-        self.ahead: OrderedDict[bytes, int] = OrderedDict()
+        self.keys: list[bytes] = []  # the previous records read and not yet dropped,
+        self.nodes = array("q")  # from the `base`-th on
+        self.where: dict[bytes, int] = {}  # a record's digest: its place (the last one read)
+        self.base = self.pos = 0  # `pos`: the next previous record not met nor passed over
+        self.end_at = WINDOW  # previous records before this place may be met (the window)
         self.file = None
         self.valid = False  # the prints of that archive, whole and readable
         self.passed: array | None = array("q")  # None: too many kept, or not read to the end
@@ -72,48 +82,88 @@ class Previous:
             handle.close()
             return
         self.file, self.valid, self.records = handle, True, found[4]
-        self._read(WINDOW)
 
-    def _read(self, count: int) -> None:
-        while self.file is not None and count > 0:
-            wanted = min(count, READ)
+    def _fill(self, upto: int) -> None:
+        """Read the previous records up to the `upto`-th (or the file's end)."""
+        while self.file is not None and self.read < upto:
+            wanted = max(READ, upto - self.read)
             data = self.file.read(RECORD.size * wanted)
             whole = len(data) // RECORD.size
-            for key, node in RECORD.iter_unpack(data[: whole * RECORD.size]):
-                self.ahead[key] = node
-            self.read += whole
-            count -= whole
+            if whole:
+                keys, nodes = zip(*RECORD.iter_unpack(data[: whole * RECORD.size]), strict=True)
+                self.where.update(zip(keys, itertools.count(self.read)))
+                self.keys += keys
+                self.nodes.extend(nodes)
+                self.read += whole
             if whole < wanted:
                 self.close()  # the end of the file
-        while len(self.ahead) > MOST:
-            self._pass(self.ahead.popitem(last=False)[1])
 
-    def _pass(self, node: int) -> None:
-        if self.passed is not None:
-            self.passed.append(node)
+    def _pass_to(self, place: int, met: bool = False) -> None:
+        """Pass over the previous records before `place` (or to the end of the file); `met`:
+        they were met again, not passed over."""
+        self._fill(place)
+        place = min(place, self.read)
+        if self.passed is not None and not met:
+            self.passed.extend(self.nodes[self.pos - self.base : place - self.base])
             if len(self.passed) > PASSED_MOST:
                 self.passed = None  # so much went or changed: told from the database instead
+        self.pos = place
+        if self.pos - self.base >= DROP:  # those before `pos` are not needed any more
+            del self.keys[: self.pos - self.base]
+            del self.nodes[: self.pos - self.base]
+            self.base = self.pos
+            self.where = dict(zip(self.keys, itertools.count(self.base)))
 
-    def match(self, key: bytes) -> int | None:
-        node = self.ahead.get(key)
-        if node is None:
-            self._read(2)  # a long run of removed records is caught up with
-            return None
-        while (first := self.ahead.popitem(last=False))[0] != key:
-            self._pass(first[1])
-        if len(self.ahead) < WINDOW:
-            self._read(WINDOW - len(self.ahead))
-        return node
+    def _run(self, keys: list[bytes], start: int) -> int:
+        """How many of `keys` from `start` on equal the previous records from `pos` on."""
+        self._fill(self.pos + 1)
+        if self.pos >= self.read or keys[start] != self.keys[self.pos - self.base]:
+            return 0  # (a record new or changed: the common case past the first)
+        count, step = 0, RUN
+        while True:
+            mine = keys[start + count : start + count + step]
+            if not mine:
+                return count
+            place = self.pos + count
+            self._fill(place + len(mine))
+            if mine == self.keys[place - self.base : place - self.base + len(mine)]:
+                count += len(mine)
+            elif step > 1:
+                step //= 2
+            else:
+                return count
+
+    def match(self, keys: list[bytes]) -> list[int | None]:
+        nodes: list[int | None] = [None] * len(keys)
+        done = 0
+        while done < len(keys):
+            count = self._run(keys, done)
+            if count:
+                offset = self.pos - self.base
+                nodes[done : done + count] = self.nodes[offset : offset + count]
+                done += count
+                self._pass_to(self.pos + count, met=True)
+                self.end_at = max(self.end_at, self.pos + WINDOW)
+                continue
+            self._fill(self.end_at)
+            place = self.where.get(keys[done])
+            if place is not None and self.pos < place < self.end_at:
+                self._pass_to(place)  # met further on: what lies before it is passed over
+                continue
+            done += 1  # new or changed; the window widens, so a long removal is caught up
+            self.end_at += 2
+            if self.end_at - self.pos > MOST:
+                self._pass_to(self.end_at - MOST)
+        return nodes
 
     def end(self) -> array | None:
         """After the last record of the listing: the nodes of every previous record not
         met again (passed over, or never reached), or None where they cannot be told
         (prints not whole, or too many)."""
         while self.file is not None:
-            self._read(READ)
-        for node in self.ahead.values():
-            self._pass(node)
-        self.ahead.clear()
+            self._fill(self.read + READ)
+            self._pass_to(self.read)
+        self._pass_to(self.read)
         if self.read != self.records:
             self.passed = None
         self.gone = self.passed
@@ -136,9 +186,9 @@ class Writer:
         self.file = open(self.temporary, "wb")  # noqa: SIM115 (written batch by batch)
         self.file.write(bytes(HEADER.size))
 
-    def add(self, records: list[tuple[bytes, int]]) -> None:
-        self.file.write(b"".join(RECORD.pack(key, node) for key, node in records))
-        self.count += len(records)
+    def add(self, keys: list[bytes], nodes: list[int]) -> None:
+        self.file.write(b"".join(map(RECORD.pack, keys, nodes)))
+        self.count += len(keys)
 
     def keep(self, seq: int, made_for: str) -> None:
         self.file.seek(0)

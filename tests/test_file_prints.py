@@ -19,7 +19,8 @@ def prints_dir(settings, tmp_path):
 def write_prints(records, chain=7, seq=3, borg_id="ab" * 32):
     writer = fileprints.Writer(chain)
     for start in range(0, len(records), 1000):
-        writer.add(records[start : start + 1000])
+        keys, nodes = zip(*records[start : start + 1000], strict=True)
+        writer.add(keys, nodes)
     writer.keep(seq, borg_id)
 
 
@@ -41,17 +42,17 @@ def test_each_record_met_again_gets_its_own_node_whatever_moved(prints_dir):
     previous = fileprints.Previous(7, 3, "ab" * 32)
     assert previous.valid
     found = {}
-    for n in new:
-        node = previous.match(key(-n if n in changed else n))
-        if node is not None:
-            found[n] = node
+    for start in range(0, len(new), 7000):  # as the listing arrives, a read at a time
+        part = new[start : start + 7000]
+        nodes = previous.match([key(-n if n in changed else n) for n in part])
+        found.update((n, node) for n, node in zip(part, nodes, strict=True) if node is not None)
     assert all(node == 10_000 + n for n, node in found.items())  # never another's node
     assert not changed & found.keys() and not any(n >= 1_000_000 for n in found)
     # all the rest is met again, but for what had to be passed over (moved later) and
     # what follows the long removal before the window caught up with it
     missed = set(new) - changed - found.keys() - {n for n in new if n >= 1_000_000}
     assert missed - set(moved) and len(missed) < 3 * fileprints.WINDOW
-    assert len(previous.ahead) <= fileprints.MOST
+    assert len(previous.keys) <= fileprints.MOST + fileprints.DROP + fileprints.READ
     # what went is told from the records passed over: each previous record not met again
     # (removed, changed, moved too far), and none that was
     passed = previous.end()
@@ -61,14 +62,14 @@ def test_each_record_met_again_gets_its_own_node_whatever_moved(prints_dir):
 def test_what_went_is_not_told_from_prints_not_read_whole(prints_dir):
     write_prints([(key(n), n + 1) for n in range(10)])
     previous = fileprints.Previous(7, 3, "ab" * 32)
-    assert previous.match(key(0)) == 1 and previous.match(key(5)) == 6
+    assert previous.match([key(0)]) == [1] and previous.match([key(5), key(42)]) == [6, None]
     assert previous.gone is None  # nothing is told before the listing's end
     assert sorted(previous.end()) == [2, 3, 4, 5, 7, 8, 9, 10]  # passed over, and never reached
     assert previous.gone is not None and sorted(previous.gone) == [2, 3, 4, 5, 7, 8, 9, 10]
     with open(prints_dir / "7", "r+b") as handle:  # one record short of what its header says
         handle.truncate(fileprints.HEADER.size + 9 * fileprints.RECORD.size)
     previous = fileprints.Previous(7, 3, "ab" * 32)
-    assert previous.valid and previous.match(key(0)) == 1 and previous.end() is None
+    assert previous.valid and previous.match([key(0)]) == [1] and previous.end() is None
     assert previous.gone is None
 
 
@@ -83,7 +84,7 @@ def test_prints_of_another_archive_or_damaged_are_not_used(prints_dir):
     assert not fileprints.Previous(7, 3, "ab" * 32).valid
     # a run that did not end leaves no prints of its own
     writer = fileprints.Writer(9)
-    writer.add([(key(1), 2)])
+    writer.add([key(1)], [2])
     writer.discard()
     assert not (prints_dir / "9").exists() and not (prints_dir / "9.partial").exists()
     fileprints.prune({9})
