@@ -37,7 +37,9 @@ def content(chunks) -> bytes:
     """A file's content identity from its chunks' ids (which borg derives from their data
     with a keyed hash): equal for equal content; 64 bits tell a path's versions apart."""
     return (
-        hashlib.blake2b(b"".join(chunk[0] for chunk in chunks), digest_size=8).hexdigest().encode()
+        hashlib.blake2b(b"".join([chunk[0] for chunk in chunks]), digest_size=8)
+        .hexdigest()
+        .encode()
     )
 
 
@@ -59,14 +61,18 @@ class Formatter:
     def __init__(self, safe_ns, with_content: bool = False):
         self.safe_ns, self.with_content = safe_ns, with_content
         self.modes: dict[int, tuple[bytes, bool]] = {}
-        self.names: dict[tuple, bytes] = {}
+        self.owners: dict[tuple, bytes] = {}
         self.seconds: dict[float, bytes] = {}
 
-    def owner(self, name, number) -> bytes:
-        key = (name, number)
-        found = self.names.get(key)
+    def owner(self, user, uid, group, gid) -> bytes:
+        """The user and group fields, NUL between them."""
+        key = (user, uid, group, gid)
+        found = self.owners.get(key)
         if found is None:
-            found = self.names[key] = text(name) if name else str(number).encode()
+            found = self.owners[key] = b"%s\0%s" % (
+                text(user) if user else str(uid).encode(),
+                text(group) if group else str(gid).encode(),
+            )
         return found
 
     def mtime(self, ns: int) -> bytes:
@@ -109,8 +115,9 @@ class Formatter:
                 else:
                     size = sum(chunk[1] for chunk in item.get(b"chunks", ()))
             out.append(b"\0".join((
-                mode_text, self.owner(item.get(b"user"), item.get(b"uid")),
-                self.owner(item.get(b"group"), item.get(b"gid")), b"%d" % size,
+                mode_text,
+                self.owner(item.get(b"user"), item.get(b"uid"), item.get(b"group"),
+                           item.get(b"gid")), b"%d" % size,
                 self.mtime(item[b"mtime"]), source, source,
                 b"broken" if b"chunks_healthy" in item else b"healthy", text(item[b"path"]), b"",
             )))  # fmt: skip
