@@ -17,6 +17,7 @@ writes are borg 1.4's; a borg whose version this was not written for lists as bo
 (and borg.index_list_cmd does not ask it for content identities).
 """
 
+import gc
 import hashlib
 import math
 import os
@@ -136,14 +137,18 @@ def list_fast(archive, write, with_content: bool = False) -> int:
     formatter = Formatter(safe_ns, with_content)
     unpacker = msgpack.Unpacker(use_list=False)
     count = 0
-    for data in archive.pipeline.fetch_many(archive.metadata.items):
-        count += 1
-        unpacker.feed(data)
-        items = list(unpacker)
-        for item in items:
-            if not isinstance(item, dict) or b"path" not in item or b"mode" not in item:
-                raise ValueError("The archive's item stream holds an item that is not one.")
-        write(formatter.records(items))
+    gc.disable()  # items are dicts, each counted towards the next collection of all objects
+    try:
+        for data in archive.pipeline.fetch_many(archive.metadata.items):
+            count += 1
+            unpacker.feed(data)
+            items = list(unpacker)
+            for item in items:
+                if not isinstance(item, dict) or b"path" not in item or b"mode" not in item:
+                    raise ValueError("The archive's item stream holds an item that is not one.")
+            write(formatter.records(items))
+    finally:
+        gc.enable()
     return count
 
 

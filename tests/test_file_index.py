@@ -353,6 +353,41 @@ def test_the_pipe_from_borg_holds_a_megabyte(file_index, repo, roots, tmp_path, 
     assert sizes == [fileindex.PIPE_BYTES]
 
 
+def test_the_cycle_collector_pauses_while_a_listing_is_stored_and_only_then(
+    file_index, repo, roots, tmp_path, monkeypatch
+):
+    """Paused while the batches are stored (a third of the reading time at 200,000
+    entries), and back on afterwards, also after a failed run: a worker process must not
+    go on without it."""
+    import gc
+
+    from borgapp import fileindex, jobs
+    from borgapp.models import Job
+
+    states, write = [], fileindex.Indexer.write
+
+    def noted(self, batch):
+        states.append(gc.isenabled())
+        return write(self, batch)
+
+    monkeypatch.setattr(fileindex.Indexer, "write", noted)
+    src = write_files(tmp_path / "src", {"a.txt": "a"})
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
+    run_index_jobs()
+    assert states == [False] and gc.isenabled()
+
+    def broken(self, batch):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileindex.Indexer, "write", broken)
+    (src / "b.txt").write_text("b")
+    assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
+    job = Job.objects.get(kind="index", status="queued")
+    jobs.run_queued(job.pk)
+    job.refresh_from_db()
+    assert job.status == "failed" and gc.isenabled()
+
+
 def borg_diff(roots, older: str, newer: str) -> dict:
     """What `borg diff` says changed: path -> its change types, ctime left out (the index
     holds none; a path whose only change is its ctime is no change to it)."""
