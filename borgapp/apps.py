@@ -13,6 +13,7 @@ class BorgappConfig(AppConfig):
 
         post_migrate.connect(_ensure_maintenance_schedule, sender=self)
         post_migrate.connect(_ensure_roles, sender=self)
+        post_migrate.connect(_trigrams_after_flush, sender=self)
         from borgapp import audit, scheduling
         from borgapp.models import Schedule
 
@@ -53,6 +54,24 @@ def _ensure_roles(**kwargs):
 
     for name in ROLES:
         Group.objects.get_or_create(name=name)
+
+
+def _trigrams_after_flush(using="default", **kwargs):
+    """A database flush (which signals as a migrate does) empties the names but not SQLite's
+    trigram index of them, which no model owns: its entries would name rows that are gone,
+    and FTS5 then calls the database malformed. Emptied names empty it too."""
+    from django.db import connections
+
+    from borgapp.fileindex import TRIGRAMS
+    from borgapp.models import IndexName
+
+    connection = connections[using]
+    if connection.vendor != "sqlite" or IndexName.objects.using(using).exists():
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
+        if cursor.fetchone() is not None:
+            cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}) VALUES ('delete-all')")
 
 
 class OpsAdminConfig(admin_apps.AdminConfig):

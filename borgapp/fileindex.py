@@ -1,8 +1,8 @@
 """The file index (issue 16): every archive's entries, read from borg once, stored so that
 consecutive archives of a backup set share what they hold alike.
 
-- A path is stored once, as a name (IndexName, each distinct name once, its id a hash of
-  it) in its folder (IndexNode), whatever archive or repository holds it.
+- A path is stored once, as a name (IndexName, each distinct name once, found by its hash)
+  in its folder (IndexNode), whatever archive or repository holds it.
 - The archives of one backup set (IndexChain: a repository, the host that made them and the
   set's prefix) are numbered in the order they are indexed (`seq`). A version of an entry
   (IndexVersion: type, mode, owner, size, time, link) is stored once with the run of
@@ -46,9 +46,10 @@ from borgapp.models import (
     IndexVersion,
 )
 
-# entries per transaction: each commit writes the pages it dirtied, and names land all over
-# their tables (stored by hash), so fewer, larger commits write far less (1,000,000 entries:
-# 44 s in batches of 5,000, 37 s of 20,000, 36 s of 50,000; borg's listing alone 30 s)
+# entries per transaction: each commit writes the pages it dirtied, and the names' keys (their
+# hashes) land all over their index, so fewer, larger commits write less (1,000,000 entries,
+# when names were stored by their hash: 44 s in batches of 5,000, 37 s of 20,000, 36 s of
+# 50,000; borg's listing alone 30 s)
 BATCH = 20_000
 QUEUED_BATCHES = 2  # parsed batches waiting to be stored, at most
 PIPE_BYTES = 1 << 20  # borg's listing held in the pipe at most (`_widen`)
@@ -183,7 +184,7 @@ class Indexer:
         self.seen = bytearray()  # one bit per node id met in this archive
         self.new_names: list[int] | None = []  # for the trigram index; None: rebuild it
         if connection.vendor == "sqlite":
-            # names are stored by their hash, so inserts land all over the tables: a page
+            # names are found by their hash, whose index takes inserts all over: a page
             # cache of CACHE_MIB instead of SQLite's 2 MiB keeps them off the disk (bounded)
             with connection.cursor() as cursor:
                 cursor.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
@@ -194,37 +195,34 @@ class Indexer:
     # --- names and folders -------------------------------------------------------------
 
     def name_ids(self, names: set[str]) -> dict[str, int]:
-        """Ids (hashes) of names, stored where new; a different name already stored under
-        the same hash is refused."""
+        """Ids of names, stored where new (found by their key, `name_hash`); a different
+        name already stored under the same key is refused."""
         found = {name: self.names.get(name) for name in names}
         missing: dict[int, str] = {}
         for name, pk in found.items():
             if pk is None and missing.setdefault(name_hash(name), name) != name:
-                raise OperationError(f"The names {missing[name_hash(name)]!r} and {name!r} have "
-                                     "the same hash: this archive cannot be indexed.",
-                                     "index_collision")  # fmt: skip
-        if missing:
-            rows = list(missing.items())
-            stored: dict = {}
-            if self.prev:  # a later archive: most names exist already
-                stored = _select_by_id(IndexName, "name", list(missing))
-                rows_new = [row for row in rows if row[0] not in stored]
-            else:  # a first archive: most are new, stored in one go
-                rows_new = rows
-            made = _insert_returning(IndexName, "id, name", rows_new, "(id)", "id")
-            new = {pk for (pk,) in made}
-            self.note_new_names(new)
-            absent = [pk for pk in missing if pk not in new and pk not in stored]
-            stored.update(_select_by_id(IndexName, "name", absent))  # existed, or just made
-            for pk, name in rows:
-                if pk not in new and stored.get(pk) != name:
-                    raise OperationError(
-                        f"The names {stored.get(pk)!r} and {name!r} have the same hash in the "
-                        "file index: this archive cannot be indexed.",
-                        "index_collision",
-                    )
-                found[name] = pk
-                self.names.put(name, pk)
+                raise collision(missing[name_hash(name)], name)
+        if not missing:
+            return found
+        stored: dict[int, tuple[int, str]] = {}  # key: (id, name)
+        rows = list(missing.items())
+        if self.prev:  # a later archive: most names exist already
+            stored = _select_names(list(missing))
+            rows = [row for row in rows if row[0] not in stored]
+        # a first archive's names are mostly new: stored in one go
+        made = dict(_insert_returning(IndexName, "key, name", rows, "(key)", "key, id"))
+        self.note_new_names(list(made.values()))
+        stored.update(_select_names([key for key in missing if key not in made
+                                     and key not in stored]))  # fmt: skip
+        for key, name in missing.items():
+            if key in made:
+                pk = made[key]
+            else:  # stored before, or just now by another job
+                pk, other = stored[key]
+                if other != name:
+                    raise collision(other, name)
+            found[name] = pk
+            self.names.put(name, pk)
         return found
 
     def note_new_names(self, ids) -> None:
@@ -475,15 +473,21 @@ def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
     return made
 
 
-def _select_by_id(model, column: str, ids: list[int]) -> dict[int, object]:
+def _select_names(keys: list[int]) -> dict[int, tuple[int, str]]:
+    """The stored names of these keys: key -> (id, name)."""
     found = {}
     with connection.cursor() as cursor:
-        for chunk in chunks(ids):
+        for chunk in chunks(keys):
             marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(f"SELECT id, {column} FROM {sql_table(model)} WHERE id IN ({marks})",
-                           chunk)  # fmt: skip
-            found.update(cursor.fetchall())
+            cursor.execute(f"SELECT {sql_name('key')}, id, name FROM {sql_table(IndexName)} "
+                           f"WHERE {sql_name('key')} IN ({marks})", chunk)  # fmt: skip
+            found.update((key, (pk, name)) for key, pk, name in cursor.fetchall())
     return found
+
+
+def collision(stored: str, name: str) -> OperationError:
+    return OperationError(f"The names {stored!r} and {name!r} have the same hash in the file "
+                          "index: this archive cannot be indexed.", "index_collision")  # fmt: skip
 
 
 def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
@@ -658,29 +662,21 @@ TRIGRAM_REBUILD = 100_000  # new names past which the trigram index is rebuilt w
 
 
 def add_trigrams(new_names: list[int] | None) -> None:
-    """Add new names to SQLite's trigram index in bulk (None: rebuild it whole), then let
-    FTS5 merge its segments a little."""
+    """Add new names (their ids) to SQLite's trigram index in bulk (None: rebuild it whole),
+    then let FTS5 merge its segments a little."""
     if connection.vendor != "sqlite" or new_names == []:
         return
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
         if cursor.fetchone() is None:
             return
-        names = sql_table(IndexName)
-        # each new name its number, after the highest (this runs in a write transaction:
-        # on SQLite no other writer numbers names meanwhile); the trigram index is keyed by it
-        number = (f"UPDATE {names} SET num = r.n FROM (SELECT id, (SELECT COALESCE(MAX(num), 0) "
-                  f"FROM {names} WHERE num IS NOT NULL) + ROW_NUMBER() OVER (ORDER BY id) AS n "
-                  f"FROM {names} WHERE num IS NULL{{}}) AS r WHERE r.id = {names}.id")  # fmt: skip
         if new_names is None:
-            cursor.execute(number.format(""))
             cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}) VALUES ('rebuild')")
             return
         for chunk in chunks(new_names):
             marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(number.format(f" AND id IN ({marks})"), chunk)
-            cursor.execute(f"INSERT INTO {TRIGRAMS}(rowid, name) SELECT num, name FROM {names} "
-                           f"WHERE id IN ({marks})", chunk)  # fmt: skip
+            cursor.execute(f"INSERT INTO {TRIGRAMS}(rowid, name) SELECT id, name FROM "
+                           f"{sql_table(IndexName)} WHERE id IN ({marks})", chunk)  # fmt: skip
         cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}, rank) VALUES ('merge', 500)")
 
 

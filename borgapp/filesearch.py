@@ -137,7 +137,7 @@ def _name_query(pattern: str):
     """The names a pattern's last part may match, as a query (the path is checked after)."""
     tail = pattern.rstrip("/").rsplit("/", 1)[-1]
     if pattern.endswith("/"):  # a folder: its own name
-        return IndexName.objects.filter(pk=name_hash(tail), name=tail)
+        return IndexName.objects.filter(key=name_hash(tail), name=tail)
     if GLOB_CHARS.search(tail):
         literal = max(re.split(r"[*?]|\[[^\]]*\]", tail), key=len)
         names = IndexName.objects.filter(name__contains=literal) if literal else IndexName.objects
@@ -146,12 +146,12 @@ def _name_query(pattern: str):
         return IndexName.objects.filter(name__startswith=tail)
     if len(tail) >= 3 and not set(tail) & set("%_") and trigrams():
         # SQLite's trigram index answers a LIKE of three characters or more itself. A join,
-        # not `num IN (SELECT ...)`: SQLite reads such a list whole before the first row
+        # not `id IN (SELECT ...)`: SQLite reads such a list whole before the first row
         # (92 ms for a fragment in 100,000 of 1,000,000 names), a join only as far as the
         # answer needs (4 ms)
         return IndexName.objects.extra(
             tables=[TRIGRAMS],
-            where=[f"{_NAMES}.num = {TRIGRAMS}.rowid", f"{TRIGRAMS}.name LIKE %s"],
+            where=[f"{_NAMES}.id = {TRIGRAMS}.rowid", f"{TRIGRAMS}.name LIKE %s"],
             params=[f"%{tail}%"],
         )
     return IndexName.objects.filter(name__icontains=tail)
@@ -468,7 +468,7 @@ def node_of(path: str) -> int | None:
     """The node of a path, walking down from the top (None: the index has no such path)."""
     parent = None
     for name in path.strip("/").split("/"):
-        named = {"name_id": name_hash(name), "name__name": name}
+        named = {"name__key": name_hash(name), "name__name": name}
         found = IndexNode.objects.filter(parent_id=parent, **named)
         if parent is None:
             found = IndexNode.objects.filter(parent=None, **named)

@@ -302,26 +302,17 @@ class ArchiveDiffItem(models.Model):
 
 class IndexName(models.Model):
     """Each distinct file or folder name once, whatever folder, archive or repository holds
-    it (index.html, __init__.py): a name search reads these, far fewer than the paths. Its id
-    is a 64-bit hash of the name (no second copy of each name in a unique index); a
-    different name with the same hash is refused, never taken for it."""
+    it (index.html, __init__.py): a name search reads these, far fewer than the paths. Found
+    by `key`, a 64-bit hash of the name (an index of numbers, not a second copy of each
+    name); a different name with the same hash is refused, never taken for it. Its id
+    grows as names are added, so that the names an archive brings, and the paths that use
+    them, are written one after another rather than all over their tables and indexes; on
+    SQLite the trigram index of names is keyed by it (FTS5 stores the gaps between keys:
+    small ones take a byte or two)."""
 
-    # BigAutoField, though never generated here: on SQLite it is the table's rowid (a
-    # BigIntegerField key would get a second, unique index of its own)
     id = models.BigAutoField(primary_key=True)
     name = models.TextField()
-    # SQLite: the name's number in the trigram index (1, 2, 3 ... as names are added to it;
-    # NULL: not in it yet). The hash would do as its key, but FTS5 stores each trigram's
-    # rows as gaps between keys: small numbers take a byte or two, hashes eight (measured:
-    # 27 bytes of trigram index per name instead of 152).
-    num = models.BigIntegerField(null=True, blank=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["num"], condition=models.Q(num__isnull=False), name="indexname_num"
-            )
-        ]
+    key = models.BigIntegerField(unique=True)
 
 
 class IndexOwner(models.Model):

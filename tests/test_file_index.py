@@ -95,9 +95,12 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     from django.db import connection
 
     assert filesearch.trigrams() == (connection.vendor == "sqlite")  # SQLite: FTS5 trigrams
-    if filesearch.trigrams():  # every name numbered for the trigram index, each its own
-        numbers = list(IndexName.objects.values_list("num", flat=True))
-        assert None not in numbers and len(set(numbers)) == len(numbers)
+    if filesearch.trigrams():  # every name in the trigram index, under its id
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {fileindex.TRIGRAMS}({fileindex.TRIGRAMS}, rank) "
+                           "VALUES ('integrity-check', 1)")  # fmt: skip
+        ids = sorted(IndexName.objects.values_list("pk", flat=True))  # numbered as they came
+        assert ids == list(range(1, len(ids) + 1))
     upper = filesearch.search("INVOICE-2025", filesearch.Filters())["hits"]
     assert len(upper) == 2  # a fragment matches whatever its case, with or without trigrams
     found = filesearch.search("invoice", filesearch.Filters())
@@ -584,10 +587,11 @@ def test_an_archive_not_indexed_yet_is_indexed_when_asked_for_never_copied(
     assert not Job.objects.filter(kind__in=["contents", "diff"]).exists()
 
 
-def test_names_get_small_numbers_for_the_trigram_index_old_ones_too():
-    """Migration 0024 numbers the names an installation has (1, 2, 3 ...) and keys SQLite's
-    trigram index by them; the index job numbers what it adds after the highest; a rebuild
-    numbers whatever has none. Each way, a fragment finds its names."""
+def test_migration_0028_empties_the_index_and_keys_the_trigrams_by_name_ids():
+    """Names were stored under their hash and numbered for SQLite's trigram index (0024);
+    0028 empties the index (the index jobs read the archives again) and keys the trigram
+    index by the names' ids, which now grow as names come. Back to 0027 and forward again
+    works; each way, a fragment finds its names."""
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
@@ -597,36 +601,57 @@ def test_names_get_small_numbers_for_the_trigram_index_old_ones_too():
     if connection.vendor != "sqlite" or not filesearch.trigrams():
         pytest.skip("the trigram index is SQLite's (FTS5)")
     before, after = (
-        [("borgapp", "0023_index_name_trigrams")],
-        [("borgapp", "0024_index_name_numbers")],
+        [("borgapp", "0027_index_version_content")],
+        [("borgapp", "0028_index_name_keys")],
     )
     executor = MigrationExecutor(connection)
     leaves = executor.loader.graph.leaf_nodes()
     try:
         executor.migrate(before)
         old = executor.loader.project_state(before).apps.get_model("borgapp", "IndexName")
-        for name in ("invoice-2025-03.pdf", "report.txt", "photo.jpg"):
-            old.objects.create(id=fileindex.name_hash(name), name=name)
-        with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {fileindex.TRIGRAMS}({fileindex.TRIGRAMS}) "
-                           "VALUES ('rebuild')")  # fmt: skip
+        old.objects.create(id=fileindex.name_hash("report.txt"), name="report.txt", num=1)
         MigrationExecutor(connection).migrate(after)
+        assert not IndexName.objects.exists()
+        MigrationExecutor(connection).migrate(before)  # and back: the view of numbered names
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM sqlite_master WHERE name = 'borgapp_indexname_numbered'")
+            assert cursor.fetchone() is not None
     finally:
         MigrationExecutor(connection).migrate(leaves)
 
     def found(fragment):
         return sorted(filesearch._name_query(fragment).values_list("name", flat=True))
 
-    assert sorted(IndexName.objects.values_list("num", flat=True)) == [1, 2, 3]
+    given = ("invoice-2025-03.pdf", "report.txt", "photo.jpg")
+    made = [IndexName.objects.create(key=fileindex.name_hash(n), name=n).pk for n in given]
+    fileindex.add_trigrams(made)  # as an index job does at its end
     assert found("voice-20") == ["invoice-2025-03.pdf"] and found("OTO") == ["photo.jpg"]
-    fresh = [IndexName.objects.create(id=fileindex.name_hash(n), name=n).pk
-             for n in ("invoice-2025-04.pdf", "notes.md")]  # fmt: skip
-    fileindex.add_trigrams(fresh)  # as an index job does at its end
-    assert set(IndexName.objects.filter(pk__in=fresh).values_list("num", flat=True)) == {4, 5}
-    assert found("invoice-2025") == ["invoice-2025-03.pdf", "invoice-2025-04.pdf"]
-    IndexName.objects.create(id=fileindex.name_hash("draft.odt"), name="draft.odt")
+    IndexName.objects.create(key=fileindex.name_hash("draft.odt"), name="draft.odt")
     fileindex.add_trigrams(None)  # a rebuild, after a run that stopped midway
-    assert IndexName.objects.get(name="draft.odt").num == 6 and found("raft") == ["draft.odt"]
+    assert found("raft") == ["draft.odt"]
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {fileindex.TRIGRAMS}({fileindex.TRIGRAMS}, rank) "
+                       "VALUES ('integrity-check', 1)")  # fmt: skip
+
+
+def test_a_flushed_database_searches_its_new_names_without_error():
+    """`manage.py flush` empties the names but knows nothing of SQLite's trigram index;
+    the index is emptied with them, so new names (new ids) are found and nothing reads as
+    a malformed database."""
+    from django.core.management import call_command
+
+    from borgapp import fileindex, filesearch
+    from borgapp.models import IndexName
+
+    def add(*names):
+        made = [IndexName.objects.create(key=fileindex.name_hash(n), name=n).pk for n in names]
+        fileindex.add_trigrams(made)
+
+    add("report.txt", "invoice-2025-03.pdf", "invoice-2025-04.pdf")
+    call_command("flush", interactive=False, verbosity=0)
+    add("invoice-2026-01.pdf")
+    found = filesearch._name_query("nvoice-20").values_list("name", flat=True)
+    assert list(found) == ["invoice-2026-01.pdf"]
 
 
 def test_a_name_fragment_search_reads_the_trigram_index():
@@ -641,7 +666,7 @@ def test_a_name_fragment_search_reads_the_trigram_index():
     from borgapp.models import IndexName
 
     given = ("invoice-2025-03.pdf", "Invoice-2024.PDF", "report.txt", "photo.jpg")
-    created = [IndexName.objects.create(id=fileindex.name_hash(n), name=n).pk for n in given]
+    created = [IndexName.objects.create(key=fileindex.name_hash(n), name=n).pk for n in given]
     fileindex.add_trigrams(created)
     names = filesearch._name_query("NVOICE-20").values_list("pk", "name")
     assert sorted(name for _, name in names.iterator(chunk_size=2000)) == [
