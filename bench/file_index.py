@@ -104,6 +104,19 @@ def index_bytes(trigrams: bool = True) -> int:
     return sum(sizes.get(name, 0) for name in objects)
 
 
+def index_parts() -> list[tuple[str, int]]:
+    """SQLite: the bytes of each of the index's tables and indexes, the largest first."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, SUM(pgsize) FROM dbstat WHERE name IN (SELECT name FROM "
+                       "sqlite_master WHERE tbl_name LIKE 'borgapp_index%') GROUP BY name "
+                       "ORDER BY 2 DESC")  # fmt: skip
+        return [(name, size) for name, size in cursor.fetchall() if size > 4096 * 4]
+
+
 def list_seconds(repo, archive: str, how: str = "json") -> float:
     """borg's listing of the archive into /dev/null (best of two). "json": `borg list
     --json-lines`, the issue's yardstick (borg writes straight into /dev/null; reading its
@@ -231,6 +244,7 @@ def run(args) -> None:
     repo = Repository.objects.get(name="bench")
     rows = []
     first_bytes = first_entries = None
+    first_parts: list = []
     for day in range(args.days + 1):
         if day:
             change(files, folders, args.change_percent, rnd, day)
@@ -247,6 +261,7 @@ def run(args) -> None:
         size = index_bytes()
         if day == 0:
             first_bytes, first_entries = size, indexed.entries
+            first_parts = index_parts()
         rows.append((day, backup, listed, took, indexed.entries, indexed.changed, size, peak))
         print(f"day {day}: backup {backup:.1f} s, list {listed:.1f} s (the index's format: "
               f"borg {by_borg:.1f} s, the lister {by_lister:.1f} s), index {took:.1f} s "
@@ -258,6 +273,9 @@ def run(args) -> None:
 
     print(f"\nfirst archive: {first_entries:,} entries, index {first_bytes / 2**20:.1f} MiB = "
           f"{first_bytes / first_entries:.0f} bytes per entry")  # fmt: skip
+    if first_parts:
+        print("  of which " + ", ".join(f"{name} {size / first_entries:.1f}"
+                                        for name, size in first_parts))  # fmt: skip
     kept = (Path(settings.DATA_DIR) / "index-prints").glob("*")
     prints = sum(path.stat().st_size for path in kept)
     print(
