@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Q, When
+from django.db.models import Case, Exists, OuterRef, Q, When
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -31,6 +31,7 @@ LISTING_KINDS = (Job.Kind.CONTENTS, Job.Kind.DIFF, Job.Kind.INDEX)
 INDEXING_AFTER = {Job.Kind.BACKUP, Job.Kind.SYNC, Job.Kind.IMPORT, Job.Kind.PRUNE,
                   Job.Kind.DELETE, Job.Kind.INDEX}  # fmt: skip
 log = logging.getLogger(__name__)
+CATCH_UP_PAUSE = timedelta(days=1)  # a failed index job, then no other (index_catch_up)
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes (REL-07)
 YIELD_LOOK = 0.25  # seconds between an index job's looks for a job it should let go first
 WRITING_KINDS = {Job.Kind.BACKUP, Job.Kind.PRUNE, Job.Kind.DELETE}
@@ -357,6 +358,39 @@ def index_after(job: Job) -> Job | None:
     except Exception:  # the index can catch up later; the ended job's record stands
         log.exception("Queueing the file index after job %s failed", job.pk)
         return None
+
+
+def index_catch_up() -> int:
+    """The file index catches up where no job would make it (run every minute by the
+    maintenance task): each ready repository with archives the index lacks (made before
+    the index was turned on, or kept through an upgrade that emptied it) and no index job
+    waiting or running gets one, as after a backup. Where an index job failed, was
+    cancelled or was interrupted in the last CATCH_UP_PAUSE, the repository waits: a broken
+    archive or a cancel is not met with a new job every minute (its next backup or sync
+    still queues one). Returns the jobs queued."""
+    if not settings.FILE_INDEX:
+        return 0
+    index_jobs = Job.objects.filter(repository=OuterRef("pk"), kind=Job.Kind.INDEX)
+    waiting = index_jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    stopped = index_jobs.filter(
+        status__in=[Job.Status.FAILED, Job.Status.CANCELLED, Job.Status.INTERRUPTED],
+        finished_at__gte=timezone.now() - CATCH_UP_PAUSE,
+    )
+    due = (
+        Repository.objects.filter(state=Repository.State.READY)
+        .filter(Exists(fileindex.unindexed(OuterRef("pk"))))
+        .exclude(Exists(waiting))
+        .exclude(Exists(stopped))
+    )
+    queued = 0
+    for repository in due:
+        try:
+            with transaction.atomic():
+                submit(Job.Kind.INDEX, repository, trigger=Job.Trigger.SYSTEM, params={})
+            queued += 1
+        except Exception:  # the next minute tries again; the other repositories go on
+            log.exception("Queueing the file index of repository %s failed", repository.pk)
+    return queued
 
 
 def _after_failure(job: Job) -> None:

@@ -14,6 +14,7 @@ def maintenance() -> dict:
     result = reconcile.repair()
     result["retries_dispatched"] = reconcile.dispatch_due()
     result["alerts"] = alerts.evaluate()
+    result["index_jobs_queued"] = jobs.index_catch_up()
     return result
 
 

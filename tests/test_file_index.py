@@ -391,6 +391,48 @@ def test_the_cycle_collector_pauses_while_a_listing_is_stored_and_only_then(
     assert job.status == "failed" and gc.isenabled()
 
 
+def test_archives_no_job_would_index_are_caught_up_with(file_index, repo, roots, tmp_path,
+                                                         settings):  # fmt: skip
+    """Archives made while the index was off, or kept through migration 0028 (which empties
+    the index), are indexed without waiting for the next backup: the maintenance task
+    queues one index job per repository that lacks some; none while one waits, and none
+    for a day after one failed."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from borgapp import fileindex, jobs, tasks
+    from borgapp.models import Archive, Job
+
+    src = write_files(tmp_path / "src", {"a.txt": "a"})
+
+    def backup_unindexed():
+        settings.FILE_INDEX = False
+        assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
+        settings.FILE_INDEX = True
+
+    backup_unindexed()
+    assert not Job.objects.filter(kind="index").exists()
+    assert tasks.maintenance()["index_jobs_queued"] == 1
+    assert jobs.index_catch_up() == 0  # one waits already
+    run_index_jobs()
+    assert all(map(fileindex.is_indexed, Archive.objects.all()))
+    assert jobs.index_catch_up() == 0
+
+    backup_unindexed()
+    Job.objects.filter(kind="index").update(status="failed", finished_at=timezone.now())
+    assert jobs.index_catch_up() == 0  # a broken archive is not tried again every minute
+    a_day_ago = timezone.now() - jobs.CATCH_UP_PAUSE - timedelta(minutes=1)
+    Job.objects.filter(kind="index").update(finished_at=a_day_ago)
+    assert jobs.index_catch_up() == 1
+    run_index_jobs()
+    assert all(map(fileindex.is_indexed, Archive.objects.all()))
+    settings.FILE_INDEX = False
+    backup_unindexed()
+    settings.FILE_INDEX = False
+    assert jobs.index_catch_up() == 0  # the index turned off: nothing
+
+
 def borg_diff(roots, older: str, newer: str) -> dict:
     """What `borg diff` says changed: path -> its change types, ctime left out (the index
     holds none; a path whose only change is its ctime is no change to it)."""
