@@ -376,13 +376,14 @@ class Indexer:
                 marks = ", ".join(["%s"] * len(chunk))
                 cursor.execute(f"UPDATE {versions} SET {sql_name('last')} = %s "
                                f"WHERE id IN ({marks})", [self.prev, *chunk])  # fmt: skip
-            if insert:
-                marks = ", ".join(["%s"] * (3 + len(ATTRS)))
-                cursor.executemany(
-                    f"INSERT INTO {versions} (node_id, chain_id, {sql_name('first')}, {COLUMNS}) "
-                    f"VALUES ({marks})",
-                    insert,
-                )
+            columns = f"node_id, chain_id, {sql_name('first')}, {COLUMNS}"
+            row = "(" + ", ".join(["%s"] * (3 + len(ATTRS))) + ")"
+            if connection.vendor == "sqlite":  # its executemany binds row by row in C
+                cursor.executemany(f"INSERT INTO {versions} ({columns}) VALUES {row}", insert)
+            elif insert:  # PostgreSQL: COPY
+                with cursor.cursor.copy(f"COPY {versions} ({columns}) FROM STDIN") as copy:
+                    for values in insert:
+                        copy.write_row(values)
         self.changed += len(insert)
 
     def finish(self, prints: fileprints.Previous | None = None) -> IndexedArchive:

@@ -66,6 +66,8 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
     with open(os.fsencode(src / "home/ann") + b"/caf\xe9.txt", "wb") as handle:
         handle.write(b"latin-1 name")
     (src / "srv/www/current").symlink_to("index.html")
+    (src / "var/links").mkdir(parents=True)
+    (src / "var/links/odd").symlink_to("tab\there, back\\slash, new\nline")  # PostgreSQL's COPY
     os.link(src / "etc/app.conf", src / "etc/app.conf.hard")
     first = cli("borg_backup", "main", "--source", src, "--prefix", "www", "--json")
     assert first.code == 0, first.err
