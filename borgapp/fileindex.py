@@ -458,15 +458,31 @@ class Indexer:
 
 def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
                       returning: str) -> list[tuple]:  # fmt: skip
-    """Insert rows (a few thousand per statement), skipping those a unique constraint says
-    exist already; returns `returning` of the rows that were new."""
-    width = len(rows[0]) if rows else 0
-    made = []
+    """Insert rows, skipping those a unique constraint says exist already; returns
+    `returning` of the rows that were new. SQLite: a few thousand rows per statement.
+    PostgreSQL: COPY into a temporary table, then one INSERT from it (a statement of
+    thousands of parameters is parsed and planned at length each time)."""
+    if not rows:
+        return []
+    table, made = sql_table(model), []
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            stage = sql_name(f"opscenter_stage_{model._meta.model_name}")
+            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} AS SELECT {columns} "
+                           f"FROM {table} WITH NO DATA")  # fmt: skip
+            with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} "
+                           f"ON CONFLICT {conflict} DO NOTHING RETURNING {returning}")  # fmt: skip
+            made = cursor.fetchall()
+            cursor.execute(f"TRUNCATE {stage}")
+            return made
+        width = len(rows[0])
         for chunk in chunks(rows, 4000):
             marks = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(chunk))
             cursor.execute(
-                f"INSERT INTO {sql_table(model)} ({columns}) VALUES {marks} "
+                f"INSERT INTO {table} ({columns}) VALUES {marks} "
                 f"ON CONFLICT {conflict} DO NOTHING RETURNING {returning}",
                 [value for row in chunk for value in row],
             )
