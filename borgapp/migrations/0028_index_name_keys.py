@@ -25,12 +25,20 @@ EMPTIED = ("borgapp_indexedarchive", "borgapp_indexversion", "borgapp_indexnode"
 
 
 def empty(apps, schema_editor):
+    """The index emptied; where SQLite has the trigram index (0023 made it where FTS5 has
+    trigrams), it is made again over the names' ids (an FTS5 table names its content
+    table, it does not hold on to it: the names table may be remade after)."""
     with schema_editor.connection.cursor() as cursor:
+        trigrams = False
         if schema_editor.connection.vendor == "sqlite":
+            cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TABLE])
+            trigrams = cursor.fetchone() is not None
             cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
             cursor.execute(f"DROP VIEW IF EXISTS {VIEW}")
         for table in EMPTIED:
             cursor.execute(f"DELETE FROM {table}")
+        if trigrams:
+            cursor.execute(CREATE)
 
 
 def empty_back(apps, schema_editor):
@@ -41,21 +49,6 @@ def empty_back(apps, schema_editor):
     importlib.import_module("borgapp.migrations.0024_index_name_numbers").renumber(
         apps, schema_editor
     )
-
-
-def trigrams(apps, schema_editor):
-    """SQLite's trigram index of names, keyed by their ids (where FTS5 has trigrams)."""
-    connection = schema_editor.connection
-    if connection.vendor != "sqlite":
-        return
-    with connection.cursor() as cursor:
-        try:
-            cursor.execute("CREATE VIRTUAL TABLE temp.opscenter_probe USING fts5(x, "
-                           "tokenize='trigram')")  # fmt: skip
-            cursor.execute("DROP TABLE temp.opscenter_probe")
-        except Exception:  # noqa: BLE001 (no FTS5 or no trigram tokenizer: no index)
-            return
-        cursor.execute(CREATE)
 
 
 class Migration(migrations.Migration):
@@ -71,5 +64,4 @@ class Migration(migrations.Migration):
             field=models.BigIntegerField(default=0, unique=True),
             preserve_default=False,
         ),
-        migrations.RunPython(trigrams, migrations.RunPython.noop),  # (0024 makes it again)
     ]
