@@ -31,7 +31,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef
 
 from borgapp import borg, fileprints, naming
@@ -56,6 +56,7 @@ PIPE_BYTES = 1 << 20  # borg's listing held in the pipe at most (`_widen`)
 CACHE_MIB = 64  # SQLite's page cache while indexing
 TOPS_MAX = 1000  # more items without a stored folder than this: not a list of sources
 CACHE = 20_000  # folders and names kept in memory (each cache)
+DEADLOCK_TRIES = 5  # a batch stored again after PostgreSQL stopped it in a deadlock
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
 ATTRS = ("type", "mode", "owner_id", "size", "mtime", "target", "healthy", "content")
@@ -327,7 +328,27 @@ class Indexer:
             self.progress.flush()
 
     def _store(self, batch: list[tuple]) -> list[int]:
-        """The nodes of (path, attrs) pairs, with their versions, stored where new."""
+        """The nodes of (path, attrs) pairs, with their versions, stored where new. Two
+        jobs storing the same new names or paths at once can deadlock on PostgreSQL (one
+        waits for a row the other inserted, and the other the same way round): the
+        database stops one of them, whose batch is then stored again, forgetting what the
+        rolled back transaction had put in the caches."""
+        attempt = 0
+        while True:
+            attempt += 1
+            saved = (self.changed, self.matched, len(self.new_names or ()))
+            try:
+                return self._store_once(batch)
+            except OperationalError as error:
+                if attempt >= DEADLOCK_TRIES or not _deadlock(error):
+                    raise
+            self.changed, self.matched = saved[:2]
+            if self.new_names is not None:  # (None: the whole trigram index is made again)
+                del self.new_names[saved[2] :]
+            self.names, self.folders = Bounded(CACHE), Bounded(CACHE)
+            time.sleep(0.05 * attempt)
+
+    def _store_once(self, batch: list[tuple]) -> list[int]:
         split = [path.rpartition("/") for path, _ in batch]
         stored = [(*a[:OWNER], self.owner_id(a[OWNER]), *a[OWNER + 1 :]) for _, a in batch]
         with transaction.atomic():
@@ -473,8 +494,11 @@ def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
             with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            # in the same order in every job: rows that two jobs insert at once are
+            # waited for one way round, so that neither waits for the other (a deadlock)
             cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} "
-                           f"ON CONFLICT {conflict} DO NOTHING RETURNING {returning}")  # fmt: skip
+                           f"ORDER BY {columns} ON CONFLICT {conflict} DO NOTHING "
+                           f"RETURNING {returning}")  # fmt: skip
             made = cursor.fetchall()
             cursor.execute(f"TRUNCATE {stage}")
             return made
@@ -529,6 +553,11 @@ def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
                            f"AND name_id IN ({marks})", chunk)  # fmt: skip
             rows += cursor.fetchall()
     return {(parent, name): pk for pk, parent, name in rows if (parent, name) in wanted}
+
+
+def _deadlock(error: OperationalError) -> bool:
+    """Whether PostgreSQL stopped the transaction to end a deadlock (SQLSTATE 40P01)."""
+    return getattr(error.__cause__, "sqlstate", None) == "40P01"
 
 
 def chunks(items: list, size: int = 900):

@@ -358,6 +358,49 @@ def test_the_pipe_from_borg_holds_a_megabyte(file_index, repo, roots, tmp_path, 
     assert sizes == [fileindex.PIPE_BYTES]
 
 
+@pytest.mark.parametrize("sqlstate", ["40P01", "53100"])
+def test_a_batch_stopped_in_a_deadlock_is_stored_again(file_index, repo, roots, tmp_path,
+                                                       monkeypatch, sqlstate):  # fmt: skip
+    """Two index jobs storing the same new paths at once can deadlock on PostgreSQL, which
+    then stops one of them. Its batch is stored again, and the names and folders that the
+    rolled back transaction had made are not taken for stored ones (their ids would point
+    nowhere); any other database error still fails the job."""
+    from django.db import OperationalError
+
+    from borgapp import fileindex, jobs
+    from borgapp.models import Archive, Job
+
+    class Stopped(Exception):
+        pass
+
+    Stopped.sqlstate = sqlstate  # as psycopg's errors carry it
+    src = write_files(tmp_path / "src", {f"srv/www/site{i}/pages/p{i}.html": str(i)
+                                         for i in range(3)})  # fmt: skip
+    real, stopped = fileindex.Indexer._versions, []
+
+    def versions_then_stopped(self, nodes, attrs):
+        real(self, nodes, attrs)  # names, paths and versions written, then the database stops it
+        if not stopped:
+            stopped.append(len(nodes))
+            raise OperationalError("deadlock detected") from Stopped()
+
+    monkeypatch.setattr(fileindex.Indexer, "_versions", versions_then_stopped)
+    done = cli("borg_backup", "main", "--source", src, "--prefix", "set", "--json")
+    assert done.code == 0, done.err
+    job = Job.objects.get(kind="index")
+    jobs.run_queued(job.pk)
+    job.refresh_from_db()
+    archive = Archive.objects.get(name=json.loads(done.out)["result"]["archive_name"])
+    assert stopped
+    if sqlstate == "40P01":
+        assert job.status == "succeeded", job.error_message
+        assert index_entries(archive) == borg_entries(roots, archive.name)
+        assert archive.indexed.entries == len(borg_entries(roots, archive.name))
+        assert archive.indexed.changed == archive.indexed.entries  # counted once, not twice
+    else:  # out of memory, say: not a deadlock, not tried again
+        assert job.status == "failed" and not fileindex.is_indexed(archive)
+
+
 def test_the_cycle_collector_pauses_while_a_listing_is_stored_and_only_then(
     file_index, repo, roots, tmp_path, monkeypatch
 ):
