@@ -367,6 +367,9 @@ class Indexer:
         return byte < len(self.seen) and bool(self.seen[byte] & (1 << (node & 7)))
 
     def _versions(self, nodes: list[int], attrs: list[tuple]) -> None:
+        """Versions of these nodes as this archive holds them: where equal to the one the
+        chain holds open, nothing is written; else that one is closed and a new one opens.
+        A node listed twice in one archive (a path borg stored twice) keeps its first."""
         versions = sql_table(IndexVersion)
         open_now = {}
         with connection.cursor() as cursor:
@@ -374,29 +377,35 @@ class Indexer:
                 for chunk in chunks(sorted(set(nodes))):
                     marks = ", ".join(["%s"] * len(chunk))
                     cursor.execute(
-                        f"SELECT id, node_id, {COLUMNS} FROM {versions} WHERE chain_id = %s "
+                        f"SELECT node_id, {COLUMNS} FROM {versions} WHERE chain_id = %s "
                         f"AND {sql_name('last')} IS NULL AND node_id IN ({marks})",
                         [self.chain.pk, *chunk],
                     )
                     for row in cursor.fetchall():
-                        open_now[row[1]] = (row[0], (*row[2:8], bool(row[8]), row[9]))
-            close, insert, identify = [], [], []
+                        open_now[row[0]] = (*row[1:7], bool(row[7]), row[8])
+            close, insert, identify, met = [], [], [], set()
             for node, values in zip(nodes, attrs, strict=True):
+                if node in met or self._seen(node):
+                    continue
+                met.add(node)
                 current = open_now.pop(node, None)
                 if current is not None:
                     self.matched += 1
-                    if same_version(current[1], values):
-                        if current[1][-1] is None and values[-1] is not None:
-                            identify.append((values[-1], current[0]))  # stored without one
+                    if same_version(current, values):
+                        if current[-1] is None and values[-1] is not None:
+                            identify.append((values[-1], node))  # stored without one
                         continue  # as in the previous archive: nothing else to write
-                    close.append(current[0])
+                    close.append(node)
                 insert.append((node, self.chain.pk, self.seq, *values))
+            is_open = f"chain_id = {int(self.chain.pk)} AND {sql_name('last')} IS NULL"
             if identify:
-                cursor.executemany(f"UPDATE {versions} SET content = %s WHERE id = %s", identify)
+                cursor.executemany(f"UPDATE {versions} SET content = %s WHERE {is_open} "
+                                   "AND node_id = %s", identify)  # fmt: skip
             for chunk in chunks(close):
                 marks = ", ".join(["%s"] * len(chunk))
                 cursor.execute(f"UPDATE {versions} SET {sql_name('last')} = %s "
-                               f"WHERE id IN ({marks})", [self.prev, *chunk])  # fmt: skip
+                               f"WHERE {is_open} AND node_id IN ({marks})",
+                               [self.prev, *chunk])  # fmt: skip
             columns = f"node_id, chain_id, {sql_name('first')}, {COLUMNS}"
             row = "(" + ", ".join(["%s"] * (3 + len(ATTRS))) + ")"
             if connection.vendor == "sqlite":  # its executemany binds row by row in C
@@ -470,10 +479,12 @@ class Indexer:
     def _close_unseen(self) -> int:
         open_before = IndexVersion.objects.filter(
             chain=self.chain, last=None, first__lte=self.prev
-        ).values_list("pk", "node_id")
-        gone = [pk for pk, node in open_before.iterator(chunk_size=BATCH) if not self._seen(node)]
+        ).values_list("node_id", flat=True)
+        gone = [node for node in open_before.iterator(chunk_size=BATCH) if not self._seen(node)]
         for chunk in chunks(gone):
-            IndexVersion.objects.filter(pk__in=chunk).update(last=self.prev)
+            IndexVersion.objects.filter(
+                chain=self.chain, last=None, first__lte=self.prev, node_id__in=chunk
+            ).update(last=self.prev)
         return len(gone)
 
 

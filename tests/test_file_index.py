@@ -1,6 +1,7 @@
 """The file index (issue 16): what it answers equals what borg says of the same archives, on
 awkward names, links, a second backup after real changes, deletes and prunes. Real borg."""
 
+import functools
 import json
 import os
 import subprocess
@@ -330,6 +331,41 @@ def test_an_index_made_without_content_identities_goes_on_without_storing_again(
         said = borg_diff(roots, older.name, a3.name)
         told = {row.path: {c["type"] for c in row.changes} for row in filediff.compare(older, a3)}
         assert told == said and said[touched] == {"mtime"}
+
+
+def test_a_path_borg_stored_twice_is_indexed_once(file_index, repo, roots, tmp_path):
+    """Overlapping sources (a folder and one inside it) make borg store the inner paths
+    twice in one archive. The index keeps one version of each (the first listed), and the
+    next archive, with a file changed in there, is indexed as borg lists it."""
+    import time
+
+    from borgapp.models import Archive, IndexVersion
+
+    src = write_files(tmp_path / "src", {"top.txt": "t", "inner/a.txt": "a", "inner/b/c.txt": "c"})
+
+    def backup():
+        done = cli("borg_backup", "main", "--source", src, "--source", src / "inner",
+                   "--prefix", "set", "--json")  # fmt: skip
+        assert done.code == 0, done.err
+        run_index_jobs()
+        return Archive.objects.get(name=json.loads(done.out)["result"]["archive_name"])
+
+    first = backup()
+    paths = subprocess.run(
+        [BORG, "list", "--format", "{path}{NL}", f"{roots.repos / 'main'}::{first.name}"],
+        capture_output=True, text=True, check=True,
+        env={**BORG_ENV, "BORG_BASE_DIR": roots.env["BORG_BASE_DIR"]},
+    ).stdout.splitlines()  # fmt: skip
+    assert paths.count(str(src / "inner" / "a.txt").lstrip("/")) == 2  # borg stored it twice
+    assert index_entries(first) == borg_entries(roots, first.name)
+    inner = str(src / "inner" / "a.txt").lstrip("/")
+    assert IndexVersion.objects.filter(node__name__name="a.txt").count() == 1
+    time.sleep(1.1)
+    (src / "inner" / "a.txt").write_text("changed, and longer")
+    second = backup()
+    assert index_entries(second) == borg_entries(roots, second.name)
+    assert index_entries(second)[inner][1] == len("changed, and longer")
+    assert index_entries(first)[inner][1] == 1  # the first archive's version still there
 
 
 def test_the_pipe_from_borg_holds_a_megabyte(file_index, repo, roots, tmp_path, monkeypatch):
@@ -725,6 +761,60 @@ def test_migration_0028_empties_the_index_and_keys_the_trigrams_by_name_ids():
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {fileindex.TRIGRAMS}({fileindex.TRIGRAMS}, rank) "
                        "VALUES ('integrity-check', 1)")  # fmt: skip
+
+
+def test_migration_0029_keys_versions_by_path_chain_and_first_and_keeps_them(repo):
+    """0029 drops the versions' ids: a version is found by (node, chain, first), on SQLite
+    in a table that is that key's tree alone (WITHOUT ROWID). Every version is kept but a
+    second one of a path in one archive (the first stored stays); back to 0028, each has
+    an id again, and forward once more."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from borgapp.models import IndexVersion
+
+    before, after = [("borgapp", "0028_index_name_keys")], [("borgapp", "0029_index_version_key")]
+    executor = MigrationExecutor(connection)
+    leaves = executor.loader.graph.leaf_nodes()
+
+    def key_of_versions():
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":  # (its introspection lists a key's columns
+                cursor.execute(  # in the table's order)
+                    "SELECT sql FROM sqlite_master WHERE name = 'borgapp_indexversion'"
+                )
+                made = cursor.fetchone()[0]
+                assert made.endswith(' PRIMARY KEY ("node_id", "chain_id", "first")) WITHOUT ROWID')
+                return ("node_id", "chain_id", "first")
+            found = connection.introspection.get_constraints(cursor, "borgapp_indexversion")
+        (primary,) = [tuple(c["columns"]) for c in found.values() if c["primary_key"]]
+        return primary
+
+    def versions():
+        return sorted(IndexVersion.objects.values_list("node_id", "first", "last", "size"))
+
+    try:
+        executor.migrate(before)
+        state = executor.loader.project_state(before).apps
+        model = functools.partial(state.get_model, "borgapp")
+        name = model("IndexName").objects.create(key=1, name="report.txt")
+        node = model("IndexNode").objects.create(parent=None, name=name)
+        chain = model("IndexChain").objects.create(repository_id=repo.pk, key="set", last_seq=2)
+        owner = model("IndexOwner").objects.create(user="root", group="root")
+        for first, last, size in ((1, 1, 10), (2, None, 20), (2, None, 30)):  # 30: twice in 2
+            model("IndexVersion").objects.create(node=node, chain=chain, first=first, last=last,
+                                                 type="-", owner=owner, size=size)  # fmt: skip
+        MigrationExecutor(connection).migrate(after)
+        assert key_of_versions() == ("node_id", "chain_id", "first")
+        assert versions() == [(node.pk, 1, 1, 10), (node.pk, 2, None, 20)]
+        MigrationExecutor(connection).migrate(before)  # and back
+        state = MigrationExecutor(connection).loader.project_state(before).apps
+        back = state.get_model("borgapp", "IndexVersion").objects.order_by("first")
+        assert [(v.first, v.size) for v in back] == [(1, 10), (2, 20)]
+        assert all(v.id for v in back)
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
+    assert versions() == [(node.pk, 1, 1, 10), (node.pk, 2, None, 20)]
 
 
 def test_a_migrate_back_to_before_the_index_ends_without_error():
