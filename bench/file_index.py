@@ -85,37 +85,36 @@ TABLES = ("borgapp_indexname", "borgapp_indexnode", "borgapp_indexversion",
 
 def index_bytes(trigrams: bool = True) -> int:
     """Bytes the index's tables and their indexes take (SQLite pages, PostgreSQL relations),
-    with or without the names' trigram index (SQLite only)."""
+    with or without the names' trigram index (FTS5 on SQLite, pg_trgm on PostgreSQL)."""
+    return sum(size for name, size in index_parts(everything=True)
+               if trigrams or "trigram" not in name)  # fmt: skip
+
+
+def index_parts(everything: bool = False) -> list[tuple[str, int]]:
+    """The bytes of each of the index's tables and indexes, the largest first (without
+    `everything`, those of more than 16 KiB)."""
     from django.db import connection
 
-    tables = TABLES
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
             cursor.execute("VACUUM ANALYZE")
-            cursor.execute("SELECT sum(pg_total_relation_size(t)) FROM unnest(%s::text[]) t",
-                           [list(tables)])  # fmt: skip
-            return int(cursor.fetchone()[0])
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT name, tbl_name FROM sqlite_master")
-        # the tables, their indexes, and the names' FTS5 trigram index with its own tables
-        objects = [name for name, table in cursor.fetchall() if table in tables
-                   or (trigrams and table.startswith("borgapp_indexname_trigram"))]  # fmt: skip
-        cursor.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
-        sizes = dict(cursor.fetchall())
-    return sum(sizes.get(name, 0) for name in objects)
-
-
-def index_parts() -> list[tuple[str, int]]:
-    """SQLite: the bytes of each of the index's tables and indexes, the largest first."""
-    from django.db import connection
-
-    if connection.vendor != "sqlite":
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT name, SUM(pgsize) FROM dbstat WHERE name IN (SELECT name FROM "
-                       "sqlite_master WHERE tbl_name LIKE 'borgapp_index%') GROUP BY name "
-                       "ORDER BY 2 DESC")  # fmt: skip
-        return [(name, size) for name, size in cursor.fetchall() if size > 4096 * 4]
+            cursor.execute(
+                "SELECT c.relname, pg_total_relation_size(c.oid) - COALESCE((SELECT "
+                "sum(pg_relation_size(i.indexrelid)) FROM pg_index i WHERE i.indrelid = "
+                "c.oid), 0) FROM pg_class c WHERE c.relname = ANY(%s) UNION ALL "
+                "SELECT x.relname, pg_relation_size(x.oid) FROM pg_index i JOIN pg_class x "
+                "ON x.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+                "WHERE t.relname = ANY(%s) ORDER BY 2 DESC", [list(TABLES)] * 2,
+            )  # fmt: skip
+        else:  # the tables, their indexes, and the names' FTS5 trigram index's own tables
+            cursor.execute(
+                "SELECT name, SUM(pgsize) FROM dbstat WHERE name IN (SELECT name FROM "
+                "sqlite_master WHERE tbl_name IN (SELECT value FROM json_each(%s)) OR "
+                "tbl_name LIKE 'borgapp_indexname_trigram%%') GROUP BY name ORDER BY 2 DESC",
+                [json.dumps(TABLES)],
+            )  # fmt: skip
+        parts = [(name, int(size)) for name, size in cursor.fetchall()]
+    return parts if everything else [(name, size) for name, size in parts if size > 4096 * 4]
 
 
 def list_seconds(repo, archive: str, how: str = "json") -> float:

@@ -410,10 +410,8 @@ class Indexer:
             row = "(" + ", ".join(["%s"] * (3 + len(ATTRS))) + ")"
             if connection.vendor == "sqlite":  # its executemany binds row by row in C
                 cursor.executemany(f"INSERT INTO {versions} ({columns}) VALUES {row}", insert)
-            elif insert:  # PostgreSQL: COPY
-                with cursor.cursor.copy(f"COPY {versions} ({columns}) FROM STDIN") as copy:
-                    for values in insert:
-                        copy.write_row(values)
+            elif insert:
+                _copy(cursor, versions, columns, insert)
         self.changed += len(insert)
 
     def finish(self, prints: fileprints.Previous | None = None) -> IndexedArchive:
@@ -502,9 +500,7 @@ def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
             stage = sql_name(f"opscenter_stage_{model._meta.model_name}")
             cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} AS SELECT {columns} "
                            f"FROM {table} WITH NO DATA")  # fmt: skip
-            with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            _copy(cursor, stage, columns, rows)
             # in the same order in every job: rows that two jobs insert at once are
             # waited for one way round, so that neither waits for the other (a deadlock)
             cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} "
@@ -523,6 +519,13 @@ def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
             )
             made += cursor.fetchall()
     return made
+
+
+def _copy(cursor, table: str, columns: str, rows: list[tuple]) -> None:
+    """PostgreSQL: rows into a table by COPY (psycopg escapes each value)."""
+    with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _select_names(keys: list[int]) -> dict[int, tuple[int, str]]:
