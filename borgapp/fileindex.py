@@ -294,6 +294,9 @@ class Indexer:
         tops, the folders met, the nodes seen, this archive's prints."""
         todo = [place for place, node in enumerate(batch.nodes) if node is None]  # not met before
         if todo:
+            # the records met by the prints count as seen first: a path borg listed twice,
+            # met once by the prints and once among the new, then keeps one version
+            self._mark_seen([node for node in batch.nodes if node is not None])
             stored = self._store([batch.parsed[place] for place in todo])
             for place, node in zip(todo, stored, strict=True):
                 batch.nodes[place] = node
@@ -361,6 +364,14 @@ class Indexer:
             nodes = [node_ids[key] for key in keys]
             self._versions(nodes, stored)
         return nodes
+
+    def _mark_seen(self, nodes: list[int]) -> None:
+        seen = self.seen
+        for node in nodes:
+            byte = node >> 3
+            if byte >= len(seen):
+                seen.extend(bytes(byte - len(seen) + 4096))
+            seen[byte] |= 1 << (node & 7)
 
     def _seen(self, node: int) -> bool:
         byte = node >> 3

@@ -368,6 +368,35 @@ def test_a_path_borg_stored_twice_is_indexed_once(file_index, repo, roots, tmp_p
     assert index_entries(first)[inner][1] == 1  # the first archive's version still there
 
 
+def test_a_path_met_by_the_prints_and_listed_again_is_not_counted_twice(
+    file_index, repo, roots, tmp_path
+):
+    """A second archive with a file added as a source of its own lists it twice: once where
+    the previous archive had it (the prints meet it) and once more as new. Counted once,
+    a file deleted meanwhile is still seen to be gone (the counts would otherwise hide it),
+    and the path keeps one version."""
+    import time
+
+    from borgapp.models import Archive, IndexVersion
+
+    src = write_files(tmp_path / "src", {"top.txt": "t", "inner/a.txt": "a"})
+
+    def backup(*sources):
+        given = [arg for source in sources for arg in ("--source", source)]
+        done = cli("borg_backup", "main", *given, "--prefix", "set", "--json")
+        assert done.code == 0, done.err
+        run_index_jobs()
+        return Archive.objects.get(name=json.loads(done.out)["result"]["archive_name"])
+
+    backup(src)
+    time.sleep(1.1)
+    (src / "top.txt").unlink()
+    second = backup(src, src / "inner" / "a.txt")
+    assert index_entries(second) == borg_entries(roots, second.name)
+    assert str(src / "top.txt").lstrip("/") not in index_entries(second)
+    assert IndexVersion.objects.filter(node__name__name="a.txt").count() == 1
+
+
 def test_the_pipe_from_borg_holds_a_megabyte(file_index, repo, roots, tmp_path, monkeypatch):
     """The storing thread holds Python's lock for up to 5 ms at a time, while the reader
     cannot empty the pipe: Linux's default 64 KiB would stop borg in under a millisecond
@@ -765,9 +794,11 @@ def test_migration_0028_empties_the_index_and_keys_the_trigrams_by_name_ids():
 
 def test_migration_0029_keys_versions_by_path_chain_and_first_and_keeps_them(repo):
     """0029 drops the versions' ids: a version is found by (node, chain, first), on SQLite
-    in a table that is that key's tree alone (WITHOUT ROWID). Every version is kept but a
-    second one of a path in one archive (the first stored stays); back to 0028, each has
-    an id again, and forward once more."""
+    in a table that is that key's tree alone (WITHOUT ROWID), and stays so after every
+    later migration. Versions are kept, but for the extra ones the index stored for a path
+    that borg listed twice in an archive: of two with one key, the one closed stays (the
+    other was never closed again); an older open one is closed where the newer begins.
+    Back to 0028, each has an id again, and forward once more."""
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
@@ -790,31 +821,45 @@ def test_migration_0029_keys_versions_by_path_chain_and_first_and_keeps_them(rep
         (primary,) = [tuple(c["columns"]) for c in found.values() if c["primary_key"]]
         return primary
 
-    def versions():
-        return sorted(IndexVersion.objects.values_list("node_id", "first", "last", "size"))
+    given = {  # path: versions (first, last, size) as the index before 0029 left them
+        "plain.txt": [(1, 1, 10), (2, None, 20)],
+        "twice.txt": [(1, None, 1), (1, 1, 1), (2, None, 19), (2, None, 19)],  # listed twice
+        "stale.txt": [(1, None, 5), (3, None, 6)],  # in 1, then listed twice: one not closed
+    }
+    kept = {"plain.txt": [(1, 1, 10), (2, None, 20)], "twice.txt": [(1, 1, 1), (2, None, 19)],
+            "stale.txt": [(1, 2, 5), (3, None, 6)]}  # fmt: skip
+
+    def versions(model=IndexVersion):
+        found = {}
+        for version in model.objects.select_related("node__name").order_by("first", "last"):
+            found.setdefault(version.node.name.name, []).append(
+                (version.first, version.last, version.size)
+            )
+        return found
 
     try:
         executor.migrate(before)
         state = executor.loader.project_state(before).apps
         model = functools.partial(state.get_model, "borgapp")
-        name = model("IndexName").objects.create(key=1, name="report.txt")
-        node = model("IndexNode").objects.create(parent=None, name=name)
-        chain = model("IndexChain").objects.create(repository_id=repo.pk, key="set", last_seq=2)
+        chain = model("IndexChain").objects.create(repository_id=repo.pk, key="set", last_seq=3)
         owner = model("IndexOwner").objects.create(user="root", group="root")
-        for first, last, size in ((1, 1, 10), (2, None, 20), (2, None, 30)):  # 30: twice in 2
-            model("IndexVersion").objects.create(node=node, chain=chain, first=first, last=last,
-                                                 type="-", owner=owner, size=size)  # fmt: skip
+        for number, (path, rows) in enumerate(given.items()):
+            name = model("IndexName").objects.create(key=number, name=path)
+            node = model("IndexNode").objects.create(parent=None, name=name)
+            for first, last, size in rows:
+                model("IndexVersion").objects.create(node=node, chain=chain, first=first,
+                                                     last=last, type="-", owner=owner,
+                                                     size=size)  # fmt: skip
         MigrationExecutor(connection).migrate(after)
         assert key_of_versions() == ("node_id", "chain_id", "first")
-        assert versions() == [(node.pk, 1, 1, 10), (node.pk, 2, None, 20)]
+        assert versions() == kept
         MigrationExecutor(connection).migrate(before)  # and back
         state = MigrationExecutor(connection).loader.project_state(before).apps
-        back = state.get_model("borgapp", "IndexVersion").objects.order_by("first")
-        assert [(v.first, v.size) for v in back] == [(1, 10), (2, 20)]
-        assert all(v.id for v in back)
+        assert versions(state.get_model("borgapp", "IndexVersion")) == kept
+        assert all(state.get_model("borgapp", "IndexVersion").objects.values_list("id", flat=True))
     finally:
         MigrationExecutor(connection).migrate(leaves)
-    assert versions() == [(node.pk, 1, 1, 10), (node.pk, 2, None, 20)]
+    assert versions() == kept and key_of_versions() == ("node_id", "chain_id", "first")
 
 
 def test_a_migrate_back_to_before_the_index_ends_without_error():

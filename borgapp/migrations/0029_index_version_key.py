@@ -4,8 +4,10 @@ index of (node, chain) beside the table. On SQLite the table becomes that key's 
 (WITHOUT ROWID): 205,502 versions took 58 bytes each (table 43.9, index 14.1), now 45.
 On PostgreSQL the id column and its index go, and the key is the primary key.
 
-The rows are kept. Two versions of one path in one archive (a path that borg listed twice)
-cannot both be kept under the key: the first stored stays."""
+The rows are kept but for those of a path that borg listed twice in one archive (which
+overlapping sources make): the index stored two versions of it, one of them never closed
+again. Of two versions with the same key the one closed first stays (the stale one is
+still open); of two open versions of a path, the older is closed where the newer begins."""
 
 from django.db import migrations, models
 
@@ -25,6 +27,11 @@ COLUMN_TYPES = (
 )
 
 
+def closed_first(row: str = "") -> str:
+    """An order in which an open version (`last` NULL) comes after every closed one."""
+    return f'COALESCE({row}"last", 2147483647)'
+
+
 def _remake(cursor, create: str, order: str) -> None:
     """SQLite: the table made again as `create` says, its rows copied in `order`."""
     cursor.execute(create.format(table=f"{TABLE}_new"))
@@ -39,14 +46,19 @@ def keyed(apps, schema_editor):
         if schema_editor.connection.vendor == "sqlite":
             create = ("CREATE TABLE {table} (" + COLUMN_TYPES +
                       ', PRIMARY KEY ("node_id", "chain_id", "first")) WITHOUT ROWID')  # fmt: skip
-            _remake(cursor, create, '"node_id", "chain_id", "first", "id"')
-            return
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no check left pending: ALTER below
-        cursor.execute(f'DELETE FROM {TABLE} a USING {TABLE} b WHERE a.node_id = b.node_id '
-                       'AND a.chain_id = b.chain_id AND a."first" = b."first" AND a.id > b.id')  # fmt: skip
-        cursor.execute("DROP INDEX indexversion_node")
-        cursor.execute(f"ALTER TABLE {TABLE} DROP COLUMN id")
-        cursor.execute(f'ALTER TABLE {TABLE} ADD PRIMARY KEY (node_id, chain_id, "first")')
+            _remake(cursor, create, f'"node_id", "chain_id", "first", {closed_first()}, "id"')
+        else:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # none left pending: ALTER below
+            cursor.execute(f"DELETE FROM {TABLE} a USING {TABLE} b WHERE a.node_id = b.node_id "
+                           'AND a.chain_id = b.chain_id AND a."first" = b."first" AND '
+                           f"({closed_first('a.')}, a.id) > ({closed_first('b.')}, b.id)")  # fmt: skip
+            cursor.execute("DROP INDEX indexversion_node")
+            cursor.execute(f"ALTER TABLE {TABLE} DROP COLUMN id")
+            cursor.execute(f'ALTER TABLE {TABLE} ADD PRIMARY KEY (node_id, chain_id, "first")')
+        newest_open = (f'SELECT MAX(n."first") FROM {TABLE} n WHERE n.node_id = {TABLE}.node_id '
+                       f'AND n.chain_id = {TABLE}.chain_id AND n."last" IS NULL')  # fmt: skip
+        cursor.execute(f'UPDATE {TABLE} SET "last" = ({newest_open}) - 1 WHERE "last" IS NULL '
+                       f'AND "first" < ({newest_open})')  # fmt: skip
 
 
 def numbered(apps, schema_editor):
