@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from borgapp import (
+    admin_delete,
     admin_files,
     audit,
     dumps,
@@ -81,6 +82,9 @@ class RoleAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return has_role(request.user, self.write_role)
+
+    def get_deleted_objects(self, objs, request):
+        return admin_delete.deleted_objects(objs, request, self.admin_site)
 
     def has_operate_permission(self, request):
         return has_role(request.user, "operator")

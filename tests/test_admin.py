@@ -444,3 +444,36 @@ def test_an_extract_links_to_the_folder_it_restored(client, repo, roots, tmp_pat
     client.force_login(staff(None))
     refused = client.get(url)
     assert refused.status_code == 302 and refused.url.startswith("/admin/login/")
+
+
+def test_a_repository_delete_page_counts_its_file_index_instead_of_reading_it(client, roots):
+    """The page before a delete lists what goes with the object. A repository's index
+    versions (millions, in a real one) are counted in one line, never read row by row: the
+    page costs the same whatever their number. Confirmed, they go with the repository."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from borgapp.models import IndexChain, IndexName, IndexNode, IndexOwner, IndexVersion
+
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "main"),
+                                     state="ready")  # fmt: skip
+    chain = IndexChain.objects.create(repository=repo, key="set", last_seq=1)
+    owner = IndexOwner.objects.create(user="root", group="root")
+    for number in range(50):
+        node = IndexNode.objects.create(
+            parent=None, name=IndexName.objects.create(key=number, name=f"file{number}.txt")
+        )
+        IndexVersion.objects.create(node=node, chain=chain, first=1, type="-", owner=owner)
+    client.force_login(staff("admin"))
+    url = f"/admin/borgapp/repository/{repo.pk}/delete/"
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(url)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Index versions: 50 (counted, not listed)" in text and "IndexVersion object" not in text
+    assert ">main</a>" in text  # the repository itself, as Django lists it
+    read = [query["sql"] for query in queries if "borgapp_indexversion" in query["sql"]]
+    assert read and all("COUNT(" in sql.upper() for sql in read)
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not Repository.objects.exists() and not IndexVersion.objects.exists()
+    assert not IndexChain.objects.exists() and IndexNode.objects.count() == 50  # paths: shared
