@@ -83,6 +83,10 @@ class RoleAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return has_role(request.user, self.write_role)
 
+    def may_go_with(self, request, obj):
+        """May obj's row go because the object it belongs to is deleted (admin_delete)?"""
+        return self.has_delete_permission(request, obj)
+
     def get_deleted_objects(self, objs, request):
         return admin_delete.deleted_objects(objs, request, self.admin_site)
 
@@ -294,6 +298,20 @@ class RepositoryAdmin(RoleAdmin):
             )
         )
 
+    def get_deleted_objects(self, objs, request):
+        # Deleting forgets the registration (the borg repository stays), as the API's
+        # DELETE does, and likewise not while a job holds the repository: "protected"
+        # makes Django refuse both the page and its POST.
+        listed, counts, refused, protected = super().get_deleted_objects(objs, request)
+        for repo in objs:
+            if repo.lease_job_id:
+                url = reverse("admin:borgapp_job_change", args=(repo.lease_job_id,))
+                protected.append(format_html(
+                    '{} is busy: <a href="{}">{}</a> holds it. Try again when that job '
+                    "has finished.", repo.name, url, repo.lease_job,
+                ))  # fmt: skip
+        return listed, counts, refused, protected
+
     def get_fields(self, request, obj=None):
         fields = ["name", "location", "encryption", "append_only", "passphrase"]
         if obj is None:
@@ -400,6 +418,10 @@ class ArchiveAdmin(RoleAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # deleting runs borg: the Delete page queues a job
+
+    def may_go_with(self, request, obj):
+        # the row goes with its repository's registration; the archive stays in borg
+        return has_role(request.user, "admin")
 
     # what a person reads on an archive's page: sizes and counts with units, borg's id last
     DETAIL = [

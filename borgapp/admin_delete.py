@@ -2,7 +2,11 @@
 from the database and written into the page. A repository takes its file index and its
 stored listings along: millions of rows, which Django's own page would read whole (holding
 a web worker and its memory for minutes). Those are counted instead, never read, and go by
-one DELETE each, as they do when the API deletes the repository."""
+one DELETE each, as they do when the API deletes the repository.
+
+Rows that go only because their parent goes are asked of their admin's `may_go_with`
+(RoleAdmin), not of its delete permission: an archive's row may not be deleted alone (that
+runs borg), but it goes with the repository whose registration an admin forgets."""
 
 from django.contrib.admin.utils import NestedObjects, quote
 from django.db import router
@@ -34,13 +38,21 @@ def deleted_objects(objs, request, admin_site):
     collector = _Counting(using=router.db_for_write(objs[0]._meta.model), origin=objs)
     collector.collect(objs)
     refused = set()
+    asked = {(obj.__class__, obj.pk) for obj in objs}
+
+    def allowed(obj) -> bool:
+        model_admin = admin_site.get_model_admin(obj.__class__)
+        go_with = getattr(model_admin, "may_go_with", None)
+        if (obj.__class__, obj.pk) in asked or go_with is None:
+            return model_admin.has_delete_permission(request, obj)
+        return go_with(request, obj)
 
     def line(obj):
         opts = obj._meta
         text = f"{capfirst(opts.verbose_name)}: {obj}"
         if not admin_site.is_registered(obj.__class__):
             return text
-        if not admin_site.get_model_admin(obj.__class__).has_delete_permission(request, obj):
+        if not allowed(obj):
             refused.add(opts.verbose_name)
         try:
             url = reverse(f"{admin_site.name}:{opts.app_label}_{opts.model_name}_change",

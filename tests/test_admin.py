@@ -474,14 +474,55 @@ def test_a_repository_delete_page_counts_its_file_index_instead_of_reading_it(cl
     assert ">main</a>" in text  # the repository itself, as Django lists it
     read = [query["sql"] for query in queries if "borgapp_indexversion" in query["sql"]]
     assert read and all("COUNT(" in sql.upper() for sql in read)
-    # with archives too (whose rows the admin may not delete: the page then refuses, but
-    # Django has collected everything first), nothing of the index is read
-    archive = Archive.objects.create(repository=repo, name="docs-1", borg_id="a" * 64)
+    # with archives too, nothing of the index is read
+    Archive.objects.create(repository=repo, name="docs-1", borg_id="a" * 64)
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url).status_code == 200
     read = [query["sql"] for query in queries if "borgapp_indexversion" in query["sql"]]
     assert read and all("COUNT(" in sql.upper() for sql in read)
-    archive.delete()
     assert client.post(url, {"post": "yes"}).status_code == 302
     assert not Repository.objects.exists() and not IndexVersion.objects.exists()
     assert not IndexChain.objects.exists() and IndexNode.objects.count() == 50  # paths: shared
+    assert not Archive.objects.exists()
+
+
+def test_the_admin_forgets_a_repository_with_archives_as_the_api_does_but_not_a_busy_one(
+    client, tmp_path
+):
+    """Deleting a repository forgets its registration and the app's records of its
+    archives; borg's repository stays on disk. An archive's row may not be deleted alone
+    (that runs borg delete), but it goes with its repository: the page once refused for that
+    reason while the API's DELETE went through. A repository a job holds is refused by both,
+    and the refusal links to that job."""
+    target = tmp_path / "main"
+    target.mkdir()
+    (target / "config").write_text("borg's own files")
+    repo = Repository.objects.create(name="main", location=str(target), state="ready")
+    Archive.objects.create(repository=repo, name="docs-1", borg_id="a" * 64)
+    url = f"/admin/borgapp/repository/{repo.pk}/delete/"
+
+    client.force_login(staff("operator"))  # deleting registrations is the admin's
+    assert client.get(url).status_code == 403
+
+    client.force_login(staff("admin"))
+    job = Job.objects.create(kind="backup", repository=repo, repository_name="main",
+                             trigger="admin", status="running")  # fmt: skip
+    Repository.objects.filter(pk=repo.pk).update(lease_job=job)
+    page = client.get(url).content.decode()
+    assert "cannot be deleted now" in page and "main is busy" in page
+    assert f'href="/admin/borgapp/job/{job.pk}/change/"' in page and "Yes, I’m sure" not in page
+    client.post(url, {"post": "yes"})
+    bulk = {"action": "delete_selected", "_selected_action": [repo.pk], "post": "yes"}
+    assert "main is busy" in client.post("/admin/borgapp/repository/", bulk).content.decode()
+    assert Repository.objects.filter(pk=repo.pk).exists() and Archive.objects.count() == 1
+
+    job.status = "succeeded"
+    job.save()
+    Repository.objects.filter(pk=repo.pk).update(lease_job=None)
+    page = client.get(url).content.decode()
+    assert "your account doesn" not in page and "Yes, I’m sure" in page
+    assert f"<code>{target}</code> and its archives stay where they are" in page
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not Repository.objects.exists() and not Archive.objects.exists()
+    assert (target / "config").read_text() == "borg's own files"
+    assert Job.objects.get(pk=job.pk).repository_name == "main"  # history keeps its name
