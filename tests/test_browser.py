@@ -656,3 +656,45 @@ def test_a_file_found_from_the_dashboard_and_its_history(page, file_index, web_s
     page.goto(f"{url}/admin/files/?q=invoice")
     expect(page.locator("#index-status")).to_contain_text("1 of 3 archives not indexed yet")
     looks_right(page, "file-search-lagging", width)
+
+
+@pytest.mark.parametrize("width", [1440, 1024])
+def test_deleting_a_repository_says_what_stays_and_why_not_now(page, web_server, roots, width):
+    """The delete page of a repository with archives: refused while a job holds it (the job a
+    link), then a confirmation that names what stays (borg's repository at its location) and
+    what goes; confirmed, the registration is gone and the job's history keeps its name."""
+    from playwright.sync_api import expect
+
+    url, _ = web_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    User.objects.create_superuser("boss", password="boss-password-123")
+    repo = Repository.objects.create(name="main", location=str(roots.repos / "main"),
+                                     state="ready")  # fmt: skip
+    for day in range(1, 4):
+        Archive.objects.create(repository=repo, name=f"docs-2026-12-0{day}T02:00:00Z",
+                               borg_id=str(day) * 64)  # fmt: skip
+    job = Job.objects.create(kind="backup", repository=repo, repository_name="main",
+                             trigger="admin", status="running")  # fmt: skip
+    Repository.objects.filter(pk=repo.pk).update(lease_job=job)
+    login(page, url, "boss", "boss-password-123")
+
+    page.goto(f"{url}/admin/borgapp/repository/{repo.pk}/delete/")
+    expect(page.locator("#content")).to_contain_text("cannot be deleted now")
+    assert page.get_by_role("button", name="Yes, I’m sure").count() == 0
+    looks_right(page, "repository-delete-busy", width)
+    page.locator("#deleted-objects a").click()
+    expect(page.locator("#job-status")).to_have_text("running")
+
+    Job.objects.filter(pk=job.pk).update(status="succeeded")
+    Repository.objects.filter(pk=repo.pk).update(lease_job=None)
+    page.goto(f"{url}/admin/borgapp/repository/{repo.pk}/delete/")
+    expect(page.locator("#content")).to_contain_text(
+        f"the borg repository at {roots.repos / 'main'} and its archives stay"
+    )
+    expect(page.locator("#deleted-objects")).to_contain_text("docs-2026-12-03T02:00:00Z")
+    looks_right(page, "repository-delete", width)
+    page.get_by_role("button", name="Yes, I’m sure").click()
+    expect(page.locator(".messagelist")).to_contain_text("was deleted successfully")
+    assert not Repository.objects.exists() and not Archive.objects.exists()
+    assert Job.objects.get(pk=job.pk).repository_name == "main"
