@@ -79,7 +79,7 @@ def change(files: list[Path], folders: list[Path], percent: float, rnd: random.R
         files.append(path)
 
 
-TABLES = ("borgapp_indexname", "borgapp_indexnode", "borgapp_indexversion",
+TABLES = ("borgapp_indexspan", "borgapp_indexsearchname", "borgapp_indexversion",
           "borgapp_indexedarchive", "borgapp_indexchain", "borgapp_indexowner")  # fmt: skip
 
 
@@ -110,7 +110,7 @@ def index_parts(everything: bool = False) -> list[tuple[str, int]]:
             cursor.execute(
                 "SELECT name, SUM(pgsize) FROM dbstat WHERE name IN (SELECT name FROM "
                 "sqlite_master WHERE tbl_name IN (SELECT value FROM json_each(%s)) OR "
-                "tbl_name LIKE 'borgapp_indexname_trigram%%') GROUP BY name ORDER BY 2 DESC",
+                "tbl_name LIKE 'borgapp_indexspan_trigram%%') GROUP BY name ORDER BY 2 DESC",
                 [json.dumps(TABLES)],
             )  # fmt: skip
         parts = [(name, int(size)) for name, size in cursor.fetchall()]

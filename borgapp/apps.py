@@ -57,22 +57,21 @@ def _ensure_roles(**kwargs):
 
 
 def _trigrams_after_flush(using="default", **kwargs):
-    """A database flush (which signals as a migrate does) empties the names but not SQLite's
-    trigram index of them, which no model owns: its entries would name rows that are gone,
-    and FTS5 then calls the database malformed. Emptied names empty it too."""
+    """A database flush (which signals as a migrate does) empties the paths but not SQLite's
+    trigram index of their names, which no model owns: its entries would name numbers that
+    are gone, or that new paths take again. Emptied paths empty it too."""
     from django.db import connections
 
-    from borgapp.fileindex import TRIGRAMS
-    from borgapp.models import IndexName
+    from borgapp import filenames
+    from borgapp.models import IndexSpan
 
-    connection = connections[using]
-    if connection.vendor != "sqlite":
+    if connections[using].vendor != "sqlite":
         return
-    with connection.cursor() as cursor:
-        # (no trigram index, no names table either: a migrate back to before them)
-        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
-        if cursor.fetchone() is not None and not IndexName.objects.using(using).exists():
-            cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}) VALUES ('delete-all')")
+    with connections[using].cursor() as cursor:
+        # (no spans table: a migrate back to before it)
+        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [filenames.SPANS])
+        if cursor.fetchone() is not None and not IndexSpan.objects.using(using).exists():
+            filenames.forget_all_trigrams(using)
 
 
 class OpsAdminConfig(admin_apps.AdminConfig):

@@ -113,7 +113,7 @@ class Comparison:
         if folder:
             node = node_of(validation.validate_archive_path(folder))
             self.base += f" AND {SUBTREE}"
-            self.params.append(node if node is not None else -1)
+            self.params += [node if node is not None else -1] * 2
         self._count: int | None = None
 
     def count(self) -> int:

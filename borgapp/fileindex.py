@@ -1,8 +1,8 @@
 """The file index (issue 16): every archive's entries, read from borg once, stored so that
 consecutive archives of a backup set share what they hold alike.
 
-- A path is stored once, as a name (IndexName, each distinct name once, found by its hash)
-  in its folder (IndexNode), whatever archive or repository holds it.
+- A path is stored once, as a number with its name among its folder's (IndexSpan,
+  borgapp.filenames), whatever archive or repository holds it.
 - The archives of one backup set (IndexChain: a repository, the host that made them and the
   set's prefix) are numbered in the order they are indexed (`seq`). A version of an entry
   (IndexVersion: type, mode, owner, size, time, link) is stored once with the run of
@@ -34,28 +34,21 @@ from datetime import UTC, datetime, timedelta
 from django.db import OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef
 
-from borgapp import borg, fileprints, naming
+from borgapp import borg, filenames, fileprints, naming
 from borgapp.errors import OperationError
-from borgapp.models import (
-    Archive,
-    IndexChain,
-    IndexedArchive,
-    IndexName,
-    IndexNode,
-    IndexOwner,
-    IndexVersion,
-)
+from borgapp.models import Archive, IndexChain, IndexedArchive, IndexOwner, IndexVersion
 
-# entries per transaction: each commit writes the pages it dirtied, and the names' keys (their
-# hashes) land all over their index, so fewer, larger commits write less (1,000,000 entries,
-# when names were stored by their hash: 44 s in batches of 5,000, 37 s of 20,000, 36 s of
-# 50,000; borg's listing alone 30 s)
+# entries per transaction: each commit writes the pages it dirtied, so fewer, larger commits
+# write less (1,000,000 entries, when names were stored by their hash: 44 s in batches of
+# 5,000, 37 s of 20,000, 36 s of 50,000; borg's listing alone 30 s)
 BATCH = 20_000
 QUEUED_BATCHES = 2  # parsed batches waiting to be stored, at most
 PIPE_BYTES = 1 << 20  # borg's listing held in the pipe at most (`_widen`)
 CACHE_MIB = 64  # SQLite's page cache while indexing
 TOPS_MAX = 1000  # more items without a stored folder than this: not a list of sources
-CACHE = 20_000  # folders and names kept in memory (each cache)
+CACHE = 20_000  # folder paths kept in memory with their numbers
+KIDS = 2_000  # folders kept in memory with the names in them
+KIDS_NAMES = 300_000  # names in those folders at most (then they are forgotten together)
 DEADLOCK_TRIES = 5  # a batch stored again after PostgreSQL stopped it in a deadlock
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
@@ -112,12 +105,6 @@ def moment(value: int | None) -> datetime | None:
     return None if value is None else (EPOCH + value * MICROSECOND).replace(tzinfo=UTC)
 
 
-def name_hash(name: str) -> int:
-    """A name's 64-bit key in IndexName (signed, as the databases store integers)."""
-    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 def chain_key(archive: Archive) -> str:
     """The backup set an archive continues: the host that made it and its set's prefix (an
     archive named otherwise is a set of its own name)."""
@@ -163,6 +150,10 @@ def prints_id(indexed: IndexedArchive) -> str:
     return hashlib.sha256(made.encode()).hexdigest()
 
 
+class Stale(Exception):
+    """Paths a job held in memory were dropped meanwhile (Indexer._store_once)."""
+
+
 class Stopped(Exception):
     """Storing stopped early: a cancel, or another job of the repository waits."""
 
@@ -177,16 +168,18 @@ class Indexer:
         _recover(self.chain)
         self.prev = self.chain.last_seq
         self.seq = self.prev + 1
-        self.names = Bounded(CACHE)
         self.owners = Bounded(1000)
-        self.folders = Bounded(CACHE)
+        self.folders = Bounded(CACHE)  # folder path -> number
+        self.kids = Bounded(KIDS)  # folder number -> {name: number}
+        self.kids_names = 0  # names loaded into it (about)
+        self.known = None  # spans from this number on are not in the caches yet
+        self.unchecked: set[int] = set()  # numbers taken from the caches in this batch
         self.count = self.changed = self.matched = self.reused = 0
         self.prints: fileprints.Writer | None = None  # this archive's, for the next one
         self.seen = bytearray()  # one bit per node id met in this archive
-        self.new_names: list[int] | None = []  # for the trigram index; None: rebuild it
         if connection.vendor == "sqlite":
-            # names are found by their hash, whose index takes inserts all over: a page
-            # cache of CACHE_MIB instead of SQLite's 2 MiB keeps them off the disk (bounded)
+            # the trigram index takes inserts all over: a page cache of CACHE_MIB instead
+            # of SQLite's 2 MiB keeps them off the disk (bounded)
             with connection.cursor() as cursor:
                 cursor.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
         self.open: list[bytes] = []  # the stored folders holding the current item, each + "/"
@@ -195,43 +188,6 @@ class Indexer:
 
     # --- names and folders -------------------------------------------------------------
 
-    def name_ids(self, names: set[str]) -> dict[str, int]:
-        """Ids of names, stored where new (found by their key, `name_hash`); a different
-        name already stored under the same key is refused."""
-        found = {name: self.names.get(name) for name in names}
-        missing: dict[int, str] = {}
-        for name, pk in found.items():
-            if pk is None and missing.setdefault(name_hash(name), name) != name:
-                raise collision(missing[name_hash(name)], name)
-        if not missing:
-            return found
-        stored: dict[int, tuple[int, str]] = {}  # key: (id, name)
-        rows = list(missing.items())
-        if self.prev:  # a later archive: most names exist already
-            stored = _select_names(list(missing))
-            rows = [row for row in rows if row[0] not in stored]
-        # a first archive's names are mostly new: stored in one go
-        made = dict(_insert_returning(IndexName, "key, name", rows, "(key)", "key, id"))
-        self.note_new_names(list(made.values()))
-        stored.update(_select_names([key for key in missing if key not in made
-                                     and key not in stored]))  # fmt: skip
-        for key, name in missing.items():
-            if key in made:
-                pk = made[key]
-            else:  # stored before, or just now by another job
-                pk, other = stored[key]
-                if other != name:
-                    raise collision(other, name)
-            found[name] = pk
-            self.names.put(name, pk)
-        return found
-
-    def note_new_names(self, ids) -> None:
-        if self.new_names is not None:
-            self.new_names.extend(ids)
-            if len(self.new_names) > TRIGRAM_REBUILD:
-                self.new_names = None  # so many: rebuilding the whole index is cheaper
-
     def owner_id(self, pair: tuple[str, str]) -> int:
         pk = self.owners.get(pair)
         if pk is None:
@@ -239,48 +195,66 @@ class Indexer:
             self.owners.put(pair, pk)
         return pk
 
-    def resolve_folders(self, paths: set[str]) -> dict[str, int | None]:
-        """The nodes of folder paths ('' : the top), made where new: every folder not in
-        the cache and its uncached ancestors, a level at a time (a few statements per
-        level, not per folder)."""
-        known: dict[str, int | None] = {"": None}
+    def resolve_folders(self, paths: set[str]) -> dict[str, int]:
+        """The numbers of folder paths ('' : the top, 0), made where new: every folder not
+        in the cache and its uncached ancestors, a level at a time."""
+        known: dict[str, int] = {"": 0}
         needed = set()
         for path in paths:
             while path and path not in known and path not in needed:
                 cached = self.folders.get(path)
                 if cached is not None:
                     known[path] = cached
+                    self.unchecked.add(cached)
                     break
                 needed.add(path)
                 path = path.rpartition("/")[0]
         for depth in sorted({path.count("/") for path in needed}):
             level = [path for path in needed if path.count("/") == depth]
             split = [path.rpartition("/") for path in level]
-            names = self.name_ids({name for _, _, name in split})
-            keys = [(known[parent], names[name]) for parent, _, name in split]
-            nodes = self.nodes(set(keys))
-            for path, key in zip(level, keys, strict=True):
-                known[path] = nodes[key]
-                self.folders.put(path, nodes[key])
+            nums = self.numbers({(known[parent], name) for parent, _, name in split})
+            for path, (parent, _, name) in zip(level, split, strict=True):
+                known[path] = nums[(known[parent], name)]
+                self.folders.put(path, known[path])
         return {path: known[path] for path in paths}
 
-    def nodes(self, wanted: set[tuple]) -> dict[tuple, int]:
-        """Node ids of (parent, name id) pairs, made where missing: a first archive inserts
-        first (most of its paths are new), a later one looks up first (most exist)."""
-        found: dict[tuple, int] = {}
-        todo = set(wanted)
-        for step in ("select", "insert") if self.prev else ("insert", "select", "insert"):
-            if not todo:
-                break
-            if step == "insert":
-                made = _insert_returning(IndexNode, "parent_id, name_id", list(todo), "",
-                                         "id, parent_id, name_id")  # fmt: skip
-                found.update({(parent, name): pk for pk, parent, name in made})
-            else:
-                found.update(_select_nodes(todo))
-            todo = wanted - found.keys()
-        if todo:
-            found.update(_select_nodes(todo))  # made by another job meanwhile
+    def numbers(self, wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """The numbers of (folder number, name) pairs, given where new (in this batch's
+        transaction, under filenames.lock)."""
+        if self.known is not None:  # what other jobs added since, into the folders cached
+            for start, folder, _, blob in filenames.spans_since(self.known):
+                kids = self.kids.get(folder)
+                if kids is not None:
+                    for place, name in enumerate(filenames.unpack(blob)):
+                        kids.setdefault(name, start + place)
+        self.known = filenames.next_number()
+        wanted_in = filenames.group_by_folder(wanted)
+        maps = {folder: self.kids.get(folder) for folder in wanted_in}
+        loaded = [folder for folder, kids in maps.items() if kids is None]
+        if loaded:
+            maps.update(filenames.children(loaded))
+        if loaded:
+            self.kids_names += sum(len(maps[folder]) for folder in loaded)
+            if self.kids_names > KIDS_NAMES:  # memory stays bounded in folders of millions
+                self.kids, self.kids_names = Bounded(KIDS), 0
+        found, new = {}, {}
+        for folder, names in wanted_in.items():
+            kids = maps[folder]
+            self.kids.put(folder, kids)
+            for name in names:
+                num = kids.get(name)
+                if num is None:
+                    new.setdefault(folder, []).append(name)
+                else:
+                    found[(folder, name)] = num
+                    if folder not in loaded:
+                        self.unchecked.add(num)
+        if new:
+            made = filenames.add(new)
+            for (folder, name), num in made.items():
+                maps[folder][name] = num
+            found.update(made)
+            self.known = filenames.next_number()
         return found
 
     # --- one batch ----------------------------------------------------------------------
@@ -339,29 +313,34 @@ class Indexer:
         attempt = 0
         while True:
             attempt += 1
-            saved = (self.changed, self.matched, len(self.new_names or ()))
+            saved = (self.changed, self.matched)
             try:
                 return self._store_once(batch)
+            except Stale:
+                if attempt >= DEADLOCK_TRIES:
+                    message = "The file index kept changing under this job; run it again."
+                    raise OperationError(message, "index_busy") from None
             except OperationalError as error:
                 if attempt >= DEADLOCK_TRIES or not _deadlock(error):
                     raise
-            self.changed, self.matched = saved[:2]
-            if self.new_names is not None:  # (None: the whole trigram index is made again)
-                del self.new_names[saved[2] :]
-            self.names, self.folders = Bounded(CACHE), Bounded(CACHE)
+            self.changed, self.matched = saved
+            self.folders, self.kids, self.known = Bounded(CACHE), Bounded(KIDS), None
             time.sleep(0.05 * attempt)
 
     def _store_once(self, batch: list[tuple]) -> list[int]:
         split = [path.rpartition("/") for path, _ in batch]
         stored = [(*a[:OWNER], self.owner_id(a[OWNER]), *a[OWNER + 1 :]) for _, a in batch]
         with transaction.atomic():
+            filenames.lock()
+            self.unchecked = set()
             folders = self.resolve_folders({folder for folder, _, _ in split})
-            parents = [folders[folder] for folder, _, _ in split]
-            names = self.name_ids({name for _, _, name in split})
-            keys = [(parent, names[name]) for parent, (_, _, name) in zip(parents, split,
-                                                                         strict=True)]  # fmt: skip
-            node_ids = self.nodes(set(keys))
-            nodes = [node_ids[key] for key in keys]
+            keys = [(folders[folder], name) for folder, _, name in split]
+            nums = self.numbers(set(keys))
+            if filenames.missing(self.unchecked):
+                # paths that this job knew were dropped since (collect_garbage, another
+                # job): it forgets what it knew, and the batch is stored again
+                raise Stale
+            nodes = [nums[key] for key in keys]
             self._versions(nodes, stored)
         return nodes
 
@@ -417,6 +396,7 @@ class Indexer:
                 cursor.execute(f"UPDATE {versions} SET {sql_name('last')} = %s "
                                f"WHERE {is_open} AND node_id IN ({marks})",
                                [self.prev, *chunk])  # fmt: skip
+            insert.sort(key=operator.itemgetter(0))  # the key's order: pages filled, not split
             columns = f"node_id, chain_id, {sql_name('first')}, {COLUMNS}"
             row = "(" + ", ".join(["%s"] * (3 + len(ATTRS))) + ")"
             if connection.vendor == "sqlite":  # its executemany binds row by row in C
@@ -445,9 +425,6 @@ class Indexer:
                 seconds=round(time.monotonic() - self.started, 3), tops=self.tops,
             )  # fmt: skip
             IndexChain.objects.filter(pk=self.chain.pk).update(last_seq=self.seq)
-            # with the archive, never after it: a stop in between would leave names that a
-            # search cannot find and no later run would add
-            add_trigrams(self.new_names)
         return done
 
     def open_prints(self) -> fileprints.Previous | None:
@@ -497,87 +474,11 @@ class Indexer:
         return len(gone)
 
 
-def _insert_returning(model, columns: str, rows: list[tuple], conflict: str,
-                      returning: str) -> list[tuple]:  # fmt: skip
-    """Insert rows, skipping those a unique constraint says exist already; returns
-    `returning` of the rows that were new. SQLite: a few thousand rows per statement.
-    PostgreSQL: COPY into a temporary table, then one INSERT from it (a statement of
-    thousands of parameters is parsed and planned at length each time)."""
-    if not rows:
-        return []
-    table, made = sql_table(model), []
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            stage = sql_name(f"opscenter_stage_{model._meta.model_name}")
-            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} AS SELECT {columns} "
-                           f"FROM {table} WITH NO DATA")  # fmt: skip
-            _copy(cursor, stage, columns, rows)
-            # in the same order in every job: rows that two jobs insert at once are
-            # waited for one way round, so that neither waits for the other (a deadlock)
-            cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} "
-                           f"ORDER BY {columns} ON CONFLICT {conflict} DO NOTHING "
-                           f"RETURNING {returning}")  # fmt: skip
-            made = cursor.fetchall()
-            cursor.execute(f"TRUNCATE {stage}")
-            return made
-        width = len(rows[0])
-        for chunk in chunks(rows, 4000):
-            marks = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(chunk))
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {marks} "
-                f"ON CONFLICT {conflict} DO NOTHING RETURNING {returning}",
-                [value for row in chunk for value in row],
-            )
-            made += cursor.fetchall()
-    return made
-
-
 def _copy(cursor, table: str, columns: str, rows: list[tuple]) -> None:
     """PostgreSQL: rows into a table by COPY (psycopg escapes each value)."""
     with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
-
-
-def _select_names(keys: list[int]) -> dict[int, tuple[int, str]]:
-    """The stored names of these keys: key -> (id, name)."""
-    found = {}
-    with connection.cursor() as cursor:
-        for chunk in chunks(keys):
-            marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(f"SELECT {sql_name('key')}, id, name FROM {sql_table(IndexName)} "
-                           f"WHERE {sql_name('key')} IN ({marks})", chunk)  # fmt: skip
-            found.update((key, (pk, name)) for key, pk, name in cursor.fetchall())
-    return found
-
-
-def collision(stored: str, name: str) -> OperationError:
-    return OperationError(f"The names {stored!r} and {name!r} have the same hash in the file "
-                          "index: this archive cannot be indexed.", "index_collision")  # fmt: skip
-
-
-def _select_nodes(wanted: set[tuple]) -> dict[tuple, int]:
-    """The existing nodes of (parent, name id) pairs: the pairs as a VALUES list joined to
-    the unique index (a row-value IN would scan every path on SQLite); top-level ones,
-    whose parent is NULL, by name."""
-    table = sql_table(IndexNode)
-    rows = []
-    pairs = [pair for pair in wanted if pair[0] is not None]
-    tops = [name for parent, name in wanted if parent is None]
-    with connection.cursor() as cursor:
-        for chunk in chunks(pairs, 2000):
-            marks = ", ".join(["(%s, %s)"] * len(chunk))
-            cursor.execute(f"WITH wanted(p, q) AS (VALUES {marks}) SELECT n.id, n.parent_id, "
-                           f"n.name_id FROM wanted JOIN {table} n ON n.parent_id = wanted.p "
-                           "AND n.name_id = wanted.q",
-                           [value for pair in chunk for value in pair])  # fmt: skip
-            rows += cursor.fetchall()
-        for chunk in chunks(tops):
-            marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(f"SELECT id, parent_id, name_id FROM {table} WHERE parent_id IS NULL "
-                           f"AND name_id IN ({marks})", chunk)  # fmt: skip
-            rows += cursor.fetchall()
-    return {(parent, name): pk for pk, parent, name in rows if (parent, name) in wanted}
 
 
 def _deadlock(error: OperationalError) -> bool:
@@ -719,36 +620,12 @@ def _chain_for(archive: Archive) -> IndexChain:
 def _recover(chain: IndexChain) -> None:
     """Undo what a run that stopped midway wrote: its new versions (after the chain's last
     archive) go, and the versions it closed at that archive are open again (before a run,
-    every version the last archive holds is open). The names it stored stay; the trigram
-    index, which it would have updated at its end, is rebuilt."""
+    every version the last archive holds is open). The paths it stored stay (each batch's
+    with its names' trigrams: found by a search, they are left out while no version holds
+    them)."""
     chain.refresh_from_db()
-    left = IndexVersion.objects.filter(chain=chain, first__gt=chain.last_seq).delete()[0]
+    IndexVersion.objects.filter(chain=chain, first__gt=chain.last_seq).delete()
     IndexVersion.objects.filter(chain=chain, last=chain.last_seq).update(last=None)
-    if left:
-        add_trigrams(None)
-
-
-TRIGRAMS = "borgapp_indexname_trigram"  # migration 0023 (SQLite with FTS5 only)
-TRIGRAM_REBUILD = 100_000  # new names past which the trigram index is rebuilt whole
-
-
-def add_trigrams(new_names: list[int] | None) -> None:
-    """Add new names (their ids) to SQLite's trigram index in bulk (None: rebuild it whole),
-    then let FTS5 merge its segments a little."""
-    if connection.vendor != "sqlite" or new_names == []:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
-        if cursor.fetchone() is None:
-            return
-        if new_names is None:
-            cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}) VALUES ('rebuild')")
-            return
-        for chunk in chunks(new_names):
-            marks = ", ".join(["%s"] * len(chunk))
-            cursor.execute(f"INSERT INTO {TRIGRAMS}(rowid, name) SELECT id, name FROM "
-                           f"{sql_table(IndexName)} WHERE id IN ({marks})", chunk)  # fmt: skip
-        cursor.execute(f"INSERT INTO {TRIGRAMS}({TRIGRAMS}, rank) VALUES ('merge', 500)")
 
 
 def unindexed(repository):
@@ -783,7 +660,7 @@ def collect_garbage(repository_id: int) -> int:
             doomed = doomed.filter(last__lte=high) if high is not None else doomed
             removed += doomed.delete()[0]
     if removed:
-        _drop_unused_nodes()
+        filenames.drop_unused()
     fileprints.prune(set(IndexChain.objects.values_list("pk", flat=True)))
     return removed
 
@@ -799,20 +676,6 @@ def _gaps(seqs: list[int], last_seq: int) -> list[tuple[int, int | None]]:
     if expected <= last_seq:
         gaps.append((expected, None))
     return gaps
-
-
-def _drop_unused_nodes() -> None:
-    """Paths no version uses, leaves first (a folder is kept while anything is in it)."""
-    nodes, versions = sql_table(IndexNode), sql_table(IndexVersion)
-    with connection.cursor() as cursor:
-        while True:
-            cursor.execute(
-                f"DELETE FROM {nodes} WHERE NOT EXISTS (SELECT 1 FROM {versions} v WHERE "
-                f"v.node_id = {nodes}.id) AND NOT EXISTS (SELECT 1 FROM {nodes} c WHERE "
-                f"c.parent_id = {nodes}.id)"
-            )
-            if not cursor.rowcount:
-                break
 
 
 @contextlib.contextmanager

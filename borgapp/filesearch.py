@@ -8,27 +8,12 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db import connection
 from django.db.models import F, Q
 
-from borgapp import validation
-from borgapp.fileindex import (
-    TRIGRAMS,
-    chunks,
-    micros,
-    mode_text,
-    moment,
-    name_hash,
-    sql_table,
-)
-from borgapp.models import (
-    Archive,
-    IndexedArchive,
-    IndexName,
-    IndexNode,
-    IndexVersion,
-    Repository,
-)
+from borgapp import filenames, validation
+from borgapp.fileindex import chunks, micros, mode_text, moment
+from borgapp.filenames import node_of, paths_of
+from borgapp.models import Archive, IndexedArchive, IndexVersion, Repository
 
 MAX_HITS = 100  # paths in one answer
 MAX_ARCHIVES = 50  # archives named per version (the count says how many in all)
@@ -130,90 +115,28 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
-_NAMES = sql_table(IndexName)
-
-
-def _name_query(pattern: str):
-    """The names a pattern's last part may match, as a query (the path is checked after)."""
+def _name_test(pattern: str):
+    """What the names a pattern's last part may match hold (a literal part, any case), and
+    the test each such name passes (the path is checked after)."""
     tail = pattern.rstrip("/").rsplit("/", 1)[-1]
     if pattern.endswith("/"):  # a folder: its own name
-        return IndexName.objects.filter(key=name_hash(tail), name=tail)
+        return tail, lambda name: name == tail
     if GLOB_CHARS.search(tail):
         literal = max(re.split(r"[*?]|\[[^\]]*\]", tail), key=len)
-        names = IndexName.objects.filter(name__contains=literal) if literal else IndexName.objects
-        return names, re.compile(fnmatch.translate(tail), re.DOTALL)
+        regex = re.compile(fnmatch.translate(tail), re.DOTALL)
+        return literal, lambda name: regex.match(name) is not None
     if "/" in pattern:  # a path fragment: its last part begins a name
-        return IndexName.objects.filter(name__startswith=tail)
-    if len(tail) >= 3 and not set(tail) & set("%_") and trigrams():
-        # SQLite's trigram index answers a LIKE of three characters or more itself. A join,
-        # not `id IN (SELECT ...)`: SQLite reads such a list whole before the first row
-        # (92 ms for a fragment in 100,000 of 1,000,000 names), a join only as far as the
-        # answer needs (4 ms)
-        return IndexName.objects.extra(
-            tables=[TRIGRAMS],
-            where=[f"{_NAMES}.id = {TRIGRAMS}.rowid", f"{TRIGRAMS}.name LIKE %s"],
-            params=[f"%{tail}%"],
-        )
-    return IndexName.objects.filter(name__icontains=tail)
-
-
-_trigrams: dict = {}
-
-
-def trigrams() -> bool:
-    """Whether this database has the names' trigram index (migration 0023: SQLite with FTS5)."""
-    if connection.alias not in _trigrams:
-        found = False
-        if connection.vendor == "sqlite":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s", [TRIGRAMS])
-                found = cursor.fetchone() is not None
-        _trigrams[connection.alias] = found
-    return _trigrams[connection.alias]
+        return tail, lambda name: name.startswith(tail)
+    folded = tail.lower()
+    return tail, lambda name: folded in name.lower()
 
 
 def _candidates(pattern: str):
-    """Nodes whose name may match, a chunk at a time, read lazily: a broad pattern stops
-    being read as soon as the answer has its paths."""
-    query = _name_query(pattern)
-    regex = None
-    if isinstance(query, tuple):
-        query, regex = query
-    names = []
-    for pk, name in query.values_list("pk", "name").iterator(chunk_size=2000):
-        if regex is None or regex.match(name):
-            names.append(pk)
-            if len(names) >= 500:
-                yield _nodes_named(names)
-                names = []
-    if names:
-        yield _nodes_named(names)
-
-
-def _nodes_named(names: list[int]) -> list[int]:
-    return list(IndexNode.objects.filter(name_id__in=names).values_list("pk", flat=True))
-
-
-def paths_of(node_ids) -> dict[int, str]:
-    """The full path of each node (one query per folder level)."""
-    known: dict[int, tuple] = {}
-    todo = set(node_ids)
-    while todo:
-        rows = IndexNode.objects.filter(pk__in=todo).values_list("pk", "parent_id", "name__name")
-        todo = set()
-        for pk, parent, name in rows:
-            known[pk] = (parent, name)
-            if parent is not None and parent not in known:
-                todo.add(parent)
-    paths = {}
-
-    def path(pk):
-        if pk not in paths:
-            parent, name = known[pk]
-            paths[pk] = name if parent is None else f"{path(parent)}/{name}"
-        return paths[pk]
-
-    return {pk: path(pk) for pk in node_ids if pk in known}
+    """Numbers of the entries whose name may match, a chunk at a time, read lazily: a broad
+    pattern stops being read as soon as the answer has its paths."""
+    literal, test = _name_test(pattern)
+    for batch in filenames.named(literal, test):
+        yield [num for num, _ in batch]
 
 
 def _path_matches(pattern: str, path: str) -> bool:
@@ -274,12 +197,8 @@ def search(pattern: str, filters: Filters) -> dict:
 
 
 def _below(folders: list[int]) -> list[int]:
-    """Every node under these folders (breadth first, bounded)."""
-    found, level = [], list(folders)
-    while level and len(found) < MAX_BELOW:
-        level = list(IndexNode.objects.filter(parent_id__in=level).values_list("pk", flat=True))
-        found += level
-    return found
+    """Every entry under these folders (breadth first, bounded)."""
+    return filenames.below(folders, MAX_BELOW)
 
 
 def _grouped(versions, filters: Filters, in_chain: dict | None = None) -> dict[int, list[dict]]:
@@ -357,29 +276,40 @@ def in_archive(indexed: IndexedArchive):
     )
 
 
-def folder_entries(archive: Archive, folder: str):
-    """The items directly in `folder` of an indexed archive, by name, as a query of rows
-    (for a paginator; `entry()` makes each an Entry). An unknown folder is empty."""
+def _in_folder(versions, folder: int):
+    """Those of the versions that are of the entries directly in a folder (0: the top)."""
+    runs = filenames.ranges(folder)
+    if not runs:
+        return versions.none()
+    if len(runs) > 200:  # a folder added to many times: its entries by their span's folder
+        return versions.extra(where=[filenames.in_folder_sql()], params=[folder])
+    within = Q()
+    for first, last in runs:
+        within |= Q(node_id__gte=first, node_id__lte=last)
+    return versions.filter(within)
+
+
+def folder_entries(archive: Archive, folder: str) -> list[tuple]:
+    """The items directly in `folder` of an indexed archive, by name: rows of (name, type,
+    size, mtime, mode, target) for a paginator (`entry()` makes each an Entry). An unknown
+    folder is empty."""
     indexed = IndexedArchive.objects.get(archive=archive)
     folder = folder.strip("/")
-    versions = in_archive(indexed)
-    if folder:
-        node = node_of(validation.validate_archive_path(folder))
-        versions = versions.filter(node__parent_id=node) if node else versions.none()
-    else:
-        versions = versions.filter(node__parent__isnull=True)
-    return versions.order_by("node__name__name").values_list(
-        "node__name__name", "type", "size", "mtime", "mode", "target"
+    node = node_of(validation.validate_archive_path(folder)) if folder else 0
+    if node is None:
+        return []
+    names = filenames.children([node])[node]
+    by_num = {num: name for name, num in names.items()}
+    rows = _in_folder(in_archive(indexed), node).values_list(
+        "node_id", "type", "size", "mtime", "mode", "target"
     )
+    found = [(by_num[num], *rest) for num, *rest in rows if num in by_num]
+    found.sort(key=lambda row: row[0])
+    return found
 
 
-_NODES = sql_table(IndexNode)
-# a condition on `node_id`: the node %s and every node below it
-SUBTREE = (
-    f"node_id IN (WITH RECURSIVE below(id) AS (SELECT id FROM {_NODES} WHERE id = %s "
-    f"UNION ALL SELECT n.id FROM {_NODES} n JOIN below ON n.parent_id = below.id) "
-    "SELECT id FROM below)"
-)
+# a condition on `node_id`: the entry %s and every entry below it (its number twice)
+SUBTREE = filenames.subtree_sql()
 
 
 def archive_items(archive: Archive, *, path: str = "", parent: str | None = None,
@@ -392,19 +322,15 @@ def archive_items(archive: Archive, *, path: str = "", parent: str | None = None
     versions = in_archive(indexed)
     if parent is not None:
         folder = parent.strip("/")
-        node = node_of(validation.validate_archive_path(folder)) if folder else None
-        if folder and node is None:
+        node = node_of(validation.validate_archive_path(folder)) if folder else 0
+        if node is None:
             return versions.none()
-        versions = (
-            versions.filter(node__parent_id=node)
-            if node
-            else versions.filter(node__parent__isnull=True)
-        )
+        versions = _in_folder(versions, node)
     elif path.strip("/"):
         node = node_of(validation.validate_archive_path(path.strip("/")))
         if node is None:
             return versions.none()
-        versions = versions.extra(where=[SUBTREE], params=[node])
+        versions = versions.extra(where=[SUBTREE], params=[node, node])
     if type:
         versions = versions.filter(type=type)
     return versions.select_related("owner").order_by("node_id")
@@ -440,7 +366,9 @@ def implied_folders(archive: Archive, folder: str) -> list[Entry]:
     prefix = f"{folder}/" if folder else ""
     names = {top[len(prefix) :].split("/", 1)[0] for top in indexed.tops
              if top.startswith(prefix) and "/" in top[len(prefix) :]}  # fmt: skip
-    stored = {row[0] for row in folder_entries(archive, folder).filter(node__name__name__in=names)}
+    if not names:
+        return []
+    stored = {row[0] for row in folder_entries(archive, folder) if row[0] in names}
     return [Entry(path=f"{prefix}{name}", name=name, type="d")
             for name in sorted(names - stored)]  # fmt: skip
 
@@ -462,20 +390,6 @@ def entries_in(archive: Archive):
 def _with_paths(versions: list) -> list[tuple[str, IndexVersion]]:
     paths = paths_of({v.node_id for v in versions})
     return sorted(((paths[v.node_id], v) for v in versions), key=lambda pair: pair[0])
-
-
-def node_of(path: str) -> int | None:
-    """The node of a path, walking down from the top (None: the index has no such path)."""
-    parent = None
-    for name in path.strip("/").split("/"):
-        named = {"name__key": name_hash(name), "name__name": name}
-        found = IndexNode.objects.filter(parent_id=parent, **named)
-        if parent is None:
-            found = IndexNode.objects.filter(parent=None, **named)
-        parent = found.values_list("pk", flat=True).first()
-        if parent is None:
-            return None
-    return parent
 
 
 def history(repository: Repository, path: str) -> dict:

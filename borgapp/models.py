@@ -300,19 +300,31 @@ class ArchiveDiffItem(models.Model):
 # --- the file index (issue 16, borgapp.fileindex) ---------------------------------------------
 
 
-class IndexName(models.Model):
-    """Each distinct file or folder name once, whatever folder, archive or repository holds
-    it (index.html, __init__.py): a name search reads these, far fewer than the paths. Found
-    by `key`, a 64-bit hash of the name (an index of numbers, not a second copy of each
-    name); a different name with the same hash is refused, never taken for it. Its id
-    grows as names are added, so that the names an archive brings, and the paths that use
-    them, are written one after another rather than all over their tables and indexes; on
-    SQLite the trigram index of names is keyed by it (FTS5 stores the gaps between keys:
-    small ones take a byte or two)."""
+class IndexSpan(models.Model):
+    """Paths, packed: the entries numbered `start` to `start + count - 1` are the items named
+    in `names` (borgapp.filenames.pack: the names joined by NUL, deflated) of the folder
+    whose own entry is numbered `folder` (0: the top). An entry's number is its node: the
+    versions of a path (IndexVersion.node_id) and the search of names use it. No path is
+    stored whole, none twice; a folder's names are added as new spans, never rewritten, so
+    a number always means the same path. 8 bytes an entry where a row per name and per
+    path took 104 (bench/index_layout_probe.py)."""
 
-    id = models.BigAutoField(primary_key=True)
+    start = models.BigIntegerField(primary_key=True)
+    folder = models.BigIntegerField()
+    count = models.IntegerField()
+    names = models.BinaryField()
+
+    class Meta:
+        indexes = [models.Index(fields=["folder", "start"], name="indexspan_folder")]
+
+
+class IndexSearchName(models.Model):
+    """PostgreSQL: each entry's name by its number, for the trigram index (pg_trgm, GIN) that
+    a name search reads. SQLite keeps no such rows: its FTS5 trigram index holds the names'
+    trigrams only (borgapp.filenames)."""
+
+    num = models.BigIntegerField(primary_key=True)
     name = models.TextField()
-    key = models.BigIntegerField(unique=True)
 
 
 class IndexOwner(models.Model):
@@ -323,23 +335,6 @@ class IndexOwner(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "group"], name="indexowner_pair")]
-
-
-class IndexNode(models.Model):
-    """A path, as a name in its folder (no path is stored whole, none twice): shared by every
-    archive and repository that holds it. A top-level item has no parent."""
-
-    parent = models.ForeignKey("self", null=True, on_delete=models.CASCADE, db_index=False,
-                               related_name="+")  # fmt: skip
-    name = models.ForeignKey(IndexName, on_delete=models.PROTECT, related_name="+")
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["parent", "name"], name="indexnode_in_folder"),
-            models.UniqueConstraint(
-                fields=["name"], condition=models.Q(parent=None), name="indexnode_top"
-            ),  # fmt: skip
-        ]
 
 
 class IndexChain(models.Model):
@@ -387,12 +382,12 @@ class IndexVersion(models.Model):
 
     Keyed by (node, chain, first), with no id of its own: the versions of a path are then
     found without a second index, and on SQLite the table is that key's tree alone
-    (WITHOUT ROWID, migration 0029), 58 bytes a version down to 45. A later migration
-    that remakes this table on SQLite must keep WITHOUT ROWID (Django's remake drops it)."""
+    (WITHOUT ROWID, migrations 0029 and 0030), 58 bytes a version down to 45. A later
+    migration that remakes this table on SQLite must keep WITHOUT ROWID (Django's remake
+    drops it). `node_id`: the path's number (IndexSpan)."""
 
-    pk = models.CompositePrimaryKey("node", "chain", "first")
-    node = models.ForeignKey(IndexNode, on_delete=models.CASCADE, db_index=False,
-                             related_name="versions")  # fmt: skip
+    pk = models.CompositePrimaryKey("node_id", "chain", "first")
+    node_id = models.BigIntegerField()
     chain = models.ForeignKey(IndexChain, on_delete=models.CASCADE, db_index=False,
                               related_name="+")  # fmt: skip
     first = models.IntegerField()

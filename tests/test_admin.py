@@ -453,17 +453,15 @@ def test_a_repository_delete_page_counts_its_file_index_instead_of_reading_it(cl
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from borgapp.models import IndexChain, IndexName, IndexNode, IndexOwner, IndexVersion
+    from borgapp.models import IndexChain, IndexOwner, IndexSpan, IndexVersion
 
     repo = Repository.objects.create(name="main", location=str(roots.repos / "main"),
                                      state="ready")  # fmt: skip
     chain = IndexChain.objects.create(repository=repo, key="set", last_seq=1)
     owner = IndexOwner.objects.create(user="root", group="root")
-    for number in range(50):
-        node = IndexNode.objects.create(
-            parent=None, name=IndexName.objects.create(key=number, name=f"file{number}.txt")
-        )
-        IndexVersion.objects.create(node=node, chain=chain, first=1, type="-", owner=owner)
+    IndexSpan.objects.create(start=1, folder=0, count=50, names=b"")
+    for number in range(1, 51):
+        IndexVersion.objects.create(node_id=number, chain=chain, first=1, type="-", owner=owner)
     client.force_login(staff("admin"))
     url = f"/admin/borgapp/repository/{repo.pk}/delete/"
     with CaptureQueriesContext(connection) as queries:
@@ -482,7 +480,7 @@ def test_a_repository_delete_page_counts_its_file_index_instead_of_reading_it(cl
     assert read and all("COUNT(" in sql.upper() for sql in read)
     assert client.post(url, {"post": "yes"}).status_code == 302
     assert not Repository.objects.exists() and not IndexVersion.objects.exists()
-    assert not IndexChain.objects.exists() and IndexNode.objects.count() == 50  # paths: shared
+    assert not IndexChain.objects.exists() and IndexSpan.objects.count() == 1  # paths: shared
     assert not Archive.objects.exists()
 
 

@@ -2,6 +2,7 @@
 awkward names, links, a second backup after real changes, deletes and prunes. Real borg."""
 
 import functools
+import itertools
 import json
 import os
 import subprocess
@@ -54,8 +55,8 @@ def run_index_jobs():
 
 
 def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
-    from borgapp import fileindex, filesearch
-    from borgapp.models import Archive, IndexName, IndexVersion
+    from borgapp import fileindex, filenames, filesearch
+    from borgapp.models import Archive, IndexSpan, IndexVersion
 
     src = write_files(tmp_path / "src", {
         "srv/www/index.html": "<h1>home</h1>", "srv/www/img/logo.svg": "<svg/>",
@@ -97,13 +98,21 @@ def test_the_index_answers_what_borg_says(file_index, repo, roots, tmp_path):
 
     from django.db import connection
 
-    assert filesearch.trigrams() == (connection.vendor == "sqlite")  # SQLite: FTS5 trigrams
-    if filesearch.trigrams():  # every name in the trigram index, under its id
+    assert filenames.has_trigrams() == (connection.vendor == "sqlite")  # SQLite: FTS5
+    if filenames.has_trigrams():
         with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {fileindex.TRIGRAMS}({fileindex.TRIGRAMS}, rank) "
+            cursor.execute(f"INSERT INTO {filenames.TRIGRAMS}({filenames.TRIGRAMS}, rank) "
                            "VALUES ('integrity-check', 1)")  # fmt: skip
-        ids = sorted(IndexName.objects.values_list("pk", flat=True))  # numbered as they came
-        assert ids == list(range(1, len(ids) + 1))
+    # the paths are numbered as they came, without a gap, each name once in its folder
+    spans = list(IndexSpan.objects.order_by("start").values_list("start", "count", "folder"))
+    assert spans[0][0] == 1 and all(
+        start + count == after for (start, count, _), (after, _, _) in itertools.pairwise(spans)
+    )
+    in_folders = {}
+    for start, _, folder in spans:
+        names = filenames.unpack(IndexSpan.objects.get(start=start).names)
+        in_folders.setdefault(folder, []).extend(names)
+    assert all(len(set(names)) == len(names) for names in in_folders.values())
     upper = filesearch.search("INVOICE-2025", filesearch.Filters())["hits"]
     assert len(upper) == 2  # a fragment matches whatever its case, with or without trigrams
     found = filesearch.search("invoice", filesearch.Filters())
@@ -268,20 +277,24 @@ def test_a_prune_drops_its_share_and_the_rest_still_equals_borg(file_index, repo
     """Three archives of a set, each after a change; a prune keeps the newest: the index
     holds only what that archive holds, exactly as borg lists it, and a file only the
     pruned archives held has no history any more."""
+    import shutil
     import time
 
-    from borgapp import filesearch
-    from borgapp.models import Archive, IndexNode, IndexVersion
+    from django.db.models import Sum
+
+    from borgapp import filenames, filesearch
+    from borgapp.models import Archive, IndexSpan, IndexVersion
 
     src = write_files(tmp_path / "src", {"keep.txt": "k", "a/b/c/deep.txt": "d"})
     for day in range(3):
-        write_files(src, {f"day-{day}.txt": str(day) * (day + 1)})
+        write_files(src, {f"day-{day}.txt": str(day) * (day + 1), f"days/{day}/note.txt": "n"})
         if day:
             (src / f"day-{day - 1}.txt").unlink()
+            shutil.rmtree(src / f"days/{day - 1}")
         assert cli("borg_backup", "main", "--source", src, "--prefix", "set").code == 0
         time.sleep(1.1)
     run_index_jobs()
-    assert IndexVersion.objects.filter(type="-").count() == 5  # keep, deep, day-0, -1, -2
+    assert IndexVersion.objects.filter(type="-").count() == 8  # keep, deep, day-0/1/2, notes
     pruned = cli("borg_prune", "main", "--prefix", "set", "--keep-last", "1")
     assert pruned.code == 0, pruned.err
     run_index_jobs()
@@ -290,8 +303,20 @@ def test_a_prune_drops_its_share_and_the_rest_still_equals_borg(file_index, repo
     assert IndexVersion.objects.count() == len(borg_entries(roots, newest.name))
     day0 = str(src / "day-0.txt").lstrip("/")
     assert filesearch.history(repo, day0)["versions"] == []
-    assert filesearch.node_of(day0) is None  # the path itself went with its last version
-    assert IndexNode.objects.count() >= len(borg_entries(roots, newest.name))
+    assert filesearch.search("day-0", filesearch.Filters())["hits"] == []
+    # a folder no archive holds any more goes with what was in it, names and trigrams
+    gone = str(src / "days/0").lstrip("/")
+    assert filenames.node_of(gone) is None and filenames.node_of(f"{gone}/note.txt") is None
+    assert filenames.node_of(str(src / "days/2/note.txt").lstrip("/")) is not None
+    assert IndexSpan.objects.aggregate(n=Sum("count"))["n"] >= IndexVersion.objects.count()
+    if filenames.has_trigrams():
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {filenames.TRIGRAMS}({filenames.TRIGRAMS}, rank) "
+                           "VALUES ('integrity-check', 1)")  # fmt: skip
+    assert [hit["path"] for hit in filesearch.search("note.txt", filesearch.Filters())["hits"]
+            ] == [str(src / "days/2/note.txt").lstrip("/")]  # fmt: skip
 
 
 def test_an_index_made_without_content_identities_goes_on_without_storing_again(
@@ -339,6 +364,7 @@ def test_a_path_borg_stored_twice_is_indexed_once(file_index, repo, roots, tmp_p
     next archive, with a file changed in there, is indexed as borg lists it."""
     import time
 
+    from borgapp import filenames
     from borgapp.models import Archive, IndexVersion
 
     src = write_files(tmp_path / "src", {"top.txt": "t", "inner/a.txt": "a", "inner/b/c.txt": "c"})
@@ -359,7 +385,7 @@ def test_a_path_borg_stored_twice_is_indexed_once(file_index, repo, roots, tmp_p
     assert paths.count(str(src / "inner" / "a.txt").lstrip("/")) == 2  # borg stored it twice
     assert index_entries(first) == borg_entries(roots, first.name)
     inner = str(src / "inner" / "a.txt").lstrip("/")
-    assert IndexVersion.objects.filter(node__name__name="a.txt").count() == 1
+    assert IndexVersion.objects.filter(node_id=filenames.node_of(inner)).count() == 1
     time.sleep(1.1)
     (src / "inner" / "a.txt").write_text("changed, and longer")
     second = backup()
@@ -377,6 +403,7 @@ def test_a_path_met_by_the_prints_and_listed_again_is_not_counted_twice(
     and the path keeps one version."""
     import time
 
+    from borgapp import filenames
     from borgapp.models import Archive, IndexVersion
 
     src = write_files(tmp_path / "src", {"top.txt": "t", "inner/a.txt": "a"})
@@ -394,7 +421,8 @@ def test_a_path_met_by_the_prints_and_listed_again_is_not_counted_twice(
     second = backup(src, src / "inner" / "a.txt")
     assert index_entries(second) == borg_entries(roots, second.name)
     assert str(src / "top.txt").lstrip("/") not in index_entries(second)
-    assert IndexVersion.objects.filter(node__name__name="a.txt").count() == 1
+    inner = filenames.node_of(str(src / "inner" / "a.txt").lstrip("/"))
+    assert IndexVersion.objects.filter(node_id=inner).count() == 1
 
 
 def test_the_pipe_from_borg_holds_a_megabyte(file_index, repo, roots, tmp_path, monkeypatch):
@@ -742,14 +770,13 @@ def test_an_archive_not_indexed_yet_is_indexed_when_asked_for_never_copied(
 def test_migration_0028_empties_the_index_and_keys_the_trigrams_by_name_ids():
     """Names were stored under their hash and numbered for SQLite's trigram index (0024);
     0028 empties the index (the index jobs read the archives again) and keys the trigram
-    index by the names' ids, which now grow as names come. Back to 0027 and forward again
-    works; each way, a fragment finds its names. On PostgreSQL too, with paths that use the
-    names (whose deferred foreign-key checks must not stop the names table's change)."""
+    index by the names' ids. Back to 0027 and forward again works. On PostgreSQL too, with
+    paths that use the names (whose deferred foreign-key checks must not stop the names
+    table's change)."""
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    from borgapp import fileindex, filesearch
-    from borgapp.models import IndexName
+    from borgapp import filenames
 
     before, after = (
         [("borgapp", "0027_index_version_content")],
@@ -761,35 +788,20 @@ def test_migration_0028_empties_the_index_and_keys_the_trigrams_by_name_ids():
         executor.migrate(before)
         state = executor.loader.project_state(before).apps
         name = state.get_model("borgapp", "IndexName").objects.create(
-            id=fileindex.name_hash("report.txt"), name="report.txt", num=1
+            id=0x5EED_0000_0001, name="report.txt", num=1
         )
         state.get_model("borgapp", "IndexNode").objects.create(parent=None, name=name)
         MigrationExecutor(connection).migrate(after)
-        assert not IndexName.objects.exists()
+        names = MigrationExecutor(connection).loader.project_state(after).apps
+        assert not names.get_model("borgapp", "IndexName").objects.exists()
         MigrationExecutor(connection).migrate(before)  # and back
-        if connection.vendor == "sqlite" and filesearch.trigrams():  # the numbered names' view
+        if connection.vendor == "sqlite" and filenames.has_trigrams():  # the names' view
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1 FROM sqlite_master WHERE name = %s",
                                ["borgapp_indexname_numbered"])  # fmt: skip
                 assert cursor.fetchone() is not None
     finally:
         MigrationExecutor(connection).migrate(leaves)
-    if connection.vendor != "sqlite" or not filesearch.trigrams():
-        return  # the rest is SQLite's trigram index (FTS5)
-
-    def found(fragment):
-        return sorted(filesearch._name_query(fragment).values_list("name", flat=True))
-
-    given = ("invoice-2025-03.pdf", "report.txt", "photo.jpg")
-    made = [IndexName.objects.create(key=fileindex.name_hash(n), name=n).pk for n in given]
-    fileindex.add_trigrams(made)  # as an index job does at its end
-    assert found("voice-20") == ["invoice-2025-03.pdf"] and found("OTO") == ["photo.jpg"]
-    IndexName.objects.create(key=fileindex.name_hash("draft.odt"), name="draft.odt")
-    fileindex.add_trigrams(None)  # a rebuild, after a run that stopped midway
-    assert found("raft") == ["draft.odt"]
-    with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {fileindex.TRIGRAMS}({fileindex.TRIGRAMS}, rank) "
-                       "VALUES ('integrity-check', 1)")  # fmt: skip
 
 
 def test_migration_0029_keys_versions_by_path_chain_and_first_and_keeps_them(repo):
@@ -829,7 +841,7 @@ def test_migration_0029_keys_versions_by_path_chain_and_first_and_keeps_them(rep
     kept = {"plain.txt": [(1, 1, 10), (2, None, 20)], "twice.txt": [(1, 1, 1), (2, None, 19)],
             "stale.txt": [(1, 2, 5), (3, None, 6)]}  # fmt: skip
 
-    def versions(model=IndexVersion):
+    def versions(model):
         found = {}
         for version in model.objects.select_related("node__name").order_by("first", "last"):
             found.setdefault(version.node.name.name, []).append(
@@ -852,14 +864,16 @@ def test_migration_0029_keys_versions_by_path_chain_and_first_and_keeps_them(rep
                                                      size=size)  # fmt: skip
         MigrationExecutor(connection).migrate(after)
         assert key_of_versions() == ("node_id", "chain_id", "first")
-        assert versions() == kept
+        state = MigrationExecutor(connection).loader.project_state(after).apps
+        assert versions(state.get_model("borgapp", "IndexVersion")) == kept
         MigrationExecutor(connection).migrate(before)  # and back
         state = MigrationExecutor(connection).loader.project_state(before).apps
         assert versions(state.get_model("borgapp", "IndexVersion")) == kept
         assert all(state.get_model("borgapp", "IndexVersion").objects.values_list("id", flat=True))
     finally:
         MigrationExecutor(connection).migrate(leaves)
-    assert versions() == kept and key_of_versions() == ("node_id", "chain_id", "first")
+    assert key_of_versions() == ("node_id", "chain_id", "first")  # after 0030 too
+    assert not IndexVersion.objects.exists()  # (0030 empties the index)
 
 
 def test_a_migrate_back_to_before_the_index_ends_without_error():
@@ -873,60 +887,154 @@ def test_a_migrate_back_to_before_the_index_ends_without_error():
         call_command("migrate", verbosity=0)
 
 
-def test_a_flushed_database_searches_its_new_names_without_error():
-    """`manage.py flush` empties the names but knows nothing of SQLite's trigram index;
-    the index is emptied with them, so new names (new ids) are found and nothing reads as
-    a malformed database."""
-    from django.core.management import call_command
+def test_migration_0030_packs_the_paths_and_empties_the_index(repo):
+    """0030 replaces the names and paths tables with packed spans: the index is emptied (the
+    index jobs read the archives again), a version's node is a number with no reference,
+    and on SQLite the versions table is still its key's tree alone (WITHOUT ROWID). Back to
+    0029, versions reference paths again; forward once more. Then an index job's paths go
+    in and come out by number."""
+    from django.db import connection, transaction
+    from django.db.migrations.executor import MigrationExecutor
 
-    from borgapp import fileindex, filesearch
-    from borgapp.models import IndexName
+    from borgapp import filenames
+    from borgapp.models import IndexSpan, IndexVersion
+
+    before = [("borgapp", "0029_index_version_key")]
+    after = [("borgapp", "0030_index_spans")]
+    executor = MigrationExecutor(connection)
+    leaves = executor.loader.graph.leaf_nodes()
+
+    def versions_sql():
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":
+                cursor.execute("SELECT sql FROM sqlite_master WHERE name = 'borgapp_indexversion'")
+                return cursor.fetchone()[0]
+            found = connection.introspection.get_constraints(cursor, "borgapp_indexversion")
+            return " ".join(f"{c['columns']} {c['foreign_key']}" for c in found.values()
+                            if c["foreign_key"])  # fmt: skip
+
+    try:
+        executor.migrate(before)
+        model = functools.partial(executor.loader.project_state(before).apps.get_model,
+                                  "borgapp")  # fmt: skip
+        chain = model("IndexChain").objects.create(repository_id=repo.pk, key="set", last_seq=1)
+        owner = model("IndexOwner").objects.create(user="root", group="root")
+        name = model("IndexName").objects.create(key=7, name="report.txt")
+        node = model("IndexNode").objects.create(parent=None, name=name)
+        model("IndexVersion").objects.create(node=node, chain=chain, first=1, type="-",
+                                             owner=owner)  # fmt: skip
+        assert "indexnode" in versions_sql()
+        MigrationExecutor(connection).migrate(after)
+        assert not IndexVersion.objects.exists() and not IndexSpan.objects.exists()
+        assert "indexnode" not in versions_sql()
+        if connection.vendor == "sqlite":
+            assert versions_sql().endswith('PRIMARY KEY ("node_id", "chain_id", "first")) '
+                                           "WITHOUT ROWID")  # fmt: skip
+        MigrationExecutor(connection).migrate(before)  # and back
+        assert "indexnode" in versions_sql()
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
+    assert "indexnode" not in versions_sql()
+    with transaction.atomic():
+        filenames.lock()
+        srv = filenames.add({0: ["srv"]})[(0, "srv")]
+        made = filenames.add({srv: ["index.html", "caf\udce9.txt"]})
+    assert filenames.paths_of([srv, *made.values()]) == {
+        srv: "srv", made[(srv, "index.html")]: "srv/index.html",
+        made[(srv, "caf\udce9.txt")]: "srv/caf\udce9.txt",
+    }  # fmt: skip
+    assert filenames.node_of("srv/caf\udce9.txt") == made[(srv, "caf\udce9.txt")]
+
+
+def test_a_flushed_database_searches_its_new_names_without_error():
+    """`manage.py flush` empties the paths but knows nothing of SQLite's trigram index;
+    the index is emptied with them, so new names (new numbers, the old ones again) are
+    found and nothing reads as a malformed database."""
+    from django.core.management import call_command
+    from django.db import transaction
+
+    from borgapp import filenames, filesearch
 
     def add(*names):
-        made = [IndexName.objects.create(key=fileindex.name_hash(n), name=n).pk for n in names]
-        fileindex.add_trigrams(made)
+        with transaction.atomic():
+            filenames.lock()
+            filenames.add({0: list(names)})
 
     add("report.txt", "invoice-2025-03.pdf", "invoice-2025-04.pdf")
     call_command("flush", interactive=False, verbosity=0)
     add("invoice-2026-01.pdf")
-    found = filesearch._name_query("nvoice-20").values_list("name", flat=True)
-    assert list(found) == ["invoice-2026-01.pdf"]
+    found = [num for batch in filesearch._candidates("nvoice-20") for num in batch]
+    assert filenames.paths_of(found) == {1: "invoice-2026-01.pdf"}
 
 
 def test_a_name_fragment_search_reads_the_trigram_index():
-    """A fragment search reads a trigram index, not every name: on SQLite the FTS5 table is
-    the outer loop of a join (read only as far as the answer needs, never a list made whole
-    first); on PostgreSQL pg_trgm's index (migration 0025) serves the query (its expression is
-    the one Django's icontains writes) and the iterator's cursor is planned for all its rows.
-    Either way, case aside, the fragment finds exactly its names."""
+    """A fragment search reads a trigram index, not every name: on SQLite the FTS5 table (an
+    AND of the fragment's trigrams: FTS5 takes no phrase where it keeps no positions), each
+    candidate then checked against its name, so that a name holding the trigrams apart
+    (`oicvoi-ice`) is not taken for `voice`; on PostgreSQL pg_trgm's index (migration 0030)
+    serves the query (its expression is the one Django's icontains writes) and the
+    iterator's cursor is planned for all its rows. Either way, case aside, the fragment
+    finds exactly its names."""
     from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
 
-    from borgapp import fileindex, filesearch
-    from borgapp.models import IndexName
+    from borgapp import filenames, filesearch
+    from borgapp.models import IndexSearchName
 
-    given = ("invoice-2025-03.pdf", "Invoice-2024.PDF", "report.txt", "photo.jpg")
-    created = [IndexName.objects.create(key=fileindex.name_hash(n), name=n).pk for n in given]
-    fileindex.add_trigrams(created)
-    names = filesearch._name_query("NVOICE-20").values_list("pk", "name")
-    assert sorted(name for _, name in names.iterator(chunk_size=2000)) == [
-        "Invoice-2024.PDF", "invoice-2025-03.pdf"]  # fmt: skip
+    given = ["invoice-2025-03.pdf", "Invoice-2024.PDF", "report.txt", "photo.jpg", "oicvoi-ice"]
+    with transaction.atomic():
+        filenames.lock()
+        made = filenames.add({0: given})
+
+    def found(pattern):
+        nums = [num for batch in filesearch._candidates(pattern) for num in batch]
+        return sorted(filenames.paths_of(nums).values())
+
+    with CaptureQueriesContext(connection) as queries:
+        assert found("NVOICE-20") == ["Invoice-2024.PDF", "invoice-2025-03.pdf"]
+        assert found("voice") == ["Invoice-2024.PDF", "invoice-2025-03.pdf"]
     if connection.vendor == "sqlite":
-        if not filesearch.trigrams():
+        if not filenames.has_trigrams():
             pytest.skip("this SQLite has no FTS5 trigram tokenizer")
-        sql, params = names.query.sql_with_params()
-        with connection.cursor() as cursor:
-            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
-            plan = [row[-1] for row in cursor.fetchall()]
-        assert plan[0].startswith(f"SCAN {fileindex.TRIGRAMS} VIRTUAL TABLE"), plan
-        assert not any("SUBQUERY" in step for step in plan), plan
-    else:
-        sql, params = names.query.sql_with_params()
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL enable_seqscan = off")  # a table this small is read whole
-            cursor.execute(f"EXPLAIN {sql}", params)
-            plan = "\n".join(row[0] for row in cursor.fetchall())
-            # the iterator's server-side cursor is planned for all its rows, not the first
-            # tenth (for which a large table's names were all read instead)
-            cursor.execute("SHOW cursor_tuple_fraction")
-            assert float(cursor.fetchone()[0]) == 1.0
-        assert "indexname_name_trigram" in plan, plan
+        sql = " ".join(query["sql"] for query in queries)
+        assert f"{filenames.TRIGRAMS} MATCH" in sql and "WHERE start >" not in sql  # no scan
+        assert found("pd") == ["Invoice-2024.PDF", "invoice-2025-03.pdf"]  # every name read
+        assert made[(0, "oicvoi-ice")] not in [
+            num for batch in filesearch._candidates("voice") for num in batch
+        ]  # fmt: skip
+        return
+    names = IndexSearchName.objects.filter(name__icontains="NVOICE-20").values_list("num", "name")
+    sql, params = names.query.sql_with_params()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a table this small is read whole
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "indexsearchname_trigram" in plan, plan
+
+
+def test_a_path_dropped_while_a_job_knew_it_is_made_again_not_pointed_at(repo):
+    """An index job keeps the names of the folders it met in memory. Another repository's
+    prune may drop those of them that no archive holds any more (collect_garbage) while
+    the job runs; a name the job then meets again is given a new number, in the batch stored
+    again, never the dropped one (whose path no search, tree or history could find)."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from borgapp import fileindex, filenames
+    from borgapp.models import Archive, IndexVersion
+
+    with transaction.atomic():
+        filenames.lock()
+        data = filenames.add({0: ["data"]})[(0, "data")]
+        old = filenames.add({data: ["old.txt"]})[(data, "old.txt")]  # no archive holds it
+    archive = Archive.objects.create(repository=repo, name="set-1", borg_id="1" * 64,
+                                     start=timezone.now())  # fmt: skip
+    indexer = fileindex.Indexer(archive)
+    attrs = ("-", 0o644, ("root", "root"), 1, 0, "", True, None)
+    [new] = indexer._store([("data/new.txt", attrs)])  # the job now knows old.txt in data
+    assert filenames.drop_unused() == 1  # meanwhile, a prune elsewhere drops it
+    assert filenames.node_of("data/old.txt") is None
+    [again] = indexer._store([("data/old.txt", attrs)])
+    assert again != old
+    assert filenames.paths_of([new, again]) == {new: "data/new.txt", again: "data/old.txt"}
+    assert set(IndexVersion.objects.values_list("node_id", flat=True)) == {new, again}
