@@ -1009,6 +1009,10 @@ def test_a_name_fragment_search_reads_the_trigram_index():
         cursor.execute("SET LOCAL enable_seqscan = off")  # a table this small is read whole
         cursor.execute(f"EXPLAIN {sql}", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
+        # the iterator's server-side cursor is planned for all its rows, not the first
+        # tenth (for which a large table's names were all read instead)
+        cursor.execute("SHOW cursor_tuple_fraction")
+        assert float(cursor.fetchone()[0]) == 1.0
     assert "indexsearchname_trigram" in plan, plan
 
 
