@@ -36,6 +36,7 @@ from django.db.models import Exists, OuterRef
 
 from borgapp import borg, filenames, fileprints, naming
 from borgapp.errors import OperationError
+from borgapp.filenames import chunks
 from borgapp.models import Archive, IndexChain, IndexedArchive, IndexOwner, IndexVersion
 
 # entries per transaction: each commit writes the pages it dirtied, so fewer, larger commits
@@ -484,13 +485,6 @@ def _copy(cursor, table: str, columns: str, rows: list[tuple]) -> None:
 def _deadlock(error: OperationalError) -> bool:
     """Whether PostgreSQL stopped the transaction to end a deadlock (SQLSTATE 40P01)."""
     return getattr(error.__cause__, "sqlstate", None) == "40P01"
-
-
-def chunks(items: list, size: int = 900):
-    """Lists of at most `size` (query parameters stay well under SQLite's limit)."""
-    items = list(items)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def same_version(stored: tuple, listed: tuple) -> bool:

@@ -39,7 +39,8 @@ def unpack(blob: bytes) -> list[str]:
     return zlib.decompress(bytes(blob), -15).decode("utf-8", "surrogateescape").split("\0")
 
 
-def chunks(items, size: int = CHUNK):
+def chunks(items, size: int = 900):
+    """Lists of at most `size` (query parameters stay well under SQLite's limit)."""
     items = list(items)
     for start in range(0, len(items), size):
         yield items[start : start + size]

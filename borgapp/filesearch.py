@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from django.db.models import F, Q
 
 from borgapp import filenames, validation
-from borgapp.fileindex import chunks, micros, mode_text, moment
-from borgapp.filenames import node_of, paths_of
+from borgapp.fileindex import micros, mode_text, moment
+from borgapp.filenames import chunks, node_of, paths_of
 from borgapp.models import Archive, IndexedArchive, IndexVersion, Repository
 
 MAX_HITS = 100  # paths in one answer
