@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inprocess import setup_django  # noqa: E402
+from inprocess import run_on, setup_django  # noqa: E402
 
 WORDS = ("invoice report photo backup notes draft summary budget contract letter scan "
          "minutes plan design export data log config index readme").split()  # fmt: skip
@@ -205,17 +205,7 @@ def main() -> None:
     parser.add_argument("--source", help="back up this real tree instead (e.g. /usr; no days)")
     parser.add_argument("--postgres", action="store_true", help="the center on PostgreSQL")
     args = parser.parse_args()
-    if args.postgres:
-        from tests.backends import postgres_server
-
-        with postgres_server("bench index") as server:
-            where = f"{server['host']}:{server['port']}"
-            os.environ["DATABASE_URL"] = (
-                f"postgres://{server['user']}:bench%20index@{where}/postgres"
-            )
-            run(args)
-    else:
-        run(args)
+    run_on(args.postgres, run, args)
 
 
 def run(args) -> None:

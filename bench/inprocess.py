@@ -2,6 +2,7 @@
 and a helper that times requests and prints p50/p95."""
 
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,21 @@ def setup_django(prefix: str) -> str:
     }
     call_command("migrate", verbosity=0)
     return data
+
+
+def run_on(postgres: bool, run, *args) -> None:
+    """`run(*args)` with the center on a private PostgreSQL server started for it (its
+    DATABASE_URL), or on SQLite (before `setup_django`)."""
+    if not postgres:
+        return run(*args)
+    sys.path.insert(0, str(ROOT))
+    from tests.backends import postgres_server
+
+    password = secrets.token_hex(16)
+    with postgres_server(password) as server:
+        where = f"{server['host']}:{server['port']}"
+        os.environ["DATABASE_URL"] = f"postgres://{server['user']}:{password}@{where}/postgres"
+        run(*args)
 
 
 def time_requests(client, url: str, count: int, **extra) -> tuple[float, float]:

@@ -21,9 +21,9 @@ from datetime import datetime
 
 from django.db import connection
 
-from borgapp import listing, validation
+from borgapp import filenames, listing, validation
 from borgapp.fileindex import is_indexed, mode_text, moment, sql_name, sql_table
-from borgapp.filesearch import SUBTREE, node_of, paths_of
+from borgapp.filesearch import node_of, paths_of
 from borgapp.models import Archive, ArchiveDiffItem, IndexedArchive, IndexOwner, IndexVersion
 
 CHANGES = ("added", "removed", "modified", "metadata")
@@ -112,8 +112,9 @@ class Comparison:
         folder = (path or "").strip("/")
         if folder:
             node = node_of(validation.validate_archive_path(folder))
-            self.base += f" AND {SUBTREE}"
-            self.params += [node if node is not None else -1] * 2
+            where, params = filenames.subtree(node if node is not None else -1)
+            self.base += f" AND {where}"
+            self.params += params
         self._count: int | None = None
 
     def count(self) -> int:

@@ -45,6 +45,7 @@ from borgapp.models import Archive, IndexChain, IndexedArchive, IndexOwner, Inde
 BATCH = 20_000
 QUEUED_BATCHES = 2  # parsed batches waiting to be stored, at most
 PIPE_BYTES = 1 << 20  # borg's listing held in the pipe at most (`_widen`)
+READ_BYTES = 1 << 20  # read from the pipe at once
 CACHE_MIB = 64  # SQLite's page cache while indexing
 TOPS_MAX = 1000  # more items without a stored folder than this: not a list of sources
 CACHE = 20_000  # folder paths kept in memory with their numbers
@@ -570,7 +571,7 @@ def read_records(fd: int, batches: queue.Queue, stop: threading.Event,
     the exception that stopped it."""
     try:
         rest, pending, batch = b"", [], Batch()
-        while not stop.is_set() and (data := os.read(fd, 1 << 20)):
+        while not stop.is_set() and (data := os.read(fd, READ_BYTES)):
             parts = (rest + data).split(b"\0")
             rest = parts.pop()
             if pending:  # the first fields of a record the last read cut

@@ -9,6 +9,7 @@ PostgreSQL pg_trgm over IndexSearchName. Spans are written, and numbers given, b
 at a time (`lock`): SQLite's IMMEDIATE transactions hold its write lock already, and on
 PostgreSQL an advisory lock does, so that a folder never gets the same name twice."""
 
+import json
 import zlib
 from collections import defaultdict
 
@@ -173,14 +174,6 @@ def children(folders) -> dict[int, dict[str, int]]:
     return found
 
 
-def ranges(folder: int) -> list[tuple[int, int]]:
-    """The numbers of the folder's entries, as (first, last) runs."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT start, count FROM {SPANS} WHERE folder = %s ORDER BY start",
-                       [folder])  # fmt: skip
-        return [(start, start + count - 1) for start, count in cursor.fetchall()]
-
-
 def lookup(nums) -> dict[int, tuple[int, str]]:
     """Each number's folder and name; numbers of no span are left out."""
     nums = sorted(set(nums))
@@ -264,22 +257,79 @@ def below(folders, most: int) -> list[int]:
     return found
 
 
-def subtree_sql(column: str = "node_id") -> str:
-    """A condition on `column`: the entry numbered %s or any entry below it (its span's
-    folder is that entry or a folder below it)."""
-    return (
-        f"({column} = %s OR (SELECT s.folder FROM {SPANS} s WHERE s.start <= {column} "
-        "ORDER BY s.start DESC LIMIT 1) IN (WITH RECURSIVE tree(f) AS (SELECT "
-        f"CAST(%s AS BIGINT) UNION SELECT c.folder FROM tree JOIN {SPANS} p ON "
-        f"p.folder = tree.f JOIN {SPANS} c ON c.folder >= p.start AND "
-        "c.folder < p.start + p.count) SELECT f FROM tree))"
-    )
+TREE = (
+    "WITH RECURSIVE tree(f) AS (SELECT CAST(%s AS BIGINT) UNION SELECT c.folder FROM tree "
+    f"JOIN {SPANS} p ON p.folder = tree.f JOIN {SPANS} c ON c.folder >= p.start AND "
+    "c.folder < p.start + p.count) SELECT f FROM tree"
+)  # the folders at and below the folder numbered %s that have entries
+BY_NUMBER = 100_000  # entries below a folder at most to be asked for by number
 
 
-def in_folder_sql(column: str = "node_id") -> str:
-    """A condition on `column`: an entry directly in the folder numbered %s."""
-    return (f"(SELECT s.folder FROM {SPANS} s WHERE s.start <= {column} ORDER BY s.start DESC "
-            "LIMIT 1) = %s")  # fmt: skip
+def _spans_in(folders_sql: str, params: list) -> list[tuple[int, int, int]]:
+    """(start, count, folder) of the spans of the folders that `folders_sql` selects."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT start, count, folder FROM {SPANS} WHERE folder IN "
+                       f"({folders_sql})", params)  # fmt: skip
+        return cursor.fetchall()
+
+
+def _numbers(spans) -> list[int]:
+    return [num for start, count, _ in spans for num in range(start, start + count)]
+
+
+def one_of(numbers: list[int], term: str = "node_id") -> tuple[str, list]:
+    """A condition that `term` is one of these numbers, and its one parameter: a list the
+    planner counts (an array on PostgreSQL, JSON on SQLite) and looks up as a set, however
+    long (asked for `node_id`: one look-up in the versions' key per number)."""
+    if connection.vendor == "postgresql":
+        return f"{term} = ANY(%s)", [numbers]
+    return f"{term} IN (SELECT value FROM json_each(%s))", [json.dumps(numbers)]
+
+
+def in_spans(versions, starts: list[int], only: tuple[int, int] = (-1, -1)):
+    """Those of `versions` (a query of IndexVersion) whose entry is in one of the spans that
+    begin at `starts`, in number order: each span's run of numbers is read from the
+    versions' key, whatever the number of spans or of versions. `only`: (folder, node): of
+    that folder's spans, the entry `node` alone."""
+    where, params = one_of(sorted(starts), f"{SPANS}.start")
+    return versions.extra(
+        tables=[SPANS],
+        where=[where, f"node_id >= {SPANS}.start AND node_id < {SPANS}.start + {SPANS}.count",
+               f"({SPANS}.folder <> %s OR node_id = %s)"],
+        params=[*params, *only], order_by=[f"{SPANS}.start", "node_id"],
+    )  # fmt: skip
+
+
+def folder_spans(folder: int) -> list[int]:
+    """The starts of the spans of the entries directly in a folder."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT start FROM {SPANS} WHERE folder = %s", [folder])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def subtree_spans(node: int) -> tuple[list[int], tuple[int, int]]:
+    """The starts of the spans at and below the entry `node` (its folder's span that holds
+    it, and those of the folders below it), and `in_spans`'s `only` for them."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT start, folder FROM {SPANS} WHERE start <= %s ORDER BY start "
+                       "DESC LIMIT 1", [node])  # fmt: skip
+        own, folder = cursor.fetchone()
+    return [own, *(start for start, _, _ in _spans_in(TREE, [node]))], (folder, node)
+
+
+# the folder of the entry numbered `node_id`: that of the last span starting at or before it
+FOLDER_OF = f"(SELECT folder FROM {SPANS} WHERE start <= node_id ORDER BY start DESC LIMIT 1)"
+
+
+def subtree(node: int) -> tuple[str, list]:
+    """A condition on `node_id` and its parameters: the entry `node` or any entry below it.
+    Up to BY_NUMBER entries are asked for by number (the cost is the subtree's size); more
+    by the folder of each row asked (the cost is the rows', read anyway)."""
+    spans = _spans_in(TREE, [node])
+    if sum(count for _, count, _ in spans) <= BY_NUMBER:
+        return one_of([node, *_numbers(spans)])
+    where, params = one_of(sorted({folder for _, _, folder in spans}), FOLDER_OF)
+    return f"(node_id = %s OR {where})", [node, *params]
 
 
 # --- searching ----------------------------------------------------------------------------

@@ -278,15 +278,7 @@ def in_archive(indexed: IndexedArchive):
 
 def _in_folder(versions, folder: int):
     """Those of the versions that are of the entries directly in a folder (0: the top)."""
-    runs = filenames.ranges(folder)
-    if not runs:
-        return versions.none()
-    if len(runs) > 200:  # a folder added to many times: its entries by their span's folder
-        return versions.extra(where=[filenames.in_folder_sql()], params=[folder])
-    within = Q()
-    for first, last in runs:
-        within |= Q(node_id__gte=first, node_id__lte=last)
-    return versions.filter(within)
+    return filenames.in_spans(versions, filenames.folder_spans(folder))
 
 
 def folder_entries(archive: Archive, folder: str) -> list[tuple]:
@@ -308,10 +300,6 @@ def folder_entries(archive: Archive, folder: str) -> list[tuple]:
     return found
 
 
-# a condition on `node_id`: the entry %s and every entry below it (its number twice)
-SUBTREE = filenames.subtree_sql()
-
-
 def archive_items(archive: Archive, *, path: str = "", parent: str | None = None,
                   type: str = ""):  # fmt: skip
     """The API's view of an indexed archive's items: the children of `parent`, or
@@ -319,21 +307,22 @@ def archive_items(archive: Archive, *, path: str = "", parent: str | None = None
     A query of versions (for a paginator), in the order borg listed them; `item_rows()`
     turns a page of it into rows with paths."""
     indexed = IndexedArchive.objects.get(archive=archive)
-    versions = in_archive(indexed)
+    versions = in_archive(indexed).select_related("owner")
+    if type:
+        versions = versions.filter(type=type)
     if parent is not None:
         folder = parent.strip("/")
         node = node_of(validation.validate_archive_path(folder)) if folder else 0
         if node is None:
             return versions.none()
-        versions = _in_folder(versions, node)
-    elif path.strip("/"):
+        return _in_folder(versions, node)
+    if path.strip("/"):
         node = node_of(validation.validate_archive_path(path.strip("/")))
         if node is None:
             return versions.none()
-        versions = versions.extra(where=[SUBTREE], params=[node, node])
-    if type:
-        versions = versions.filter(type=type)
-    return versions.select_related("owner").order_by("node_id")
+        starts, only = filenames.subtree_spans(node)
+        return filenames.in_spans(versions, starts, only)
+    return versions.order_by("node_id")
 
 
 def item_rows(versions) -> list[dict]:

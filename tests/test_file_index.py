@@ -425,6 +425,94 @@ def test_a_path_met_by_the_prints_and_listed_again_is_not_counted_twice(
     assert IndexVersion.objects.filter(node_id=inner).count() == 1
 
 
+def test_a_folder_added_to_in_many_batches_answers_as_borg_does(
+    file_index, repo, roots, tmp_path, monkeypatch
+):
+    """A folder that gets new files day after day (logs, mail) has a span of numbers per
+    index batch that met new names there. With a batch per entry, 240 files make 240 spans
+    of one folder: its page, its children and everything below it still equal what borg
+    lists, and so does a diff of that folder (its paths asked for by number, or by each
+    changed row's folder when the subtree is large)."""
+    import time
+
+    from borgapp import filediff, fileindex, filenames, filesearch
+    from borgapp.models import IndexSpan
+
+    monkeypatch.setattr(fileindex, "BATCH", 1)  # a batch per record read
+    monkeypatch.setattr(fileindex, "READ_BYTES", 64)  # under a record's length
+    files = {f"logs/{day:03d}.log": "x" * day for day in range(240)}
+    src = write_files(tmp_path / "src", {**files, "etc/a.conf": "a", "etc/deep/b.conf": "b"})
+
+    def backup():
+        done = cli("borg_backup", "main", "--source", src, "--prefix", "set", "--json")
+        assert done.code == 0, done.err
+        run_index_jobs()
+        return Archive.objects.get(name=json.loads(done.out)["result"]["archive_name"])
+
+    from borgapp.models import Archive
+
+    first = backup()
+    logs = str(src / "logs").lstrip("/")
+    assert IndexSpan.objects.filter(folder=filenames.node_of(logs)).count() >= 240
+    api = client_for("viewer")
+
+    def listed(archive, query) -> dict:
+        rows, number = {}, 1
+        while True:
+            answer = api.get(f"/api/v1/archives/{archive.pk}/contents/", {**query, "page": number})
+            assert answer.status_code == 200, answer.content
+            for row in answer.json()["results"]:
+                rows[row["path"]] = (row["type"], row["size"], fileindex.micros(row["mtime"]),
+                                     row["linktarget"])  # fmt: skip
+            if not answer.json()["next"]:
+                return rows
+            number += 1
+
+    def answers_as_borg(archive):
+        said = borg_entries(roots, archive.name)
+        in_logs = {path: entry for path, entry in said.items() if path.startswith(logs + "/")}
+        page = filesearch.folder_entries(archive, logs)
+        assert {f"{logs}/{row[0]}": (row[1], row[2], row[3], row[5]) for row in page} == in_logs
+        assert listed(archive, {"parent": logs}) == in_logs
+        for folder in (src, src / "etc", src / "logs", src / "etc/a.conf", src / "more/two",
+                       src / "more/one.txt"):  # fmt: skip
+            top = str(folder).lstrip("/")
+            below = {p: entry for p, entry in said.items() if p == top or p.startswith(top + "/")}
+            assert listed(archive, {"path": top}) == below, top
+
+    answers_as_borg(first)
+    # the next archive is read in batches as usual: spans of several names each
+    monkeypatch.setattr(fileindex, "BATCH", 20_000)
+    monkeypatch.setattr(fileindex, "READ_BYTES", 1 << 20)
+    time.sleep(1.1)
+    (src / "logs/007.log").write_text("changed")
+    (src / "logs/100.log").unlink()
+    write_files(
+        src,
+        {
+            "logs/240.log": "new",
+            "logs/241.log": "new",
+            "etc/new/c.conf": "c",
+            "more/one.txt": "1",
+            "more/two/three.txt": "3",
+            "more/zz.txt": "z",
+        },
+    )
+    (src / "etc/a.conf").write_text("changed too")
+    second = backup()
+    answers_as_borg(second)
+    answers_as_borg(first)
+    said = {p for p in borg_diff(roots, first.name, second.name) if p.startswith(logs)}
+    assert said == {logs, f"{logs}/007.log", f"{logs}/100.log", f"{logs}/240.log",
+                    f"{logs}/241.log"}  # fmt: skip
+    for by_number in (100_000, 10):  # by number; by each changed row's folder
+        monkeypatch.setattr(filenames, "BY_NUMBER", by_number)
+        assert {row.path for row in filediff.compare(first, second, path=logs)} == said
+        etc = {row.path for row in filediff.compare(first, second, path=str(src / "etc"))}
+        assert etc == {p for p in borg_diff(roots, first.name, second.name)
+                       if p.startswith(str(src / "etc").lstrip("/"))}  # fmt: skip
+
+
 def test_the_pipe_from_borg_holds_a_megabyte(file_index, repo, roots, tmp_path, monkeypatch):
     """The storing thread holds Python's lock for up to 5 ms at a time, while the reader
     cannot empty the pipe: Linux's default 64 KiB would stop borg in under a millisecond
