@@ -3,6 +3,7 @@ and a helper that times requests and prints p50/p95."""
 
 import os
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,8 @@ def run_on(postgres: bool, run, *args) -> None:
     sys.path.insert(0, str(ROOT))
     from tests.backends import postgres_server
 
+    # a bench stopped by `timeout` or kill stops its server too (SIGTERM runs no `finally`)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     password = secrets.token_hex(16)
     with postgres_server(password) as server:
         where = f"{server['host']}:{server['port']}"

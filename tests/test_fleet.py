@@ -650,8 +650,11 @@ def test_a_backup_that_ends_while_the_link_is_down_is_recorded_once(
         job = intake.start("backup", repo, {"sources": [str(src)], "compression": "zstd,3"},
                            trigger="cli", host=host)  # fmt: skip
         wait_for(lambda: Job.objects.filter(pk=job.pk, status="running").exists(), timeout=60)
-        link.cut()
         where = str(roots.repos / "r")
+        # the job is "running" once the center has handed it over; cut before that answer
+        # reached the agent, the agent would never have had it (seen on CI): wait for borg
+        wait_for(lambda: borg_processes_by_repo([where])[where], timeout=60)
+        link.cut()
         wait_for(lambda: not borg_processes_by_repo([where])[where], timeout=120)
         wait_for((data / "report.json").exists, timeout=30)  # the outcome waits on the host
         assert Job.objects.get(pk=job.pk).status == "running"  # the center has heard nothing
