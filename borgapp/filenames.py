@@ -302,9 +302,7 @@ def in_spans(versions, starts: list[int], only: tuple[int, int] = (-1, -1)):
 
 def folder_spans(folder: int) -> list[int]:
     """The starts of the spans of the entries directly in a folder."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT start FROM {SPANS} WHERE folder = %s", [folder])
-        return [row[0] for row in cursor.fetchall()]
+    return [start for start, _, _ in _spans_in("%s", [folder])]
 
 
 def subtree_spans(node: int) -> tuple[list[int], tuple[int, int]]:
